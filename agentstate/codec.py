@@ -1,0 +1,240 @@
+"""On-disk codec: the state document's bytes, its checksum, and strict JSON values.
+
+Layout (format 2, see docs/format.md)::
+
+    {"checksum":"sha256:<64 hex>","format_version":2,"serial":N,"lineage":"<uuid>",
+     "updated_at":"<RFC 3339 UTC>","resources":{...}}\\n
+
+on one line. The digest is SHA-256 of every byte after the 86-byte prefix
+``{"checksum":"sha256:<hex>",`` up to the end of the file, so a flipped byte
+anywhere (a value, the serial, the trailing newline) is caught without
+re-serialising anything.
+
+Values are strict JSON: NaN and Infinity are refused, integers must fit in
+64 bits (signed, or unsigned up to 2**64-1) and are kept exact, keys are strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .errors import FormatTooNew, InvalidInput
+
+FORMAT_VERSION = 2
+PREFIX = b'{"checksum":"sha256:'
+_DIGEST_END = len(PREFIX) + 64
+HEADER_LEN = _DIGEST_END + 2  # the prefix, 64 hex digits, then '",'
+_RESOURCES_KEY = b',"resources":'
+
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+MAX_ADDRESS_LEN = 256
+
+_DUMPS_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+# A run of digits that orjson would silently turn into a float (beyond 64 bits).
+_BIG_INT = re.compile(rb"-\d{19}|\d{20}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class CorruptDocument(Exception):
+    """The bytes are not a valid state document; ``str()`` says why."""
+
+
+@dataclass
+class Decoded:
+    format_version: int  # the version found on disk (before any upgrade)
+    serial: int
+    lineage: str
+    updated_at: str | None
+    resources: dict[str, Any]
+    resources_bytes: bytes | None  # canonical encoding of resources, when free to get
+
+
+def _reject(obj: Any) -> Any:
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+def _check_floats(value: Any) -> None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise InvalidInput(f"value {v!r} is not allowed: JSON has no NaN or Infinity")
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+
+
+def encode_value(value: Any) -> bytes:
+    """Canonical compact JSON (sorted keys) for any strict JSON value; InvalidInput otherwise."""
+    try:
+        out = orjson.dumps(value, default=_reject, option=_DUMPS_OPTS)
+    except TypeError as e:
+        msg = str(e)
+        if "64-bit" in msg:
+            raise InvalidInput("an integer exceeds the 64-bit range; store it as a string") from None
+        if "Recursion" in msg:
+            raise InvalidInput("a value is nested too deeply (limit: about 250 levels)") from None
+        if "Dict key" in msg or "dict key" in msg:
+            raise InvalidInput("object keys must be strings") from None
+        if "surrogates" in msg:
+            raise InvalidInput("a string is not valid UTF-8 (lone surrogate)") from None
+        raise InvalidInput(f"value is not JSON: {msg}") from None
+    # orjson writes NaN and Infinity as null; only when a null appears is the walk needed.
+    if b"null" in out:
+        _check_floats(value)
+    return out
+
+
+def _check_ints(value: Any) -> None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, int) and not isinstance(v, bool):
+            if not INT_MIN <= v <= INT_MAX:
+                raise InvalidInput(f"integer {v} exceeds the 64-bit range; store it as a string")
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(data: bytes | str, what: str = "input") -> Any:
+    """Parse strict JSON given by a user. Integers are exact; anything doubtful is InvalidInput."""
+    if isinstance(data, str):
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"{what} is not valid UTF-8") from None
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        reason = str(e)
+        if "utf-8" in reason.lower() or "surrogate" in reason.lower():
+            raise InvalidInput(f"{what} is not valid UTF-8: {reason}") from None
+        if not data.strip():
+            raise InvalidInput(f"{what} is empty") from None
+        raise InvalidInput(f"{what} is not valid JSON: {reason}") from None
+    if _BIG_INT.search(data):
+        # orjson turns integers beyond 64 bits into floats without a word; re-read exactly.
+        import json
+
+        try:
+            value = json.loads(data, parse_constant=_no_constants)
+        except (ValueError, RecursionError) as e:
+            raise InvalidInput(f"{what} is not valid JSON: {e}") from None
+        _check_ints(value)
+    return value
+
+
+def check_address(address: Any) -> str:
+    if not isinstance(address, str):
+        raise InvalidInput(f"address must be a string, not {type(address).__name__}")
+    if not address:
+        raise InvalidInput("address must not be empty")
+    if len(address) > MAX_ADDRESS_LEN:
+        raise InvalidInput(f"address is {len(address)} characters long; the limit is {MAX_ADDRESS_LEN}")
+    if _CONTROL.search(address):
+        raise InvalidInput(f"address {address!r} contains control characters")
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"address {address!r} is not valid UTF-8") from None
+    return address
+
+
+def encode_document(*, serial: int, lineage: str, updated_at: str, resources_bytes: bytes) -> bytes:
+    body = b"".join(
+        [
+            b'"format_version":%d,"serial":%d,"lineage":' % (FORMAT_VERSION, serial),
+            orjson.dumps(lineage),
+            b',"updated_at":',
+            orjson.dumps(updated_at),
+            _RESOURCES_KEY,
+            resources_bytes,
+            b"}\n",
+        ]
+    )
+    return PREFIX + hashlib.sha256(body).hexdigest().encode("ascii") + b'",' + body
+
+
+def _want(doc: dict, key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in doc:
+        raise CorruptDocument(f"wrong shape: no {key!r} field")
+    v = doc[key]
+    if not isinstance(v, kind) or isinstance(v, bool):
+        raise CorruptDocument(f"wrong shape: {key!r} is {type(v).__name__}")
+    return v
+
+
+def _newer(version: Any) -> None:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise FormatTooNew(
+            f"state file has format version {version}; this agentstate reads up to {FORMAT_VERSION}",
+            hint="upgrade agentstate; the file is left untouched",
+            format_version=version,
+        )
+
+
+def decode_document(data: bytes) -> Decoded:
+    """Verify and decode a state file's bytes. CorruptDocument or FormatTooNew on failure."""
+    if not data:
+        raise CorruptDocument("empty file")
+    if data.startswith(PREFIX):
+        if data[_DIGEST_END:HEADER_LEN] != b'",':
+            raise CorruptDocument("malformed checksum field")
+        digest = data[len(PREFIX) : _DIGEST_END]
+        if hashlib.sha256(data[HEADER_LEN:]).hexdigest().encode("ascii") != digest:
+            raise CorruptDocument("checksum mismatch (torn or altered file)")
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise CorruptDocument(f"not valid JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise CorruptDocument("wrong shape: not an object")
+        version = doc.get("format_version")
+        _newer(version)
+        if version != FORMAT_VERSION:
+            raise CorruptDocument(f"wrong shape: unknown format_version {version!r}")
+        if set(doc) != {"checksum", "format_version", "serial", "lineage", "updated_at", "resources"}:
+            raise CorruptDocument(f"wrong shape: fields {sorted(doc)}")
+        updated_at = _want(doc, "updated_at", str)
+        resources_bytes = None
+        if data.endswith(b"}\n"):
+            at = data.find(_RESOURCES_KEY, HEADER_LEN)
+            if at != -1:
+                resources_bytes = data[at + len(_RESOURCES_KEY) : -2]
+    else:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise CorruptDocument(f"not valid JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise CorruptDocument("wrong shape: not an object")
+        version = doc.get("format_version")
+        _newer(version)
+        if version != 1:
+            raise CorruptDocument("no checksum header")
+        # Format 1 (agentstate 0.0.x): no checksum, no updated_at. Upgraded here, in memory.
+        if not set(doc) <= {"format_version", "serial", "lineage", "resources", "updated_at"}:
+            raise CorruptDocument(f"wrong shape: fields {sorted(doc)}")
+        updated_at = doc.get("updated_at") if isinstance(doc.get("updated_at"), str) else None
+        resources_bytes = None
+    serial = _want(doc, "serial", int)
+    if serial < 0:
+        raise CorruptDocument("wrong shape: negative serial")
+    lineage = _want(doc, "lineage", str)
+    resources = _want(doc, "resources", dict)
+    return Decoded(version, serial, lineage, updated_at, resources, resources_bytes)

@@ -1,0 +1,335 @@
+"""The one file-I/O seam: every write, fsync, rename, link and unlink of stored data.
+
+Two parts:
+
+* ``OsFiles``, the file layer: thin wrappers over ``os``. Tests swap in a layer with
+  the same methods (``tests/crashfs.py`` simulates power loss by dropping what was
+  not fsynced).
+* The write protocol (``commit``) and its helpers, written against that layer so the
+  order of syscalls can be read top to bottom. docs/format.md gives each step's reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+
+from .errors import StorageError
+
+log = logging.getLogger("agentstate.fileio")
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+# link() may be refused by filesystems without hard links; then the backup is copied.
+_NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+
+
+class OsFiles:
+    """The real file layer. Methods raise OSError; the protocol turns that into StorageError."""
+
+    def read(self, path: str) -> bytes | None:
+        """The whole file, or None if it does not exist."""
+        try:
+            fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+
+    def create(self, path: str, mode: int = 0o600) -> int:
+        """A new file, never an existing one and never through a symlink (O_EXCL|O_NOFOLLOW)."""
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode)
+
+    def open_rw(self, path: str, mode: int = 0o600, create: bool = True) -> int:
+        """Open (or create) for reading and writing, never through a symlink; used for the lock file."""
+        return os.open(path, os.O_RDWR | (os.O_CREAT if create else 0) | _NOFOLLOW | _CLOEXEC, mode)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        return os.write(fd, data)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
+    def truncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        os.fchmod(fd, mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def link(self, src: str, dst: str) -> None:
+        os.link(src, dst, follow_symlinks=False)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: str, mode: int = 0o700) -> None:
+        os.mkdir(path, mode)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def mode(self, path: str) -> int | None:
+        """Permission bits of an existing file, or None."""
+        try:
+            return os.stat(path, follow_symlinks=False).st_mode & 0o7777
+        except FileNotFoundError:
+            return None
+
+
+def describe(e: OSError) -> str:
+    name = errno.errorcode.get(e.errno or 0, "")
+    return f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
+
+
+def io_error(action: str, path: str, e: OSError, *, unchanged: bool = True) -> StorageError:
+    hints = {
+        errno.ENOSPC: "free some disk space and retry",
+        errno.EDQUOT: "free some disk quota and retry",
+        errno.EACCES: "check the permissions of the store directory",
+        errno.EPERM: "check the permissions of the store directory",
+        errno.EROFS: "the filesystem is read-only; use a writable --dir",
+        errno.EIO: "the disk reported an I/O error; check it before retrying",
+    }
+    tail = "; the stored state is unchanged" if unchanged else ""
+    return StorageError(
+        f"cannot {action} {path}: {describe(e)}{tail}",
+        hint=hints.get(e.errno or 0),
+        errno=errno.errorcode.get(e.errno or 0),
+        path=path,
+    )
+
+
+def write_all(files: OsFiles, fd: int, data: bytes) -> None:
+    """Write every byte, looping on short writes."""
+    view = memoryview(data)
+    while view:
+        n = files.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, "write returned no progress")
+        view = view[n:]
+
+
+def _temp_name(path: str, kind: str = "tmp") -> str:
+    return f"{path}.{kind}-{secrets.token_hex(6)}"
+
+
+def temp_prefixes(name: str) -> tuple[str, ...]:
+    """File-name prefixes of the temp files a writer of ``name`` may leave behind."""
+    return (f"{name}.tmp-", f"{name}.bak.tmp-", f"{name}.restore-")
+
+
+def ensure_dir(files: OsFiles, path: str) -> None:
+    """Create the store directory (0700) and make its entry durable in the parent."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise StorageError(
+            f"cannot create store directory {path}: its parent {parent} does not exist",
+            hint="create the parent directory or pass another --dir",
+            path=path,
+        )
+    try:
+        files.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise StorageError(f"{path} exists and is not a directory", path=path) from None
+        return
+    except OSError as e:
+        raise io_error("create store directory", path, e) from None
+    try:
+        files.fsync_dir(parent)
+    except OSError as e:
+        raise io_error("make durable the new directory", path, e) from None
+    log.info("created store directory %s", path)
+
+
+def remove_temps(files: OsFiles, directory: str, name: str) -> list[str]:
+    """Delete temp files a killed writer left. Call only while holding the lock."""
+    prefixes = temp_prefixes(name)
+    removed = []
+    try:
+        entries = files.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.startswith(prefixes):
+            p = os.path.join(directory, entry)
+            try:
+                files.unlink(p)
+                removed.append(p)
+            except OSError:
+                pass
+    if removed:
+        log.warning("removed %d temp file(s) left by an interrupted writer: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+def _write_new(files: OsFiles, path: str, data: bytes, mode: int) -> None:
+    """Create ``path`` (O_EXCL), write, fsync, close. On error the file is removed."""
+    try:
+        fd = files.create(path, 0o600)
+    except OSError as e:
+        raise io_error("create temp file", path, e) from None
+    try:
+        try:
+            if mode != 0o600:
+                files.fchmod(fd, mode)
+            write_all(files, fd, data)
+        except OSError as e:
+            raise io_error("write temp file", path, e) from None
+        try:
+            files.fsync(fd)
+        except OSError as e:
+            # Never rename a file whose fsync failed, and never retry the fsync as if it could succeed.
+            raise io_error("fsync temp file", path, e) from None
+    except BaseException:
+        _quiet_close(files, fd)
+        _quiet_unlink(files, path)
+        raise
+    try:
+        files.close(fd)
+    except OSError as e:
+        _quiet_unlink(files, path)
+        raise io_error("close temp file", path, e) from None
+
+
+def _quiet_close(files: OsFiles, fd: int) -> None:
+    try:
+        files.close(fd)
+    except OSError:
+        pass
+
+
+def _quiet_unlink(files: OsFiles, path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        files.unlink(path)
+    except OSError:
+        pass
+
+
+def _keep_copy(files: OsFiles, src: str, dst: str, src_bytes: bytes | None, mode: int) -> None:
+    """Give the inode at ``src`` a second name ``dst`` (atomically replacing dst): link, or copy."""
+    tmp = _temp_name(src, "bak.tmp") if dst.endswith(".bak") else _temp_name(src, "restore")
+    try:
+        files.link(src, tmp)
+    except OSError as e:
+        if e.errno not in _NO_LINK or src_bytes is None:
+            raise io_error("link", tmp, e) from None
+        _write_new(files, tmp, src_bytes, mode)  # no hard links here: copy and fsync
+    try:
+        files.rename(tmp, dst)
+    except OSError as e:
+        _quiet_unlink(files, tmp)
+        raise io_error("rename backup into place", dst, e) from None
+
+
+@dataclass
+class Previous:
+    """What the state path holds before a commit, and what to do with it."""
+
+    exists: bool
+    valid: bool  # it decoded and verified; only then may it become the backup
+    data: bytes | None = None  # its bytes (for the copy fallback)
+
+
+def corrupt_name(path: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{path}.corrupt-{stamp}-{secrets.token_hex(3)}"
+
+
+def commit(files: OsFiles, path: str, data: bytes, previous: Previous) -> str | None:
+    """Atomically replace ``path`` with ``data``; keep the previous valid version as ``path.bak``.
+
+    Steps (docs/format.md, "Write protocol"):
+      1. write ``data`` to a new temp file beside ``path`` (O_EXCL, 0600), looping on short writes;
+      2. fsync the temp file, close it;
+      3. if ``path`` holds a valid version: link it to a temp name and rename that over ``path.bak``
+         (copy+fsync if links are unsupported); if it holds an invalid one: link it aside as
+         ``path.corrupt-<time>`` (evidence, never deleted); the backup is left alone;
+      4. rename the temp file over ``path``: the path is never missing, never truncated;
+      5. fsync the directory; only then is the commit reported done.
+    On an error before step 4 the state path and (before step 3's rename) the backup are
+    unchanged and no temp file remains. If step 5 fails, the previous version is put back.
+    Returns the path where an invalid previous file was kept, if any.
+    """
+    directory = os.path.dirname(path) or "."
+    mode = files.mode(path) if previous.exists else None
+    mode = 0o600 if mode is None else mode
+    tmp = _temp_name(path)
+    _write_new(files, tmp, data, mode)  # steps 1-2
+    kept_at = None
+    try:
+        if previous.exists and previous.valid:  # step 3
+            _keep_copy(files, path, path + ".bak", previous.data, mode)
+            log.info("backup written: %s.bak", path)
+        elif previous.exists:
+            kept_at = corrupt_name(path)
+            _keep_copy(files, path, kept_at, previous.data, mode)
+            log.warning("kept the corrupted state file as %s", kept_at)
+        try:
+            files.rename(tmp, path)  # step 4
+        except OSError as e:
+            raise io_error("rename new state into", path, e) from None
+    except BaseException:
+        _quiet_unlink(files, tmp)
+        raise
+    try:
+        files.fsync_dir(directory)  # step 5
+    except OSError as e:
+        restored = _roll_back(files, path, previous, kept_at)
+        raise io_error("fsync directory after writing", path, e, unchanged=restored) from None
+    return kept_at
+
+
+def _roll_back(files: OsFiles, path: str, previous: Previous, kept_at: str | None) -> bool:
+    """After a failed directory fsync, put the previous version back under ``path``."""
+    source = path + ".bak" if previous.valid else kept_at
+    try:
+        if not previous.exists:
+            files.unlink(path)
+        elif source is not None:
+            tmp = _temp_name(path, "restore")
+            files.link(source, tmp)
+            files.rename(tmp, path)
+        else:
+            return False
+    except OSError:
+        log.error("could not put back the previous version of %s after a failed fsync", path)
+        return False
+    try:
+        files.fsync_dir(os.path.dirname(path) or ".")
+    except OSError:
+        pass
+    log.error("directory fsync failed; the previous version of %s was put back", path)
+    return True

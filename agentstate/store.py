@@ -1,0 +1,290 @@
+"""The state store: a directory holding state.json, state.json.bak and state.json.lock.
+
+``read()`` takes no lock and never writes. ``transaction()`` locks, loads (recovering from
+the backup if it must), yields the State, and saves it atomically if it changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+from . import codec, fileio
+from .errors import ConflictError, StateCorrupted, StorageError
+from .fileio import OsFiles
+
+log = logging.getLogger("agentstate.store")
+
+STATE_NAME = "state.json"
+DEFAULT_DIR = ".agentstate"
+
+
+@dataclass
+class State:
+    """One version of the state. Mutate ``resources`` inside a transaction."""
+
+    resources: dict[str, Any]
+    serial: int
+    lineage: str
+    updated_at: str | None = None
+    format_version: int = codec.FORMAT_VERSION
+    source: str = "state"  # where it was loaded from: "state", "backup" or "new"
+    changed: bool = field(default=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": codec.FORMAT_VERSION,
+            "serial": self.serial,
+            "lineage": self.lineage,
+            "updated_at": self.updated_at,
+            "resources": self.resources,
+        }
+
+
+@dataclass
+class _Loaded:
+    state: State
+    resources_bytes: bytes | None  # canonical encoding as loaded, to see whether anything changed
+    previous: fileio.Previous  # what state.json holds now
+    problems: list[tuple[str, str]]
+    keys: frozenset[str] = frozenset()  # addresses as loaded, already checked
+
+
+def _utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def default_dir() -> str:
+    return os.environ.get("AGENTSTATE_DIR") or DEFAULT_DIR
+
+
+class StateStore:
+    """A store directory. ``StateStore(path)``; path may be a str or a Path."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        lock_timeout: float | str | None = None,
+        stale_after: float | str = 300.0,
+        files: OsFiles | None = None,
+        lock_mode: str | None = None,
+    ) -> None:
+        from .lock import parse_duration
+
+        self.path = os.fspath(path if path is not None else default_dir())
+        self.state_path = os.path.join(self.path, STATE_NAME)
+        self.backup_path = self.state_path + ".bak"
+        self.lock_path = self.state_path + ".lock"
+        if lock_timeout is None:
+            lock_timeout = os.environ.get("AGENTSTATE_LOCK_TIMEOUT") or 30.0
+        self.lock_timeout = parse_duration(lock_timeout, "lock timeout")
+        self.stale_after = parse_duration(stale_after, "stale threshold")
+        self.files = files or OsFiles()
+        self.lock_mode = lock_mode
+
+    def __repr__(self) -> str:
+        return f"StateStore({self.path!r})"
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self) -> State:
+        """The current state, verified; recovered in memory from the backup if needed. Never writes."""
+        return self._load().state
+
+    def _read_file(self, path: str) -> bytes | None:
+        try:
+            return self.files.read(path)
+        except IsADirectoryError:
+            return b""
+        except OSError as e:
+            raise fileio.io_error("read", path, e) from None
+
+    def _load(self) -> _Loaded:
+        problems: list[tuple[str, str]] = []
+        primary = self._read_file(self.state_path)
+        if primary is not None:
+            try:
+                doc = codec.decode_document(primary)
+            except codec.CorruptDocument as e:
+                problems.append((self.state_path, str(e)))
+            else:
+                return self._loaded(doc, "state", primary, fileio.Previous(True, True, primary), problems)
+        backup = self._read_file(self.backup_path)
+        if primary is None and backup is None:
+            state = State(resources={}, serial=0, lineage=str(uuid.uuid4()), source="new")
+            return _Loaded(state, b"{}", fileio.Previous(False, False), problems)
+        if primary is None:
+            problems.append((self.state_path, "missing while a backup exists"))
+        if backup is None:
+            problems.append((self.backup_path, "missing"))
+        else:
+            try:
+                doc = codec.decode_document(backup)
+            except codec.CorruptDocument as e:
+                problems.append((self.backup_path, str(e)))
+            else:
+                for path, reason in problems:
+                    log.error("corruption detected in %s: %s", path, reason)
+                log.warning(
+                    "fallback used: serving serial %d from %s; the next write (or `agentstate doctor --repair`) "
+                    "restores %s",
+                    doc.serial, self.backup_path, self.state_path,
+                )
+                previous = fileio.Previous(primary is not None, False, primary)
+                return self._loaded(doc, "backup", None, previous, problems)
+        tried = "; ".join(f"{p}: {r}" for p, r in problems)
+        raise StateCorrupted(
+            f"no valid state: {tried}",
+            hint="the files were left as they are; restore one from a copy, or move them aside to start anew",
+            tried=problems,
+        )
+
+    @staticmethod
+    def _loaded(doc: codec.Decoded, source: str, raw: bytes | None, previous: fileio.Previous,
+                problems: list[tuple[str, str]]) -> _Loaded:
+        state = State(doc.resources, doc.serial, doc.lineage, doc.updated_at, doc.format_version, source)
+        rb = None
+        if source == "state":  # an older format is upgraded on the next save that changes something
+            rb = doc.resources_bytes if doc.resources_bytes is not None else codec.encode_value(doc.resources)
+        return _Loaded(state, rb, previous, problems)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def lock(self, *, operation: str = "transaction"):
+        """An unacquired Lock for this store (see agentstate.lock.Lock)."""
+        from .lock import Lock
+
+        return Lock(self.lock_path, files=self.files, stale_after=self.stale_after, mode=self.lock_mode)
+
+    @contextmanager
+    def transaction(
+        self,
+        lock_timeout: float | str | None = None,
+        *,
+        operation: str = "transaction",
+        expect_serial: int | None = None,
+        expect_lineage: str | None = None,
+        on_wait: Callable[[Any], None] | None = None,
+    ) -> Iterator[State]:
+        """Lock, load, yield the State, save it atomically if it changed, unlock.
+
+        An exception inside the block saves nothing and propagates.
+        """
+        from .lock import parse_duration
+
+        timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
+        fileio.ensure_dir(self.files, self.path)
+        lk = self.lock()
+        try:
+            lk.acquire(timeout, operation, on_wait)
+        except OSError as e:
+            raise fileio.io_error("open the lock file", self.lock_path, e) from None
+        try:
+            fileio.remove_temps(self.files, self.path, STATE_NAME)
+            loaded = self._load()
+            state = loaded.state
+            if expect_serial is not None and state.serial != expect_serial:
+                raise ConflictError(
+                    f"state is at serial {state.serial}, expected {expect_serial}",
+                    hint="the state moved on; re-read it and retry",
+                    serial=state.serial,
+                )
+            if expect_lineage is not None and state.lineage != expect_lineage:
+                raise ConflictError(
+                    f"state has lineage {state.lineage}, expected {expect_lineage}",
+                    hint="this is a different store",
+                    lineage=state.lineage,
+                )
+            if loaded.state.source == "state":
+                loaded.keys = frozenset(state.resources)
+            yield state
+            self._save(loaded, state)
+        finally:
+            lk.release()
+
+    def _save(self, loaded: _Loaded, state: State) -> None:
+        if not isinstance(state.resources, dict):
+            from .errors import InvalidInput
+
+            raise InvalidInput("resources must be a JSON object (a dict)")
+        resources_bytes = codec.encode_value(state.resources)
+        if resources_bytes == loaded.resources_bytes and loaded.state.source != "backup":
+            log.debug("transaction changed nothing; nothing written")
+            return
+        before = loaded.state
+        for address in state.resources.keys() - loaded.keys:
+            codec.check_address(address)
+        serial = before.serial + 1
+        updated_at = _utcnow()
+        data = codec.encode_document(
+            serial=serial, lineage=before.lineage, updated_at=updated_at, resources_bytes=resources_bytes
+        )
+        fileio.commit(self.files, self.state_path, data, loaded.previous)
+        if loaded.state.source == "backup":
+            log.warning("recovery persisted: %s restored from backup as serial %d", self.state_path, serial)
+        state.serial, state.updated_at, state.lineage = serial, updated_at, before.lineage
+        state.format_version, state.changed = codec.FORMAT_VERSION, True
+
+    # -- lock management and checks ---------------------------------------------------------
+
+    def lock_status(self) -> dict[str, Any]:
+        return self.lock().status()
+
+    def force_unlock(self, lock_id: str, *, force: bool = False) -> dict[str, Any]:
+        return self.lock().force_unlock(lock_id, force=force).to_dict()
+
+    def check(self) -> list[dict[str, Any]]:
+        """Doctor's findings: one dict per check with "check", "ok", "detail"."""
+        from .lock import Holder
+
+        findings: list[dict[str, Any]] = []
+
+        def add(check: str, ok: bool, detail: str, **extra: Any) -> None:
+            findings.append({"check": check, "ok": ok, "detail": detail, **extra})
+
+        if not os.path.isdir(self.path):
+            add("store", True, f"{self.path} does not exist yet (an empty store)")
+            return findings
+        for name, path in (("state", self.state_path), ("backup", self.backup_path)):
+            data = self._read_file(path)
+            if data is None:
+                # A missing state file is bad only when a backup exists (it will be restored from it).
+                ok = name == "backup" or self._read_file(self.backup_path) is None
+                add(name, ok, f"{path} is missing", path=path)
+                continue
+            try:
+                doc = codec.decode_document(data)
+            except codec.CorruptDocument as e:
+                add(name, False, f"{path}: {e}", path=path)
+            else:
+                add(name, True, f"{path}: valid, serial {doc.serial}, {len(doc.resources)} resources", path=path,
+                    serial=doc.serial)
+        lk = self.lock()
+        status = lk.status()
+        holder = Holder.parse(self._read_file(self.lock_path) or b"")
+        if status["held"]:
+            ok = not status["stale"]
+            add("lock", ok, f"held by {holder.describe() if holder else 'an unknown holder'}"
+                + (" and looks stale" if not ok else ""))
+        else:
+            add("lock", True, "free")
+        strays = [e for e in self.files.listdir(self.path) if e.startswith(fileio.temp_prefixes(STATE_NAME))]
+        add("temp files", not strays, f"{len(strays)} stray temp file(s)" + (f": {', '.join(strays)}" if strays else ""),
+            files=strays)
+        corrupt = [e for e in self.files.listdir(self.path) if e.startswith(STATE_NAME + ".corrupt-")]
+        if corrupt:
+            add("kept corrupt files", True, f"{len(corrupt)} corrupted file(s) kept as evidence: {', '.join(corrupt)}")
+        return findings
+
+    def repair(self, lock_timeout: float | str | None = None) -> State:
+        """Persist a recovery: under the lock, clean temp files and rewrite state.json if it is not valid."""
+        with self.transaction(lock_timeout, operation="repair") as state:
+            pass
+        return state
+
