@@ -18,8 +18,8 @@ from .errors import (
     StateLocked,
     StorageError,
 )
-from .store import State, StateStore
 from .planner import Plan, apply, plan, remove
+from .store import State, StateStore
 
 __all__ = [
     "AgentStateError",

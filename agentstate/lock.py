@@ -22,9 +22,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from ._version import __version__
 from .errors import ConflictError, InvalidInput, NotFound, StateLocked
@@ -39,7 +40,7 @@ _NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 
 
-def parse_duration(value: str | float | int, what: str = "duration") -> float:
+def parse_duration(value: str | float, what: str = "duration") -> float:
     """Seconds from ``500ms``, ``10s``, ``2m``, ``1h`` or plain seconds (``0`` = one attempt)."""
     if isinstance(value, bool):
         raise InvalidInput(f"invalid {what}: {value!r}")
@@ -56,7 +57,7 @@ def parse_duration(value: str | float | int, what: str = "duration") -> float:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _iso(t: datetime) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from . import codec, fileio
-from .errors import ConflictError, StateCorrupted, StorageError
+from .errors import ConflictError, StateCorrupted
 from .fileio import OsFiles
 
 log = logging.getLogger("agentstate.store")
@@ -56,7 +57,7 @@ class _Loaded:
 
 
 def _utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def default_dir() -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -37,7 +38,7 @@ lock_app = typer.Typer(help="Inspect the store's lock.", no_args_is_help=True, e
 app.add_typer(lock_app, name="lock")
 
 DirOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--dir", envvar="AGENTSTATE_DIR", help="Store directory [default: ./.agentstate]", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
@@ -50,7 +51,7 @@ FormatOpt = Annotated[
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.")]
 TimeoutOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--lock-timeout",
         envvar="AGENTSTATE_LOCK_TIMEOUT",
@@ -201,13 +202,13 @@ def _root(
 
 @app.command()
 def apply(
-    spec: Annotated[Optional[str], typer.Argument(help="JSON spec file, or - for stdin.", show_default=False)] = None,
+    spec: Annotated[str | None, typer.Argument(help="JSON spec file, or - for stdin.", show_default=False)] = None,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="ADDRESS=VALUE (JSON, else a string). Repeatable.")
+        list[str] | None, typer.Option("--set", help="ADDRESS=VALUE (JSON, else a string). Repeatable.")
     ] = None,
-    delete: Annotated[Optional[list[str]], typer.Option("--delete", help="ADDRESS to delete. Repeatable.")] = None,
+    delete: Annotated[list[str] | None, typer.Option("--delete", help="ADDRESS to delete. Repeatable.")] = None,
     expect_serial: Annotated[
-        Optional[int], typer.Option("--expect-serial", help="Refuse (exit 5) unless the state is at this serial.")
+        int | None, typer.Option("--expect-serial", help="Refuse (exit 5) unless the state is at this serial.")
     ] = None,
     lock_timeout: TimeoutOpt = None,
     dir: DirOpt = None,
@@ -259,7 +260,7 @@ def plan(
 
 @app.command()
 def show(
-    address: Annotated[Optional[str], typer.Argument(help="Show only this resource's value.")] = None,
+    address: Annotated[str | None, typer.Argument(help="Show only this resource's value.")] = None,
     dir: DirOpt = None,
     json: JsonOpt = False,
     log_level: LevelOpt = "warning",
@@ -331,7 +332,7 @@ def list_(
 @app.command()
 def rm(
     addresses: Annotated[list[str], typer.Argument(help="Addresses to remove.")],
-    expect_serial: Annotated[Optional[int], typer.Option("--expect-serial", help="Refuse (exit 5) unless at this serial.")] = None,
+    expect_serial: Annotated[int | None, typer.Option("--expect-serial", help="Refuse (exit 5) unless at this serial.")] = None,
     lock_timeout: TimeoutOpt = None,
     dir: DirOpt = None,
     json: JsonOpt = False,
