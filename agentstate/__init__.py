@@ -5,36 +5,60 @@
     with store.transaction(lock_timeout=30.0) as state:
         state.resources["agent.a"] = {"model": "x"}
     print(store.read().serial)
+
+Names are imported on first use, so the CLI starts without loading what it does not need.
 """
 
-from ._version import __version__
-from .errors import (
-    AgentStateError,
-    ConflictError,
-    FormatTooNew,
-    InvalidInput,
-    NotFound,
-    StateCorrupted,
-    StateLocked,
-    StorageError,
-)
-from .planner import Plan, apply, plan, remove
-from .store import State, StateStore
+from __future__ import annotations
 
-__all__ = [
-    "AgentStateError",
-    "ConflictError",
-    "FormatTooNew",
-    "InvalidInput",
-    "NotFound",
-    "Plan",
-    "State",
-    "StateCorrupted",
-    "StateLocked",
-    "StateStore",
-    "StorageError",
-    "__version__",
-    "apply",
-    "plan",
-    "remove",
-]
+from typing import TYPE_CHECKING
+
+from ._version import __version__
+
+_EXPORTS = {
+    "AgentStateError": "errors",
+    "ConflictError": "errors",
+    "FormatTooNew": "errors",
+    "InvalidInput": "errors",
+    "NotFound": "errors",
+    "StateCorrupted": "errors",
+    "StateLocked": "errors",
+    "StorageError": "errors",
+    "State": "store",
+    "StateStore": "store",
+    "Plan": "planner",
+    "apply": "planner",
+    "plan": "planner",
+    "remove": "planner",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:
+    from .errors import (
+        AgentStateError,
+        ConflictError,
+        FormatTooNew,
+        InvalidInput,
+        NotFound,
+        StateCorrupted,
+        StateLocked,
+        StorageError,
+    )
+    from .planner import Plan, apply, plan, remove
+    from .store import State, StateStore
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentstate' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -138,7 +137,7 @@ def write_all(files: OsFiles, fd: int, data: bytes) -> None:
 
 
 def _temp_name(path: str, kind: str = "tmp") -> str:
-    return f"{path}.{kind}-{secrets.token_hex(6)}"
+    return f"{path}.{kind}-{os.urandom(6).hex()}"
 
 
 def temp_prefixes(name: str) -> tuple[str, ...]:
@@ -265,7 +264,7 @@ class Previous:
 
 def corrupt_name(path: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{path}.corrupt-{stamp}-{secrets.token_hex(3)}"
+    return f"{path}.corrupt-{stamp}-{os.urandom(3).hex()}"
 
 
 def commit(files: OsFiles, path: str, data: bytes, previous: Previous) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import codec, fileio
+from .duration import parse_duration
 from .errors import ConflictError, StateCorrupted
 from .fileio import OsFiles
 
@@ -76,8 +76,6 @@ class StateStore:
         files: OsFiles | None = None,
         lock_mode: str | None = None,
     ) -> None:
-        from .lock import parse_duration
-
         self.path = os.fspath(path if path is not None else default_dir())
         self.state_path = os.path.join(self.path, STATE_NAME)
         self.backup_path = self.state_path + ".bak"
@@ -118,6 +116,8 @@ class StateStore:
                 return self._loaded(doc, "state", primary, fileio.Previous(True, True, primary), problems)
         backup = self._read_file(self.backup_path)
         if primary is None and backup is None:
+            import uuid
+
             state = State(resources={}, serial=0, lineage=str(uuid.uuid4()), source="new")
             return _Loaded(state, b"{}", fileio.Previous(False, False), problems)
         if primary is None:
@@ -177,8 +177,6 @@ class StateStore:
 
         An exception inside the block saves nothing and propagates.
         """
-        from .lock import parse_duration
-
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
         fileio.ensure_dir(self.files, self.path)
         lk = self.lock()
