@@ -237,9 +237,9 @@ def _quiet_unlink(files: OsFiles, path: str | None) -> None:
         pass
 
 
-def _keep_copy(files: OsFiles, src: str, dst: str, src_bytes: bytes | None, mode: int) -> None:
-    """Give the inode at ``src`` a second name ``dst`` (atomically replacing dst): link, or copy."""
-    tmp = _temp_name(src, "bak.tmp") if dst.endswith(".bak") else _temp_name(src, "restore")
+def _keep_copy(files: OsFiles, src: str, dst: str, tmp: str, src_bytes: bytes | None, mode: int) -> None:
+    """Give the inode at ``src`` the name ``dst`` too (atomically replacing it) through the temp name
+    ``tmp``: link, or where links are unsupported, a fsynced copy of ``src_bytes``."""
     try:
         files.link(src, tmp)
     except OSError as e:
@@ -250,7 +250,11 @@ def _keep_copy(files: OsFiles, src: str, dst: str, src_bytes: bytes | None, mode
         files.rename(tmp, dst)
     except OSError as e:
         _quiet_unlink(files, tmp)
-        raise io_error("rename backup into place", dst, e) from None
+        raise io_error("rename into place", dst, e) from None
+    if files.mode(tmp) is not None:
+        # rename() between two names of one inode succeeds and does nothing (POSIX): ``dst``
+        # already was this version (e.g. after a failed commit or a roll-back). Drop the temp name.
+        _quiet_unlink(files, tmp)
 
 
 @dataclass
@@ -290,11 +294,11 @@ def commit(files: OsFiles, path: str, data: bytes, previous: Previous) -> str | 
     kept_at = None
     try:
         if previous.exists and previous.valid:  # step 3
-            _keep_copy(files, path, path + ".bak", previous.data, mode)
+            _keep_copy(files, path, path + ".bak", _temp_name(path, "bak.tmp"), previous.data, mode)
             log.info("backup written: %s.bak", path)
         elif previous.exists:
             kept_at = corrupt_name(path)
-            _keep_copy(files, path, kept_at, previous.data, mode)
+            _keep_copy(files, path, kept_at, _temp_name(path, "restore"), previous.data, mode)
             log.warning("kept the corrupted state file as %s", kept_at)
         try:
             files.rename(tmp, path)  # step 4
@@ -306,24 +310,22 @@ def commit(files: OsFiles, path: str, data: bytes, previous: Previous) -> str | 
     try:
         files.fsync_dir(directory)  # step 5
     except OSError as e:
-        restored = _roll_back(files, path, previous, kept_at)
+        restored = _roll_back(files, path, previous, kept_at, mode)
         raise io_error("fsync directory after writing", path, e, unchanged=restored) from None
     return kept_at
 
 
-def _roll_back(files: OsFiles, path: str, previous: Previous, kept_at: str | None) -> bool:
+def _roll_back(files: OsFiles, path: str, previous: Previous, kept_at: str | None, mode: int) -> bool:
     """After a failed directory fsync, put the previous version back under ``path``."""
     source = path + ".bak" if previous.valid else kept_at
     try:
         if not previous.exists:
             files.unlink(path)
         elif source is not None:
-            tmp = _temp_name(path, "restore")
-            files.link(source, tmp)
-            files.rename(tmp, path)
+            _keep_copy(files, source, path, _temp_name(path, "restore"), previous.data, mode)
         else:
             return False
-    except OSError:
+    except (OSError, StorageError):
         log.error("could not put back the previous version of %s after a failed fsync", path)
         return False
     try:
