@@ -32,7 +32,23 @@ _EXPORTS = {
     "remove": "planner",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "AgentStateError",
+    "ConflictError",
+    "FormatTooNew",
+    "InvalidInput",
+    "NotFound",
+    "Plan",
+    "State",
+    "StateCorrupted",
+    "StateLocked",
+    "StateStore",
+    "StorageError",
+    "__version__",
+    "apply",
+    "plan",
+    "remove",
+]
 
 if TYPE_CHECKING:
     from .errors import (

@@ -25,7 +25,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 # link() may be refused by filesystems without hard links; then the backup is copied.
-_NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 
 
 class OsFiles:
@@ -243,7 +243,7 @@ def _keep_copy(files: OsFiles, src: str, dst: str, tmp: str, src_bytes: bytes | 
     try:
         files.link(src, tmp)
     except OSError as e:
-        if e.errno not in _NO_LINK or src_bytes is None:
+        if e.errno not in NO_LINK or src_bytes is None:
             raise io_error("link", tmp, e) from None
         _write_new(files, tmp, src_bytes, mode)  # no hard links here: copy and fsync
     try:

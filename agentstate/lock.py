@@ -29,7 +29,6 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import shlex
 import socket
 import threading
@@ -41,8 +40,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._version import __version__
+from .duration import parse_duration
 from .errors import ConflictError, InvalidInput, NotFound, StateLocked
-from .fileio import OsFiles, write_all
+from .fileio import NO_LINK, OsFiles, write_all
 
 log = logging.getLogger("agentstate.lock")
 
@@ -50,24 +50,6 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_STALE_AFTER = 300.0
 _CONTENDED = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
 _NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}
-_NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-
-
-def parse_duration(value: str | float, what: str = "duration") -> float:
-    """Seconds from ``500ms``, ``10s``, ``2m``, ``1h`` or plain seconds (``0`` = one attempt)."""
-    if isinstance(value, bool):
-        raise InvalidInput(f"invalid {what}: {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise InvalidInput(f"invalid {what} {value!r}: use e.g. 500ms, 10s, 2m or plain seconds")
-        seconds = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
-    if not (seconds >= 0) or seconds == float("inf"):
-        raise InvalidInput(f"invalid {what} {value!r}: must be a finite, non-negative number of seconds")
-    return seconds
 
 
 def _now() -> datetime:
@@ -785,7 +767,7 @@ class Lock:
                 except FileExistsError:
                     return False
                 except OSError as e:
-                    if e.errno not in _NO_LINK:
+                    if e.errno not in NO_LINK:
                         raise
                     self._soft_link = False
                 else:
