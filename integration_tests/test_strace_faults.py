@@ -1,0 +1,237 @@
+"""Fault injection into a real save: `agentstate apply --set counter=3` under `strace -e inject=...`.
+
+First one clean save is traced (``strace -f -y``) to find every call of the write protocol
+after the lock file is opened, and which syscall this libc uses for os.rename / os.link.
+Then each call is made to fail in its own run, counting with strace's per-task ``when=N``:
+
+* ``write`` ENOSPC, each write to the temp file; ``pwrite64`` ENOSPC on the lock record
+* ``fsync`` EIO: the lock-record fsync, the temp-file fsync, the directory fsync
+* ``openat`` EACCES and EROFS on the temp file's open
+* ``rename`` (or renameat/renameat2) EACCES and EROFS, each rename
+* ``link`` EPERM (no hard links: the backup must be copied and the save must succeed) and EIO
+* directory fsync EIO *and* the rename that puts the previous version back: the roll-back fails
+
+Every failing run must exit 1 with exactly one ``error:`` line on stderr naming the injected
+errno (other stderr lines may only be agentstate log lines; never a traceback), leave no temp
+file, and leave state.json byte-identical to before (also when the directory fsync failed: the
+previous version is put back). The backup must be byte-identical too when the failure came
+before the backup rename, and hold the previous state.json when it came after. The trace of
+each run must show exactly the intended call(s) marked (INJECTED), so a miscounted ``when=``
+fails the test instead of testing nothing. Afterwards a normal save must work.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from agentstate_integration import (
+    AGENTSTATE_CLI,
+    BACKUP,
+    STATE,
+    Syscall,
+    leftover_temps,
+    load_state_alone,
+    main_thread,
+    make_seeded_store,
+    occurrence,
+    parse_strace,
+    run_strace,
+    store_files,
+    write_report_record,
+)
+
+from agentstate.store import StateStore
+
+DISCOVER = "openat,write,pwrite64,fsync,fdatasync,ftruncate,rename,renameat,renameat2,link,linkat,unlink,unlinkat,close"
+RENAMES = ("rename", "renameat", "renameat2")
+LINKS = ("link", "linkat")
+
+
+@dataclass(frozen=True)
+class Fault:
+    label: str
+    inject: tuple[str, ...]  # strace inject specs
+    targets: tuple[str, ...]  # glob of the injected call's path (basename), one per inject spec
+    errno: str
+    expect: str  # "unchanged", "backup-replaced", "success", "rollback-failed"
+
+
+def _call_path(c: Syscall) -> str:
+    if c.name in ("write", "pwrite64", "fsync", "fdatasync", "ftruncate", "close"):
+        return c.fd_path(0) or ""
+    return (c.paths() or ("",))[0] or ""
+
+
+def _cli(directory: Path) -> list[str]:
+    return [AGENTSTATE_CLI, "apply", "--set", "counter=3", "--dir", str(directory)]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_seeded_store(tmp_path_factory.mktemp("template") / "store")
+
+
+@pytest.fixture(scope="module")
+def faults(template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Fault]:
+    """Trace one clean save and derive one fault per protocol call."""
+    work = tmp_path_factory.mktemp("discover")
+    directory = work / "store"
+    shutil.copytree(template, directory)
+    trace = work / "trace.txt"
+    proc = run_strace(_cli(directory), trace, trace=DISCOVER)
+    assert proc.returncode == 0, proc.stderr
+    calls = main_thread(parse_strace(trace.read_text()))
+    real = os.path.realpath(directory)
+    lock = os.path.join(real, STATE + ".lock")
+    start = next(i for i, c in enumerate(calls) if c.name == "openat" and c.paths()[0] == lock)
+
+    out: list[Fault] = []
+    counts: dict[str, int] = {}
+    renames: list[tuple[str, int, str]] = []
+    fsyncs: list[tuple[int, str]] = []
+    links: list[tuple[str, int]] = []
+    for i in range(start, len(calls)):
+        c = calls[i]
+        k = occurrence(calls, i)
+        path = _call_path(c)
+        base = os.path.basename(path)
+        counts[c.name] = counts.get(c.name, 0) + 1
+        if c.name == "write" and fnmatch.fnmatch(base, "state.json.tmp-*"):
+            out.append(Fault(f"write#{k} temp ENOSPC", (f"write:error=ENOSPC:when={k}",), ("state.json.tmp-*",),
+                             "ENOSPC", "unchanged"))
+        elif c.name == "pwrite64" and path == lock:
+            out.append(Fault(f"pwrite64#{k} lock record ENOSPC", (f"pwrite64:error=ENOSPC:when={k}",),
+                             ("state.json.lock",), "ENOSPC", "unchanged"))
+        elif c.name == "fsync":
+            what = "lock record" if path == lock else "directory" if path == real else "temp file"
+            fsyncs.append((k, what))
+            out.append(Fault(f"fsync#{k} {what} EIO", (f"fsync:error=EIO:when={k}",),
+                             (base if what != "temp file" else "state.json.tmp-*",), "EIO",
+                             "backup-replaced" if what == "directory" else "unchanged"))
+        elif c.name == "openat" and fnmatch.fnmatch(base, "state.json.tmp-*"):
+            for err in ("EACCES", "EROFS"):
+                out.append(Fault(f"openat#{k} temp {err}", (f"openat:error={err}:when={k}",), ("state.json.tmp-*",),
+                                 err, "unchanged"))
+        elif c.name in RENAMES:
+            dst = os.path.basename(c.paths()[1] or "")
+            renames.append((c.name, k, dst))
+            for err in ("EACCES", "EROFS"):
+                out.append(Fault(f"{c.name}#{k} -> {dst} {err}", (f"{c.name}:error={err}:when={k}",),
+                                 ("state.json.bak.tmp-*" if dst == BACKUP else "state.json.tmp-*",), err,
+                                 "unchanged" if dst == BACKUP else "backup-replaced"))
+        elif c.name in LINKS:
+            links.append((c.name, k))
+            out.append(Fault(f"{c.name}#{k} EPERM (copy fallback)", (f"{c.name}:error=EPERM:when={k}",),
+                             ("state.json",), "EPERM", "success"))
+            out.append(Fault(f"{c.name}#{k} EIO", (f"{c.name}:error=EIO:when={k}",), ("state.json",), "EIO",
+                             "unchanged"))
+    # The protocol as documented: 3 fsyncs (lock record, temp file, directory), 2 renames, 1 link.
+    assert [w for _, w in fsyncs] == ["lock record", "temp file", "directory"], fsyncs
+    assert [d for _, _, d in renames] == [BACKUP, STATE], renames
+    assert len(links) == 1, links
+    assert counts.get("unlink", 0) + counts.get("unlinkat", 0) == 0
+    # Directory fsync fails, and so does the rename that would put the previous version back.
+    rename_name, last_rename = renames[-1][0], renames[-1][1]
+    dir_fsync = fsyncs[-1][0]
+    out.append(Fault("fsync dir EIO + roll-back rename EACCES",
+                     (f"fsync:error=EIO:when={dir_fsync}", f"{rename_name}:error=EACCES:when={last_rename + 1}"),
+                     (os.path.basename(real), "state.json.restore-*"), "EIO", "rollback-failed"))
+    return out
+
+
+def _check(f: Fault, directory: Path, trace: Path, proc, before: dict[str, bytes | None]) -> list[str]:
+    v: list[str] = []
+    calls = parse_strace(trace.read_text())
+    injected = [c for c in calls if c.injected]
+    if len(injected) != len(f.inject):
+        return [f"{len(injected)} call(s) injected, expected {len(f.inject)}: {[c.line for c in injected]}"]
+    for c, pattern in zip(injected, f.targets, strict=True):
+        if not fnmatch.fnmatch(os.path.basename(_call_path(c)), pattern):
+            v.append(f"injected into the wrong call (wanted {pattern}): {c.line}")
+    after = store_files(directory)
+    temps = leftover_temps(directory)
+    if temps:
+        v.append(f"temp files left: {temps}")
+    lines = proc.stderr.splitlines()
+    if "Traceback" in proc.stderr:
+        v.append(f"traceback on stderr: {proc.stderr}")
+    if f.expect == "success":
+        if proc.returncode != 0:
+            v.append(f"exit {proc.returncode}, expected success: {proc.stderr}")
+        state = load_state_alone(directory / STATE)
+        if state is None or state.resources != {"counter": 3}:
+            v.append(f"state.json is not the new version: {state}")
+        if after[BACKUP] != before[STATE]:
+            v.append("the backup is not the previous state.json")
+        if not any(c.name == "openat" and fnmatch.fnmatch(os.path.basename(_call_path(c)), "state.json.bak.tmp-*")
+                   for c in calls):
+            v.append("the backup was not copied after link() failed")
+        return v
+    if proc.returncode != 1:
+        v.append(f"exit code {proc.returncode}, expected 1")
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    others = [ln for ln in lines if not ln.startswith("error:") and not ln.startswith("agentstate: ")]
+    if len(errors) != 1 or not lines or lines[-1] != errors[0] or others:
+        v.append(f"stderr is not one error line (plus log lines): {proc.stderr!r}")
+    elif f"({f.errno})" not in errors[0]:
+        v.append(f"the error line does not name {f.errno}: {errors[0]}")
+    if f.expect == "rollback-failed":
+        # The roll-back could not be done: the new version stays and the message must not say "unchanged".
+        state = load_state_alone(directory / STATE)
+        if state is None or state.resources != {"counter": 3}:
+            v.append(f"state.json should still be the new version: {state}")
+        if errors and "unchanged" in errors[0]:
+            v.append(f"claims the state is unchanged although it changed: {errors[0]}")
+        return v
+    if after[STATE] != before[STATE]:
+        v.append("state.json changed")
+    if f.expect == "unchanged" and after[BACKUP] != before[BACKUP]:
+        v.append("state.json.bak changed although the failure came before the backup rename")
+    if f.expect == "backup-replaced" and after[BACKUP] != before[STATE]:
+        v.append("state.json.bak is neither unchanged nor the previous state.json")
+    if errors and "unchanged" not in errors[0]:
+        v.append(f"the error does not say the stored state is unchanged: {errors[0]}")
+    return v
+
+
+def _run_fault(f: Fault, template: Path, work: Path) -> list[str]:
+    directory = work / "store"
+    shutil.copytree(template, directory)
+    before = store_files(directory)
+    trace = work / "trace.txt"
+    names = sorted({spec.split(":")[0] for spec in f.inject} | {"openat"})
+    proc = run_strace(_cli(directory), trace, trace=",".join(names), inject=f.inject)
+    violations = _check(f, directory, trace, proc, before)
+    # Whatever happened, the next writer must find a valid store and be able to save.
+    store = StateStore(directory)
+    if store.read().source != "state":
+        violations.append("the store does not load from state.json afterwards")
+    with store.transaction() as state:
+        state.resources["counter"] = 4
+    if load_state_alone(directory / STATE).resources != {"counter": 4} or leftover_temps(directory):
+        violations.append("a normal save after the fault did not work cleanly")
+    return violations
+
+
+def test_injected_faults(faults: list[Fault], template: Path, tmp_path: Path) -> None:
+    labels = [f.label for f in faults]
+    # write, pwrite64, 3 fsyncs, openat x 2 errnos, 2 renames x 2 errnos, link x 2 errnos, roll-back failure
+    assert len(faults) == 14, labels
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda ix: _run_fault(ix[1], template, _mkdir(tmp_path / f"f{ix[0]:02d}")),
+                                 enumerate(faults)))
+    failed = {f.label: v for f, v in zip(faults, results, strict=True) if v}
+    write_report_record("strace_faults", cases=len(faults), violations=sum(len(v) for v in failed.values()),
+                        faults=labels)
+    assert not failed, "\n".join(f"{label}: {'; '.join(v)}" for label, v in failed.items())
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir()
+    return p
