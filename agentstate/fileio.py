@@ -311,7 +311,10 @@ def commit(files: OsFiles, path: str, data: bytes, previous: Previous) -> str | 
         files.fsync_dir(directory)  # step 5
     except OSError as e:
         restored = _roll_back(files, path, previous, kept_at, mode)
-        raise io_error("fsync directory after writing", path, e, unchanged=restored) from None
+        err = io_error("fsync directory after writing", path, e, unchanged=restored)
+        if not restored:
+            err.message += "; the new version may or may not survive a crash"
+        raise err from None
     return kept_at
 
 
@@ -326,11 +329,11 @@ def _roll_back(files: OsFiles, path: str, previous: Previous, kept_at: str | Non
         else:
             return False
     except (OSError, StorageError):
-        log.error("could not put back the previous version of %s after a failed fsync", path)
+        log.debug("could not put back the previous version of %s after a failed fsync", path, exc_info=True)
         return False
     try:
         files.fsync_dir(os.path.dirname(path) or ".")
     except OSError:
         pass
-    log.error("directory fsync failed; the previous version of %s was put back", path)
+    log.info("directory fsync failed; the previous version of %s was put back", path)
     return True
