@@ -136,6 +136,16 @@ def write_all(files: OsFiles, fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def write_all_at(files: OsFiles, fd: int, data: bytes, offset: int) -> None:
+    """pwrite every byte at ``offset``, looping on short writes."""
+    view = memoryview(data)
+    while view:
+        n = files.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "pwrite returned no progress")
+        view, offset = view[n:], offset + n
+
+
 def _temp_name(path: str, kind: str = "tmp") -> str:
     return f"{path}.{kind}-{os.urandom(6).hex()}"
 

@@ -105,7 +105,7 @@ def faults(template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Fau
         if c.name == "write" and fnmatch.fnmatch(base, "state.json.tmp-*"):
             out.append(Fault(f"write#{k} temp ENOSPC", (f"write:error=ENOSPC:when={k}",), ("state.json.tmp-*",),
                              "ENOSPC", "unchanged"))
-        elif c.name == "pwrite64" and path == lock:
+        elif c.name == "pwrite64" and path == lock and k == 1:  # the record; a later one blanks it on release
             out.append(Fault(f"pwrite64#{k} lock record ENOSPC", (f"pwrite64:error=ENOSPC:when={k}",),
                              ("state.json.lock",), "ENOSPC", "unchanged"))
         elif c.name == "fsync":

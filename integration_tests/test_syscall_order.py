@@ -33,7 +33,7 @@ from agentstate_integration import (
 
 from agentstate.store import StateStore
 
-TRACE = "openat,write,pwrite64,fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,ftruncate,close"
+TRACE = "openat,write,pwrite64,fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,ftruncate,close,flock"
 RENAMES = ("rename", "renameat", "renameat2")
 LINKS = ("link", "linkat")
 UNLINKS = ("unlink", "unlinkat")
@@ -122,7 +122,7 @@ def check_save_order(calls: list[Syscall], directory: str, scenario: str) -> lis
     lock_fsync = _first(calls, lambda c: c.name == "fsync" and c.fd_path(0) == lock)
     if lock_fsync is None or lock_fsync > created:
         v.append("the lock record was not fsynced before the temp file was created")
-    release = _first(calls, lambda c: c.name == "ftruncate" and c.fd_path(0) == lock and c.args[1] == "0")
+    release = _first(calls, lambda c: c.name == "flock" and c.fd_path(0) == lock and "LOCK_UN" in c.args[1])
     if release is None or (after and release < after[0]):
         v.append("the lock was released before the directory fsync")
 
