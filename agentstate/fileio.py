@@ -161,9 +161,11 @@ def ensure_dir(files: OsFiles, path: str) -> None:
         return
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
         raise StorageError(
-            f"cannot create store directory {path}: its parent {parent} does not exist",
+            f"cannot create store directory {path}: its parent {parent} {what}",
             hint="create the parent directory or pass another --dir",
+            errno="ENOTDIR" if os.path.exists(parent) else "ENOENT",
             path=path,
         )
     try:

@@ -550,8 +550,9 @@ class Lock:
 
     # -- flock -------------------------------------------------------------------------
 
-    def _open_locked(self, blocking: bool) -> int | None:
-        """Open the lock file and flock it; None if contended. Retries if the file was replaced."""
+    def _open_locked(self, blocking: bool, abandoned: Callable[[], bool] | None = None) -> int | None:
+        """Open the lock file and flock it; None if contended (or ``abandoned()`` while retrying).
+        Retries if the file was replaced meanwhile."""
         while True:
             existed = os.path.lexists(self.path)
             fd = _track(self.files.open_rw(self.path), self)
@@ -573,6 +574,8 @@ class Lock:
             if same:
                 return fd
             _close_fd(fd, self)  # force-unlocked (unlinked) meanwhile: lock the new file instead
+            if abandoned is not None and abandoned():
+                return None  # a waiter that timed out must not queue on the new file
 
     def _unlock_close(self, fd: int) -> None:
         try:
@@ -634,11 +637,13 @@ class Lock:
 
         def wait() -> None:
             try:
-                fd = self._open_locked(blocking=True)
+                fd = self._open_locked(blocking=True, abandoned=lambda: bool(box.get("abandoned")))
             except BaseException as e:  # pragma: no cover - reported to the caller
                 with guard:
                     box["error"] = e
                 done.set()
+                return
+            if fd is None:
                 return
             with guard:
                 if box.get("abandoned"):

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import codec
 from .errors import InvalidInput, NotFound
-from .store import StateStore
+from .store import StateStore, check_serial
 
 _MISSING = object()
 
@@ -60,13 +60,41 @@ def parse_assignment(item: str) -> tuple[str, Any]:
         raise InvalidInput(f"--set {item!r}: expected ADDRESS=VALUE")
     codec.check_address(address)
     try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"value of {address!r} is not valid UTF-8") from None
+    try:
         value = codec.parse_json(raw, f"value of {address!r}")
     except InvalidInput as e:
-        if "64-bit" in str(e) or "nested too deeply" in str(e) or "UTF-8" in str(e):
+        # Only text that is not JSON at all becomes a string. JSON that cannot be stored exactly
+        # (an integer beyond 64 bits, 1e400, nesting too deep) is refused, never kept as a string.
+        if not _is_json(raw):
+            value = raw
+        elif "64-bit" in e.message:
             raise
-        value = raw
+        else:
+            reason = e.message.split("JSON: ", 1)[-1]
+            raise InvalidInput(
+                f"value of {address!r} is JSON that cannot be stored exactly ({reason})",
+                hint="pass it as a JSON string instead, e.g. --set 'ADDRESS=\"...\"'",
+            ) from None
     codec.encode_value(value)
     return address, value
+
+
+def _is_json(raw: str) -> bool:
+    import json
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        json.loads(raw, parse_constant=constant)
+    except RecursionError:
+        return True  # valid so far, only deeper than Python's parser goes
+    except ValueError:
+        return False
+    return True
 
 
 def _kind(v: Any) -> str:
@@ -76,8 +104,16 @@ def _kind(v: Any) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
-    # Type-exact: 1, 1.0 and true are different values in the file.
-    return a is b or codec.encode_value(a) == codec.encode_value(b)
+    """Equal as JSON values, type-exact (1, 1.0 and true differ); object key order does not matter."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 def diff(
@@ -121,6 +157,14 @@ def plan(
     return p
 
 
+def _not_found(missing: list[str]) -> NotFound:
+    return NotFound(
+        f"no resource at {', '.join(map(repr, missing))}; nothing was removed",
+        hint="`agentstate list` shows the addresses",
+        addresses=missing,
+    )
+
+
 def apply(
     store: StateStore,
     resources: dict[str, Any] | None = None,
@@ -132,8 +176,22 @@ def apply(
     on_wait: Callable[[Any], None] | None = None,
     operation: str = "apply",
 ) -> Plan:
-    """Make the state's resources equal ``resources`` (if given), then apply sets and deletes."""
+    """Make the state's resources equal ``resources`` (if given), then apply sets and deletes.
+
+    A lock-free read comes first: if it already shows the wanted resources (or a serial other
+    than ``expect_serial``), the answer comes from that consistent snapshot without taking the
+    lock or touching any file. Otherwise, under the lock: load, diff again, save.
+    """
     sets, deletes = list(sets), list(deletes)
+    for address in deletes:
+        codec.check_address(address)
+    snapshot = store.read(quiet=True)
+    if snapshot.source != "backup":  # a recovery always goes on, to be persisted
+        check_serial(snapshot, expect_serial)
+        _, p = diff(snapshot.resources, resources, sets, deletes)
+        if not p.changed:
+            p.serial = snapshot.serial
+            return p
     with store.transaction(lock_timeout, operation=operation, expect_serial=expect_serial, on_wait=on_wait) as state:
         after, p = diff(state.resources, resources, sets, deletes)
         if p.changed:
@@ -152,10 +210,16 @@ def remove(
 ) -> Plan:
     """Delete resources; NotFound (and nothing removed) if any address is missing."""
     addresses = [codec.check_address(a) for a in addresses]
+    snapshot = store.read(quiet=True)  # refusals come from a lock-free snapshot: no file touched
+    if snapshot.source != "backup":
+        check_serial(snapshot, expect_serial)
+        missing = [a for a in addresses if a not in snapshot.resources]
+        if missing:
+            raise _not_found(missing)
     with store.transaction(lock_timeout, operation="rm", expect_serial=expect_serial, on_wait=on_wait) as state:
         missing = [a for a in addresses if a not in state.resources]
         if missing:
-            raise NotFound(f"no resource at {', '.join(map(repr, missing))}", addresses=missing)
+            raise _not_found(missing)
         after, p = diff(state.resources, None, (), addresses)
         state.resources = after
     p.serial = state.serial

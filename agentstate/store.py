@@ -54,10 +54,21 @@ class _Loaded:
     previous: fileio.Previous  # what state.json holds now
     problems: list[tuple[str, str]]
     keys: frozenset[str] = frozenset()  # addresses as loaded, already checked
+    order: tuple[str, ...] = ()  # the same, in the file's order
 
 
 def _utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def check_serial(state: State, expect_serial: int | None) -> None:
+    """ConflictError unless ``state`` is at ``expect_serial`` (None: anything goes)."""
+    if expect_serial is not None and state.serial != expect_serial:
+        raise ConflictError(
+            f"state is at serial {state.serial}, expected {expect_serial}",
+            hint="the state moved on; re-read it and retry",
+            serial=state.serial,
+        )
 
 
 def default_dir() -> str:
@@ -92,9 +103,11 @@ class StateStore:
 
     # -- reading -------------------------------------------------------------------------
 
-    def read(self) -> State:
-        """The current state, verified; recovered in memory from the backup if needed. Never writes."""
-        return self._load().state
+    def read(self, *, quiet: bool = False) -> State:
+        """The current state, verified; recovered in memory from the backup if needed. Never writes.
+
+        ``quiet`` skips the ERROR/WARNING logs of a fallback to the backup."""
+        return self._load(quiet=quiet).state
 
     def _read_file(self, path: str) -> bytes | None:
         try:
@@ -104,7 +117,7 @@ class StateStore:
         except OSError as e:
             raise fileio.io_error("read", path, e) from None
 
-    def _load(self) -> _Loaded:
+    def _load(self, *, quiet: bool = False) -> _Loaded:
         problems: list[tuple[str, str]] = []
         primary = self._read_file(self.state_path)
         if primary is not None:
@@ -130,13 +143,14 @@ class StateStore:
             except codec.CorruptDocument as e:
                 problems.append((self.backup_path, str(e)))
             else:
-                for path, reason in problems:
-                    log.error("corruption detected in %s: %s", path, reason)
-                log.warning(
-                    "fallback used: serving serial %d from %s; the next write (or `agentstate doctor --repair`) "
-                    "restores %s",
-                    doc.serial, self.backup_path, self.state_path,
-                )
+                if not quiet:  # quiet: a caller that goes on to lock and repair reports it then
+                    for path, reason in problems:
+                        log.error("corruption detected in %s: %s", path, reason)
+                    log.warning(
+                        "fallback used: serving serial %d from %s; the next write (or `agentstate doctor "
+                        "--repair`) restores %s",
+                        doc.serial, self.backup_path, self.state_path,
+                    )
                 previous = fileio.Previous(primary is not None, False, primary)
                 return self._loaded(doc, "backup", None, previous, problems)
         tried = "; ".join(f"{p}: {r}" for p, r in problems)
@@ -188,12 +202,7 @@ class StateStore:
             fileio.remove_temps(self.files, self.path, STATE_NAME)
             loaded = self._load()
             state = loaded.state
-            if expect_serial is not None and state.serial != expect_serial:
-                raise ConflictError(
-                    f"state is at serial {state.serial}, expected {expect_serial}",
-                    hint="the state moved on; re-read it and retry",
-                    serial=state.serial,
-                )
+            check_serial(state, expect_serial)
             if expect_lineage is not None and state.lineage != expect_lineage:
                 raise ConflictError(
                     f"state has lineage {state.lineage}, expected {expect_lineage}",
@@ -201,7 +210,8 @@ class StateStore:
                     lineage=state.lineage,
                 )
             if loaded.state.source == "state":
-                loaded.keys = frozenset(state.resources)
+                loaded.order = tuple(state.resources)
+                loaded.keys = frozenset(loaded.order)
             yield state
             self._save(loaded, state)
         finally:
@@ -213,6 +223,9 @@ class StateStore:
 
             raise InvalidInput("resources must be a JSON object (a dict)")
         resources_bytes = codec.encode_value(state.resources)
+        if resources_bytes != loaded.resources_bytes and _reordered(state.resources, loaded):
+            # Deleting and re-adding an address only moves it: encode in the file's order to see.
+            resources_bytes = codec.encode_value({k: state.resources[k] for k in loaded.order})
         if resources_bytes == loaded.resources_bytes and loaded.state.source != "backup":
             log.debug("transaction changed nothing; nothing written")
             return
@@ -220,6 +233,10 @@ class StateStore:
         for address in state.resources.keys() - loaded.keys:
             codec.check_address(address)
         serial = before.serial + 1
+        if before.source == "backup":
+            # The lost state.json most likely held serial + 1 (or more): never hand a number out twice,
+            # or a client still holding it could pass --expect-serial against different resources.
+            serial = max(before.serial + 2, _salvaged_serial(loaded.previous.data) + 1)
         updated_at = _utcnow()
         data = codec.encode_document(
             serial=serial, lineage=before.lineage, updated_at=updated_at, resources_bytes=resources_bytes
@@ -248,7 +265,10 @@ class StateStore:
             findings.append({"check": check, "ok": ok, "detail": detail, **extra})
 
         if not os.path.isdir(self.path):
-            add("store", True, f"{self.path} does not exist yet (an empty store)")
+            if os.path.lexists(self.path) or not os.path.isdir(os.path.dirname(os.path.abspath(self.path))):
+                add("store", False, f"{self.path} cannot be a store: it or its parent is not a directory")
+            else:
+                add("store", True, f"{self.path} does not exist yet (an empty store)")
             return findings
         for name, path in (("state", self.state_path), ("backup", self.backup_path)):
             data = self._read_file(path)
@@ -287,3 +307,23 @@ class StateStore:
             pass
         return state
 
+
+def _reordered(resources: dict[str, Any], loaded: _Loaded) -> bool:
+    """The same addresses as loaded, in another order (cheap checks first)."""
+    return (
+        len(resources) == len(loaded.order)
+        and loaded.resources_bytes is not None
+        and resources.keys() == loaded.keys
+        and tuple(resources) != loaded.order
+    )
+
+
+def _salvaged_serial(damaged: bytes | None) -> int:
+    """The serial a damaged state file claims, if it still parses that far; else -1."""
+    import orjson
+
+    try:
+        serial = orjson.loads(damaged or b"")["serial"]
+    except Exception:  # noqa: BLE001 - damaged bytes may fail in any way
+        return -1
+    return serial if type(serial) is int else -1

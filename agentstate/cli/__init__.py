@@ -10,35 +10,112 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from .._version import __version__
 
-EXIT_CODES = """Exit codes: 0 success; 1 error (bad input, I/O failure); 2 usage error;
-3 lock not acquired within the timeout; 4 state corrupted with no valid backup;
-5 conflict (serial or lineage mismatch, lock ID mismatch, a newer format); 6 not found."""
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 error (bad input, I/O failure); 2 usage error; "
+    "3 lock not acquired within the timeout; 4 state corrupted with no valid backup; "
+    "5 conflict (serial or lineage mismatch, lock ID mismatch, a newer format); 6 not found."
+)
 
-ENVIRONMENT = """Environment: AGENTSTATE_DIR (store directory, default ./.agentstate),
-AGENTSTATE_LOCK_TIMEOUT (default 30s), AGENTSTATE_LOG_LEVEL, AGENTSTATE_LOG_FORMAT,
-AGENTSTATE_LOCK_MODE (auto, flock or soft)."""
+ENVIRONMENT = (
+    "Environment: AGENTSTATE_DIR (store directory, default ./.agentstate), "
+    "AGENTSTATE_LOCK_TIMEOUT (default 30s), AGENTSTATE_LOG_LEVEL, AGENTSTATE_LOG_FORMAT, "
+    "AGENTSTATE_LOCK_MODE (auto, flock or soft)."
+)
+COMMANDS = "apply, plan, show, list, rm, lock status, force-unlock, doctor"
+
+
+class _UsageError(Exception):
+    """A usage error found by agentstate itself (not by the option parser): exit 2."""
+
+
+def _usage_message(e: BaseException, args: list[str]) -> str:
+    if isinstance(e, _UsageError):
+        return str(e)
+    ctx = getattr(e, "ctx", None)
+    where = getattr(ctx, "command_path", None) or "agentstate"
+    try:
+        text = e.format_message()  # type: ignore[attr-defined]
+    except Exception:
+        text = ""
+    if type(e).__name__ == "NoArgsIsHelpError" or not text.strip() or "\n" in text.strip():
+        text = f"missing command for `{where}`"
+    return f"{text.strip().rstrip('.')}; see `{where} --help`"
+
+
+class _Group(TyperGroup):
+    """The root command: usage errors become one `error:` line (and a JSON error with --json), exit 2.
+
+    It handles them itself so that ``agentstate ...`` and ``CliRunner().invoke(app, ...)`` behave alike.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
+        try:
+            rc = super().main(args=args, prog_name=prog_name or "agentstate", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except _UsageError as e:
+            rc = _usage_fail(_usage_message(e, args), as_json)
+        except Exception as e:
+            if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # click's UsageError and kin
+                if isinstance(getattr(e, "exit_code", None), int) and e.exit_code != 2:  # type: ignore[attr-defined]
+                    _err(e.format_message())  # type: ignore[attr-defined]
+                    rc = e.exit_code  # type: ignore[attr-defined]
+                else:
+                    rc = _usage_fail(_usage_message(e, args), as_json)
+            elif type(e).__name__ == "Abort":
+                _err("aborted; the stored state is unchanged")
+                rc = 1
+            else:
+                raise
+        rc = rc if isinstance(rc, int) else 0
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away (`agentstate list | head -1`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        if standalone_mode:
+            sys.exit(rc)
+        return rc
+
+
+def _usage_fail(message: str, as_json: bool) -> int:
+    _err(message)
+    if as_json:
+        _emit_json({"error": {"code": "usage", "message": message, "exit_code": 2}})
+    return 2
+
 
 app = typer.Typer(
     name="agentstate",
+    cls=_Group,
     help="Crash-safe local state for agents and CI.\n\n" + EXIT_CODES + "\n\n" + ENVIRONMENT,
-    epilog=EXIT_CODES,
-    no_args_is_help=True,
+    no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-lock_app = typer.Typer(help="Inspect the store's lock.", no_args_is_help=True, epilog=EXIT_CODES)
+lock_app = typer.Typer(help="Inspect the store's lock.\n\n" + EXIT_CODES, no_args_is_help=False)
 app.add_typer(lock_app, name="lock")
 
+
+@lock_app.callback(invoke_without_command=True)
+def _lock_root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        raise _UsageError("missing command: use `agentstate lock status`; see `agentstate lock --help`")
+
+
 DirOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option("--dir", envvar="AGENTSTATE_DIR", help="Store directory [default: ./.agentstate]", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
@@ -62,34 +139,70 @@ TimeoutOpt = Annotated[
 
 
 class _Opts:
-    def __init__(self, dir: Path | None, json: bool, log_level: str, log_format: str, debug: bool) -> None:
+    def __init__(self, dir: str | None, json: bool, log_level: str, log_format: str, debug: bool) -> None:
         self.dir, self.json, self.debug = dir, json, debug
         self.log_level, self.log_format = log_level.lower(), log_format.lower()
 
-    def store(self, lock_timeout: str | None = None):
+    def store(self, lock_timeout: str | None = None, *, writing: bool = False):
+        """The store; a writing command's --lock-timeout is checked here (a reader takes no lock)."""
         from ..store import StateStore
 
-        return StateStore(self.dir, lock_timeout=lock_timeout)
+        timeout = _timeout(lock_timeout) if writing else 30.0
+        return StateStore(self.dir, lock_timeout=timeout)
 
 
-class _UsageError(Exception):
-    pass
+def _timeout(value: str | None) -> float | None:
+    """--lock-timeout (or AGENTSTATE_LOCK_TIMEOUT) in seconds; a bad value is a usage error (exit 2)."""
+    if value is None:
+        value = os.environ.get("AGENTSTATE_LOCK_TIMEOUT") or None
+        if value is None:
+            return None
+    from ..errors import InvalidInput
+    from ..lock import parse_duration
+
+    try:
+        return parse_duration(value, "--lock-timeout")
+    except InvalidInput as e:
+        raise _UsageError(str(e)) from None
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable bytes (from a non-UTF-8 argv or file name) shown as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _out(text: str) -> None:
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    text = text if text.endswith("\n") else text + "\n"
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        sys.stdout.write(_printable(text))
+
+
+def _sanitize(value: Any) -> Any:
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, dict):
+        return {_sanitize(k): _sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v) for v in value]
+    return value
 
 
 def _emit_json(value: Any) -> None:
     import orjson
 
+    try:
+        data = orjson.dumps(value)
+    except TypeError:  # a path or message holding bytes that are not UTF-8
+        data = orjson.dumps(_sanitize(value))
     sys.stdout.flush()
-    sys.stdout.buffer.write(orjson.dumps(value) + b"\n")
+    sys.stdout.buffer.write(data + b"\n")
     sys.stdout.flush()
 
 
 def _err(message: str) -> None:
-    line = " ".join(str(message).split())  # one line, always
+    line = " ".join(_printable(str(message)).split())  # one line, always
     sys.stderr.write(f"error: {line}\n")
     sys.stderr.flush()
 
@@ -105,11 +218,14 @@ def _run(opts: _Opts, body: Callable[[], int | None]) -> None:
             raise _UsageError(f"--log-level must be one of {', '.join(logs.LEVELS)}, not {opts.log_level!r}")
         if opts.log_format not in ("text", "json"):
             raise _UsageError(f"--log-format must be text or json, not {opts.log_format!r}")
+        if opts.dir is not None and not opts.dir:
+            raise _UsageError("--dir must not be empty (leave it out for ./.agentstate)")
         logs.configure(opts.log_level, opts.log_format)
         code = body() or 0
     except _UsageError as e:
         _fail(opts, "usage", str(e), 2, {})
     except AgentStateError as e:
+        _add_hint(e)
         if opts.debug:
             import traceback
 
@@ -126,7 +242,9 @@ def _run(opts: _Opts, body: Callable[[], int | None]) -> None:
             traceback.print_exc()
         from ..fileio import describe
 
-        _fail(opts, "io_error", f"{getattr(e, 'filename', None) or ''} {describe(e)}".strip(), 1, {})
+        where = getattr(e, "filename", None)
+        what = f"cannot access {where}: {describe(e)}" if where else f"I/O error: {describe(e)}"
+        _fail(opts, "io_error", f"{what}; check --dir and its permissions; the stored state is unchanged", 1, {})
     except Exception as e:  # never a traceback unless --debug
         if opts.debug:
             import traceback
@@ -134,6 +252,26 @@ def _run(opts: _Opts, body: Callable[[], int | None]) -> None:
             traceback.print_exc()
         _fail(opts, "internal", f"internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", 1, {})
     raise typer.Exit(code)
+
+
+ADDRESS_RULE = "an address is 1 to 256 characters, valid UTF-8, without control characters"
+
+
+def _add_hint(e: Any) -> None:
+    """Give a bad-input error without a hint one that says what to do next."""
+    from ..errors import InvalidInput
+
+    if not isinstance(e, InvalidInput) or e.hint:
+        return
+    msg = e.message
+    if msg.startswith("address"):
+        e.hint = ADDRESS_RULE
+    elif msg.startswith("spec"):
+        e.hint = 'fix the spec: strict JSON shaped {"resources": {ADDRESS: VALUE, ...}}'
+    elif msg.startswith("--set"):
+        e.hint = "use --set ADDRESS=VALUE"
+    elif "64-bit" not in msg:
+        e.hint = "fix the input and retry; the stored state is unchanged"
 
 
 def _fail(opts: _Opts, code: str, message: str, exit_code: int, details: dict) -> None:
@@ -173,11 +311,11 @@ def _read_spec(spec: str) -> bytes:
         with open(spec, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise InvalidInput(f"spec file {spec} does not exist") from None
+        raise InvalidInput(f"spec file {spec} does not exist", hint="check the path, or pass - to read stdin") from None
     except IsADirectoryError:
-        raise InvalidInput(f"spec {spec} is a directory, not a JSON file") from None
+        raise InvalidInput(f"spec {spec} is a directory, not a JSON file", hint="pass a JSON file") from None
     except OSError as e:
-        raise InvalidInput(f"cannot read spec {spec}: {describe(e)}") from None
+        raise InvalidInput(f"cannot read spec {spec}: {describe(e)}", hint="check the file and its permissions") from None
 
 
 def _print_plan(p: Any, verb: str) -> None:
@@ -193,14 +331,17 @@ def _print_plan(p: Any, verb: str) -> None:
 
 @app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
 ) -> None:
     if version:
         _out(f"agentstate {__version__}")
         raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        raise _UsageError(f"missing command ({COMMANDS}); see `agentstate --help`")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def apply(
     spec: Annotated[str | None, typer.Argument(help="JSON spec file, or - for stdin.", show_default=False)] = None,
     set_: Annotated[
@@ -227,7 +368,7 @@ def apply(
             raise _UsageError("nothing to apply: give a SPEC file (or - for stdin), --set or --delete")
         resources = planning.parse_spec(_read_spec(spec), f"spec {spec}") if spec is not None else None
         sets = [planning.parse_assignment(s) for s in set_ or []]
-        store = opts.store(lock_timeout)
+        store = opts.store(lock_timeout, writing=True)
         p = planning.apply(
             store, resources, sets=sets, deletes=delete or [], expect_serial=expect_serial, on_wait=_on_wait
         )
@@ -236,7 +377,7 @@ def apply(
     _run(opts, body)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def plan(
     spec: Annotated[str, typer.Argument(help="JSON spec file, or - for stdin.")],
     dir: DirOpt = None,
@@ -258,7 +399,7 @@ def plan(
     _run(opts, body)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def show(
     address: Annotated[str | None, typer.Argument(help="Show only this resource's value.")] = None,
     dir: DirOpt = None,
@@ -271,34 +412,41 @@ def show(
     opts = _Opts(dir, json, log_level, log_format, debug)
 
     def body() -> None:
-        from ..codec import check_address
         from ..errors import NotFound
 
+        if address is not None:
+            from ..codec import check_address
+
+            check_address(address)
         state = opts.store().read()
         if address is not None:
-            check_address(address)
             if address not in state.resources:
                 raise NotFound(f"no resource at {address!r}", hint="`agentstate list` shows the addresses")
             value = state.resources[address]
             if opts.json:
                 _emit_json(value)
             elif _fancy():
-                from rich.console import Console
-                from rich.json import JSON
+                from . import render
 
-                Console().print(JSON(_dumps_pretty(value)))
+                render.value(value)
             else:
                 _out(_dumps_pretty(value))
             return
         if opts.json:
-            _emit_json(state.to_dict())
+            doc = state.to_dict()
+            if state.source == "new":  # no store yet: there is no lineage until the first write
+                doc["lineage"] = None
+            _emit_json(doc)
             return
         if _fancy():
             from . import render
 
             render.state_table(state)
             return
-        _out(f"serial: {state.serial}\nlineage: {state.lineage}\nupdated_at: {state.updated_at or '-'}")
+        lineage = state.lineage if state.source != "new" else "- (no store yet)"
+        _out(f"serial: {state.serial}\nlineage: {lineage}\nupdated_at: {state.updated_at or '-'}")
+        if state.source == "backup":
+            _out("source: the backup (state.json is damaged; `agentstate doctor --repair` restores it)")
         _out(f"resources: {len(state.resources)}")
         import orjson
 
@@ -308,7 +456,7 @@ def show(
     _run(opts, body)
 
 
-@app.command("list")
+@app.command("list", epilog=EXIT_CODES)
 def list_(
     dir: DirOpt = None,
     json: JsonOpt = False,
@@ -329,7 +477,7 @@ def list_(
     _run(opts, body)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def rm(
     addresses: Annotated[list[str], typer.Argument(help="Addresses to remove.")],
     expect_serial: Annotated[int | None, typer.Option("--expect-serial", help="Refuse (exit 5) unless at this serial.")] = None,
@@ -346,13 +494,13 @@ def rm(
     def body() -> None:
         from .. import planner as planning
 
-        p = planning.remove(opts.store(lock_timeout), addresses, expect_serial=expect_serial, on_wait=_on_wait)
+        p = planning.remove(opts.store(lock_timeout, writing=True), addresses, expect_serial=expect_serial, on_wait=_on_wait)
         _emit_json(p.to_dict()) if opts.json else _print_plan(p, "Removed")
 
     _run(opts, body)
 
 
-@lock_app.command("status")
+@lock_app.command("status", epilog=EXIT_CODES)
 def lock_status(
     dir: DirOpt = None,
     json: JsonOpt = False,
@@ -386,7 +534,7 @@ def lock_status(
     _run(opts, body)
 
 
-@app.command("force-unlock")
+@app.command("force-unlock", epilog=EXIT_CODES)
 def force_unlock(
     lock_id: Annotated[str, typer.Argument(help="The lock ID from the lock error or `agentstate lock status`.")],
     force: Annotated[bool, typer.Option("--force", help="Unlock even if the holder is alive on this host.")] = False,
@@ -409,7 +557,7 @@ def force_unlock(
     _run(opts, body)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def doctor(
     repair: Annotated[bool, typer.Option("--repair", help="Persist a recovery: restore state.json from the backup, "
                                                           "keep the bad file aside, remove stray temp files.")] = False,
@@ -424,15 +572,16 @@ def doctor(
     opts = _Opts(dir, json, log_level, log_format, debug)
 
     def body() -> int:
-        store = opts.store(lock_timeout)
+        store = opts.store(lock_timeout, writing=repair)
         repaired = None
         if repair:
             repaired = store.repair().serial
         findings = store.check()
         bad = [f for f in findings if not f["ok"]]
-        unrecoverable = all(not f["ok"] for f in findings if f["check"] in ("state", "backup")) and any(
-            f["check"] == "state" and not f["ok"] for f in findings
-        )
+        by_check = {f["check"]: f for f in findings}
+        state_bad = not by_check.get("state", {"ok": True})["ok"]
+        backup = by_check.get("backup", {})
+        unrecoverable = state_bad and not (backup.get("ok") and "serial" in backup)  # no valid version left
         if opts.json:
             _emit_json({"ok": not bad, "repaired_serial": repaired, "findings": findings})
         else:
@@ -450,21 +599,5 @@ def doctor(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: usage errors become one `error:` line and exit 2."""
-    cmd = typer.main.get_command(app)
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        rc = cmd.main(args=args, prog_name="agentstate", standalone_mode=False)
-    except typer.Exit as e:  # pragma: no cover - typer.Exit is click's Exit
-        rc = e.exit_code
-    except Exception as e:
-        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
-            usage = getattr(getattr(e, "ctx", None), "command_path", "agentstate")
-            _err(f"{e.format_message()} (see `{usage} --help`)")
-            rc = e.exit_code
-        elif type(e).__name__ == "Abort":
-            _err("aborted")
-            rc = 1
-        else:
-            raise
-    sys.exit(rc if isinstance(rc, int) else 0)
+    """Entry point (the ``agentstate`` console script). Exits with the documented exit code."""
+    typer.main.get_command(app).main(args=sys.argv[1:] if argv is None else argv, prog_name="agentstate")

@@ -1,0 +1,107 @@
+"""Entry point for the suite's subprocesses: ``python -m bench._child mem|worker ...``.
+
+Kept apart so a child imports only what its case needs (a fresh interpreter per case).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+# --- peak memory -------------------------------------------------------------------------------
+# Peak RSS (VmHWM) after resetting the high-water mark to the current RSS by writing "5" to
+# /proc/self/clear_refs (Linux >= 4.0): "peak extra memory" = VmHWM - VmRSS at the reset.
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> int:
+    """Reset the peak to the current RSS; return the current RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status("VmRSS")
+
+
+def _peak() -> int:
+    return _status("VmHWM")
+
+
+def mem(case: str, state_path: str, raw_dir: str) -> dict:
+    import orjson
+
+    from agentstate import StateStore
+
+    from .common import raw_commit, read_bytes
+
+    store = StateStore(os.path.dirname(state_path))
+    keep = []
+    base = _reset_peak()
+    if case == "load":
+        keep.append(store.read())
+        return {"total": _peak() - base}
+    if case == "rawload":
+        keep.append(orjson.loads(read_bytes(state_path)))
+        return {"total": _peak() - base}
+    if case == "txn":
+        with store.transaction() as st:
+            loaded_peak = _peak()
+            at_save = _reset_peak()
+            st.resources["agent.a000000"]["n"] += 1
+        save_peak = _peak()
+        return {"total": max(loaded_peak, save_peak) - base, "save": save_peak - at_save}
+    if case == "rawtxn":
+        doc = orjson.loads(read_bytes(os.path.join(raw_dir, "state.json")))
+        doc["resources"]["agent.a000000"]["n"] += 1
+        loaded_peak = _peak()
+        at_save = _reset_peak()
+        raw_commit(raw_dir, "state.json", orjson.dumps(doc))
+        save_peak = _peak()
+        return {"total": max(loaded_peak, save_peak) - base, "save": save_peak - at_save}
+    raise SystemExit(f"unknown memory case {case!r}")
+
+
+# --- contention worker -------------------------------------------------------------------------
+
+
+def worker(store_dir: str) -> dict:
+    """Wait for "go START END" on stdin, then loop +1 transactions until END (time.monotonic)."""
+    from agentstate import StateStore
+
+    store = StateStore(store_dir, lock_timeout=120)
+    print("ready", flush=True)
+    line = sys.stdin.readline().split()
+    start, end = float(line[1]), float(line[2])
+    while time.monotonic() < start:
+        time.sleep(min(0.001, max(0.0, start - time.monotonic())))
+    txns = []
+    while True:
+        t0 = time.monotonic()
+        if t0 >= end:
+            break
+        with store.transaction() as st:
+            t1 = time.monotonic()
+            st.resources["counter"] += 1
+        txns.append((t0, t1, time.monotonic()))
+    return {"pid": os.getpid(), "txns": txns}
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "mem":
+        out = mem(argv[1], argv[2], argv[3])
+    elif argv[0] == "worker":
+        out = worker(argv[1])
+    else:
+        raise SystemExit(f"unknown child command {argv[0]!r}")
+    sys.stdout.write(json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,93 @@
+"""Contention: 10 processes incrementing one counter against a single writer alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from .common import KB, REPO, Config, Row, child_env, median, seed_store
+
+WORKERS = 10
+
+
+def _session(store_dir: str, workers: int, duration: float) -> dict:
+    """Start ``workers`` processes, wait until all are ready (the barrier), run them for ``duration``."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench._child", "worker", store_dir],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO, env=child_env(),
+        )
+        for _ in range(workers)
+    ]
+    try:
+        for p in procs:
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"worker did not start: {line!r} {p.stderr.read()[-2000:]}")
+        start = time.monotonic() + 0.05
+        end = start + duration
+        for p in procs:
+            p.stdin.write(f"go {start!r} {end!r}\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=duration + 120)
+            if p.returncode != 0:
+                raise RuntimeError(f"worker failed ({p.returncode}): {err[-2000:]}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    txns = [t for r in results for t in r["txns"]]
+    done = [t for t in txns if start <= t[2] <= end]
+    waits = [t1 - t0 for t0, t1, _ in txns]
+    per_proc = [sum(1 for t in r["txns"] if start <= t[2] <= end) for r in results]
+    return {
+        "throughput": len(done) / duration,
+        "committed": len(txns),
+        "worst_wait": max(waits),
+        "median_wait": median(waits),
+        "p99_wait": sorted(waits)[min(len(waits) - 1, int(len(waits) * 0.99))],
+        "median_latency": median([t2 - t0 for t0, _, t2 in txns]),
+        "per_process_min": min(per_proc),
+        "per_process_max": max(per_proc),
+    }
+
+
+def run(cfg: Config) -> list[Row]:
+    store = seed_store(cfg.workdir / "contention", KB)
+    duration = 1.5 if cfg.quick else 3.0
+    rounds = 1 if cfg.quick else 3
+    alone, many = [], []
+    expected = store.read().resources["counter"]
+    for _ in range(rounds):  # interleaved: alone, contended, alone, contended ...
+        alone.append(_session(store.path, 1, duration))
+        many.append(_session(store.path, WORKERS, duration))
+    expected += sum(s["committed"] for s in alone + many)
+    got = store.read().resources["counter"]
+    if got != expected:
+        raise RuntimeError(f"lost updates: counter is {got}, expected {expected}")
+    one_tp = median([s["throughput"] for s in alone])
+    many_tp = median([s["throughput"] for s in many])
+    worst = max(s["worst_wait"] for s in many)
+    ex = {
+        "rounds": rounds, "duration_s": duration, "workers": WORKERS,
+        "committed_total": sum(s["committed"] for s in alone + many),
+        "median_wait_s": median([s["median_wait"] for s in many]),
+        "p99_wait_s": max(s["p99_wait"] for s in many),
+        "per_process_min": min(s["per_process_min"] for s in many),
+        "per_process_max": max(s["per_process_max"] for s in many),
+    }
+    alone_latency = median([s["median_latency"] for s in alone])
+    return [
+        Row("contention", "contention/throughput", f"commits/s, {WORKERS} processes on one counter", many_tp,
+            "commits/s, one writer alone", one_tp, "ops/s", ">= 0.9", extra=ex),
+        Row("contention", "contention/worst-wait", f"worst wait to enter a transaction, {WORKERS} processes",
+            worst, "median transaction, one writer alone", alone_latency, "s",
+            note="no goal; ~(workers-1) transactions is a fair queue", extra=ex),
+    ]

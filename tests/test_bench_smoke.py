@@ -1,0 +1,72 @@
+"""The benchmark suite's smoke mode runs end to end and reports every row (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+QUICK_SIZES = ["1KB", "64KB", "256KB", "1MB"]
+EXPECTED = (
+    ["floor/transaction/1KB", "floor/lock-only/1KB", "floor/read-only/1KB"]
+    + [f"size/{op}/{s}" for s in QUICK_SIZES for op in ("load", "transaction", "save")]
+    + [f"size/mem-{op}{vs}/1MB" for op in ("load", "transaction", "save") for vs in ("", "-vs-raw")]
+    + ["contention/throughput", "contention/worst-wait"]
+    + ["cli/show", "cli/apply", "cli/bare-python"]
+    + [f"peers/{p}/{s}" for s in QUICK_SIZES[:3]
+       for p in ("sqlite-doc", "sqlite-rows", "tinydb", "json-replace", "raw-floor")]
+)
+GOALS = {
+    "floor/transaction/1KB": "<= 1.5",
+    "size/load/1MB": "<= 1.3",
+    "size/transaction/1MB": "<= 1.5",
+    "size/save/1MB": "<= 1.5",
+    "size/mem-load/1MB": "<= 3",
+    "contention/throughput": ">= 0.9",
+    "cli/show": "<= 1.5",
+}
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_quick_mode_produces_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--workdir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["quick"] is True
+    rows = {r["name"]: r for r in results["rows"]}
+    assert sorted(rows) == sorted(EXPECTED)
+    assert len(results["rows"]) == len(EXPECTED)  # no duplicates
+    for name, r in rows.items():
+        for key in ("value", "baseline", "ratio"):
+            assert _positive(r[key]), (name, key, r[key])
+        assert math.isclose(r["ratio"], r["value"] / r["baseline"]), name
+        assert r["met"] in (True, False, None)
+        assert (r["met"] is None) == (r["goal"] is None), name
+    for name, goal in GOALS.items():
+        assert rows[name]["goal"] == goal, name
+    # every row is printed, with its ratio
+    for name in EXPECTED:
+        assert name in p.stdout, name
+    assert rows["contention/throughput"]["extra"]["committed_total"] > 0
+    assert rows["size/mem-load/1MB"]["baseline"] == rows["size/mem-load/1MB"]["extra"]["file_bytes"] > 1_000_000
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the stores were created under --workdir and removed afterwards
+    assert not any(tmp_path.glob("agentstate-bench-*"))
+
+
+def test_write_docs_refuses_partial_runs() -> None:
+    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--write-docs"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "--write-docs needs a full run" in p.stderr

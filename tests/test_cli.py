@@ -1,0 +1,566 @@
+"""The CLI contract, in process with typer's CliRunner: commands, flags, exit codes, JSON shapes, errors.
+
+Real subprocesses (argv bytes, permissions, a lock held by another process, imports, TTYs) are in
+integration_tests/test_cli_subprocess.py; concurrency in integration_tests/test_cli_concurrent.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import agentstate
+from agentstate.cli import app
+
+runner = CliRunner()
+
+
+def run(args: list[str], input: str | bytes | None = None, env: dict | None = None):
+    env = {"AGENTSTATE_DIR": None, "AGENTSTATE_LOCK_TIMEOUT": None, "AGENTSTATE_LOG_LEVEL": None,
+           "AGENTSTATE_LOG_FORMAT": None, **(env or {})}
+    return runner.invoke(app, args, input=input, env=env)
+
+
+def snapshot(d: Path, mtimes: bool = True) -> dict[str, tuple[bytes, int]] | None:
+    """Every file in the store directory: bytes and mtime. None if the directory does not exist.
+
+    Commands that take the lock write the holder record into state.json.lock and empty it again,
+    so its mtime moves; ``mtimes=False`` compares bytes only (the contract: every stored byte).
+    """
+    if not d.exists():
+        return None
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns if mtimes else 0) for p in sorted(d.iterdir())}
+
+
+def assert_one_error_line(r, code: int) -> str:
+    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and len(lines[0]) > len("error: ") + 5, lines
+    assert "Traceback" not in r.stdout + r.stderr
+    return lines[0]
+
+
+def assert_json_error(r, code: int, name: str) -> dict:
+    assert_one_error_line(r, code)
+    doc = json.loads(r.stdout)
+    assert set(doc) == {"error"}
+    err = doc["error"]
+    assert err["code"] == name and err["exit_code"] == code and err["message"], err
+    return err
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    d = tmp_path / "store"
+    r = run(["apply", "--dir", str(d), "--set", "a=1", "--set", 'b={"x": [1, 2]}', "--set", "c=hello"])
+    assert r.exit_code == 0, r.stderr
+    return d
+
+
+def write_spec(tmp_path: Path, resources, name: str = "spec.json") -> Path:
+    p = tmp_path / name
+    p.write_text(json.dumps({"resources": resources}))
+    return p
+
+
+def doc(d: Path) -> dict:
+    r = run(["show", "--dir", str(d), "--json"])
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+# -- version, help, usage errors ----------------------------------------------------------------
+
+
+def test_version_and_help() -> None:
+    r = run(["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == f"agentstate {agentstate.__version__}"
+    r = run(["--help"])
+    assert r.exit_code == 0
+    text = " ".join(r.stdout.split())
+    for piece in ("0 success", "2 usage error", "3 lock not acquired", "4 state corrupted", "5 conflict",
+                  "6 not found", "apply", "plan", "show", "list", "rm", "lock", "force-unlock", "doctor"):
+        assert piece in text, piece
+    for cmd in (["apply"], ["plan"], ["show"], ["list"], ["rm"], ["lock", "status"], ["force-unlock"], ["doctor"],
+                ["lock"]):
+        r = run([*cmd, "--help"])
+        assert r.exit_code == 0, cmd
+        assert "6 not found" in " ".join(r.stdout.split()), cmd
+    apply_help = " ".join(run(["apply", "--help"]).stdout.split())
+    for opt in ("--set", "--delete", "--expect-serial", "--lock-timeout", "--dir", "--json", "--log-level",
+                "--log-format", "-v"):
+        assert opt in apply_help, opt
+    show_help = " ".join(run(["show", "--help"]).stdout.split())
+    assert "--lock-timeout" not in show_help and "--dir" in show_help
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],  # no command: one error line, not the help page
+        ["lock"],
+        ["bogus"],
+        ["show", "--bogus"],
+        ["plan"],  # missing argument
+        ["rm"],
+        ["force-unlock"],
+        ["lock", "bogus"],
+        ["lock", "status", "--bogus"],
+        ["apply", "--set", "a=1", "--lock-timeout", "soon"],
+        ["apply", "--set", "a=1", "--lock-timeout", "-1"],
+        ["rm", "a", "--lock-timeout", "1 fortnight"],
+        ["doctor", "--repair", "--lock-timeout", "x"],
+        ["apply", "--set", "a=1", "--expect-serial", "one"],
+        ["apply"],  # nothing to apply
+        ["show", "--log-level", "loud"],
+        ["show", "--log-format", "xml"],
+        ["show", "-v"],  # option missing its value
+        ["show", "a", "b"],  # extra argument
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str]) -> None:
+    d = tmp_path / "s"
+    r = run([*args, "--dir", str(d)] if args and args[0] not in ("bogus", "lock") else args)
+    line = assert_one_error_line(r, 2)
+    assert r.stdout == ""
+    assert "--help" in line or "use" in line or "must" in line or "invalid" in line or "nothing" in line, line
+    assert not d.exists()
+
+
+def test_usage_error_with_json_also_prints_json(tmp_path: Path) -> None:
+    r = run(["show", "--json", "--bogus"])
+    assert assert_json_error(r, 2, "usage")["message"].startswith("No such option")
+    r = run(["apply", "--json", "--dir", str(tmp_path), "--set", "a=1", "--lock-timeout", "later"])
+    assert "--lock-timeout" in assert_json_error(r, 2, "usage")["message"]
+
+
+def test_bad_lock_timeout_from_env_is_a_usage_error_for_writers_only(store: Path) -> None:
+    before = snapshot(store)
+    r = run(["apply", "--dir", str(store), "--set", "z=1"], env={"AGENTSTATE_LOCK_TIMEOUT": "eventually"})
+    assert "eventually" in assert_one_error_line(r, 2)
+    r = run(["show", "--dir", str(store), "--json"], env={"AGENTSTATE_LOCK_TIMEOUT": "eventually"})
+    assert r.exit_code == 0
+    assert snapshot(store) == before
+
+
+def test_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "envstore"
+    r = run(["apply", "--set", "k=1"], env={"AGENTSTATE_DIR": str(d)})
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(run(["list", "--json"], env={"AGENTSTATE_DIR": str(d)}).stdout) == ["k"]
+    monkeypatch.chdir(tmp_path)  # the default is ./.agentstate (also when AGENTSTATE_DIR is empty)
+    assert run(["apply", "--set", "d=1"]).exit_code == 0
+    assert run(["apply", "--set", "e=1"], env={"AGENTSTATE_DIR": ""}).exit_code == 0
+    assert agentstate.StateStore(tmp_path / ".agentstate").read().resources == {"d": 1, "e": 1}
+    assert "--dir" in assert_one_error_line(run(["apply", "--set", "f=1", "--dir", ""]), 2)
+
+
+# -- apply --------------------------------------------------------------------------------------
+
+
+def test_apply_spec_is_declarative(tmp_path: Path, store: Path) -> None:
+    spec = write_spec(tmp_path, {"a": 1, "b": {"x": [1, 3]}, "d": [True, None, 1.5]})
+    r = run(["apply", str(spec), "--dir", str(store), "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) == {"serial": 2, "created": ["d"], "updated": ["b"], "deleted": ["c"]}
+    assert list(json.loads(r.stdout)) == ["serial", "created", "updated", "deleted"]
+    assert doc(store)["resources"] == {"a": 1, "b": {"x": [1, 3]}, "d": [True, None, 1.5]}
+
+
+def test_apply_human_summary(tmp_path: Path, store: Path) -> None:
+    spec = write_spec(tmp_path, {"a": 2, "n": "new"})
+    r = run(["apply", str(spec), "--dir", str(store)])
+    assert r.exit_code == 0
+    lines = r.stdout.splitlines()
+    assert lines[:4] == ["+ n", "~ a", "- b", "- c"]
+    assert "1 created, 1 updated, 2 deleted" in lines[-1] and "serial 2" in lines[-1]
+
+
+def test_apply_from_stdin(store: Path) -> None:
+    r = run(["apply", "-", "--dir", str(store), "--json"], input='{"resources": {"only": {"k": "v"}}}')
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) == {"serial": 2, "created": ["only"], "updated": [], "deleted": ["a", "b", "c"]}
+
+
+def test_set_and_delete_leave_the_rest_alone(store: Path) -> None:
+    r = run(["apply", "--dir", str(store), "--set", "a=2", "--set", "new=not json {", "--set", "n=null",
+             "--set", "s=\"quoted\"", "--set", "e=", "--set", "nan=NaN", "--delete", "c", "--delete", "never-was",
+             "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) == {"serial": 2, "created": ["e", "n", "nan", "new", "s"], "updated": ["a"],
+                                    "deleted": ["c"]}
+    # A VALUE that is not valid JSON is a string (NaN is not JSON); JSON values keep their type.
+    assert doc(store)["resources"] == {"a": 2, "b": {"x": [1, 2]}, "new": "not json {", "n": None, "s": "quoted",
+                                       "e": "", "nan": "NaN"}
+
+
+def test_set_keeps_64_bit_integers_exact(store: Path) -> None:
+    r = run(["apply", "--dir", str(store), "--set", f"u={2**64 - 1}", "--set", f"i={-(2**63)}",
+             "--set", "f=1.0", "--set", "t=true"])
+    assert r.exit_code == 0, r.stderr
+    res = doc(store)["resources"]
+    assert res["u"] == 2**64 - 1 and res["i"] == -(2**63)
+    assert res["f"] == 1.0 and isinstance(res["f"], float) and res["t"] is True
+
+
+def test_set_type_change_is_an_update(store: Path) -> None:
+    r = run(["apply", "--dir", str(store), "--set", "a=1.0", "--json"])  # 1 -> 1.0 is a change
+    assert json.loads(r.stdout)["updated"] == ["a"]
+    r = run(["apply", "--dir", str(store), "--set", "a=true", "--json"])
+    assert json.loads(r.stdout)["updated"] == ["a"]
+
+
+def test_apply_that_changes_nothing_writes_nothing(tmp_path: Path, store: Path) -> None:
+    before = snapshot(store)
+    spec = write_spec(tmp_path, {"c": "hello", "b": {"x": [1, 2]}, "a": 1})
+    for args in (["apply", str(spec)], ["apply", "--set", "a=1"], ["apply", "--delete", "zz"],
+                 ["apply", "--set", "c=hello", "--expect-serial", "1"]):
+        r = run([*args, "--dir", str(store), "--json"])
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout) == {"serial": 1, "created": [], "updated": [], "deleted": []}
+        assert snapshot(store) == before, args
+    r = run(["apply", str(spec), "--dir", str(store)])
+    assert r.stdout.strip() == "No changes; serial 1."
+
+
+def test_noop_apply_on_a_missing_store_creates_nothing(tmp_path: Path) -> None:
+    d = tmp_path / "none"
+    spec = write_spec(tmp_path, {})
+    r = run(["apply", str(spec), "--dir", str(d), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["serial"] == 0
+    assert run(["apply", "--delete", "x", "--dir", str(d)]).exit_code == 0
+    assert not d.exists()
+
+
+def test_expect_serial(store: Path) -> None:
+    r = run(["apply", "--dir", str(store), "--set", "a=5", "--expect-serial", "1", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["serial"] == 2
+    before = snapshot(store)
+    r = run(["apply", "--dir", str(store), "--set", "a=6", "--expect-serial", "1", "--json"])
+    err = assert_json_error(r, 5, "conflict")
+    assert "serial 2" in err["message"] and err["serial"] == 2
+    assert snapshot(store) == before
+    r = run(["rm", "a", "--dir", str(store), "--expect-serial", "7"])
+    assert_one_error_line(r, 5)
+    assert snapshot(store) == before
+
+
+def test_apply_spec_and_set_together(tmp_path: Path, store: Path) -> None:
+    spec = write_spec(tmp_path, {"a": 1, "x": 1})
+    r = run(["apply", str(spec), "--set", "x=2", "--delete", "a", "--dir", str(store), "--json"])
+    assert json.loads(r.stdout) == {"serial": 2, "created": ["x"], "updated": [], "deleted": ["a", "b", "c"]}
+    assert doc(store)["resources"] == {"x": 2}
+
+
+# -- bad input: exit 1, one line, nothing stored changes -------------------------------------------
+
+BAD_SPECS = {
+    "malformed": b'{"resources": {"a": 1',
+    "not-an-object": b"[1, 2]",
+    "string": b'"resources"',
+    "resources-not-object": b'{"resources": [1]}',
+    "resources-null": b'{"resources": null}',
+    "no-resources": b'{"resource": {}}',
+    "unknown-field": b'{"resources": {}, "extra": 1}',
+    "nan": b'{"resources": {"a": NaN}}',
+    "infinity": b'{"resources": {"a": Infinity}}',
+    "big-int": b'{"resources": {"a": 18446744073709551616}}',
+    "big-negative-int": b'{"resources": {"a": [-9223372036854775809]}}',
+    "deep-10000": b'{"resources": {"a": ' + b"[" * 10000 + b"]" * 10000 + b"}}",
+    "deep-300": b'{"resources": {"a": ' + b"[" * 300 + b"]" * 300 + b"}}",
+    "bad-utf8": b'{"resources": {"a": "\xff\xfe"}}',
+    "bad-utf8-key": b'{"resources": {"\xc3\x28": 1}}',
+    "lone-surrogate": b'{"resources": {"a": "\\ud800"}}',
+    "empty": b"",
+    "whitespace": b" \n\t ",
+    "control-char-address": b'{"resources": {"a\\u0007b": 1}}',
+    "newline-address": b'{"resources": {"a\\nb": 1}}',
+    "empty-address": b'{"resources": {"": 1}}',
+    "long-address": b'{"resources": {"' + b"x" * 257 + b'": 1}}',
+    "trailing-garbage": b'{"resources": {}} x',
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SPECS))
+@pytest.mark.parametrize("command", ["apply", "plan"])
+def test_bad_spec_refused(tmp_path: Path, store: Path, name: str, command: str) -> None:
+    spec = tmp_path / "bad.json"
+    spec.write_bytes(BAD_SPECS[name])
+    before = snapshot(store)
+    r = run([command, str(spec), "--dir", str(store)])
+    assert_one_error_line(r, 1)
+    assert r.stdout == ""
+    r = run([command, str(spec), "--dir", str(store), "--json"])
+    assert_json_error(r, 1, "invalid_input")
+    r = run([command, "-", "--dir", str(store)], input=BAD_SPECS[name])
+    assert_one_error_line(r, 1)
+    assert snapshot(store) == before
+
+
+def test_big_int_is_refused_not_rounded(tmp_path: Path, store: Path) -> None:
+    spec = tmp_path / "big.json"
+    spec.write_bytes(b'{"resources": {"a": 123456789012345678901234567890}}')
+    line = assert_one_error_line(run(["apply", str(spec), "--dir", str(store)]), 1)
+    assert "64-bit" in line
+    assert doc(store)["resources"]["a"] == 1
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_unreadable_spec(tmp_path: Path, store: Path, what: str) -> None:
+    path = tmp_path / "nope.json" if what == "missing" else tmp_path
+    before = snapshot(store)
+    line = assert_one_error_line(run(["apply", str(path), "--dir", str(store)]), 1)
+    assert str(path) in line
+    assert snapshot(store) == before
+
+
+BAD_ADDRESSES = ["", "a\x00b", "tab\there", "nl\n", "del\x7f", "c1\x85", "x" * 257]
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES, ids=range(len(BAD_ADDRESSES)))
+def test_bad_addresses_refused_everywhere(store: Path, address: str) -> None:
+    before = snapshot(store)
+    for args in (["apply", "--set", f"{address}=1"], ["apply", "--delete", address], ["show", address],
+                 ["rm", address], ["rm", "a", address]):
+        r = run([*args, "--dir", str(store)])
+        line = assert_one_error_line(r, 1)
+        assert "address" in line, (args, line)
+    assert snapshot(store) == before
+
+
+def test_address_limits(store: Path) -> None:
+    ok = "é" * 256  # 256 characters (512 bytes) is allowed
+    assert run(["apply", "--set", f"{ok}=1", "--dir", str(store)]).exit_code == 0
+    assert run(["show", ok, "--dir", str(store), "--json"]).stdout.strip() == "1"
+    assert run(["apply", "--set", "a.b/c:d[0] e=1", "--dir", str(store)]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "item",
+    ["noequals", f"a={2**64}", f"a={-(2**63) - 1}", "a=" + "[" * 10000 + "]" * 10000, "a=" + "[" * 300 + "]" * 300,
+     "a=" + '{"k":' * 300 + "1" + "}" * 300, "a=1e400", 'a={"x": [-1e999]}', "a=\udcff"],
+    ids=["no-equals", "big", "small", "deep-10000", "deep-300", "deep-objects", "inf", "nested-inf", "surrogate"],
+)
+def test_bad_set_refused(store: Path, item: str) -> None:
+    """JSON that cannot be stored exactly is refused, never kept as a string (only non-JSON text is)."""
+    before = snapshot(store)
+    assert_one_error_line(run(["apply", "--set", item, "--dir", str(store)]), 1)
+    assert snapshot(store) == before
+    assert doc(store)["resources"] == {"a": 1, "b": {"x": [1, 2]}, "c": "hello"}
+
+
+# -- plan ---------------------------------------------------------------------------------------
+
+
+def test_plan_writes_nothing(tmp_path: Path, store: Path) -> None:
+    spec = write_spec(tmp_path, {"a": 2, "b": {"x": [1, 2]}, "n": 1})
+    before = snapshot(store)
+    r = run(["plan", str(spec), "--dir", str(store), "--json"])
+    assert r.exit_code == 0
+    assert json.loads(r.stdout) == {"serial": 1, "created": ["n"], "updated": ["a"], "deleted": ["c"]}
+    r = run(["plan", str(spec), "--dir", str(store)])
+    assert r.stdout.splitlines() == ["+ n", "~ a", "- c", "Plan: 1 created, 1 updated, 1 deleted (state at serial 1)."]
+    assert snapshot(store) == before
+    missing = tmp_path / "missing-store"
+    r = run(["plan", str(spec), "--dir", str(missing), "--json"])
+    assert json.loads(r.stdout) == {"serial": 0, "created": ["a", "b", "n"], "updated": [], "deleted": []}
+    assert not missing.exists()
+
+
+def test_reads_work_while_locked_and_writes_time_out(tmp_path: Path, store: Path) -> None:
+    spec = write_spec(tmp_path, {"a": 9})
+    lk = agentstate.StateStore(store).lock()
+    holder = lk.acquire(0, "long-agent-run")
+    try:
+        before = snapshot(store)
+        assert json.loads(run(["plan", str(spec), "--dir", str(store), "--json"]).stdout)["updated"] == ["a"]
+        assert doc(store)["resources"]["a"] == 1
+        assert run(["show", "a", "--dir", str(store)]).exit_code == 0
+        assert run(["list", "--dir", str(store)]).exit_code == 0
+        assert run(["doctor", "--dir", str(store)]).exit_code == 0
+        st = json.loads(run(["lock", "status", "--dir", str(store), "--json"]).stdout)
+        assert st["held"] is True and st["holder"]["lock_id"] == holder.lock_id and st["holder_alive"] is True
+        text = run(["lock", "status", "--dir", str(store)]).stdout
+        assert "long-agent-run" in text and holder.lock_id in text
+        for args in (["apply", str(spec)], ["apply", "--set", "z=1"], ["rm", "a"], ["doctor", "--repair"]):
+            r = run([*args, "--dir", str(store), "--lock-timeout", "0", "--json"])
+            err = assert_json_error(r, 3, "locked")
+            assert err["holder"]["lock_id"] == holder.lock_id
+            assert "long-agent-run" in r.stderr and "force-unlock" in r.stderr, r.stderr
+        r = run(["apply", "--set", "z=1", "--dir", str(store), "--lock-timeout", "300ms"])
+        assert_one_error_line(r, 3)
+        # force-unlock: wrong ID is a conflict; the right ID of a live holder is refused without --force.
+        assert_one_error_line(run(["force-unlock", "not-the-id", "--dir", str(store)]), 5)
+        assert_one_error_line(run(["force-unlock", holder.lock_id, "--dir", str(store)]), 3)
+        assert snapshot(store) == before
+        r = run(["force-unlock", holder.lock_id, "--force", "--dir", str(store), "--json"])
+        assert r.exit_code == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["unlocked"] is True and out["holder"]["lock_id"] == holder.lock_id
+    finally:
+        lk.release()
+    assert run(["apply", "--set", "z=1", "--dir", str(store), "--lock-timeout", "0"]).exit_code == 0
+
+
+# -- show, list, rm -----------------------------------------------------------------------------
+
+
+def test_show_json_document_and_value(store: Path) -> None:
+    d = doc(store)
+    assert d["serial"] == 1 and d["resources"] == {"a": 1, "b": {"x": [1, 2]}, "c": "hello"}
+    assert isinstance(d["lineage"], str) and len(d["lineage"]) == 36 and d["updated_at"]
+    assert d["format_version"] == 2
+    r = run(["show", "b", "--dir", str(store), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"x": [1, 2]}
+    assert json.loads(run(["show", "c", "--dir", str(store), "--json"]).stdout) == "hello"
+
+
+def test_show_plain_for_people(store: Path) -> None:
+    r = run(["show", "--dir", str(store)])
+    assert r.exit_code == 0
+    assert "serial: 1" in r.stdout and '  b = {"x":[1,2]}' in r.stdout and "\x1b[" not in r.stdout
+    r = run(["show", "b", "--dir", str(store)])
+    assert json.loads(r.stdout) == {"x": [1, 2]}
+
+
+def test_show_of_a_missing_store(tmp_path: Path) -> None:
+    d = tmp_path / "nothing"
+    r = run(["show", "--dir", str(d), "--json"])
+    assert r.exit_code == 0
+    assert json.loads(r.stdout) | {"updated_at": None} == {"format_version": 2, "serial": 0, "lineage": None,
+                                                          "updated_at": None, "resources": {}}
+    assert run(["list", "--dir", str(d), "--json"]).stdout.strip() == "[]"
+    assert run(["list", "--dir", str(d)]).stdout == ""
+    assert not d.exists()
+
+
+def test_show_missing_address_is_6(store: Path) -> None:
+    err = assert_json_error(run(["show", "zz", "--dir", str(store), "--json"]), 6, "not_found")
+    assert "zz" in err["message"]
+    line = assert_one_error_line(run(["show", "zz", "--dir", str(store)]), 6)
+    assert "agentstate list" in line
+
+
+def test_list(store: Path) -> None:
+    assert run(["list", "--dir", str(store)]).stdout == "a\nb\nc\n"
+    assert json.loads(run(["list", "--dir", str(store), "--json"]).stdout) == ["a", "b", "c"]
+
+
+def test_rm(store: Path) -> None:
+    r = run(["rm", "a", "c", "--dir", str(store), "--json"])
+    assert r.exit_code == 0
+    assert json.loads(r.stdout) == {"serial": 2, "created": [], "updated": [], "deleted": ["a", "c"]}
+    assert doc(store)["resources"] == {"b": {"x": [1, 2]}}
+    before = snapshot(store)
+    err = assert_json_error(run(["rm", "b", "zz", "--dir", str(store), "--json"]), 6, "not_found")
+    assert err["addresses"] == ["zz"]
+    assert snapshot(store) == before  # all or nothing: b stays
+    r = run(["rm", "b", "--dir", str(store)])
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "- b"
+
+
+# -- corrupted, newer format, doctor ---------------------------------------------------------------
+
+
+def test_corrupted_without_backup_is_4(store: Path) -> None:
+    state = store / "state.json"
+    data = bytearray(state.read_bytes())
+    data[-5] ^= 1
+    state.write_bytes(bytes(data))
+    before = snapshot(store)
+    for args in (["show"], ["show", "a"], ["list"], ["apply", "--set", "q=1"], ["rm", "a"]):
+        r = run([*args, "--dir", str(store), "--json"])
+        err = assert_json_error(r, 4, "corrupted")
+        assert err["tried"] and "checksum" in err["message"], err
+    r = run(["doctor", "--dir", str(store)])
+    assert r.exit_code == 4 and "BAD  state" in r.stdout
+    assert snapshot(store) == before
+    r = run(["doctor", "--repair", "--dir", str(store)])  # takes the lock: bytes unchanged
+    assert_one_error_line(r, 4)
+    assert {k: v[0] for k, v in before.items()} == {k: v[0] for k, v in snapshot(store).items()}
+
+
+def test_doctor_reports_and_repairs(tmp_path: Path, store: Path) -> None:
+    assert run(["apply", "--set", "a=2", "--dir", str(store)]).exit_code == 0  # now there is a backup
+    r = run(["doctor", "--dir", str(store), "--json"])
+    assert r.exit_code == 0
+    out = json.loads(r.stdout)
+    assert out["ok"] is True and {f["check"] for f in out["findings"]} >= {"state", "backup", "lock", "temp files"}
+    (store / "state.json").write_bytes(b'{"checksum":"sha256:0000')  # torn
+    (store / "state.json.tmp-deadbeef").write_bytes(b"partial")
+    before = snapshot(store)
+    r = run(["doctor", "--dir", str(store)])
+    assert r.exit_code == 1
+    assert "BAD  state" in r.stdout and "BAD  temp files" in r.stdout and "--repair" in r.stdout
+    assert snapshot(store) == before  # doctor alone changes nothing
+    r = run(["doctor", "--repair", "--dir", str(store), "--json"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] is True and out["repaired_serial"] == doc(store)["serial"]
+    assert not (store / "state.json.tmp-deadbeef").exists()
+    assert list(store.glob("state.json.corrupt-*"))
+    assert doc(store)["resources"]["a"] == 1  # the backup's content (serial 1), rewritten
+    assert run(["doctor", "--dir", str(store)]).exit_code == 0
+
+
+def test_newer_format_is_a_conflict(store: Path) -> None:
+    (store / "state.json").write_bytes(b'{"format_version": 9, "serial": 1, "lineage": "x", "resources": {}}\n')
+    before = snapshot(store)
+    for args in (["show"], ["apply", "--set", "q=1"], ["list"]):
+        r = run([*args, "--dir", str(store), "--json"])
+        err = assert_json_error(r, 5, "format_too_new")
+        assert err["format_version"] == 9
+    assert snapshot(store) == before
+
+
+def test_force_unlock_without_a_lock_is_6(store: Path) -> None:
+    assert_one_error_line(run(["force-unlock", "some-id", "--dir", str(store)]), 6)
+    r = run(["lock", "status", "--dir", str(store)])
+    assert r.exit_code == 0 and r.stdout.startswith("free")
+
+
+# -- I/O errors, internal errors, logging -------------------------------------------------------
+
+
+def test_store_under_a_file_is_an_io_error(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_bytes(b"not a dir")
+    for args in (["apply", "--set", "a=1"], ["show"], ["list"], ["rm", "a"], ["lock", "status"],
+                 ["force-unlock", "x"], ["doctor", "--repair"]):
+        r = run([*args, "--dir", str(f / "store"), "--json"])
+        err = assert_json_error(r, 1, "io_error")
+        assert str(f) in err["message"], (args, err)
+    assert f.read_bytes() == b"not a dir"
+
+
+def test_internal_error_is_one_line_unless_debug(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agentstate.planner
+
+    def boom(*a, **k):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(agentstate.planner, "apply", boom)
+    r = run(["apply", "--set", "a=3", "--dir", str(store)])
+    line = assert_one_error_line(r, 1)
+    assert "kaboom" in line and "--debug" in line
+    r = run(["apply", "--set", "a=3", "--dir", str(store), "--debug"])
+    assert r.exit_code == 1 and "Traceback" in r.stderr and r.stderr.splitlines()[-1].startswith("error:")
+
+
+def test_log_format_json(store: Path) -> None:
+    r = run(["apply", "--set", "a=7", "--dir", str(store), "-v", "info", "--log-format", "json"])
+    assert r.exit_code == 0
+    records = [json.loads(line) for line in r.stderr.splitlines()]
+    messages = [rec["message"] for rec in records]
+    assert any(m.startswith("lock acquired") for m in messages), messages
+    assert any(m.startswith("lock released") for m in messages), messages
+    assert all(rec["level"] == "info" and rec["logger"].startswith("agentstate") for rec in records)
+    r = run(["apply", "--set", "a=8", "--dir", str(store), "--log-level", "INFO"])
+    assert "agentstate: INFO: lock acquired" in r.stderr
+    r = run(["apply", "--set", "a=9", "--dir", str(store)])  # default: warnings only
+    assert r.stderr == ""
+
