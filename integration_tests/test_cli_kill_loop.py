@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from agentstate_integration import AGENTSTATE_CLI, SLOW, check_after_kill, write_report_record
 
 LANES = 2
@@ -117,12 +116,6 @@ def _run(tmp_path: Path, total: int) -> None:
     assert sum(x.aimed_hits for x in lanes) > 0
 
 
-@pytest.mark.skipif(SLOW, reason="AGENTSTATE_SLOW=1 runs the 1,000-round variant instead")
 def test_cli_kill_loop(tmp_path: Path) -> None:
-    _run(tmp_path, 200)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not SLOW, reason="long variant: set AGENTSTATE_SLOW=1")
-def test_cli_kill_loop_long(tmp_path: Path) -> None:
-    _run(tmp_path, 1000)
+    """200 rounds; 1,000 with AGENTSTATE_SLOW=1."""
+    _run(tmp_path, 1000 if SLOW else 200)
