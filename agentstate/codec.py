@@ -65,7 +65,7 @@ class Decoded:
     lineage: str
     updated_at: str | None
     resources: dict[str, Any]
-    resources_bytes: bytes | None  # canonical encoding of resources, when free to get
+    resources_bytes: bytes | memoryview | None  # encoding of resources as in the file, when free to get
 
 
 def _reject(obj: Any) -> Any:
@@ -167,19 +167,29 @@ def check_address(address: Any) -> str:
     return address
 
 
-def encode_document(*, serial: int, lineage: str, updated_at: str, resources_bytes: bytes) -> bytes:
-    body = b"".join(
+def encode_document_parts(*, serial: int, lineage: str, updated_at: str, resources_bytes: bytes) -> list[bytes]:
+    """The document as a list of byte strings to write in order (no copy of ``resources_bytes``)."""
+    head = b"".join(
         [
             b'"format_version":%d,"serial":%d,"lineage":' % (FORMAT_VERSION, serial),
             orjson.dumps(lineage),
             b',"updated_at":',
             orjson.dumps(updated_at),
             _RESOURCES_KEY,
-            resources_bytes,
-            b"}\n",
         ]
     )
-    return PREFIX + hashlib.sha256(body).hexdigest().encode("ascii") + b'",' + body
+    digest = hashlib.sha256(head)
+    digest.update(resources_bytes)
+    digest.update(b"}\n")
+    prefix = PREFIX + digest.hexdigest().encode("ascii") + b'",' + head
+    return [prefix, resources_bytes, b"}\n"]
+
+
+def encode_document(*, serial: int, lineage: str, updated_at: str, resources_bytes: bytes) -> bytes:
+    """The document's bytes (see the module docstring for the layout)."""
+    return b"".join(
+        encode_document_parts(serial=serial, lineage=lineage, updated_at=updated_at, resources_bytes=resources_bytes)
+    )
 
 
 def _want(doc: dict, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -222,7 +232,7 @@ def decode_document(data: bytes) -> Decoded:
         if data[_DIGEST_END:HEADER_LEN] != b'",':
             raise CorruptDocument("malformed checksum field")
         digest = data[len(PREFIX) : _DIGEST_END]
-        if hashlib.sha256(data[HEADER_LEN:]).hexdigest().encode("ascii") != digest:
+        if hashlib.sha256(memoryview(data)[HEADER_LEN:]).hexdigest().encode("ascii") != digest:
             raise CorruptDocument("checksum mismatch (torn or altered file)")
         try:
             doc = orjson.loads(data)
@@ -242,7 +252,7 @@ def decode_document(data: bytes) -> Decoded:
         if data.endswith(b"}\n"):
             at = data.find(_RESOURCES_KEY, HEADER_LEN)
             if at != -1:
-                resources_bytes = data[at + len(_RESOURCES_KEY) : -2]
+                resources_bytes = memoryview(data)[at + len(_RESOURCES_KEY) : -2]  # no copy
     else:
         try:
             doc = orjson.loads(data)

@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import StorageError
@@ -38,12 +39,13 @@ class OsFiles:
         except FileNotFoundError:
             return None
         try:
-            chunks = []
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
+            # One read of the whole size: no chunk list to join (a second copy of a large state).
+            data = os.read(fd, max(os.fstat(fd).st_size, 1 << 16))
+            chunks = [data]
+            while data:
+                data = os.read(fd, 1 << 20)
+                chunks.append(data)
+            return chunks[0] if len(chunks) == 2 else b"".join(chunks)
         finally:
             os.close(fd)
 
@@ -126,14 +128,15 @@ def io_error(action: str, path: str, e: OSError, *, unchanged: bool = True) -> S
     )
 
 
-def write_all(files: OsFiles, fd: int, data: bytes) -> None:
-    """Write every byte, looping on short writes."""
-    view = memoryview(data)
-    while view:
-        n = files.write(fd, view)
-        if n <= 0:
-            raise OSError(errno.EIO, "write returned no progress")
-        view = view[n:]
+def write_all(files: OsFiles, fd: int, data: bytes | Sequence[bytes]) -> None:
+    """Write every byte of ``data`` (or of each part, in order), looping on short writes."""
+    for part in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+        view = memoryview(part)
+        while view:
+            n = files.write(fd, view)
+            if n <= 0:
+                raise OSError(errno.EIO, "write returned no progress")
+            view = view[n:]
 
 
 def write_all_at(files: OsFiles, fd: int, data: bytes, offset: int) -> None:
@@ -204,7 +207,7 @@ def remove_temps(files: OsFiles, directory: str, name: str) -> list[str]:
     return removed
 
 
-def _write_new(files: OsFiles, path: str, data: bytes, mode: int) -> None:
+def _write_new(files: OsFiles, path: str, data: bytes | Sequence[bytes], mode: int) -> None:
     """Create ``path`` (O_EXCL), write, fsync, close. On error the file is removed."""
     try:
         fd = files.create(path, 0o600)
@@ -283,7 +286,7 @@ def corrupt_name(path: str) -> str:
     return f"{path}.corrupt-{stamp}-{os.urandom(3).hex()}"
 
 
-def commit(files: OsFiles, path: str, data: bytes, previous: Previous) -> str | None:
+def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: Previous) -> str | None:
     """Atomically replace ``path`` with ``data``; keep the previous valid version as ``path.bak``.
 
     Steps (docs/format.md, "Write protocol"):

@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -164,23 +164,22 @@ class Holder:
     @classmethod
     def mine(cls, operation: str, mode: str | None = None) -> Holder:
         now = _iso(_now())
+        pid, host, boot, ns, start = _my_identity()
         return cls(
             lock_id=str(uuid.uuid4()),
-            pid=os.getpid(),
-            hostname=socket.gethostname(),
+            pid=pid,
+            hostname=host,
             operation=operation,
             acquired_at=now,
             heartbeat_at=now,
-            boot_id=boot_id(),
-            pid_namespace=pid_namespace(),
-            process_start=process_start(os.getpid()),
+            boot_id=boot,
+            pid_namespace=ns,
+            process_start=start,
             mode=mode,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("extra")
-        return d
+        return {f: getattr(self, f) for f in _RECORD_FIELDS}
 
     def to_bytes(self) -> bytes:
         import orjson
@@ -289,6 +288,19 @@ class Holder:
         age = _age(self.acquired_at)
         since = f"since {self.acquired_at}" + (f" ({_fmt_age(age)} ago)" if age is not None else "")
         return f"PID {self.pid} on {self.hostname} ({self.operation}, {since}, lock ID {self.lock_id})"
+
+
+_RECORD_FIELDS = tuple(f for f in Holder.__dataclass_fields__ if f != "extra")
+_identity: tuple[int, str, str | None, str | None, str | None] | None = None
+
+
+def _my_identity() -> tuple[int, str, str | None, str | None, str | None]:
+    """(pid, hostname, boot ID, PID namespace, process start) of this process, read once per PID."""
+    global _identity
+    pid = os.getpid()
+    if _identity is None or _identity[0] != pid:  # a forked child is another process
+        _identity = (pid, socket.gethostname(), boot_id(), pid_namespace(), process_start(pid))
+    return _identity
 
 
 def _fmt_age(age: float | None) -> str:

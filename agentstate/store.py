@@ -50,7 +50,7 @@ class State:
 @dataclass
 class _Loaded:
     state: State
-    resources_bytes: bytes | None  # canonical encoding as loaded, to see whether anything changed
+    resources_bytes: bytes | memoryview | None  # resources as encoded in the file, to see if anything changed
     previous: fileio.Previous  # what state.json holds now
     problems: list[tuple[str, str]]
     keys: frozenset[str] = frozenset()  # addresses as loaded, already checked
@@ -238,7 +238,7 @@ class StateStore:
             # or a client still holding it could pass --expect-serial against different resources.
             serial = max(before.serial + 2, _salvaged_serial(loaded.previous.data) + 1)
         updated_at = _utcnow()
-        data = codec.encode_document(
+        data = codec.encode_document_parts(
             serial=serial, lineage=before.lineage, updated_at=updated_at, resources_bytes=resources_bytes
         )
         fileio.commit(self.files, self.state_path, data, loaded.previous)
