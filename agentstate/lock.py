@@ -968,6 +968,8 @@ class _Wait:
         if self.started:
             return
         self.started = True
+        if self.on_wait is None and not log.isEnabledFor(logging.INFO):
+            return  # nobody to tell: skip reading the record (a hot path under contention)
         holder = current()
         who = holder.describe() if holder else "a holder that has not written its record yet"
         log.info("waiting for lock %s held by %s", self.lock.path, who)
