@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from .common import KB, Config, Row, agentstate_cmd, child_env, interleaved, median, seed_store
 
@@ -18,7 +19,18 @@ def _timed(cmd: list[str], env: dict[str, str], check_json: bool = False) -> Non
         json.loads(p.stdout)
 
 
+def _byte_compile() -> None:
+    """Compile agentstate's modules as `pip install` does: an editable checkout run under
+    PYTHONDONTWRITEBYTECODE=1 would otherwise recompile every module on every start."""
+    import compileall
+
+    import agentstate
+
+    compileall.compile_dir(str(Path(agentstate.__file__).parent), quiet=1)
+
+
 def run(cfg: Config) -> list[Row]:
+    _byte_compile()
     store = seed_store(cfg.workdir / "cli-store", KB)
     env = child_env()
     cli = agentstate_cmd()
