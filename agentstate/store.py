@@ -223,7 +223,7 @@ class StateStore:
 
             raise InvalidInput("resources must be a JSON object (a dict)")
         resources_bytes = codec.encode_value(state.resources)
-        if resources_bytes != loaded.resources_bytes and _reordered(state.resources, loaded):
+        if resources_bytes != loaded.resources_bytes and _reordered(state.resources, resources_bytes, loaded):
             # Deleting and re-adding an address only moves it: encode in the file's order to see.
             resources_bytes = codec.encode_value({k: state.resources[k] for k in loaded.order})
         if resources_bytes == loaded.resources_bytes and loaded.state.source != "backup":
@@ -308,11 +308,12 @@ class StateStore:
         return state
 
 
-def _reordered(resources: dict[str, Any], loaded: _Loaded) -> bool:
-    """The same addresses as loaded, in another order (cheap checks first)."""
+def _reordered(resources: dict[str, Any], encoded: bytes, loaded: _Loaded) -> bool:
+    """The same addresses as loaded, in another order (cheap checks first: a reorder keeps the length)."""
     return (
-        len(resources) == len(loaded.order)
-        and loaded.resources_bytes is not None
+        loaded.resources_bytes is not None
+        and len(encoded) == len(loaded.resources_bytes)
+        and len(resources) == len(loaded.order)
         and resources.keys() == loaded.keys
         and tuple(resources) != loaded.order
     )
