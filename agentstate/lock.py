@@ -632,11 +632,7 @@ class Lock:
             # A live holder the kernel cannot see: keep waiting for it (polling: nothing will wake us).
             self._unlock_close(fd)
             wait.start(lambda b=blocker: b)
-            now = time.monotonic()
-            if now >= deadline:
-                self._timed_out(timeout)
-            time.sleep(min(pause, deadline - now))
-            pause = min(pause * 2, 0.05)
+            pause = self._back_off(deadline, timeout, pause, 0.05)
 
     def _wait_flock(self, deadline: float) -> int | None:
         """Block in a helper thread until the kernel hands us the lock, or until the deadline."""
@@ -767,11 +763,7 @@ class Lock:
                     self._break(current, reason, ino)
                     continue
             wait.start(lambda c=current: c)
-            now = time.monotonic()
-            if now >= deadline:
-                self._timed_out(timeout)
-            time.sleep(min(pause, deadline - now))
-            pause = min(pause * 2, 0.02)
+            pause = self._back_off(deadline, timeout, pause, 0.02)
 
     def _create_soft(self, me: Holder) -> bool:
         """Create the lock file holding ``me``'s record; False if it exists.
@@ -913,6 +905,14 @@ class Lock:
         finally:
             os.close(fd)
         return False
+
+    def _back_off(self, deadline: float, timeout: float, pause: float, cap: float) -> float:
+        """Sleep before polling again (StateLocked at the deadline); returns the next, doubled pause."""
+        now = time.monotonic()
+        if now >= deadline:
+            self._timed_out(timeout)
+        time.sleep(min(pause, deadline - now))
+        return min(pause * 2, cap)
 
     def _timed_out(self, timeout: float) -> None:
         holder = self.read_holder()

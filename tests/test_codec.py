@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonsame import same
 
 from agentstate import FormatTooNew, InvalidInput, StateStore, codec
 from agentstate.codec import CorruptDocument
@@ -38,18 +39,6 @@ json_values = st.recursive(
 resources_st = st.dictionaries(st.text(min_size=1, max_size=20), json_values, max_size=6)
 big_ints = st.one_of(st.integers(min_value=INT_MAX + 1, max_value=10**60), st.integers(min_value=-(10**60), max_value=INT_MIN - 1))
 
-
-def same(a: Any, b: Any) -> bool:
-    """Exact equality: types, float bits (incl. -0.0), dict keys and list order."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return a == b and math.copysign(1, a) == math.copysign(1, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 def document(resources: dict, serial: int = 7, lineage: str = "lin-1", updated_at: str = "2024-05-01T00:00:00Z") -> bytes:

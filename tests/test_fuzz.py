@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonsame import same
 
 from agentstate import FormatTooNew, InvalidInput, StateCorrupted, StateStore, codec, planner
 
@@ -52,17 +52,6 @@ json_values = st.recursive(
 addresses = st.text(min_size=1, max_size=12).filter(lambda a: not any(ord(ch) < 32 or 127 <= ord(ch) <= 159 for ch in a))
 resources_st = st.dictionaries(addresses, json_values, max_size=5)
 
-
-def same(a: Any, b: Any) -> bool:
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return a == b and math.copysign(1, a) == math.copysign(1, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 def violation(kind: str, msg: str) -> None:
