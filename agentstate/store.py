@@ -222,16 +222,26 @@ class StateStore:
             from .errors import InvalidInput
 
             raise InvalidInput("resources must be a JSON object (a dict)")
-        resources_bytes = codec.encode_value(state.resources)
-        if resources_bytes != loaded.resources_bytes and _reordered(state.resources, resources_bytes, loaded):
+        resources = state.resources
+        resources_bytes = codec.encode_value(resources)
+        addresses = tuple(resources)
+        same_addresses = addresses == loaded.order  # in the same order: no new address to check
+        if (
+            resources_bytes != loaded.resources_bytes
+            and not same_addresses
+            and loaded.resources_bytes is not None
+            and len(resources_bytes) == len(loaded.resources_bytes)  # a reorder keeps the length
+            and resources.keys() == loaded.keys
+        ):
             # Deleting and re-adding an address only moves it: encode in the file's order to see.
-            resources_bytes = codec.encode_value({k: state.resources[k] for k in loaded.order})
+            resources_bytes = codec.encode_value({k: resources[k] for k in loaded.order})
         if resources_bytes == loaded.resources_bytes and loaded.state.source != "backup":
             log.debug("transaction changed nothing; nothing written")
             return
         before = loaded.state
-        for address in state.resources.keys() - loaded.keys:
-            codec.check_address(address)
+        if not same_addresses:
+            for address in resources.keys() - loaded.keys:
+                codec.check_address(address)
         serial = before.serial + 1
         if before.source == "backup":
             # The lost state.json most likely held serial + 1 (or more): never hand a number out twice,
@@ -306,17 +316,6 @@ class StateStore:
         with self.transaction(lock_timeout, operation="repair") as state:
             pass
         return state
-
-
-def _reordered(resources: dict[str, Any], encoded: bytes, loaded: _Loaded) -> bool:
-    """The same addresses as loaded, in another order (cheap checks first: a reorder keeps the length)."""
-    return (
-        loaded.resources_bytes is not None
-        and len(encoded) == len(loaded.resources_bytes)
-        and len(resources) == len(loaded.order)
-        and resources.keys() == loaded.keys
-        and tuple(resources) != loaded.order
-    )
 
 
 def _salvaged_serial(damaged: bytes | None) -> int:
