@@ -41,22 +41,27 @@ def mem(case: str, state_path: str, raw_dir: str) -> dict:
 
     from .common import raw_commit, read_bytes
 
+    def _floor(extra: int) -> int:
+        # Below one page the peak is lost in page granularity (and can even read negative after
+        # the kernel trims RSS); report it as one page rather than as zero or less.
+        return max(extra, 4096)
+
     store = StateStore(os.path.dirname(state_path))
     keep = []
     base = _reset_peak()
     if case == "load":
         keep.append(store.read())
-        return {"total": _peak() - base}
+        return {"total": _floor(_peak() - base)}
     if case == "rawload":
         keep.append(orjson.loads(read_bytes(state_path)))
-        return {"total": _peak() - base}
+        return {"total": _floor(_peak() - base)}
     if case == "txn":
         with store.transaction() as st:
             loaded_peak = _peak()
             at_save = _reset_peak()
             st.resources["agent.a000000"]["n"] += 1
         save_peak = _peak()
-        return {"total": max(loaded_peak, save_peak) - base, "save": save_peak - at_save}
+        return {"total": _floor(max(loaded_peak, save_peak) - base), "save": _floor(save_peak - at_save)}
     if case == "rawtxn":
         doc = orjson.loads(read_bytes(os.path.join(raw_dir, "state.json")))
         doc["resources"]["agent.a000000"]["n"] += 1
@@ -64,7 +69,7 @@ def mem(case: str, state_path: str, raw_dir: str) -> dict:
         at_save = _reset_peak()
         raw_commit(raw_dir, "state.json", orjson.dumps(doc))
         save_peak = _peak()
-        return {"total": max(loaded_peak, save_peak) - base, "save": save_peak - at_save}
+        return {"total": _floor(max(loaded_peak, save_peak) - base), "save": _floor(save_peak - at_save)}
     raise SystemExit(f"unknown memory case {case!r}")
 
 

@@ -179,13 +179,14 @@ TAIL = """## Where goals are missed, and why
   shipped: dropping that fsync would break the lock contract). On this disk an fsync is
   ~0.3 ms, so the protocol itself sits near 1.5x before any Python runs.
 - **Load at 1 KB.** Fixed costs (open, fstat, read, SHA-256, shape checks) of some 60 µs
-  against a 56 µs baseline; from 1 MB on, load is within the goal.
+  against a ~50 µs baseline.
 - **Memory on load.** Parsed JSON as Python objects is about 8x its text, so no loader that
   returns dicts (raw `orjson.loads` included) meets 3x the file. agentstate adds at most a few
   percent over raw orjson (the `-vs-raw` rows); the save adds little over the document
   (it writes the encoded resources without joining them into one buffer).
-- **Save at 10 MB and up.** On top of `orjson.dumps` and the I/O: SHA-256 of the document,
-  the backup link and rename, the NaN and new-address checks.
+- **Load at 1 MB** sits at the 1.3x line (1.25x to 1.36x across runs): on top of the parse,
+  SHA-256 of the file and a scan for integers beyond 64 bits (which orjson would silently
+  turn into floats).
 - **Contention.** Hand-off is a blocking flock (the kernel wakes the next holder; nothing
   polls), and commits are spread evenly over the processes; what is lost is the holder
   running slower while ten processes share two cores.
