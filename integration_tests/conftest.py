@@ -268,6 +268,12 @@ def main_thread(calls: list[Syscall]) -> list[Syscall]:
     return [c for c in calls if c.tid == tid]
 
 
+# The syscalls a libc may use for each file operation (this one uses rename and linkat).
+RENAMES = ("rename", "renameat", "renameat2")
+LINKS = ("link", "linkat")
+UNLINKS = ("unlink", "unlinkat")
+
+
 def occurrence(calls: list[Syscall], index: int) -> int:
     """1-based count of ``calls[index].name`` among ``calls[: index + 1]`` (strace's ``when=`` number)."""
     name = calls[index].name

@@ -33,6 +33,8 @@ import pytest
 from agentstate_integration import (
     AGENTSTATE_CLI,
     BACKUP,
+    LINKS,
+    RENAMES,
     STATE,
     Syscall,
     leftover_temps,
@@ -49,8 +51,6 @@ from agentstate_integration import (
 from agentstate.store import StateStore
 
 DISCOVER = "openat,write,pwrite64,fsync,fdatasync,ftruncate,rename,renameat,renameat2,link,linkat,unlink,unlinkat,close"
-RENAMES = ("rename", "renameat", "renameat2")
-LINKS = ("link", "linkat")
 
 
 @dataclass(frozen=True)

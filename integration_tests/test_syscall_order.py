@@ -23,7 +23,10 @@ import pytest
 from agentstate_integration import (
     AGENTSTATE_CLI,
     BACKUP,
+    LINKS,
+    RENAMES,
     STATE,
+    UNLINKS,
     Syscall,
     parse_strace,
     run_strace,
@@ -34,9 +37,6 @@ from agentstate_integration import (
 from agentstate.store import StateStore
 
 TRACE = "openat,write,pwrite64,fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,ftruncate,close,flock"
-RENAMES = ("rename", "renameat", "renameat2")
-LINKS = ("link", "linkat")
-UNLINKS = ("unlink", "unlinkat")
 WRITES = ("write", "pwrite64", "ftruncate", "fsync", "fdatasync")
 
 _results: dict[str, int] = {}
