@@ -27,6 +27,7 @@ class AgentStateError(Exception):
         if self.hint:
             out["hint"] = self.hint
         out.update(self.details)
+        out["exit_code"] = self.exit_code
         return out
 
     def __str__(self) -> str:
@@ -86,3 +87,16 @@ class NotFound(AgentStateError, LookupError):
 
     code = "not_found"
     exit_code = 6
+
+
+class Interrupted(AgentStateError):
+    """SIGINT or SIGTERM arrived: the command finished or abandoned its write (``.outcome`` says which),
+    removed its temp files and released the lock. Exit 130 (SIGINT) or 143 (SIGTERM)."""
+
+    code = "interrupted"
+    exit_code = 130
+
+    def __init__(self, message: str, *, signal_number: int = 2, outcome: str = "abandoned", **details: Any) -> None:
+        super().__init__(message, signal=signal_number, outcome=outcome, **details)
+        self.exit_code = 128 + signal_number
+        self.outcome = outcome

@@ -1,0 +1,29 @@
+"""Validation of names that reach a path or a query: tenants, session ids, response ids.
+
+A name is 1-128 characters from ``A-Z a-z 0-9 . _ : @ -`` and does not start with a dot,
+so it can never be a path separator, a parent reference, a hidden file or an SQL fragment.
+Every name is checked here before it is used.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import InvalidInput
+
+NAME_RULE = "1 to 128 characters from A-Z a-z 0-9 . _ : @ -, not starting with a dot"
+_NAME = re.compile(r"[A-Za-z0-9_:@\-][A-Za-z0-9._:@\-]{0,127}")
+DEFAULT_TENANT = "default"
+
+
+def check_name(value: Any, what: str = "name") -> str:
+    """``value`` if it is a valid name, else InvalidInput naming ``what`` (e.g. "session id")."""
+    if type(value) is not str or _NAME.fullmatch(value) is None:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise InvalidInput(f"{what} {shown} is not valid", hint=f"a {what} is {NAME_RULE}")
+    return value
+
+
+def check_tenant(value: Any) -> str:
+    return check_name(DEFAULT_TENANT if value is None else value, "tenant")

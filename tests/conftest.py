@@ -1,0 +1,22 @@
+"""Fixtures shared by tests/.
+
+``store_target``: where a contract test keeps its store, parametrized over the backends. "dir" is a
+fresh store directory; "pg" (added by the PostgreSQL backend) is a URL naming a fresh schema on the
+throwaway server the suite starts. Contract tests of state, lock, sessions, responses and the CLI take
+this fixture so that they run unchanged against every backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+BACKENDS = ["dir"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "dir":
+        return str(tmp_path / "store")
+    raise AssertionError(f"unknown backend {request.param}")
