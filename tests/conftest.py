@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-BACKENDS = ["dir"]
+BACKENDS = ["dir", "pg"]
 
 
 @pytest.fixture(params=BACKENDS)
 def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "dir":
         return str(tmp_path / "store")
+    if request.param == "pg":  # a fresh PostgreSQL schema on the suite's server (../conftest.py)
+        return request.getfixturevalue("pg_schema_url")
     raise AssertionError(f"unknown backend {request.param}")

@@ -1,0 +1,46 @@
+"""Fixtures shared by tests/ and integration_tests/: the throwaway PostgreSQL server.
+
+``pg_server`` (session scope) starts one server for the whole run on first use and stops it at
+the end (tests/pgserver.py). If it cannot start, every test that needs it errors with the
+server's log: the suite fails loudly, nothing is skipped. ``pg_url`` is its base URL;
+``pg_schema_url`` a URL naming a fresh PostgreSQL schema (created by agentstate on first use).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import uuid
+
+import pytest
+
+# tests/pgserver.py, importable as ``pgserver`` from any test (without putting tests/ on sys.path).
+if "pgserver" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location(
+        "pgserver", os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "pgserver.py")
+    )
+    _mod = importlib.util.module_from_spec(_spec)
+    sys.modules["pgserver"] = _mod
+    _spec.loader.exec_module(_mod)
+
+from pgserver import PgServer, schema_url  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    server = PgServer.start_new()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: PgServer) -> str:
+    return pg_server.url
+
+
+@pytest.fixture
+def pg_schema_url(pg_url: str) -> str:
+    return schema_url(pg_url, "t_" + uuid.uuid4().hex[:16])

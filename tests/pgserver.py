@@ -1,0 +1,184 @@
+"""A throwaway PostgreSQL server for the tests: initdb into a temp dir, start, stop.
+
+    server = PgServer.start_new()      # initdb + start; RuntimeError (with the server log) if it cannot
+    server.url                         # postgresql://agentstate@127.0.0.1:PORT/agentstate
+    server.stop(); server.start()      # the same data and port again (restart tests)
+    server.destroy()                   # stop and remove the data directory
+
+Run as root, the server runs as the unprivileged system user ``agentstate-pg`` (created with
+useradd when missing), since PostgreSQL refuses to run as root. It listens on 127.0.0.1 on a
+free port and on a Unix socket in its temp dir, with trust authentication for the role
+``agentstate`` (a superuser) and the server's defaults otherwise (fsync on: durability is tested).
+initdb itself runs with --no-sync (a throwaway cluster), which keeps start-up to about a second.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PG_USER = "agentstate-pg"
+ROLE = "agentstate"
+DATABASE = "agentstate"
+
+
+def pg_bindir() -> str:
+    """The directory holding initdb and pg_ctl: $PG_BINDIR, then PATH, then /usr/lib/postgresql/N/bin."""
+    env = os.environ.get("PG_BINDIR")
+    if env:
+        return env
+    found = shutil.which("pg_ctl")
+    if found:
+        return str(Path(os.path.realpath(found)).parent)
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
+    if candidates:
+        return str(Path(candidates[-1]).parent)
+    raise RuntimeError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (`apt-get install -y postgresql`, "
+        "as .ci/run does) or set PG_BINDIR"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_user() -> tuple[int, int] | None:
+    """(uid, gid) to run the server as, or None to run as ourselves (we are not root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam(PG_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+            check=True, capture_output=True,
+        )
+        pw = pwd.getpwnam(PG_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+class PgServer:
+    def __init__(self, base: str, port: int, user: tuple[int, int] | None) -> None:
+        self.base = base
+        self.data = os.path.join(base, "data")
+        self.sockdir = os.path.join(base, "sock")
+        self.log = os.path.join(base, "server.log")
+        self.port = port
+        self.user = user
+        self.bindir = pg_bindir()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{ROLE}@127.0.0.1:{self.port}/{DATABASE}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://{ROLE}@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        kw: dict = {}
+        if self.user is not None:
+            kw = {"user": self.user[0], "group": self.user[1], "extra_groups": []}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        return subprocess.run(
+            [os.path.join(self.bindir, args[0]), *args[1:]],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=self.base, **kw,
+        )
+
+    def _fail(self, what: str, proc: subprocess.CompletedProcess | None = None) -> RuntimeError:
+        detail = ""
+        if proc is not None:
+            detail += (proc.stdout or "") + (proc.stderr or "")
+        try:
+            detail += Path(self.log).read_text()[-3000:]
+        except OSError:
+            pass
+        return RuntimeError(f"test PostgreSQL server: {what} failed:\n{detail}")
+
+    @classmethod
+    def start_new(cls) -> PgServer:
+        user = _server_user()
+        base = tempfile.mkdtemp(prefix="agentstate-pg-")
+        os.makedirs(os.path.join(base, "sock"))
+        if user is not None:
+            for path in (base, os.path.join(base, "sock")):
+                os.chown(path, *user)
+        os.chmod(base, 0o755)  # the socket directory must be reachable by the tests (root or not)
+        server = cls(base, _free_port(), user)
+        proc = server._run("initdb", "-D", server.data, "-U", ROLE, "--auth=trust", "--no-sync",
+                           "-E", "UTF8", "--locale=C", "--no-instructions")
+        if proc.returncode != 0:
+            raise server._fail("initdb", proc)
+        with open(os.path.join(server.data, "postgresql.conf"), "a") as f:
+            f.write(
+                "\n# agentstate test server\n"
+                f"listen_addresses = '127.0.0.1'\nport = {server.port}\n"
+                f"unix_socket_directories = '{server.sockdir}'\n"
+                "max_connections = 200\nshared_buffers = 32MB\n"
+                "log_min_messages = warning\nlog_min_error_statement = panic\n"
+            )
+        server.start()
+        import psycopg
+
+        with psycopg.connect(server.admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {DATABASE}")
+        return server
+
+    def start(self) -> None:
+        for _ in range(3):
+            proc = self._run("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "30", "start")
+            if proc.returncode == 0:
+                return
+            # The port may have been taken between choosing it and binding it: choose another.
+            if "could not bind" in Path(self.log).read_text(errors="replace") or "in use" in proc.stdout + proc.stderr:
+                self.port = _free_port()
+                conf = os.path.join(self.data, "postgresql.conf")
+                with open(conf, "a") as f:
+                    f.write(f"port = {self.port}\n")
+                continue
+            raise self._fail("pg_ctl start", proc)
+        raise self._fail("pg_ctl start (no free port)")
+
+    def stop(self, mode: str = "fast") -> None:
+        proc = self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+        if proc.returncode != 0 and "not running" not in proc.stdout + proc.stderr:
+            raise self._fail("pg_ctl stop", proc)
+
+    def running(self) -> bool:
+        return self._run("pg_ctl", "-D", self.data, "status").returncode == 0
+
+    def destroy(self) -> None:
+        try:
+            if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+                self.stop("immediate")
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.url, connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def schema_url(base_url: str, schema: str) -> str:
+    """``base_url`` naming the PG schema ``schema`` (the ``?schema=`` parameter agentstate strips)."""
+    return f"{base_url}{'&' if '?' in base_url else '?'}schema={schema}"
