@@ -1,0 +1,92 @@
+"""SQL storage shared by sessions and responses: one database per store.
+
+    db = open_database(target)          # a store directory, or a postgresql:// URL (PostgreSQL engine)
+    with db.write(operation="sessions append") as tx:   # the writer lock, then one transaction
+        tx.run(q_sessions.GET_SESSION, tenant=..., id=...)
+    with db.read() as tx: ...           # a consistent snapshot, no lock
+
+Statements live in the ``q_*`` modules as :class:`Stmt` objects holding each dialect's text side by
+side; the engines pick their dialect. This package imports neither sqlite3 nor psycopg at import time.
+
+Interface notes (for the engines and the statement modules):
+
+* ``Stmt(sqlite=..., postgres=...)`` or ``Stmt(both=...)``. Params are named: ``:name`` in SQLite text,
+  ``%(name)s`` in PostgreSQL text; ``both`` text is written with ``:name`` and converted for PostgreSQL
+  (a literal ``%`` is doubled). Every statement on a tenant-scoped table has ``tenant = :tenant``.
+* A transaction object ``tx`` has ``run(stmt, **p) -> list[tuple]``, ``one(stmt, **p) -> tuple | None``,
+  ``value(stmt, **p) -> Any``, ``execute(stmt, **p) -> int`` (affected rows) and
+  ``many(stmt, rows: Iterable[dict]) -> None`` (executemany, for bulk inserts).
+* ``check(target) -> list[dict]``: doctor's findings for the database ({"check", "ok", "detail"}).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .engine import Database
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def _to_pyformat(text: str) -> str:
+    return _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
+
+
+@dataclass(frozen=True)
+class Stmt:
+    """One SQL statement in both dialects."""
+
+    sqlite: str = ""
+    postgres: str = ""
+    both: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.both:
+            if not self.sqlite:
+                object.__setattr__(self, "sqlite", self.both)
+            if not self.postgres:
+                object.__setattr__(self, "postgres", _to_pyformat(self.both))
+
+    def text(self, dialect: str) -> str:
+        return self.sqlite if dialect == "sqlite" else self.postgres
+
+
+def is_url(target: Any) -> bool:
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def open_database(target: str | os.PathLike[str] | None = None, *, lock_timeout: float | str | None = None) -> Database:
+    """The database of a store: ``<dir>/agentstate.db`` for a directory, or a PostgreSQL URL."""
+    if is_url(target):
+        try:
+            from . import pg  # noqa: F401  (added by the PostgreSQL backend)
+        except ImportError:
+            raise InvalidInput(
+                "a postgresql:// URL needs the PostgreSQL backend",
+                hint="install it with: pip install 'agentstate[postgres]'",
+            ) from None
+        return pg.open_pg(target, lock_timeout=lock_timeout)  # type: ignore[attr-defined]
+    from ..store import default_dir
+    from .engine import Database
+
+    return Database(os.fspath(target) if target is not None else default_dir(), lock_timeout=lock_timeout)
+
+
+def check(target: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Doctor's findings for the store's database (integrity, schema version, lock); never writes."""
+    if is_url(target):
+        db = open_database(target)
+        try:
+            return db.check()
+        finally:
+            db.close()
+    from ..store import default_dir
+    from .engine import check_sqlite
+
+    return check_sqlite(os.fspath(target) if target is not None else default_dir())

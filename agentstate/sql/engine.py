@@ -1,0 +1,476 @@
+"""The SQLite engine: ``<store dir>/agentstate.db``.
+
+* The file is created 0600 (the directory 0700), never through a symlink. Pragmas: journal_mode=WAL
+  (persistent, set once under the writer lock), synchronous=FULL and foreign_keys=ON per connection.
+* Writers serialize through agentstate's own lock (:class:`agentstate.lock.Lock`) on
+  ``agentstate.db.lock`` and only then ``BEGIN IMMEDIATE``, so SQLite's sleeping busy handler never
+  decides who goes next; busy_timeout is only a backstop for readers and for programs other than
+  agentstate. Readers take no lock: a deferred ``BEGIN`` reads one WAL snapshot.
+* Each ``write()`` is one transaction: committed when the block ends, rolled back on any exception.
+  sqlite3 errors become StorageError (disk full, I/O error, busy), StateCorrupted (not a database,
+  malformed) or FormatTooNew (a newer schema), each with one clear line.
+* Connections open lazily, one per thread, reused; a forked child never touches its parent's.
+  After a failed write the connection is closed, so SQLite drops whatever the failure left in memory
+  (and, being the last connection, checkpoints only committed frames and removes the WAL).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .. import fileio
+from ..duration import parse_duration
+from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
+from . import Stmt
+from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
+
+log = logging.getLogger("agentstate.sql")
+
+DB_NAME = "agentstate.db"
+LOCK_SUFFIX = ".lock"
+BUSY_BACKSTOP = 10.0  # seconds; only reached when a program other than agentstate holds SQLite's lock
+_ABANDONED: list[Any] = []  # connections inherited across fork: never used, never closed, never freed
+
+
+class Tx:
+    """A transaction's statement runner (see the package docstring)."""
+
+    __slots__ = ("_conn",)
+    dialect = "sqlite"
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def run(self, stmt: Stmt, **params: Any) -> list[tuple]:
+        return self._conn.execute(stmt.sqlite, params).fetchall()
+
+    def one(self, stmt: Stmt, **params: Any) -> tuple | None:
+        return self._conn.execute(stmt.sqlite, params).fetchone()
+
+    def value(self, stmt: Stmt, **params: Any) -> Any:
+        row = self._conn.execute(stmt.sqlite, params).fetchone()
+        return None if row is None else row[0]
+
+    def execute(self, stmt: Stmt, **params: Any) -> int:
+        return self._conn.execute(stmt.sqlite, params).rowcount
+
+    def many(self, stmt: Stmt, rows: Iterable[dict[str, Any]]) -> None:
+        self._conn.executemany(stmt.sqlite, rows)
+
+
+class _EmptyTx:
+    """Reads of a database that does not exist yet: no tables, so no rows."""
+
+    dialect = "sqlite"
+
+    def run(self, stmt: Stmt, **params: Any) -> list[tuple]:
+        return []
+
+    def one(self, stmt: Stmt, **params: Any) -> None:
+        return None
+
+    def value(self, stmt: Stmt, **params: Any) -> None:
+        return None
+
+    def execute(self, stmt: Stmt, **params: Any) -> int:
+        return 0
+
+    def many(self, stmt: Stmt, rows: Iterable[dict[str, Any]]) -> None:
+        raise RuntimeError("many() in a read transaction")
+
+
+def storage_error(e: BaseException, path: str, action: str) -> AgentStateError:
+    """One clear error for a sqlite3 exception (or OSError) met while doing ``action`` on ``path``."""
+    if isinstance(e, OSError):
+        return fileio.io_error(action, path, e)
+    name = getattr(e, "sqlite_errorname", "") or ""
+    text = str(e)
+    base = name.split("_")[0:2]
+    primary = "_".join(base) if name.startswith("SQLITE_") else name
+    if primary in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return StateCorrupted(
+            f"{path} is damaged ({text}); nothing was changed",
+            hint="run `agentstate doctor`; restore the database from a backup if it reports damage",
+            path=path,
+        )
+    hints = {
+        "SQLITE_FULL": ("ENOSPC", "free some disk space and retry"),
+        "SQLITE_IOERR": ("EIO", "the disk reported an I/O error; check it, then run `agentstate doctor`"),
+        "SQLITE_BUSY": (None, "a program other than agentstate holds the database's write lock; stop it"),
+        "SQLITE_LOCKED": (None, "a program other than agentstate holds the database's write lock; stop it"),
+        "SQLITE_READONLY": ("EROFS", "check the permissions of the store directory and its files"),
+        "SQLITE_CANTOPEN": ("EACCES", "check that the store directory exists and is writable"),
+        "SQLITE_PERM": ("EACCES", "check the permissions of the store directory and its files"),
+    }
+    code, hint = hints.get(primary, (None, None))
+    if primary in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        text = "the database is busy"
+    return StorageError(
+        f"cannot {action} {path}: {text}; nothing was changed", hint=hint, errno=code, path=path, sqlite=name or None
+    )
+
+
+class Database:
+    """The SQLite database of one store directory. Thread-safe (a connection per thread); fork-safe."""
+
+    dialect = "sqlite"
+
+    def __init__(self, directory: str, *, lock_timeout: float | str | None = None,
+                 files: fileio.OsFiles | None = None) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, DB_NAME)
+        self.lock_path = self.path + LOCK_SUFFIX
+        if lock_timeout is None:
+            lock_timeout = os.environ.get("AGENTSTATE_LOCK_TIMEOUT") or 30.0
+        self.lock_timeout = parse_duration(lock_timeout, "lock timeout")
+        self.files = files or fileio.OsFiles()
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._all_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._wal_known = False
+
+    def __repr__(self) -> str:
+        return f"Database({self.path!r})"
+
+    # -- connections -------------------------------------------------------------------------------------
+
+    def _forget_after_fork(self) -> None:
+        with self._all_lock:
+            _ABANDONED.extend(self._all)
+            self._all = []
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._wal_known = False
+
+    def _conn(self, create: bool) -> Any:
+        """This thread's connection; None when the file does not exist and ``create`` is false."""
+        if os.getpid() != self._pid:
+            self._forget_after_fork()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        import sqlite3
+
+        if create:
+            self._create_file()
+        else:
+            try:
+                st = os.lstat(self.path)
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                raise fileio.io_error("open", self.path, e) from None
+            if not stat.S_ISREG(st.st_mode):
+                raise self._not_regular(st)
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_BACKSTOP, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise storage_error(e, self.path, "open") from None
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as e:
+            conn.close()
+            raise storage_error(e, self.path, "open") from None
+        self._local.conn = conn
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    def _not_regular(self, st: os.stat_result) -> StorageError:
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        return StorageError(f"{self.path} is {what}; refusing to open it", hint="move it away", path=self.path)
+
+    def _create_file(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise fileio.io_error("open", self.path, e) from None
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                raise self._not_regular(st)
+            return
+        fileio.ensure_dir(self.files, self.directory)
+        try:
+            fd = self.files.open_rw(self.path, 0o600, create=True)
+        except OSError as e:
+            if e.errno == errno_mod.ELOOP:
+                raise StorageError(f"{self.path} is a symlink; refusing to open it", path=self.path) from None
+            raise fileio.io_error("create", self.path, e) from None
+        self.files.close(fd)
+
+    def _drop_conn(self) -> None:
+        """Close this thread's connection (after a failure: SQLite forgets whatever it held)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is None:
+            return
+        with self._all_lock:
+            if conn in self._all:
+                self._all.remove(conn)
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing after a failure; the failure is what gets reported
+            log.debug("closing %s after a failure failed too", self.path, exc_info=True)
+
+    def close(self) -> None:
+        """Close every connection this object opened (in this process)."""
+        if os.getpid() != self._pid:
+            self._forget_after_fork()
+            return
+        with self._all_lock:
+            conns, self._all = self._all, []
+        self._local = threading.local()
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing %s failed", self.path, exc_info=True)
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the lock ----------------------------------------------------------------------------------------
+
+    def lock(self) -> Any:
+        from ..lock import Lock
+
+        return Lock(self.lock_path, files=self.files)
+
+    @contextmanager
+    def _locked(self, operation: str, lock_timeout: float | str | None) -> Iterator[None]:
+        timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
+        fileio.ensure_dir(self.files, self.directory)
+        lk = self.lock()
+        try:
+            lk.acquire(timeout, operation)
+        except OSError as e:
+            raise fileio.io_error("open the lock file", self.lock_path, e) from None
+        try:
+            yield
+        finally:
+            lk.release()
+
+    # -- schema ------------------------------------------------------------------------------------------
+
+    def _version(self, conn: Any) -> int:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def _prepare_locked(self, conn: Any) -> None:
+        """Under the writer lock: refuse a newer schema, switch to WAL once, run pending migrations."""
+        version = self._version(conn)
+        if version > SCHEMA_VERSION:
+            raise too_new(version, self.path)
+        if not self._wal_known:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StorageError(f"cannot switch {self.path} to WAL mode (got {mode!r})", path=self.path)
+            self._wal_known = True
+        while version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[version]["sqlite"]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1:d}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            version += 1
+            log.info("migrated %s to schema version %d", self.path, version)
+
+    def migrate(self, lock_timeout: float | str | None = None) -> int:
+        """Bring the schema up to date now (it also happens on first write); returns the version."""
+        import sqlite3
+
+        try:
+            with self._locked("migrate", lock_timeout):
+                self._prepare_locked(self._conn(create=True))
+                return self._version(self._conn(create=True))
+        except sqlite3.Error as e:
+            self._drop_conn()
+            raise storage_error(e, self.path, "migrate") from None
+
+    # -- transactions ------------------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self, operation: str = "write", lock_timeout: float | str | None = None) -> Iterator[Tx]:
+        """Writer lock, then ``BEGIN IMMEDIATE``; commit at the end of the block, roll back on an exception."""
+        import sqlite3
+
+        with self._locked(operation, lock_timeout):
+            conn = None
+            try:
+                conn = self._conn(create=True)
+                self._prepare_locked(conn)
+                conn.execute("BEGIN IMMEDIATE")
+                if self._version(conn) != SCHEMA_VERSION:  # changed by a newer agentstate in between
+                    raise too_new(self._version(conn), self.path)
+                yield Tx(conn)
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._abort(conn)
+                raise storage_error(e, self.path, f"write ({operation})") from None
+            except BaseException:
+                self._abort(conn)
+                raise
+
+    def _abort(self, conn: Any) -> None:
+        """Roll back, and start the next write from a fresh connection (SQLite forgets the failure)."""
+        import sqlite3
+
+        if conn is None:
+            return
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.debug("rollback of %s failed", self.path, exc_info=True)
+        self._drop_conn()
+
+    @contextmanager
+    def read(self) -> Iterator[Tx | _EmptyTx]:
+        """A consistent snapshot, no lock. A database not created yet reads as empty."""
+        import sqlite3
+
+        conn = None
+        try:
+            conn = self._conn(create=False)
+            if conn is None:
+                yield _EmptyTx()
+                return
+            conn.execute("BEGIN")
+            version = self._version(conn)
+            if version != SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
+                if version > SCHEMA_VERSION:
+                    raise too_new(version, self.path)
+                if version == 0:
+                    yield _EmptyTx()
+                    return
+                self.migrate()
+                conn = self._conn(create=True)
+                conn.execute("BEGIN")
+            try:
+                yield Tx(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            self._drop_conn()
+            raise storage_error(e, self.path, "read") from None
+
+    # -- checks ------------------------------------------------------------------------------------------
+
+    def check(self) -> list[dict[str, Any]]:
+        return check_sqlite(self.directory)
+
+
+def check_sqlite(directory: str) -> list[dict[str, Any]]:
+    """Doctor's findings for ``<directory>/agentstate.db``; opens it without writing anything."""
+    import sqlite3
+
+    path = os.path.join(directory, DB_NAME)
+    findings: list[dict[str, Any]] = []
+
+    def add(check: str, ok: bool, detail: str, **extra: Any) -> None:
+        findings.append({"check": check, "ok": ok, "detail": detail, **extra})
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        add("database", True, f"{path} does not exist yet (no sessions or responses stored)", path=path)
+        _check_lock(directory, add)
+        return findings
+    if not stat.S_ISREG(st.st_mode):
+        add("database", False, f"{path} is not a regular file", path=path)
+        return findings
+    mode = st.st_mode & 0o777
+    if mode & 0o077:
+        add("database permissions", False, f"{path} is readable by others (mode {mode:o}); chmod 600 it", path=path)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_BACKSTOP, isolation_level=None)
+    except sqlite3.Error as e:
+        add("database", False, f"{path}: cannot open: {e}", path=path)
+        return findings
+    try:
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as e:
+            add("database", False, f"{path}: {e}", path=path)
+            return findings
+        if version > SCHEMA_VERSION:
+            add("database schema", False, f"{path}: schema version {version} is newer than this agentstate "
+                f"({SCHEMA_VERSION}); upgrade agentstate", path=path, schema_version=version)
+        elif version < SCHEMA_VERSION and version != 0:
+            add("database schema", True, f"{path}: schema version {version}, migrated to {SCHEMA_VERSION} on the "
+                "next write", path=path, schema_version=version)
+        else:
+            add("database schema", True, f"{path}: schema version {version}", path=path, schema_version=version)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+            fk = conn.execute("PRAGMA foreign_key_check").fetchall()
+        except sqlite3.Error as e:
+            add("database integrity", False, f"{path}: {e}", path=path)
+        else:
+            if rows == ["ok"] and not fk:
+                add("database integrity", True, f"{path}: integrity_check ok", path=path)
+            else:
+                problems = [r for r in rows if r != "ok"] + [f"foreign key: {r}" for r in fk]
+                add("database integrity", False, f"{path}: {len(problems)} problem(s): {'; '.join(problems[:5])}",
+                    path=path, problems=problems[:100])
+    finally:
+        conn.close()
+    _check_lock(directory, add)
+    return findings
+
+
+def _check_lock(directory: str, add: Any) -> None:
+    from ..lock import Lock
+
+    lock_path = os.path.join(directory, DB_NAME + LOCK_SUFFIX)
+    if not os.path.lexists(lock_path):
+        add("database lock", True, "free")
+        return
+    try:
+        status = Lock(lock_path).status()
+    except (OSError, AgentStateError) as e:
+        add("database lock", False, f"{lock_path}: {e}")
+        return
+    holder = status.get("holder")
+    if status.get("held"):
+        ok = not status.get("stale")
+        who = _describe(holder)
+        add("database lock", ok, f"held by {who}" + (" and looks stale" if not ok else ""))
+    elif status.get("last_holder"):
+        add("database lock", True, f"free (a stale holder record of {_describe(status['last_holder'])} is left; "
+            "the next writer overwrites it)")
+    else:
+        add("database lock", True, "free")
+
+
+def _describe(holder: Any) -> str:
+    if not holder:
+        return "an unknown holder"
+    if isinstance(holder, dict):
+        return f"PID {holder.get('pid')} on {holder.get('hostname') or holder.get('host')} ({holder.get('operation')})"
+    return str(holder)
+
+
+__all__ = ["DB_NAME", "Database", "FormatTooNew", "Tx", "check_sqlite", "storage_error"]

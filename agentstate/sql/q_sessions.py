@@ -1,0 +1,74 @@
+"""Statements of the session store (tables in schema.py, version 1). Every one is scoped by tenant."""
+
+from __future__ import annotations
+
+from . import Stmt
+
+_SESSION_COLS = "id, title, metadata, created_at, updated_at, item_count, last_seq"
+_ITEM_COLS = "seq, id, created_at, data"
+
+GET_SESSION = Stmt(both=f"SELECT {_SESSION_COLS} FROM sessions WHERE tenant = :tenant AND id = :id")
+
+INSERT_SESSION = Stmt(both="""
+    INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count)
+    VALUES (:tenant, :id, :title, :metadata, :now, :now, 0, 0)""")
+
+# After an append or a pop: the new last seq (== item count), the time, and a title if none yet.
+UPDATE_SESSION_SEQ = Stmt(both="""
+    UPDATE sessions SET last_seq = :last_seq, item_count = :last_seq, updated_at = :now,
+        title = COALESCE(title, :title)
+    WHERE tenant = :tenant AND id = :id""")
+
+INSERT_ITEM = Stmt(both="""
+    INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
+    VALUES (:tenant, :session_id, :seq, :id, :now, :data)""")
+
+# Oldest first, after a seq; :limit is a large number for "all".
+ITEMS_AFTER = Stmt(both=f"""
+    SELECT {_ITEM_COLS} FROM session_items
+    WHERE tenant = :tenant AND session_id = :session_id AND seq > :after
+    ORDER BY seq LIMIT :limit""")
+
+# Newest first (context() reverses them): a walk down the primary key from its end, never a scan.
+LAST_ITEMS = Stmt(both=f"""
+    SELECT {_ITEM_COLS} FROM session_items
+    WHERE tenant = :tenant AND session_id = :session_id
+    ORDER BY seq DESC LIMIT :limit""")
+
+ITEMS_RANGE = Stmt(both=f"""
+    SELECT {_ITEM_COLS} FROM session_items
+    WHERE tenant = :tenant AND session_id = :session_id AND seq BETWEEN :first AND :last
+    ORDER BY seq""")
+
+GET_ITEM = Stmt(both=f"""
+    SELECT {_ITEM_COLS} FROM session_items
+    WHERE tenant = :tenant AND session_id = :session_id AND seq = :seq""")
+
+DELETE_ITEM = Stmt(both="DELETE FROM session_items WHERE tenant = :tenant AND session_id = :session_id AND seq = :seq")
+
+# The items and idempotency keys go with the session (ON DELETE CASCADE).
+DELETE_SESSION = Stmt(both="DELETE FROM sessions WHERE tenant = :tenant AND id = :id")
+
+COUNT_SESSIONS = Stmt(both="SELECT COUNT(*) FROM sessions WHERE tenant = :tenant")
+
+# Most recently updated first; the keyset (updated_at, id) is the cursor.
+LIST_FIRST = Stmt(both=f"""
+    SELECT {_SESSION_COLS} FROM sessions WHERE tenant = :tenant
+    ORDER BY updated_at DESC, id DESC LIMIT :limit""")
+
+LIST_AFTER = Stmt(both=f"""
+    SELECT {_SESSION_COLS} FROM sessions
+    WHERE tenant = :tenant AND updated_at <= :updated_at AND (updated_at < :updated_at OR id < :id)
+    ORDER BY updated_at DESC, id DESC LIMIT :limit""")
+
+STALE_SESSIONS = Stmt(both="""
+    SELECT id FROM sessions WHERE tenant = :tenant AND updated_at < :cutoff
+    ORDER BY updated_at, id""")
+
+GET_APPEND_KEY = Stmt(both="""
+    SELECT first_seq, item_ids FROM session_appends
+    WHERE tenant = :tenant AND session_id = :session_id AND key = :key""")
+
+INSERT_APPEND_KEY = Stmt(both="""
+    INSERT INTO session_appends (tenant, session_id, key, first_seq, item_ids, created_at)
+    VALUES (:tenant, :session_id, :key, :first_seq, :item_ids, :now)""")

@@ -1,0 +1,76 @@
+"""Schema versions of agentstate.db (and of the PostgreSQL schema).
+
+``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``: a dict of statement lists per
+dialect. SQLite records the version in ``PRAGMA user_version``; PostgreSQL in a table
+``schema_migrations(version, applied_at)``. Migrations run under the writer lock (SQLite) or an
+advisory lock (PostgreSQL), each in its own transaction. A database whose version is newer than
+``SCHEMA_VERSION`` is refused with FormatTooNew and never touched.
+
+Version 1 holds the tables of sessions and of responses (nothing had shipped before it).
+
+Timestamps are ISO-8601 UTC text with microseconds and a 'Z' (``2026-01-02T03:04:05.123456Z``), so
+text order is time order. JSON payloads are TEXT holding the exact bytes of ``codec.encode_value``.
+"""
+
+from __future__ import annotations
+
+from ..errors import FormatTooNew
+
+# --- version 1: sessions ------------------------------------------------------------------------------
+
+_SESSIONS_V1 = [
+    # One row per session. last_seq is the seq of the last item (0 when empty); items are always
+    # 1..last_seq, so item_count == last_seq. An append reads this row, never the history.
+    """CREATE TABLE sessions (
+        tenant     TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        title      TEXT,
+        metadata   TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        last_seq   BIGINT NOT NULL DEFAULT 0,
+        item_count BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, id)
+    )""",
+    "CREATE INDEX sessions_recent ON sessions (tenant, updated_at DESC, id DESC)",
+    """CREATE TABLE session_items (
+        tenant     TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        seq        BIGINT NOT NULL,
+        id         TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        data       TEXT NOT NULL,
+        PRIMARY KEY (tenant, session_id, seq),
+        FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+    )""",
+    # Idempotency keys of appends: the ids of the items the first append stored.
+    """CREATE TABLE session_appends (
+        tenant     TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        first_seq  BIGINT NOT NULL,
+        item_ids   TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (tenant, session_id, key),
+        FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+    )""",
+]
+
+# --- version 1: responses (the responses store adds its tables here) -----------------------------------
+
+_RESPONSES_V1: list[str] = [
+]
+
+MIGRATIONS: list[dict[str, list[str]]] = [
+    {"sqlite": _SESSIONS_V1 + _RESPONSES_V1, "postgres": _SESSIONS_V1 + _RESPONSES_V1},
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def too_new(version: int, where: str) -> FormatTooNew:
+    return FormatTooNew(
+        f"{where} has schema version {version}, newer than this agentstate understands ({SCHEMA_VERSION})",
+        hint="upgrade agentstate; the database was left untouched",
+        schema_version=version,
+    )
