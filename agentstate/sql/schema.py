@@ -59,6 +59,31 @@ _SESSIONS_V1 = [
 # --- version 1: responses (the responses store adds its tables here) -----------------------------------
 
 _RESPONSES_V1: list[str] = [
+    # One row per response (statements and column meanings: agentstate/sql/q_responses.py). One text
+    # serves both dialects. body is the exact codec bytes; root_id names the chain (its root's id),
+    # so a whole chain is evicted by (tenant, root_id); depth bounds the chain walk.
+    """CREATE TABLE responses (
+        tenant      TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        seq         BIGINT NOT NULL,
+        previous_id TEXT,
+        root_id     TEXT NOT NULL,
+        depth       BIGINT NOT NULL,
+        body        TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        deleted_at  TEXT,
+        PRIMARY KEY (tenant, id),
+        UNIQUE (tenant, seq)
+    )""",
+    "CREATE INDEX responses_by_root ON responses (tenant, root_id)",
+    # One row per chain: the tenant's LRU clock value of its last save or read (max_responses).
+    """CREATE TABLE response_chains (
+        tenant    TEXT NOT NULL,
+        root_id   TEXT NOT NULL,
+        last_used BIGINT NOT NULL,
+        PRIMARY KEY (tenant, root_id)
+    )""",
+    "CREATE INDEX response_chains_lru ON response_chains (tenant, last_used)",
 ]
 
 MIGRATIONS: list[dict[str, list[str]]] = [

@@ -1,0 +1,164 @@
+"""SQL of the response store (``agentstate.responses``), SQLite and PostgreSQL side by side.
+
+Tables (schema version 1, ``agentstate.sql.schema._RESPONSES_V1``, one DDL text for both dialects):
+
+``responses``        one row per stored response:
+    seq          1 + the tenant's largest seq at insert (writers are serialized, and the newest
+                 row of a tenant is never evicted, so a seq is never reused): list order
+    tenant, id   the key (unique together)
+    previous_id  the response's ``previous_response_id`` (NULL for a chain's root)
+    root_id      the id of the chain's root (a root's own id): a whole chain is ``tenant, root_id``
+    depth        0 for a root, the previous response's depth + 1 otherwise (chain length - 1);
+                 it bounds the chain walk, so a damaged database can never make it loop
+    body         the exact bytes ``codec.encode_value`` made of the response, as TEXT (never
+                 JSON/JSONB: key order and integer exactness must survive)
+    created_at   ISO-8601 UTC text, microseconds, 'Z'
+    deleted_at   the same, set by a soft delete; NULL while the response is live
+``response_chains``  one row per chain (per root): ``last_used``, the tenant's LRU clock value of
+    the chain's last save or read (a per-tenant counter: 1 + the tenant's largest).
+
+Every statement is scoped by ``tenant = :tenant`` (except ``TENANTS``, doctor's list of the tenants
+to check one by one). Each text serves both dialects (``Stmt(both=...)``: ``:name`` parameters,
+turned into ``%(name)s`` for PostgreSQL); the chain walk is ``WITH RECURSIVE`` in both.
+"""
+
+from __future__ import annotations
+
+from . import Stmt
+
+# -- reads -----------------------------------------------------------------------------------
+
+# One response and what a read needs to decide whether to record a use of its chain:
+# (body, deleted_at, root_id, the chain's last_used, the tenant's newest last_used).
+GET = Stmt(
+    both="""SELECT r.body, r.deleted_at, r.root_id, c.last_used,
+                     (SELECT MAX(last_used) FROM response_chains WHERE tenant = :tenant)
+              FROM responses r
+              LEFT JOIN response_chains c ON c.tenant = :tenant AND c.root_id = r.root_id
+              WHERE r.tenant = :tenant AND r.id = :id""",
+)
+
+# The chain ending at :id in ONE query: walk previous_id links from :id towards the root.
+# The walk stops after depth + 1 steps (depth as recorded on :id, capped by :max_links), so a
+# cycle or a wrong depth in a damaged database ends it; the caller checks that the rows form a
+# whole chain (depth + 1 distinct rows, the last a root) and raises StateCorrupted otherwise.
+# Rows: (n, id, previous_id, body, deleted_at, root_id, depth), n = steps from :id, root last.
+CHAIN = Stmt(
+    both="""WITH RECURSIVE walk(n, bound, id, previous_id, body, deleted_at, root_id, depth) AS (
+                SELECT 0, CASE WHEN depth < :max_links THEN depth + 1 ELSE :max_links END,
+                       id, previous_id, body, deleted_at, root_id, depth
+                FROM responses WHERE tenant = :tenant AND id = :id
+                UNION ALL
+                SELECT w.n + 1, w.bound, r.id, r.previous_id, r.body, r.deleted_at, r.root_id, r.depth
+                FROM walk w JOIN responses r ON r.tenant = :tenant AND r.id = w.previous_id
+                WHERE w.n < w.bound
+            )
+            SELECT n, id, previous_id, body, deleted_at, root_id, depth FROM walk ORDER BY n DESC""",
+)
+
+# A page of live responses, newest first, strictly older than :before (a seq).
+LIST_PAGE = Stmt(
+    both="""SELECT seq, id, previous_id, root_id, created_at, body FROM responses
+              WHERE tenant = :tenant AND deleted_at IS NULL AND seq < :before
+              ORDER BY seq DESC LIMIT :limit""",
+)
+
+COUNT_LIVE = Stmt(
+    both="SELECT COUNT(*) FROM responses WHERE tenant = :tenant AND deleted_at IS NULL",
+)
+
+# Every stored response of the tenant, soft-deleted included (what max_responses caps).
+COUNT_ALL = Stmt(
+    both="SELECT COUNT(*) FROM responses WHERE tenant = :tenant",
+)
+
+# -- writes (inside db.write()) -----------------------------------------------------------------
+
+# The chain facts of the response a new one names as previous: (root_id, depth).
+LINK = Stmt(
+    both="SELECT root_id, depth FROM responses WHERE tenant = :tenant AND id = :id",
+)
+
+# Store a response; returns its seq, or no row when the id is taken in the tenant (nothing changed).
+INSERT = Stmt(
+    both="""INSERT INTO responses (tenant, id, seq, previous_id, root_id, depth, body, created_at)
+              VALUES (:tenant, :id,
+                      (SELECT COALESCE(MAX(seq), 0) + 1 FROM responses WHERE tenant = :tenant),
+                      :previous_id, :root_id, :depth, :body, :created_at)
+              ON CONFLICT (tenant, id) DO NOTHING RETURNING seq""",
+)
+
+# Mark the chain :root_id used now: its last_used becomes 1 + the tenant's newest (the row is
+# created for a new chain).
+TOUCH_CHAIN = Stmt(
+    both="""INSERT INTO response_chains (tenant, root_id, last_used)
+              VALUES (:tenant, :root_id,
+                      (SELECT COALESCE(MAX(last_used), 0) + 1 FROM response_chains WHERE tenant = :tenant))
+              ON CONFLICT (tenant, root_id) DO UPDATE SET last_used = excluded.last_used""",
+)
+
+# A read's use of a chain that still exists (an evicted chain is not brought back).
+MARK_USED = Stmt(
+    both="""UPDATE response_chains
+              SET last_used = (SELECT MAX(last_used) + 1 FROM response_chains WHERE tenant = :tenant)
+              WHERE tenant = :tenant AND root_id = :root_id
+                AND last_used < (SELECT MAX(last_used) FROM response_chains WHERE tenant = :tenant)""",
+)
+
+# The least recently used chain other than :keep: (root_id,) or no row.
+LRU_CHAIN = Stmt(
+    both="""SELECT root_id FROM response_chains WHERE tenant = :tenant AND root_id <> :keep
+              ORDER BY last_used, root_id LIMIT 1""",
+)
+
+# Evict a whole chain: its responses (ids returned) and its chains row.
+EVICT_RESPONSES = Stmt(
+    both="DELETE FROM responses WHERE tenant = :tenant AND root_id = :root_id RETURNING id",
+)
+EVICT_CHAIN = Stmt(
+    both="DELETE FROM response_chains WHERE tenant = :tenant AND root_id = :root_id",
+)
+
+# Soft delete: returns the seq, or no row when missing or already deleted.
+SOFT_DELETE = Stmt(
+    both="""UPDATE responses SET deleted_at = :now
+              WHERE tenant = :tenant AND id = :id AND deleted_at IS NULL RETURNING seq""",
+)
+
+# -- doctor (``agentstate.responses_check``): per tenant, at most :limit findings each ------------
+
+TENANTS = Stmt(both="SELECT DISTINCT tenant FROM responses ORDER BY tenant")
+
+# Links to a response that does not exist: (id, previous_id).
+BROKEN_LINKS = Stmt(
+    both="""SELECT r.id, r.previous_id FROM responses r
+              WHERE r.tenant = :tenant AND r.previous_id IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM responses p WHERE p.tenant = :tenant AND p.id = r.previous_id)
+              ORDER BY r.seq LIMIT :limit""",
+)
+
+# Rows whose recorded chain facts disagree with their link: a root must have depth 0 and
+# root_id = id; any other row the depth of its previous + 1 and the same root_id. (When every
+# link exists and these hold, no cycle can exist: depth falls by one along every link.)
+# Rows: (id, previous_id, depth, root_id, previous's depth, previous's root_id).
+BAD_FACTS = Stmt(
+    both="""SELECT r.id, r.previous_id, r.depth, r.root_id, p.depth, p.root_id FROM responses r
+              LEFT JOIN responses p ON p.tenant = :tenant AND p.id = r.previous_id
+              WHERE r.tenant = :tenant AND (
+                  (r.previous_id IS NULL AND (r.depth <> 0 OR r.root_id <> r.id))
+                  OR (p.id IS NOT NULL AND (r.depth <> p.depth + 1 OR r.root_id <> p.root_id)))
+              ORDER BY r.seq LIMIT :limit""",
+)
+
+# Chains rows missing for a root that has responses: (root_id,).
+MISSING_CHAIN_ROWS = Stmt(
+    both="""SELECT DISTINCT r.root_id FROM responses r
+              WHERE r.tenant = :tenant AND NOT EXISTS
+                  (SELECT 1 FROM response_chains c WHERE c.tenant = :tenant AND c.root_id = r.root_id)
+              ORDER BY r.root_id LIMIT :limit""",
+)
+
+# One step of a walk, for telling a cycle from a broken link in doctor's report: (previous_id,).
+PREVIOUS = Stmt(
+    both="SELECT previous_id FROM responses WHERE tenant = :tenant AND id = :id",
+)
