@@ -76,7 +76,16 @@ def default_dir() -> str:
 
 
 class StateStore:
-    """A store directory. ``StateStore(path)``; path may be a str or a Path."""
+    """A store directory. ``StateStore(path)``; path may be a str or a Path.
+
+    A ``postgresql://`` (or ``postgres://``) URL gives the PostgreSQL store (agentstate/pgstate.py)."""
+
+    def __new__(cls, path: Any = None, *args: Any, **kwargs: Any) -> StateStore:
+        if cls is StateStore and isinstance(path, str) and path.lower().startswith(("postgresql://", "postgres://")):
+            from .pgstate import PgStateStore
+
+            return super().__new__(PgStateStore)
+        return super().__new__(cls)
 
     def __init__(
         self,

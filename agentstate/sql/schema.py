@@ -86,8 +86,32 @@ _RESPONSES_V1: list[str] = [
     "CREATE INDEX response_chains_lru ON response_chains (tenant, last_used)",
 ]
 
+# --- version 1: PostgreSQL only (agentstate/sql/pg.py, agentstate/pgstate.py) ----------------------------
+# The state document (one row: the checksummed codec bytes and the previous version, as state.json and
+# state.json.bak on disk) and the published lock holders (UNLOGGED: for people, not for correctness).
+
+_PG_ONLY_V1 = [
+    """CREATE TABLE state_documents (
+        name       TEXT PRIMARY KEY,
+        data       BYTEA,
+        previous   BYTEA,
+        updated_at TIMESTAMPTZ
+    )""",
+    "INSERT INTO state_documents (name) VALUES ('state')",
+    """CREATE UNLOGGED TABLE lock_holders (
+        backend_pid INTEGER PRIMARY KEY,
+        lock_key    INTEGER NOT NULL,
+        lock_id     TEXT NOT NULL,
+        host        TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        operation   TEXT NOT NULL,
+        version     TEXT NOT NULL,
+        since       TIMESTAMPTZ NOT NULL
+    )""",
+]
+
 MIGRATIONS: list[dict[str, list[str]]] = [
-    {"sqlite": _SESSIONS_V1 + _RESPONSES_V1, "postgres": _SESSIONS_V1 + _RESPONSES_V1},
+    {"sqlite": _SESSIONS_V1 + _RESPONSES_V1, "postgres": _SESSIONS_V1 + _RESPONSES_V1 + _PG_ONLY_V1},
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

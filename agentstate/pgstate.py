@@ -1,0 +1,262 @@
+"""The state store on PostgreSQL: ``StateStore("postgresql://...")`` gives one of these.
+
+The same document as on disk: ``state_documents.data`` holds the bytes state.json would hold (the
+checksummed codec: serial, lineage, updated_at, resources), ``previous`` the version before it, as
+state.json.bak does. Reads, recovery from the previous version and serials follow agentstate/store.py
+exactly, so ``doctor`` and recovery mean the same thing on both backends.
+
+A transaction is one PostgreSQL transaction: the holder record published (agentstate/sql/pg.py), BEGIN,
+the state advisory lock taken within ``lock_timeout`` (else StateLocked, exit 3, naming the holder),
+the row locked and read, the caller's block run, the new version written, COMMIT. A holder killed
+mid-transaction loses its connection, hence its lock and its uncommitted change, at once. Server
+trouble (unreachable, authentication, a dropped connection, disk full) is one StorageError (exit 1);
+nothing is half-written, and the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import codec
+from .duration import parse_duration
+from .errors import ConflictError, InvalidInput, StateCorrupted
+from .sql import pg, q_state
+from .store import State, StateStore, _salvaged_serial, _utcnow, check_serial
+
+log = logging.getLogger("agentstate.store")
+
+
+class _Snapshot:
+    """What a save is computed from (the caller's State never feeds it)."""
+
+    __slots__ = ("state", "serial", "lineage", "source", "resources_bytes", "order", "keys", "damaged")
+
+    def __init__(self, state: State, resources_bytes: bytes | memoryview | None, damaged: bytes | None) -> None:
+        self.state = state
+        self.serial, self.lineage, self.source = state.serial, state.lineage, state.source
+        self.resources_bytes = resources_bytes
+        self.damaged = damaged  # data that did not verify (recovered from previous)
+        self.order: tuple[str, ...] = ()
+        self.keys: frozenset[str] = frozenset()
+
+
+def _set(state: State, **fields: Any) -> None:
+    setter = getattr(state, "_set", None)
+    if setter is not None:
+        setter(**fields)
+    else:
+        for k, v in fields.items():
+            object.__setattr__(state, k, v)
+
+
+class PgStateStore(StateStore):
+    """A state store in a PostgreSQL schema. ``StateStore(url)`` builds one; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        lock_timeout: float | str | None = None,
+        stale_after: float | str = 300.0,
+        files: Any = None,
+        lock_mode: str | None = None,
+    ) -> None:
+        if not pg.is_url(path):
+            raise InvalidInput(f"{path!r} is not a postgresql:// URL")
+        self.connector = pg.Connector(path)
+        self.url = path
+        self.path = pg.redact(path)
+        self.schema = self.connector.schema
+        self.state_path = f"{self.connector.where} schema {self.schema}: state_documents.data"
+        self.backup_path = f"{self.connector.where} schema {self.schema}: state_documents.previous"
+        self.lock_path = f"{self.connector.where} schema {self.schema}: advisory lock"
+        if lock_timeout is None:
+            lock_timeout = os.environ.get("AGENTSTATE_LOCK_TIMEOUT") or 30.0
+        self.lock_timeout = parse_duration(lock_timeout, "lock timeout")
+        self.stale_after = parse_duration(stale_after, "stale threshold")
+        self.files = None
+        self.lock_mode = "postgresql"
+
+    def __repr__(self) -> str:
+        return f"StateStore({self.path!r})"
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, *, quiet: bool = False) -> State:
+        with self.connector.errors("reading the state"):
+            conn = self.connector.conn()
+            row = conn.execute(q_state.READ).fetchone()
+        return self._load(row, quiet=quiet).state
+
+    def _load(self, row: tuple | None, *, quiet: bool = False) -> _Snapshot:  # type: ignore[override]
+        data, previous = (row or (None, None))
+        data = bytes(data) if data is not None else None
+        previous = bytes(previous) if previous is not None else None
+        problems: list[tuple[str, str]] = []
+        if data is not None:
+            try:
+                doc = codec.decode_document(data)
+            except codec.CorruptDocument as e:
+                problems.append((self.state_path, str(e)))
+            else:
+                return self._snapshot(doc, "state", None)
+        if data is None and previous is None:
+            import uuid
+
+            return _Snapshot(State(resources={}, serial=0, lineage=str(uuid.uuid4()), source="new"), b"{}", None)
+        if data is None:
+            problems.append((self.state_path, "missing while a previous version exists"))
+        if previous is None:
+            problems.append((self.backup_path, "missing"))
+        else:
+            try:
+                doc = codec.decode_document(previous)
+            except codec.CorruptDocument as e:
+                problems.append((self.backup_path, str(e)))
+            else:
+                if not quiet:
+                    for where, reason in problems:
+                        log.error("corruption detected in %s: %s", where, reason)
+                    log.warning("fallback used: serving serial %d from %s; the next write (or `agentstate doctor "
+                                "--repair`) restores the current version", doc.serial, self.backup_path)
+                return self._snapshot(doc, "backup", data)
+        tried = "; ".join(f"{p}: {r}" for p, r in problems)
+        raise StateCorrupted(
+            f"no valid state: {tried}",
+            hint="the rows were left as they are; restore the document from a copy, or reset it to start anew",
+            tried=problems,
+        )
+
+    @staticmethod
+    def _snapshot(doc: codec.Decoded, source: str, damaged: bytes | None) -> _Snapshot:
+        state = State(doc.resources, doc.serial, doc.lineage, doc.updated_at, doc.format_version, source)
+        rb = None
+        if source == "state":
+            rb = doc.resources_bytes if doc.resources_bytes is not None else codec.encode_value(doc.resources)
+        return _Snapshot(state, rb, damaged)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def lock(self, *, operation: str = "transaction"):
+        raise InvalidInput("a PostgreSQL store has no lock file; its transactions take an advisory lock",
+                           hint="use transaction(), lock_status() or force_unlock()")
+
+    @contextmanager
+    def transaction(
+        self,
+        lock_timeout: float | str | None = None,
+        *,
+        operation: str = "transaction",
+        expect_serial: int | None = None,
+        expect_lineage: str | None = None,
+        on_wait: Callable[[Any], None] | None = None,
+    ) -> Iterator[State]:
+        """Lock, load, yield the State, save it if it changed, commit. An exception saves nothing."""
+        from . import signals
+
+        timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
+        state: State | None = None
+        saved = [False]
+        with signals.guarded():
+            try:
+                with pg.locked_transaction(self.connector, operation, pg.LOCK_STATE, timeout, on_wait,
+                                           f"state ({self.schema})") as tx:
+                    snap = self._load(tx.one(q_state.READ_FOR_UPDATE))
+                    state = snap.state
+                    check_serial(state, expect_serial)
+                    if expect_lineage is not None and snap.lineage != expect_lineage:
+                        raise ConflictError(
+                            f"state has lineage {snap.lineage}, expected {expect_lineage}",
+                            hint="this is a different store", lineage=snap.lineage,
+                        )
+                    if snap.source == "state":
+                        snap.order = tuple(state.resources)
+                        snap.keys = frozenset(snap.order)
+                    yield state
+                    fields = self._save(tx, snap, state)
+                    saved[0] = fields is not None
+                if fields is not None:  # committed
+                    _set(state, **fields)
+                    if snap.source == "backup":
+                        log.warning("recovery persisted: %s restored from %s as serial %d", self.state_path,
+                                    self.backup_path, fields["serial"])
+            except KeyboardInterrupt as e:
+                committed = getattr(e, "outcome", None) == "committed"
+                raise signals.interrupted(
+                    e, "write", committed="the new version was committed" if committed else None,
+                ) from None
+
+    def _save(self, tx: pg.Tx, snap: _Snapshot, state: State) -> dict[str, Any] | None:  # type: ignore[override]
+        """Write the caller's resources as the next version if they changed: the new fields, or None."""
+        resources = state.resources
+        if not isinstance(resources, dict):
+            raise InvalidInput("resources must be a JSON object (a dict)")
+        resources_bytes = codec.encode_value(resources)
+        addresses = tuple(resources)
+        same_addresses = addresses == snap.order
+        if (resources_bytes != snap.resources_bytes and not same_addresses and snap.resources_bytes is not None
+                and len(resources_bytes) == len(snap.resources_bytes) and resources.keys() == snap.keys):
+            resources_bytes = codec.encode_value({k: resources[k] for k in snap.order})
+        if resources_bytes == snap.resources_bytes and snap.source != "backup":
+            log.debug("transaction changed nothing; nothing written")
+            return None
+        if not same_addresses:
+            for address in resources.keys() - snap.keys:
+                codec.check_address(address)
+        serial = snap.serial + 1
+        if snap.source == "backup":
+            # As on disk: the damaged version most likely held serial + 1 (or more); never reuse a number.
+            serial = max(snap.serial + 2, _salvaged_serial(snap.damaged) + 1)
+        updated_at = _utcnow()
+        data = codec.encode_document(serial=serial, lineage=snap.lineage, updated_at=updated_at,
+                                     resources_bytes=resources_bytes)
+        tx.execute(q_state.SAVE, data=data, keep_previous=snap.source == "backup")
+        return {"serial": serial, "updated_at": updated_at, "format_version": codec.FORMAT_VERSION, "changed": True}
+
+    # -- lock management and checks ---------------------------------------------------------
+
+    def lock_status(self) -> dict[str, Any]:
+        status = pg.lock_status(self.connector, pg.LOCK_STATE)
+        status["path"] = self.lock_path
+        return status
+
+    def force_unlock(self, lock_id: str, *, force: bool = False) -> dict[str, Any]:
+        return pg.force_unlock(self.connector, pg.LOCK_STATE, lock_id)
+
+    def check(self) -> list[dict[str, Any]]:
+        """Doctor's findings: the server and schema, the current and previous versions, the lock."""
+        findings = pg.check(self.connector)
+        if not findings or not findings[0]["ok"] or "does not exist" in findings[0]["detail"]:
+            return findings
+
+        def add(check: str, ok: bool, detail: str, **extra: Any) -> None:
+            findings.append({"check": check, "ok": ok, "detail": detail, **extra})
+
+        with self.connector.errors("checking the state"):
+            row = self.connector.conn().execute(q_state.READ).fetchone()
+        data, previous = row or (None, None)
+        for name, blob, where in (("state", data, self.state_path), ("backup", previous, self.backup_path)):
+            if blob is None:
+                ok = name == "backup" or previous is None
+                add(name, ok, f"{where} is empty", path=where)
+                continue
+            try:
+                doc = codec.decode_document(bytes(blob))
+            except codec.CorruptDocument as e:
+                add(name, False, f"{where}: {e}", path=where)
+            else:
+                add(name, True, f"{where}: valid, serial {doc.serial}, {len(doc.resources)} resources", path=where,
+                    serial=doc.serial)
+        return findings
+
+    def repair(self, lock_timeout: float | str | None = None) -> State:
+        with self.transaction(lock_timeout, operation="repair") as state:
+            pass
+        return state
+
+    def close(self) -> None:
+        self.connector.close()
