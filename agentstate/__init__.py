@@ -30,6 +30,10 @@ _EXPORTS = {
     "apply": "planner",
     "plan": "planner",
     "remove": "planner",
+    "Item": "sessions",
+    "Page": "page",
+    "SessionInfo": "sessions",
+    "SessionStore": "sessions",
 }
 
 __all__ = [
@@ -37,11 +41,15 @@ __all__ = [
     "ConflictError",
     "FormatTooNew",
     "InvalidInput",
+    "Item",
     "NotFound",
+    "Page",
     "Plan",
     "State",
     "StateCorrupted",
     "StateLocked",
+    "SessionInfo",
+    "SessionStore",
     "StateStore",
     "StorageError",
     "__version__",
@@ -61,7 +69,9 @@ if TYPE_CHECKING:
         StateLocked,
         StorageError,
     )
+    from .page import Page
     from .planner import Plan, apply, plan, remove
+    from .sessions import Item, SessionInfo, SessionStore
     from .store import State, StateStore
 
 
