@@ -65,13 +65,13 @@ def open_database(target: str | os.PathLike[str] | None = None, *, lock_timeout:
     """The database of a store: ``<dir>/agentstate.db`` for a directory, or a PostgreSQL URL."""
     if is_url(target):
         try:
-            from . import pg  # noqa: F401  (added by the PostgreSQL backend)
+            from . import pg
         except ImportError:
             raise InvalidInput(
                 "a postgresql:// URL needs the PostgreSQL backend",
                 hint="install it with: pip install 'agentstate[postgres]'",
             ) from None
-        return pg.open_pg(target, lock_timeout=lock_timeout)  # type: ignore[attr-defined]
+        return pg.Database(target, lock_timeout=lock_timeout)
     from ..store import default_dir
     from .engine import Database
 
