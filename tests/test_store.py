@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from agentstate import ConflictError, StateCorrupted, StateStore, StorageError, codec, fileio
 from agentstate.fileio import OsFiles
+from backend_view import fingerprint, is_pg, stored
 
 SLOW = os.environ.get("AGENTSTATE_SLOW") == "1"
 TEMP_PREFIXES = fileio.temp_prefixes("state.json")
@@ -278,33 +279,33 @@ def test_copy_fallback_when_links_are_refused(tmp_path):
 # -- serials, no-op transactions, exceptions, conflicts ----------------------------------------------
 
 
-def test_serial_counts_changing_commits_only(tmp_path):
-    store = StateStore(tmp_path / "s")
+def test_serial_counts_changing_commits_only(store_target):
+    store = StateStore(store_target)
     assert store.read().serial == 0
     with store.transaction() as s:
         s.resources["a"] = {"x": 1}
     lineage = store.read().lineage
     assert store.read().serial == 1
-    before = files_in(tmp_path / "s")
+    before = fingerprint(store_target)
     for _ in range(3):
         with store.transaction() as s:
             s.resources["a"] = {"x": 1}  # same value: nothing changes
     with store.transaction() as s:
         s.resources = {"a": {"x": 1}}
-    assert files_in(tmp_path / "s") == before
-    assert "state.json.bak" not in before
+    assert fingerprint(store_target) == before
+    assert stored(store_target)[1] is None  # no previous version yet
     with store.transaction() as s:
         del s.resources["a"]
     st2 = store.read()
     assert (st2.serial, st2.resources, st2.lineage) == (2, {}, lineage)
-    assert codec.decode_document((tmp_path / "s" / "state.json.bak").read_bytes()).serial == 1
+    assert codec.decode_document(stored(store_target)[1]).serial == 1
 
 
-def test_an_exception_in_the_block_saves_nothing_and_propagates(tmp_path):
-    store = StateStore(tmp_path / "s")
+def test_an_exception_in_the_block_saves_nothing_and_propagates(store_target):
+    store = StateStore(store_target)
     with store.transaction() as s:
         s.resources["a"] = 1
-    before = files_in(tmp_path / "s")
+    before = fingerprint(store_target)
     err = Boom("inside")
     with pytest.raises(Boom) as ei:
         with store.transaction() as s:
@@ -312,17 +313,17 @@ def test_an_exception_in_the_block_saves_nothing_and_propagates(tmp_path):
             s.resources["b"] = 3
             raise err
     assert ei.value is err
-    assert files_in(tmp_path / "s") == before
+    assert fingerprint(store_target) == before
     assert store.read().resources == {"a": 1}
     with store.transaction(lock_timeout=0):  # the lock was released
         pass
 
 
-def test_expect_serial_mismatch_is_a_conflict_and_writes_nothing(tmp_path):
-    store = StateStore(tmp_path / "s")
+def test_expect_serial_mismatch_is_a_conflict_and_writes_nothing(store_target):
+    store = StateStore(store_target)
     with store.transaction() as s:
         s.resources["a"] = 1
-    before = files_in(tmp_path / "s")
+    before = fingerprint(store_target)
     ran = False
     with pytest.raises(ConflictError, match="serial 1, expected 0") as ei:
         with store.transaction(expect_serial=0) as s:
@@ -332,24 +333,26 @@ def test_expect_serial_mismatch_is_a_conflict_and_writes_nothing(tmp_path):
     with pytest.raises(ConflictError, match="lineage"):
         with store.transaction(expect_lineage="someone-else"):
             pass
-    assert files_in(tmp_path / "s") == before
+    assert fingerprint(store_target) == before
     with store.transaction(expect_serial=1, expect_lineage=store.read().lineage) as s:
         s.resources["a"] = 2
     assert store.read().serial == 2
 
 
-def test_bad_resources_are_refused_before_anything_is_written(tmp_path):
+def test_bad_resources_are_refused_before_anything_is_written(store_target):
     from agentstate import InvalidInput
 
-    store = StateStore(tmp_path / "s")
+    store = StateStore(store_target)
     with store.transaction() as s:
         s.resources["a"] = 1
-    before = files_in(tmp_path / "s")
+    before = fingerprint(store_target)
     for bad in ({"a": float("nan")}, {"a": 2**64}, {"": 1}, {"a\n": 1}, {1: 2}, ["not", "a", "dict"]):
         with pytest.raises(InvalidInput):
             with store.transaction() as s:
                 s.resources = bad
-    assert files_in(tmp_path / "s") == before and temps(tmp_path / "s") == []
+    assert fingerprint(store_target) == before
+    if not is_pg(store_target):
+        assert temps(Path(store_target)) == []
 
 
 # -- read() never writes -----------------------------------------------------------------------
