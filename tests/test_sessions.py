@@ -1,0 +1,455 @@
+"""Contract tests of SessionStore, run against every backend (``store_target``)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import agentstate
+from agentstate import ConflictError, FormatTooNew, InvalidInput, NotFound, SessionStore
+from agentstate.sessions import Item, SessionInfo
+
+U = {"role": "user", "content": "hello"}
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+@pytest.fixture
+def store(store_target: str) -> SessionStore:
+    s = SessionStore(store_target, tenant="alice")
+    yield s
+    s.close()
+
+
+def seqs(items: list[Item]) -> list[int]:
+    return [i.seq for i in items]
+
+
+# -- create / get ---------------------------------------------------------------------------------------
+
+
+def test_create_defaults_to_a_uuid_and_get_returns_it(store: SessionStore) -> None:
+    info = store.create()
+    assert isinstance(info, SessionInfo)
+    assert str(uuid.UUID(info.id)) == info.id
+    assert (info.tenant, info.title, info.metadata, info.item_count) == ("alice", None, None, 0)
+    assert info.created_at == info.updated_at and info.created_at.endswith("Z")
+    assert store.get(info.id) == info
+    assert set(info.to_dict()) == {"id", "tenant", "title", "metadata", "created_at", "updated_at", "item_count"}
+
+
+def test_create_with_id_title_metadata_and_duplicate_is_conflict(store: SessionStore) -> None:
+    info = store.create("chat-1", title="Trip", metadata={"k": [1, 2**63]})
+    assert store.get("chat-1").to_dict() == info.to_dict()
+    assert store.get("chat-1").metadata == {"k": [1, 2**63]}
+    with pytest.raises(ConflictError):
+        store.create("chat-1", title="other")
+    assert store.get("chat-1").title == "Trip"
+
+
+@pytest.mark.parametrize("bad", ["", ".hidden", "a/b", "x" * 129, "sp ace", "é", 5, "a;drop"])
+def test_invalid_session_ids_are_refused(store: SessionStore, bad: object) -> None:
+    for call in (lambda: store.create(bad), lambda: store.append(bad, [U]), lambda: store.get(bad)):
+        with pytest.raises(InvalidInput):
+            call()
+    assert store.list().total == 0
+
+
+@pytest.mark.parametrize("bad", ["", ".t", "a b", "t/x", "x" * 129])
+def test_invalid_tenants_are_refused(store_target: str, bad: str) -> None:
+    with pytest.raises(InvalidInput):
+        SessionStore(store_target, tenant=bad)
+
+
+def test_missing_session_is_not_found_everywhere(store: SessionStore) -> None:
+    for call in (lambda: store.get("nope"), lambda: store.items("nope"), lambda: store.context("nope"),
+                 lambda: store.pop("nope"), lambda: store.delete("nope"),
+                 lambda: store.append("nope", [U], create=False)):
+        with pytest.raises(NotFound) as e:
+            call()
+        assert e.value.exit_code == 6
+    assert store.list().total == 0
+
+
+# -- append ---------------------------------------------------------------------------------------------
+
+
+def test_append_creates_the_session_and_numbers_items(store: SessionStore) -> None:
+    added = store.append("s", [user("one"), {"type": "function_call", "name": "f", "arguments": "{}"}])
+    assert seqs(added) == [1, 2]
+    assert added[0].role == "user" and added[1].role is None
+    assert len({i.id for i in added}) == 2
+    more = store.append("s", [user("three")])
+    assert seqs(more) == [3]
+    got = store.items("s")
+    assert [i.to_dict() for i in got] == [i.to_dict() for i in added + more]
+    assert set(got[0].to_dict()) == {"seq", "id", "created_at", "data"}
+    assert store.get("s").item_count == 3
+
+
+def test_items_are_stored_exactly(store: SessionStore) -> None:
+    data = {"z": 1, "a": {"big": 2**64 - 1, "neg": -(2**63)}, "role": "tool", "content": "ok", "f": 0.1,
+            "u": "snow ☃ \u0000"}
+    store.append("s", [data])
+    got = store.items("s")[0].data
+    assert got == data and list(got) == list(data)
+    assert type(got["a"]["big"]) is int
+
+
+def test_create_false_on_missing_session_stores_nothing(store: SessionStore) -> None:
+    with pytest.raises(NotFound):
+        store.append("s", [U], create=False)
+    assert store.list().total == 0
+
+
+def test_expect_seq_is_compare_and_append(store: SessionStore) -> None:
+    store.append("s", [U], expect_seq=0)
+    store.append("s", [U, U], expect_seq=1)
+    with pytest.raises(ConflictError) as e:
+        store.append("s", [user("stale")], expect_seq=1)
+    assert e.value.exit_code == 5
+    assert seqs(store.items("s")) == [1, 2, 3]
+    with pytest.raises(ConflictError):
+        store.append("new", [U], expect_seq=3)
+    with pytest.raises(NotFound):
+        store.get("new")
+
+
+def test_idempotency_key_returns_the_first_append(store: SessionStore) -> None:
+    first = store.append("s", [user("a"), user("b")], idempotency_key="k1")
+    again = store.append("s", [user("different")], idempotency_key="k1")
+    assert [i.to_dict() for i in again] == [i.to_dict() for i in first]
+    assert seqs(store.items("s")) == [1, 2]
+    # a stale expect_seq does not matter for a replay: the append already happened
+    assert store.append("s", [user("a"), user("b")], idempotency_key="k1", expect_seq=0) == first
+    other = store.append("s", [user("c")], idempotency_key="k2")
+    assert seqs(other) == [3]
+
+
+BAD_ITEMS = [
+    ("not an object", ["text"]),
+    ("a list", [[1]]),
+    ("bad role", [{"role": "robot", "content": "x"}]),
+    ("empty text", [{"role": "user", "content": ""}]),
+    ("blank text", [{"role": "assistant", "content": " \n\t"}]),
+    ("blank text part", [{"role": "user", "content": [{"type": "input_text", "text": "  "}]}]),
+    ("empty content list", [{"role": "user", "content": []}]),
+    ("user without content", [{"role": "user"}]),
+    ("content number", [{"role": "user", "content": 3}]),
+    ("NaN", [{"x": float("nan")}]),
+    ("inf", [{"x": float("inf")}]),
+    ("int > 64 bits", [{"x": 2**64}]),
+    ("int < -2**63", [{"x": -(2**63) - 1}]),
+    ("non-string key", [{1: "x"}]),
+    ("a set", [{"x": {1}}]),
+]
+
+
+@pytest.mark.parametrize("label,bad", BAD_ITEMS, ids=[b[0] for b in BAD_ITEMS])
+def test_one_bad_item_refuses_the_whole_append(store: SessionStore, label: str, bad: list) -> None:
+    store.append("s", [user("first")])
+    before = store.get("s")
+    with pytest.raises(InvalidInput):
+        store.append("s", [user("fine"), *bad, user("also fine")])
+    with pytest.raises(InvalidInput):
+        store.append("fresh", [*bad])
+    assert store.get("s") == before
+    assert seqs(store.items("s")) == [1]
+    with pytest.raises(NotFound):
+        store.get("fresh")
+
+
+def test_good_message_shapes(store: SessionStore) -> None:
+    items = [
+        {"role": "system", "content": "rules"},
+        {"role": "developer", "content": "dev"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"},
+                                                        {"type": "input_image", "image_url": "x"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]},
+        {"role": "tool", "content": "42", "tool_call_id": "c"},
+        {"type": "function_call_output", "call_id": "c", "output": ""},
+        {"type": "reasoning", "summary": []},
+    ]
+    assert seqs(store.append("s", items)) == list(range(1, 8))
+
+
+def test_max_item_bytes(store_target: str) -> None:
+    s = SessionStore(store_target, max_item_bytes=100)
+    ok = {"role": "user", "content": "x" * 50}
+    store_big = {"role": "user", "content": "x" * 100}
+    s.append("s", [ok])
+    with pytest.raises(InvalidInput, match="over the limit"):
+        s.append("s", [ok, store_big])
+    assert s.get("s").item_count == 1
+    default = SessionStore(store_target)
+    with pytest.raises(InvalidInput):
+        default.append("t", [{"blob": "y" * (1 << 20)}])
+    default.append("t", [{"blob": "y" * ((1 << 20) - 20)}])
+    s.close()
+    default.close()
+
+
+def test_many_items_in_one_append(store: SessionStore) -> None:
+    added = store.append("s", [{"n": i} for i in range(5000)])
+    assert seqs(added) == list(range(1, 5001))
+    assert store.get("s").item_count == 5000
+    assert [i.data["n"] for i in store.context("s", 3)] == [4997, 4998, 4999]
+
+
+# -- title ----------------------------------------------------------------------------------------------
+
+
+def test_title_is_the_first_user_message_cut_at_50(store: SessionStore) -> None:
+    store.append("s", [{"role": "system", "content": "sys"}])
+    assert store.get("s").title is None
+    text = "Plan a three-day trip to Lisbon with a budget of 800 euros please"
+    store.append("s", [{"role": "assistant", "content": "hi"}, user(text), user("second")])
+    assert store.get("s").title == text[:50]
+    store.append("s", [user("later")])
+    assert store.get("s").title == text[:50]
+
+
+def test_title_from_content_parts_and_explicit_title_kept(store: SessionStore) -> None:
+    store.append("p", [{"role": "user", "content": [{"type": "input_text", "text": "Parts work"}]}])
+    assert store.get("p").title == "Parts work"
+    store.create("t", title="Mine")
+    store.append("t", [user("not the title")])
+    assert store.get("t").title == "Mine"
+
+
+# -- reading --------------------------------------------------------------------------------------------
+
+
+def test_items_limit_after_and_context(store: SessionStore) -> None:
+    store.append("s", [{"n": i} for i in range(1, 31)])
+    assert seqs(store.items("s", limit=5)) == [1, 2, 3, 4, 5]
+    assert seqs(store.items("s", after=27)) == [28, 29, 30]
+    assert seqs(store.items("s", limit=2, after=10)) == [11, 12]
+    assert store.items("s", after=30) == []
+    assert seqs(store.context("s")) == list(range(11, 31))
+    assert seqs(store.context("s", limit=3)) == [28, 29, 30]
+    assert seqs(store.context("s", limit=100)) == list(range(1, 31))
+    assert store.context("s", limit=0) == []
+    for bad in (-1, "3", 1.5, True):
+        with pytest.raises(InvalidInput):
+            store.items("s", limit=bad)
+        with pytest.raises(InvalidInput):
+            store.context("s", limit=bad)
+
+
+def test_pop_frees_its_seq(store: SessionStore) -> None:
+    store.create("s")
+    assert store.pop("s") is None
+    store.append("s", [user("a"), user("b")])
+    popped = store.pop("s")
+    assert popped is not None and popped.seq == 2 and popped.data == user("b")
+    assert store.get("s").item_count == 1
+    assert seqs(store.append("s", [user("c")])) == [2]
+    assert [i.data["content"] for i in store.items("s")] == ["a", "c"]
+
+
+def test_delete_removes_everything_and_frees_the_id(store: SessionStore) -> None:
+    store.append("s", [user("a")], idempotency_key="k")
+    store.delete("s")
+    with pytest.raises(NotFound):
+        store.get("s")
+    with pytest.raises(NotFound):
+        store.delete("s")
+    added = store.append("s", [user("b")], idempotency_key="k")
+    assert seqs(added) == [1] and added[0].data == user("b")
+
+
+# -- tenants --------------------------------------------------------------------------------------------
+
+
+def test_tenants_are_apart(store_target: str) -> None:
+    alice = SessionStore(store_target, tenant="alice")
+    bob = SessionStore(store_target, tenant="bob")
+    default = SessionStore(store_target)
+    assert default.tenant == "default"
+    alice.append("shared-id", [user("alice's")])
+    for call in (lambda: bob.get("shared-id"), lambda: bob.items("shared-id"), lambda: bob.pop("shared-id"),
+                 lambda: bob.delete("shared-id"), lambda: bob.append("shared-id", [U], create=False)):
+        with pytest.raises(NotFound):
+            call()
+    assert bob.list().total == 0 and bob.list().items == []
+    assert bob.prune(0) == []
+    bob.create("shared-id", title="bob's")
+    bob.append("shared-id", [user("bob's")])
+    assert [i.data["content"] for i in alice.items("shared-id")] == ["alice's"]
+    assert [i.data["content"] for i in bob.items("shared-id")] == ["bob's"]
+    assert alice.get("shared-id").title == "alice's"
+    bob.delete("shared-id")
+    assert alice.get("shared-id").item_count == 1
+    for s in (alice, bob, default):
+        s.close()
+
+
+# -- list -----------------------------------------------------------------------------------------------
+
+
+def test_list_most_recent_first_with_total(store: SessionStore) -> None:
+    for name in ("a", "b", "c"):
+        store.append(name, [U])
+    store.append("a", [U])
+    page = store.list()
+    assert [s.id for s in page.items] == ["a", "c", "b"]
+    assert page.total == 3 and page.next_cursor is None
+
+
+def test_list_paging_while_others_change(store: SessionStore) -> None:
+    ids = [f"s{i:03d}" for i in range(40)]
+    for sid in ids:
+        store.create(sid)
+    seen: list[str] = []
+    changed: set[str] = set()
+    page = store.list(limit=7)
+    assert page.total == 40
+    k = 0
+    while True:
+        seen.extend(s.id for s in page.items)
+        if page.next_cursor is None:
+            break
+        # touch one session already listed and one not listed yet, and add a new one
+        store.append(seen[0], [U])
+        pending = [i for i in ids if i not in seen and i not in changed]
+        if pending:
+            store.append(pending[-1], [U])
+            changed.add(pending[-1])
+        store.create(f"new{k}")
+        k += 1
+        page = store.list(limit=7, cursor=page.next_cursor)
+    unchanged = [i for i in ids if i not in changed and i != seen[0]]
+    for sid in unchanged:
+        assert seen.count(sid) == 1, sid
+    assert len(seen) == len(set(seen))
+
+
+def test_list_cursor_and_limit_validation(store: SessionStore) -> None:
+    store.create("a")
+    for bad in ("garbage", "", "eyJ4IjoxfQ", 5):
+        with pytest.raises(InvalidInput):
+            store.list(cursor=bad)
+    for bad in (0, -1, "5", 10**9):
+        with pytest.raises(InvalidInput):
+            store.list(limit=bad)
+
+
+# -- prune ----------------------------------------------------------------------------------------------
+
+
+def test_prune_deletes_whole_sessions_not_updated_for_that_long(store: SessionStore) -> None:
+    store.append("old", [U])
+    store.append("also-old", [U])
+    assert store.prune("30d") == []
+    assert store.prune(3600) == []
+    import time
+
+    time.sleep(0.05)
+    store.append("fresh", [U])
+    pruned = store.prune(0.03)
+    assert sorted(pruned) == ["also-old", "old"]
+    assert [s.id for s in store.list().items] == ["fresh"]
+    with pytest.raises(InvalidInput):
+        store.prune("soon")
+    with pytest.raises(InvalidInput):
+        store.prune(-1)
+
+
+# -- export / import ------------------------------------------------------------------------------------
+
+
+def test_export_import_round_trip(store: SessionStore) -> None:
+    store.create("src", title="T", metadata={"m": 1})
+    store.append("src", [user("a"), {"type": "function_call", "name": "f"}])
+    lines = list(store.export_lines("src"))
+    assert len(lines) == 3
+    info = store.import_lines(lines, "copy")
+    assert (info.id, info.title, info.metadata, info.item_count) == ("copy", "T", {"m": 1}, 2)
+    assert [i.to_dict() for i in store.items("copy")] == [i.to_dict() for i in store.items("src")]
+    with pytest.raises(ConflictError):
+        store.import_lines(lines)  # the exported id "src" exists
+    plain = store.import_lines([b'{"role":"user","content":"plain"}\n', b"\n", b'{"type":"x"}'], "plain")
+    assert plain.item_count == 2 and plain.title == "plain"
+    with pytest.raises(InvalidInput):
+        store.import_lines([b'{"role":"user","content":"ok"}', b'{"role":"user","content":""}'], "bad")
+    with pytest.raises(NotFound):
+        store.get("bad")
+
+
+# -- the SQLite file (directory backend only) -----------------------------------------------------------
+
+
+def test_database_file_and_pragmas(tmp_path) -> None:
+    d = tmp_path / "store"
+    s = SessionStore(str(d))
+    s.list()
+    assert not d.exists()  # reading a store that does not exist creates nothing
+    s.append("s", [U])
+    db = d / "agentstate.db"
+    assert db.stat().st_mode & 0o777 == 0o600
+    assert d.stat().st_mode & 0o777 == 0o700
+    for extra in ("agentstate.db-wal", "agentstate.db-shm"):
+        if (d / extra).exists():
+            assert (d / extra).stat().st_mode & 0o077 == 0
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+    s.close()
+
+
+def test_newer_schema_is_refused_and_never_touched(tmp_path) -> None:
+    d = tmp_path / "store"
+    s = SessionStore(str(d))
+    s.append("s", [U])
+    s.close()
+    db = d / "agentstate.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    before = db.read_bytes()
+    s = SessionStore(str(d))
+    for call in (lambda: s.append("s", [U]), lambda: s.get("s"), lambda: s.list(), lambda: s.create("x")):
+        with pytest.raises(FormatTooNew) as e:
+            call()
+        assert e.value.exit_code == 5
+    s.close()
+    assert db.read_bytes() == before
+
+
+def test_garbage_database_is_corrupted_not_a_traceback(tmp_path) -> None:
+    d = tmp_path / "store"
+    d.mkdir()
+    (d / "agentstate.db").write_bytes(b"this is not a database at all" * 200)
+    s = SessionStore(str(d))
+    with pytest.raises(agentstate.StateCorrupted) as e:
+        s.list()
+    assert e.value.exit_code == 4
+    with pytest.raises(agentstate.StateCorrupted):
+        s.append("s", [U])
+    s.close()
+
+
+def test_symlinked_database_is_refused(tmp_path) -> None:
+    d = tmp_path / "store"
+    d.mkdir()
+    target = tmp_path / "elsewhere.db"
+    os.symlink(target, d / "agentstate.db")
+    s = SessionStore(str(d))
+    with pytest.raises(agentstate.StorageError, match="symlink"):
+        s.append("s", [U])
+    assert not target.exists()
+
+
+def test_import_agentstate_does_not_load_sqlite3() -> None:
+    code = "import agentstate, sys; agentstate.SessionStore; print('sqlite3' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
