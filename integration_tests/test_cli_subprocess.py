@@ -196,7 +196,7 @@ def test_bad_argv_address(store: Path, args: list[str]) -> None:
 @pytest.mark.parametrize(
     "args",
     [[], ["lock"], ["nope"], ["show", "--nope"], ["plan"], ["lock", "status", "--nope"],
-     ["apply", "--set", "a=2", "--lock-timeout", "forever"], ["show", "-v", "chatty"],
+     ["apply", "--set", "a=2", "--lock-timeout", "forever"], ["show", "--log-level", "chatty"],
      ["apply", "--expect-serial", "x", "--set", "a=2"]],
 )
 def test_usage_errors(store: Path, args: list[str]) -> None:
@@ -349,7 +349,7 @@ def test_waiting_writer_gets_the_lock_when_released(store: Path) -> None:
     p, _ = _hold(store)
     try:
         w = subprocess.Popen([CLI, "apply", "--set", "w=1", "--dir", str(store), "--lock-timeout", "30s", "--json",
-                              "-v", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+                              "-v"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
         _wait_for(w, b"waiting for lock")
         p.stdin.close()  # the holder releases
         out, err = w.communicate(timeout=30)
@@ -379,8 +379,8 @@ def test_ctrl_c_while_waiting(store: Path) -> None:
     p, _ = _hold(store)
     try:
         before = snapshot(store)
-        w = subprocess.Popen([CLI, "apply", "--set", "w=1", "--dir", str(store), "--lock-timeout", "60s", "-v",
-                              "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+        w = subprocess.Popen([CLI, "apply", "--set", "w=1", "--dir", str(store), "--lock-timeout", "60s",
+                              "-v"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
         seen = _wait_for(w, b"waiting for lock")
         w.send_signal(signal.SIGINT)
         _, rest = w.communicate(timeout=20)
@@ -398,7 +398,7 @@ def test_ctrl_c_while_waiting(store: Path) -> None:
 
 
 def test_log_format_json_lines(store: Path) -> None:
-    r = cli("apply", "--set", "a=3", "--dir", str(store), "-v", "info", "--log-format", "json")
+    r = cli("apply", "--set", "a=3", "--dir", str(store), "-v", "--log-format", "json")
     assert r.returncode == 0
     records = [json.loads(line) for line in r.stderr.decode().splitlines()]
     msgs = [x["message"] for x in records]
@@ -408,7 +408,7 @@ def test_log_format_json_lines(store: Path) -> None:
                                                                    AGENTSTATE_LOG_FORMAT="json"))
     assert all(json.loads(line)["level"] == "info" for line in r.stderr.decode().splitlines())
     # An error with JSON logs: the error line stays one plain `error:` line.
-    r = cli("show", "zz", "--dir", str(store), "--log-format", "json", "-v", "info")
+    r = cli("show", "zz", "--dir", str(store), "--log-format", "json", "-v")
     assert error_line(r, 6).startswith("error: no resource")
 
 

@@ -288,7 +288,7 @@ def test_soft_lock_left_by_dead_pid_is_broken_with_warning(tmp_path, holders):
     h = holders(d, env=env)
     h.kill()  # its record stays: soft mode has no kernel lock to free
     assert Holder.parse((d / "state.json.lock").read_bytes()).pid == h.pid
-    r = cli("apply", "--set", "a=1", "-v", "warning", "--lock-timeout", "5s", "--dir", str(d), env=env)
+    r = cli("apply", "--set", "a=1", "--log-level", "warning", "--lock-timeout", "5s", "--dir", str(d), env=env)
     assert r.returncode == 0, r.stderr
     assert "WARNING" in r.stderr and "stale lock broken" in r.stderr
     assert f"PID {h.pid}" in r.stderr and socket.gethostname() in r.stderr and "process is gone" in r.stderr
@@ -305,7 +305,7 @@ def test_soft_lock_with_reused_pid_is_stale(tmp_path):
         assert real is not None
         write_record(d, pid=sleeper.pid, process_start=str(int(real) + 12345), boot_id=None)
         env = _env(AGENTSTATE_LOCK_MODE="soft")
-        r = cli("apply", "--set", "a=1", "-v", "warning", "--lock-timeout", "5s", "--dir", str(d), env=env)
+        r = cli("apply", "--set", "a=1", "--log-level", "warning", "--lock-timeout", "5s", "--dir", str(d), env=env)
         assert r.returncode == 0, r.stderr
         assert "stale lock broken" in r.stderr and f"PID {sleeper.pid}" in r.stderr and "reused" in r.stderr
         # The same live process with its true start time is a live holder: never broken.

@@ -118,7 +118,7 @@ def test_version_and_help() -> None:
         ["apply"],  # nothing to apply
         ["show", "--log-level", "loud"],
         ["show", "--log-format", "xml"],
-        ["show", "-v"],  # option missing its value
+        ["show", "--log-level"],  # option missing its value
         ["show", "a", "b"],  # extra argument
     ],
 )
@@ -552,7 +552,7 @@ def test_internal_error_is_one_line_unless_debug(store: Path, monkeypatch: pytes
 
 
 def test_log_format_json(store: Path) -> None:
-    r = run(["apply", "--set", "a=7", "--dir", str(store), "-v", "info", "--log-format", "json"])
+    r = run(["apply", "--set", "a=7", "--dir", str(store), "-v", "--log-format", "json"])
     assert r.exit_code == 0
     records = [json.loads(line) for line in r.stderr.splitlines()]
     messages = [rec["message"] for rec in records]

@@ -1,0 +1,509 @@
+"""What every command group shares: the root group, the global options (declared once, here),
+``run()`` (errors to exit codes), and the output helpers.
+
+A command group is a module in ``agentstate/cli/`` with a ``typer.Typer`` named ``app``; its
+commands use ``cls=Command`` (readers) or ``cls=WriteCommand`` (commands that take the lock: they
+also accept ``--lock-timeout``), and nested groups ``cls=Group``. Each body runs through
+``run(lambda o: ...)``, which hands it the resolved :class:`Opts`. Register the module with one
+line in ``agentstate/cli/__init__.py``.
+
+The global options are accepted before the command (``agentstate --dir s list``) and after it
+(``agentstate list --dir s``); after wins.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+try:  # typer >= 0.28 carries its own copy of click: use the one its classes are built on
+    from types import SimpleNamespace
+
+    from typer._click import core as _core
+    from typer._click import exceptions as _exc
+    from typer._click import globals as _globals
+    from typer._click import types as _types
+
+    click: Any = SimpleNamespace(
+        Command=_core.Command, Context=_core.Context,
+        Parameter=_core.Parameter, STRING=_types.STRING, UsageError=_exc.UsageError,
+        get_current_context=_globals.get_current_context,
+    )
+except ImportError:  # pragma: no cover - older typer is built on click itself
+    import click  # type: ignore[no-redef]
+from typer.core import TyperCommand, TyperGroup, TyperOption
+
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 error (bad input, I/O failure); 2 usage error (a bad option, argument or "
+    "environment variable); 3 lock not acquired within the timeout (or held by a live process); "
+    "4 state corrupted with no valid backup; 5 conflict (serial or lineage mismatch, lock ID mismatch, "
+    "a newer format); 6 not found; 130/143 interrupted (SIGINT/SIGTERM)."
+)
+
+ENVIRONMENT = (
+    "Environment: AGENTSTATE_DIR (store directory, default ./.agentstate), AGENTSTATE_URL (a postgresql:// "
+    "store instead), AGENTSTATE_TENANT (default: default), AGENTSTATE_LOCK_TIMEOUT (default 30s), "
+    "AGENTSTATE_LOG_LEVEL, AGENTSTATE_LOG_FORMAT."
+)
+
+GLOBAL_PANEL = "Global options (before or after the command)"
+
+
+class UsageError(Exception):
+    """A usage error found by agentstate itself (not by the option parser): exit 2."""
+
+
+# -- the global options, declared once ----------------------------------------------------------------
+# (parameter name, flags, kind, metavar, help); kind: "value", "flag" or "count".
+_SHARED: tuple[tuple[str, tuple[str, ...], str, str | None, str], ...] = (
+    ("g_dir", ("--dir",), "value", "DIR", "Store directory [env AGENTSTATE_DIR; default ./.agentstate]."),
+    ("g_url", ("--url",), "value", "URL",
+     "A postgresql:// store instead of a directory [env AGENTSTATE_URL]; not with --dir."),
+    ("g_tenant", ("--tenant",), "value", "TENANT", "Tenant for sessions and responses [env AGENTSTATE_TENANT; "
+                                                    "default: default]."),
+    ("g_json", ("--json",), "flag", None, "Machine-readable output on stdout."),
+    ("g_verbose", ("-v", "--verbose"), "count", None, "More logging on stderr: -v info, -vv debug."),
+    ("g_log_level", ("--log-level",), "value", "LEVEL",
+     "debug, info, warning or error [env AGENTSTATE_LOG_LEVEL; default warning]."),
+    ("g_log_format", ("--log-format",), "value", "FORMAT",
+     "text or json (JSON lines on stderr) [env AGENTSTATE_LOG_FORMAT; default text]."),
+    ("g_debug", ("--debug",), "flag", None, "Show a traceback on errors."),
+)
+_TIMEOUT = ("g_lock_timeout", ("--lock-timeout",), "value", "DURATION",
+            "How long to wait for the lock: 500ms, 10s, 2m or seconds; 0 = one attempt "
+            "[env AGENTSTATE_LOCK_TIMEOUT; default 30s].")
+SHARED_NAMES = tuple(s[0] for s in _SHARED) + (_TIMEOUT[0],)
+_META = "agentstate.given"
+
+
+def _shared_params(writing: bool) -> list[click.Parameter]:
+    params: list[click.Parameter] = []
+    for name, flags, kind, metavar, help in (*_SHARED, *((_TIMEOUT,) if writing else ())):
+        if kind == "value":
+            p = TyperOption(param_decls=[name, *flags], type=click.STRING, default=None, metavar=metavar,
+                            help=help, rich_help_panel=GLOBAL_PANEL)
+        elif kind == "flag":
+            p = TyperOption(param_decls=[name, *flags], is_flag=True, default=False, help=help,
+                            rich_help_panel=GLOBAL_PANEL)
+        else:
+            p = TyperOption(param_decls=[name, *flags], count=True, default=0, help=help,
+                            rich_help_panel=GLOBAL_PANEL)
+        params.append(p)
+    return params
+
+
+def _refuse_option_values(cmd: click.Command, args: list[str], stop_at_command: bool) -> None:
+    """``--delete --dir s`` must not take ``--dir`` as the address: an option that takes a value and is
+    followed by something that looks like an option (starts with ``-``, other than ``-`` alone) is refused.
+    ``--delete=-x`` still passes a value that starts with a dash."""
+    takes_value = set()
+    for p in cmd.params:
+        if getattr(p, "param_type_name", "") == "option" and not getattr(p, "is_flag", False) \
+                and not getattr(p, "count", False):
+            takes_value.update(p.opts)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            return
+        if a in takes_value:
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is not None and nxt.startswith("-") and nxt != "-":
+                raise UsageError(
+                    f"{a} needs a value, but the next argument {_printable(nxt)!r} looks like an option; "
+                    f"use {a}=VALUE for a value that starts with '-'"
+                )
+            i += 2
+            continue
+        if stop_at_command and not a.startswith("-"):
+            return
+        i += 1
+
+
+def _take_shared(ctx: click.Context) -> None:
+    """Move the global options out of ``ctx.params`` (the callback does not take them) into ctx.meta,
+    merged with what an outer group got: a value given later wins, flags add up."""
+    given: dict[str, Any] = dict(ctx.meta.get(_META) or {})
+    for name in SHARED_NAMES:
+        if name not in ctx.params:
+            continue
+        value = ctx.params.pop(name)
+        if name == "g_verbose":
+            given[name] = given.get(name, 0) + (value or 0)
+        elif name in ("g_json", "g_debug"):
+            given[name] = bool(given.get(name)) or bool(value)
+        elif value is not None:
+            given[name] = value
+    ctx.meta[_META] = given
+
+
+class _Shared:
+    writing = False
+    _stop_at_command = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.params.extend(_shared_params(self.writing))  # type: ignore[attr-defined]
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _refuse_option_values(self, args, self._stop_at_command)  # type: ignore[arg-type]
+        return super().parse_args(ctx, args)  # type: ignore[misc]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _take_shared(ctx)
+        return super().invoke(ctx)  # type: ignore[misc]
+
+
+class Command(_Shared, TyperCommand):
+    """A command that takes the global options (a reader: no --lock-timeout)."""
+
+
+class WriteCommand(Command):
+    """A command that takes the store's lock: also --lock-timeout."""
+
+    writing = True
+
+
+class Group(_Shared, TyperGroup):
+    """A nested command group (``agentstate lock ...``) that takes the global options too."""
+
+    writing = True
+    _stop_at_command = True
+
+
+# -- the root group ---------------------------------------------------------------------------------
+
+
+def _usage_message(e: BaseException) -> str:
+    if isinstance(e, UsageError):
+        return str(e)
+    ctx = getattr(e, "ctx", None)
+    where = getattr(ctx, "command_path", None) or "agentstate"
+    try:
+        text = e.format_message()  # type: ignore[attr-defined]
+    except Exception:
+        text = ""
+    if type(e).__name__ == "NoArgsIsHelpError" or not text.strip() or "\n" in text.strip():
+        text = f"missing command for `{where}`"
+    return f"{text.strip().rstrip('.')}; see `{where} --help`"
+
+
+class RootGroup(Group):
+    """``agentstate``: usage errors become one ``error:`` line (and a JSON error with --json), exit 2;
+    commands are imported only when named (``registry``: command name -> module in agentstate.cli).
+
+    It handles errors itself so that ``agentstate ...`` and ``CliRunner().invoke(app, ...)`` behave alike.
+    """
+
+    registry: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.registry)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = self.registry.get(cmd_name)
+        if module is None:
+            return None
+        from importlib import import_module
+
+        group = _module_groups.get(module)
+        if group is None:
+            app = import_module(f"agentstate.cli.{module}").app
+            group = _module_groups[module] = typer.main.get_group(app)
+        return group.get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            from difflib import get_close_matches
+
+            close = get_close_matches(args[0], list(self.registry)) if args else []
+            if close and "Did you mean" not in e.message:
+                e.message = f"{e.message.rstrip('.')}. Did you mean {', '.join(map(repr, close))}?"
+            raise
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
+        try:
+            rc = super().main(args=args, prog_name=prog_name or "agentstate", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except UsageError as e:
+            rc = _usage_fail(_usage_message(e), as_json)
+        except Exception as e:
+            if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # click's UsageError and kin
+                if isinstance(getattr(e, "exit_code", None), int) and e.exit_code != 2:  # type: ignore[attr-defined]
+                    err(e.format_message())  # type: ignore[attr-defined]
+                    rc = e.exit_code  # type: ignore[attr-defined]
+                else:
+                    rc = _usage_fail(_usage_message(e), as_json)
+            elif type(e).__name__ == "Abort":
+                err("aborted; the stored state is unchanged")
+                rc = 1
+            else:
+                raise
+        rc = rc if isinstance(rc, int) else 0
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away (`agentstate list | head -1`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        if standalone_mode:
+            sys.exit(rc)
+        return rc
+
+
+_module_groups: dict[str, Any] = {}
+
+
+def _usage_fail(message: str, as_json: bool) -> int:
+    err(message)
+    if as_json:
+        emit_json({"error": {"code": "usage", "message": message, "exit_code": 2}})
+    return 2
+
+
+# -- the resolved options ---------------------------------------------------------------------------
+
+
+class Opts:
+    """The global options after merging (before/after the command) and the environment."""
+
+    def __init__(self, given: dict[str, Any]) -> None:
+        self._given = given
+        self.json: bool = bool(given.get("g_json"))
+        self.debug: bool = bool(given.get("g_debug"))
+        self.verbose: int = int(given.get("g_verbose") or 0)
+        self.dir: str | None = None
+        self.url: str | None = None
+        self.log_level = "warning"
+        self.log_format = "text"
+
+    def _setting(self, name: str, flag: str, env: str) -> tuple[str | None, str]:
+        value = self._given.get(name)
+        if value is not None:
+            return value, flag
+        return os.environ.get(env) or None, env
+
+    def resolve(self) -> None:
+        """Check every setting (UsageError naming the option or the variable)."""
+        from .. import logs
+
+        level, where = self._setting("g_log_level", "--log-level", "AGENTSTATE_LOG_LEVEL")
+        if level is not None:
+            if level.lower() not in logs.LEVELS:
+                raise UsageError(f"{where} must be one of {', '.join(logs.LEVELS)}, not {level!r}")
+            self.log_level = level.lower()
+        if self.verbose:
+            wanted = "info" if self.verbose == 1 else "debug"
+            if logs.LEVELS.index(wanted) < logs.LEVELS.index(self.log_level):
+                self.log_level = wanted
+        fmt, where = self._setting("g_log_format", "--log-format", "AGENTSTATE_LOG_FORMAT")
+        if fmt is not None:
+            if fmt.lower() not in ("text", "json"):
+                raise UsageError(f"{where} must be text or json, not {fmt!r}")
+            self.log_format = fmt.lower()
+        dir_opt, url_opt = self._given.get("g_dir"), self._given.get("g_url")
+        if dir_opt is not None and not dir_opt:
+            raise UsageError("--dir must not be empty (leave it out for ./.agentstate)")
+        if url_opt is not None and not url_opt:
+            raise UsageError("--url must not be empty")
+        if dir_opt is not None and url_opt is not None:
+            raise UsageError("--dir and --url cannot be used together: a store is a directory or a URL")
+        if dir_opt is not None:
+            self.dir = dir_opt
+        elif url_opt is not None:
+            self.url = url_opt
+        else:
+            env_dir, env_url = os.environ.get("AGENTSTATE_DIR") or None, os.environ.get("AGENTSTATE_URL") or None
+            if env_dir and env_url:
+                raise UsageError("AGENTSTATE_DIR and AGENTSTATE_URL are both set: unset one "
+                                 "(or pass --dir or --url to choose)")
+            self.dir, self.url = env_dir, env_url
+
+    @property
+    def target(self) -> str | None:
+        """The store's location as the library takes it: the URL if given, else the directory (None: default)."""
+        return self.url if self.url is not None else self.dir
+
+    @property
+    def tenant(self) -> str:
+        """--tenant or AGENTSTATE_TENANT (default "default"), validated; a bad one is a usage error."""
+        from ..errors import InvalidInput
+        from ..names import check_tenant
+
+        value, where = self._setting("g_tenant", "--tenant", "AGENTSTATE_TENANT")
+        try:
+            return check_tenant(value)
+        except InvalidInput as e:
+            raise UsageError(f"{where}: {e}") from None
+
+    def lock_timeout(self) -> float | None:
+        """--lock-timeout or AGENTSTATE_LOCK_TIMEOUT in seconds (None: the default); a bad one is exit 2."""
+        from ..duration import parse_duration
+        from ..errors import InvalidInput
+
+        value, where = self._setting("g_lock_timeout", "--lock-timeout", "AGENTSTATE_LOCK_TIMEOUT")
+        if value is None:
+            return None
+        try:
+            return parse_duration(value, where)
+        except InvalidInput as e:
+            raise UsageError(f"{where}: {e.message}") from None
+
+    def store(self, *, writing: bool = False):
+        """The StateStore at --url or --dir; a writer's lock timeout is checked here (a reader takes no lock)."""
+        from ..store import StateStore
+
+        timeout = self.lock_timeout() if writing else None
+        return StateStore(self.target, lock_timeout=30.0 if timeout is None else timeout)
+
+
+def current_opts() -> Opts:
+    ctx = click.get_current_context()
+    return Opts(dict(ctx.meta.get(_META) or {}))
+
+
+# -- output -----------------------------------------------------------------------------------------
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable bytes (from a non-UTF-8 argv or file name) shown as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+printable = _printable
+
+
+def out(text: str) -> None:
+    text = text if text.endswith("\n") else text + "\n"
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        sys.stdout.write(_printable(text).encode(sys.stdout.encoding or "ascii", "backslashreplace")
+                         .decode(sys.stdout.encoding or "ascii"))
+
+
+def _sanitize(value: Any) -> Any:
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, dict):
+        return {_sanitize(k): _sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v) for v in value]
+    return value
+
+
+def emit_json(value: Any) -> None:
+    import orjson
+
+    try:
+        data = orjson.dumps(value)
+    except TypeError:  # a path or message holding bytes that are not UTF-8
+        data = orjson.dumps(_sanitize(value))
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data + b"\n")
+    sys.stdout.flush()
+
+
+def err(message: str) -> None:
+    line = " ".join(_printable(str(message)).split())  # one line, always
+    sys.stderr.write(f"error: {line}\n")
+    sys.stderr.flush()
+
+
+def fancy() -> bool:
+    """Rich output: stdout is a terminal."""
+    return sys.stdout.isatty()
+
+
+def compact(value: Any, limit: int | None = None) -> str:
+    """A value as one line of JSON (sorted keys), cut to ``limit`` characters."""
+    import orjson
+
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+def dumps_pretty(value: Any) -> str:
+    import orjson
+
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+
+
+def on_wait(holder: Any) -> None:
+    """Tell a person at a terminal that the command waits for the lock."""
+    if sys.stderr.isatty():
+        who = holder.describe() if holder else "another process"
+        sys.stderr.write(f"waiting for the state lock held by {who} (Ctrl-C to stop)\n")
+        sys.stderr.flush()
+
+
+# -- running a command body -------------------------------------------------------------------------
+
+
+def run(body: Callable[[Opts], int | None]) -> None:
+    """Resolve the options, configure logging, run ``body(opts)``, and turn every failure into one
+    stderr line (and a JSON error with --json) and its exit code."""
+    from .. import logs
+    from ..errors import AgentStateError
+
+    opts = current_opts()
+    code = 0
+    try:
+        opts.resolve()
+        logs.configure(opts.log_level, opts.log_format)
+        code = body(opts) or 0
+    except UsageError as e:
+        _fail(opts, "usage", str(e), 2, {})
+    except AgentStateError as e:
+        from ..hints import add_hint
+
+        add_hint(e)
+        _traceback(opts)
+        _fail(opts, e.code, str(e), e.exit_code, e.to_dict())
+    except KeyboardInterrupt:
+        _fail(opts, "interrupted", "interrupted; the stored state is unchanged unless the write had completed",
+              130, {})
+    except BrokenPipeError:
+        os._exit(1)
+    except OSError as e:
+        _traceback(opts)
+        from ..fileio import describe
+
+        where = getattr(e, "filename", None)
+        what = f"cannot access {where}: {describe(e)}" if where else f"I/O error: {describe(e)}"
+        _fail(opts, "io_error", f"{what}; check --dir and its permissions; the stored state is unchanged", 1, {})
+    except typer.Exit:
+        raise
+    except Exception as e:  # never a traceback unless --debug
+        _traceback(opts)
+        _fail(opts, "internal", f"internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", 1,
+              {})
+    raise typer.Exit(code)
+
+
+def _traceback(opts: Opts) -> None:
+    if opts.debug:
+        import traceback
+
+        traceback.print_exc()
+
+
+def _fail(opts: Opts, code: str, message: str, exit_code: int, details: dict) -> None:
+    err(message)
+    if opts.json:
+        body = {"code": code, "message": message}
+        body.update({k: v for k, v in details.items() if k not in ("code", "message")})
+        body["exit_code"] = exit_code
+        emit_json({"error": body})
+    raise typer.Exit(exit_code)
