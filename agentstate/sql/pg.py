@@ -608,6 +608,23 @@ class Database:
         self.close()
 
 
+def run_migrations(url: str) -> dict[str, Any]:
+    """``agentstate migrate --url URL``: create or upgrade the schema now; what was found and done."""
+    from .schema import SCHEMA_VERSION
+
+    cn = Connector(url, migrate=False)
+    try:
+        conn = cn.conn()
+        with cn.errors("reading the schema version"):
+            found = schema_version(conn)
+        applied = migrate(conn, cn.schema, cn.where)
+        _migrated.add((cn.conninfo, cn.schema))
+    finally:
+        cn.close()
+    return {"url": redact(url), "schema": cn.schema, "server": cn.where, "found_version": found or 0,
+            "applied": applied, "schema_version": SCHEMA_VERSION}
+
+
 def open_pg(url: str, *, lock_timeout: float | str | None = None) -> Database:
     return Database(url, lock_timeout=lock_timeout)
 
