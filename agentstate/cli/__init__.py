@@ -20,6 +20,7 @@ RootGroup.registry = {
     **dict.fromkeys(("apply", "plan", "show", "list", "rm"), "state"),
     **dict.fromkeys(("lock", "force-unlock"), "lock"),
     "doctor": "doctor",
+    "sessions": "sessions",
     "migrate": "migrate",
 }
 

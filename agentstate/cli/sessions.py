@@ -1,0 +1,255 @@
+"""Session commands: `agentstate sessions create|append|show|list|rm|prune|export|import`.
+
+Each is one SessionStore call (agentstate.sessions); these parse, call and render.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from .common import EXIT_CODES, Command, Group, Opts, UsageError, WriteCommand, emit_json, out, printable, run
+
+app = typer.Typer()
+sessions_app = typer.Typer(
+    cls=Group,
+    help="Conversation histories (sessions) in the store's agentstate.db: append from many processes at once, "
+    "read back the last N items, list, prune, export and import.\n\n" + EXIT_CODES,
+    no_args_is_help=False,
+)
+app.add_typer(sessions_app, name="sessions")
+
+TEXT_WIDTH = 100
+
+
+@sessions_app.callback(invoke_without_command=True)
+def _sessions_root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        raise UsageError("missing command (create, append, show, list, rm, prune, export, import); "
+                         "see `agentstate sessions --help`")
+
+
+def _store(o: Opts, writing: bool = False) -> Any:
+    from ..sessions import SessionStore
+
+    return SessionStore(o.target, tenant=o.tenant, lock_timeout=o.lock_timeout() if writing else None)
+
+
+def _summary(data: dict[str, Any]) -> str:
+    """One line for an item: its text if it is a message, else its type and a compact JSON."""
+    from ..sessions import _text_of
+
+    text = _text_of(data.get("content"))
+    if text is None:
+        import orjson
+
+        text = orjson.dumps(data).decode()
+    text = " ".join(text.split())
+    return text if len(text) <= TEXT_WIDTH else text[: TEXT_WIDTH - 3] + "..."
+
+
+def _print_items(items: list[Any]) -> None:
+    for it in items:
+        kind = it.role or str(it.data.get("type") or "item")
+        out(printable(f"{it.seq:>6}  {kind:<10} {_summary(it.data)}"))
+
+
+def _info_line(info: Any) -> str:
+    title = info.title if info.title is not None else "(untitled)"
+    return printable(f"{info.id}  {info.item_count} items  updated {info.updated_at}  {title}")
+
+
+@sessions_app.command("create", cls=WriteCommand, epilog=EXIT_CODES)
+def create(
+    session_id: Annotated[str | None, typer.Option("--id", help="The session id (default: a new UUID).")] = None,
+    title: Annotated[str | None, typer.Option("--title", help="A title (default: the first user message).")] = None,
+    metadata: Annotated[str | None, typer.Option("--metadata", help="A JSON object kept with the session.")] = None,
+) -> None:
+    """Create an empty session and print its id (an existing id is a conflict, exit 5)."""
+
+    def body(o: Opts) -> None:
+        from ..codec import parse_json
+
+        meta = None if metadata is None else parse_json(metadata, "--metadata")
+        info = _store(o, True).create(session_id, title=title, metadata=meta)
+        if o.json:
+            emit_json(info.to_dict())
+        else:
+            out(info.id)
+
+    run(body)
+
+
+def _read_items(args: list[str], role: str | None, content: str | None) -> list[Any]:
+    from ..codec import parse_json
+    from ..errors import InvalidInput
+
+    items: list[Any] = []
+    for i, arg in enumerate(args, 1):
+        if arg == "-":
+            for n, line in enumerate(sys.stdin.buffer, 1):
+                if line.strip():
+                    items.append(parse_json(line, f"stdin line {n}"))
+        else:
+            items.append(parse_json(arg, f"ITEM_JSON {i}"))
+    if content is not None:
+        items.append({"role": role or "user", "content": content})
+    elif role is not None:
+        raise UsageError("--role needs --content TEXT")
+    if not items:
+        raise UsageError("nothing to append: give ITEM_JSON arguments, - for JSON lines on stdin, or --content TEXT")
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"item {i} is not a JSON object")
+    return items
+
+
+@sessions_app.command("append", cls=WriteCommand, epilog=EXIT_CODES)
+def append(
+    session_id: Annotated[str, typer.Argument(metavar="ID", help="The session (created if missing).")],
+    item_json: Annotated[list[str] | None, typer.Argument(
+        metavar="[ITEM_JSON]...", help="Items as JSON objects; - reads JSON lines from stdin.")] = None,
+    role: Annotated[str | None, typer.Option("--role", help="Role of the --content message (default user).")] = None,
+    content: Annotated[str | None, typer.Option("--content", help="Append a message with this text.")] = None,
+    expect_seq: Annotated[int | None, typer.Option(
+        "--expect-seq", help="Append only if the session's last seq is N (else exit 5).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(
+        "--idempotency-key", help="A retry with the same key stores nothing and prints the first append's items.")
+    ] = None,
+    no_create: Annotated[bool, typer.Option("--no-create", help="Exit 6 if the session does not exist.")] = False,
+) -> None:
+    """Append items to a session, all in one transaction: all of them or, on any bad item, none."""
+
+    def body(o: Opts) -> None:
+        items = _read_items(item_json or [], role, content)
+        added = _store(o, True).append(session_id, items, expect_seq=expect_seq, idempotency_key=idempotency_key,
+                                       create=not no_create)
+        if o.json:
+            emit_json({"session_id": session_id, "items": [i.to_dict() for i in added]})
+        elif added:
+            seqs = f"seq {added[0].seq}" if len(added) == 1 else f"seqs {added[0].seq}-{added[-1].seq}"
+            out(printable(f"appended {len(added)} item(s) to {session_id} ({seqs})"))
+        else:
+            out(printable(f"appended nothing to {session_id}"))
+
+    run(body)
+
+
+@sessions_app.command("show", cls=Command, epilog=EXIT_CODES)
+def show(
+    session_id: Annotated[str, typer.Argument(metavar="ID")],
+    last: Annotated[int | None, typer.Option("--last", metavar="N", help="Only the last N items.")] = None,
+) -> None:
+    """Show a session and its items, oldest first."""
+
+    def body(o: Opts) -> None:
+        info, items = _store(o).show(session_id, last=last)
+        if o.json:
+            emit_json({"session": info.to_dict(), "items": [i.to_dict() for i in items]})
+            return
+        out(_info_line(info))
+        _print_items(items)
+
+    run(body)
+
+
+@sessions_app.command("list", cls=Command, epilog=EXIT_CODES)
+def list_sessions(
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="At most N sessions (1-10000).")] = 50,
+    cursor: Annotated[str | None, typer.Option("--cursor", metavar="C", help="The next_cursor of a previous page.")
+                      ] = None,
+) -> None:
+    """List sessions, most recently updated first."""
+
+    def body(o: Opts) -> None:
+        page = _store(o).list(limit=limit, cursor=cursor)
+        if o.json:
+            emit_json({"sessions": [s.to_dict() for s in page.items], "next_cursor": page.next_cursor,
+                       "total": page.total})
+            return
+        for info in page.items:
+            out(_info_line(info))
+        shown = f"{len(page.items)} of {page.total} session(s)"
+        out(shown + (f"; next page: --cursor {page.next_cursor}" if page.next_cursor else ""))
+
+    run(body)
+
+
+@sessions_app.command("rm", cls=WriteCommand, epilog=EXIT_CODES)
+def rm(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Delete a session and all its items (one transaction)."""
+
+    def body(o: Opts) -> None:
+        _store(o, True).delete(session_id)
+        if o.json:
+            emit_json({"deleted": session_id})
+        else:
+            out(printable(f"removed session {session_id}"))
+
+    run(body)
+
+
+@sessions_app.command("prune", cls=WriteCommand, epilog=EXIT_CODES)
+def prune(
+    older_than: Annotated[str, typer.Option("--older-than", metavar="AGE",
+                                            help="Delete sessions not updated for AGE: 30d, 12h, 90m or seconds.")],
+) -> None:
+    """Delete whole sessions not updated for a while."""
+
+    def body(o: Opts) -> None:
+        ids = _store(o, True).prune(older_than)
+        if o.json:
+            emit_json({"pruned": ids, "count": len(ids)})
+        else:
+            out(f"pruned {len(ids)} session(s)")
+            for sid in ids:
+                out(printable(f"- {sid}"))
+
+    run(body)
+
+
+@sessions_app.command("export", cls=Command, epilog=EXIT_CODES)
+def export(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Write a session as JSON lines (a header, then one line per item) to stdout."""
+
+    def body(o: Opts) -> None:
+        lines = list(_store(o).export_lines(session_id))  # one snapshot, read before anything is written
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"".join(lines))
+        sys.stdout.flush()
+
+    run(body)
+
+
+@sessions_app.command("import", cls=WriteCommand, epilog=EXIT_CODES)
+def import_(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="An export (or JSON lines of items); - for stdin.")],
+    new_id: Annotated[str | None, typer.Option("--id", metavar="NEW", help="Import under this id.")] = None,
+) -> None:
+    """Import an exported session as a new session, in one transaction."""
+
+    def body(o: Opts) -> None:
+        from ..errors import InvalidInput
+        from ..fileio import describe
+
+        if file == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            try:
+                with open(file, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                raise InvalidInput(f"{file} does not exist", hint="check the path, or pass - to read stdin") from None
+            except IsADirectoryError:
+                raise InvalidInput(f"{file} is a directory, not a JSON lines file") from None
+            except OSError as e:
+                raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
+        info = _store(o, True).import_lines(data.splitlines(), new_id)
+        if o.json:
+            emit_json(info.to_dict())
+        else:
+            out(printable(f"imported {info.item_count} item(s) into session {info.id}"))
+
+    run(body)
