@@ -217,13 +217,22 @@ def _want(doc: dict, key: str, kind: type | tuple[type, ...]) -> Any:
     return v
 
 
-def _newer(version: Any) -> None:
+def _newer(version: Any, unverified: bool = False) -> None:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        hint = "upgrade agentstate; the file is left untouched"
+        if unverified:  # a newer format may hash differently, or this is a damaged version digit
+            hint += ("; if no newer agentstate wrote it, it is damaged (its SHA-256 does not match): "
+                     "move it aside and the backup will be used")
         raise FormatTooNew(
             f"state file has format version {version}; this agentstate reads up to {FORMAT_VERSION}",
-            hint="upgrade agentstate; the file is left untouched",
+            hint=hint,
             format_version=version,
         )
+
+
+def _digest_ok(data: bytes) -> bool:
+    digest = data[len(PREFIX) : _DIGEST_END]
+    return hashlib.sha256(memoryview(data)[HEADER_LEN:]).hexdigest().encode("ascii") == digest
 
 
 def _exact_ints(data: bytes) -> None:
@@ -240,10 +249,36 @@ def _exact_ints(data: bytes) -> None:
         raise CorruptDocument(f"not valid JSON: {e}") from None
 
 
+# The format version as the header states it, read before anything is judged: a newer format
+# may hash (or lay out) its bytes differently, and must be refused as newer, never called corrupt
+# (which would let a writer replace it with the backup). Our header: '{"checksum":"<any>",
+# "format_version":N,' ; format 1 and hand-written files: '{"format_version":N' first.
+_HEADER_VERSION = re.compile(
+    rb'\s*\{\s*(?:"checksum"\s*:\s*"[^"\\]{0,256}"\s*,\s*)?"format_version"\s*:\s*(\d{1,18})\s*[,}]'
+)
+
+
+def header_version(data: bytes) -> int | None:
+    """The format version the file's first field(s) claim, or None if they do not say."""
+    m = _HEADER_VERSION.match(data, 0, 512)
+    return int(m.group(1)) if m else None
+
+
 def decode_document(data: bytes) -> Decoded:
-    """Verify and decode a state file's bytes. CorruptDocument or FormatTooNew on failure."""
+    """Verify and decode a state file's bytes. CorruptDocument or FormatTooNew on failure.
+
+    A newer format is recognised from the header before the checksum is judged."""
     if not data:
         raise CorruptDocument("empty file")
+    claimed = header_version(data)
+    if claimed is not None and claimed > FORMAT_VERSION:
+        if data.startswith(PREFIX) and not _digest_ok(data):
+            m = _HEADER_VERSION.match(data, 0, 512)
+            if m and _digest_ok(data[: m.start(1)] + b"%d" % FORMAT_VERSION + data[m.end(1) :]):
+                # Not a newer format: a format-2 file whose version digit was damaged (a bit flip).
+                raise CorruptDocument("checksum mismatch (damaged format_version)")
+            _newer(claimed, unverified=True)
+        _newer(claimed)
     if data.startswith(PREFIX):
         if data[_DIGEST_END:HEADER_LEN] != b'",':
             raise CorruptDocument("malformed checksum field")

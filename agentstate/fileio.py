@@ -110,7 +110,7 @@ def describe(e: OSError) -> str:
     return f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
 
 
-def io_error(action: str, path: str, e: OSError, *, unchanged: bool = True) -> StorageError:
+def io_error(action: str, path: str, e: OSError, *, unchanged: bool = True, tail: str = "") -> StorageError:
     hints = {
         errno.ENOSPC: "free some disk space and retry",
         errno.EDQUOT: "free some disk quota and retry",
@@ -119,7 +119,7 @@ def io_error(action: str, path: str, e: OSError, *, unchanged: bool = True) -> S
         errno.EROFS: "the filesystem is read-only; use a writable --dir",
         errno.EIO: "the disk reported an I/O error; check it before retrying",
     }
-    tail = "; the stored state is unchanged" if unchanged else ""
+    tail = tail or ("; the stored state is unchanged" if unchanged else "")
     return StorageError(
         f"cannot {action} {path}: {describe(e)}{tail}",
         hint=hints.get(e.errno or 0),
@@ -149,12 +149,16 @@ def write_all_at(files: OsFiles, fd: int, data: bytes, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _temp_name(path: str, kind: str = "tmp") -> str:
-    return f"{path}.{kind}-{os.urandom(6).hex()}"
+def temp_name(path: str, kind: str = "tmp") -> str:
+    """The one temp name a writer of ``path`` uses for ``kind`` ("tmp": the new version,
+    "bak.tmp": the next backup). Fixed, not random: only the lock holder writes, so a name left by
+    a killed writer is simply replaced by the next one (no directory listing on every commit)."""
+    return f"{path}.{kind}-new"
 
 
 def temp_prefixes(name: str) -> tuple[str, ...]:
-    """File-name prefixes of the temp files a writer of ``name`` may leave behind."""
+    """File-name prefixes of the temp files a writer of ``name`` may leave behind (``restore-``:
+    older agentstate versions, which rolled back a failed directory fsync)."""
     return (f"{name}.tmp-", f"{name}.bak.tmp-", f"{name}.restore-")
 
 
@@ -210,7 +214,11 @@ def remove_temps(files: OsFiles, directory: str, name: str) -> list[str]:
 def _write_new(files: OsFiles, path: str, data: bytes | Sequence[bytes], mode: int) -> None:
     """Create ``path`` (O_EXCL), write, fsync, close. On error the file is removed."""
     try:
-        fd = files.create(path, 0o600)
+        try:
+            fd = files.create(path, 0o600)
+        except FileExistsError:
+            _unlink_leftover(files, path)
+            fd = files.create(path, 0o600)
     except OSError as e:
         raise io_error("create temp file", path, e) from None
     try:
@@ -224,7 +232,8 @@ def _write_new(files: OsFiles, path: str, data: bytes | Sequence[bytes], mode: i
             files.fsync(fd)
         except OSError as e:
             # Never rename a file whose fsync failed, and never retry the fsync as if it could succeed.
-            raise io_error("fsync temp file", path, e) from None
+            raise io_error("fsync temp file", path, e, tail="; the new version was discarded before it "
+                           "replaced anything: the stored state is unchanged") from None
     except BaseException:
         _quiet_close(files, fd)
         _quiet_unlink(files, path)
@@ -234,6 +243,15 @@ def _write_new(files: OsFiles, path: str, data: bytes | Sequence[bytes], mode: i
     except OSError as e:
         _quiet_unlink(files, path)
         raise io_error("close temp file", path, e) from None
+
+
+def _unlink_leftover(files: OsFiles, path: str) -> None:
+    """Remove a temp file a killed writer left at our fixed temp name (we hold the lock)."""
+    try:
+        files.unlink(path)
+    except FileNotFoundError:
+        return
+    log.warning("removed a temp file left by an interrupted writer: %s", path)
 
 
 def _quiet_close(files: OsFiles, fd: int) -> None:
@@ -256,7 +274,11 @@ def _keep_copy(files: OsFiles, src: str, dst: str, tmp: str, src_bytes: bytes | 
     """Give the inode at ``src`` the name ``dst`` too (atomically replacing it) through the temp name
     ``tmp``: link, or where links are unsupported, a fsynced copy of ``src_bytes``."""
     try:
-        files.link(src, tmp)
+        try:
+            files.link(src, tmp)
+        except FileExistsError:
+            _unlink_leftover(files, tmp)
+            files.link(src, tmp)
     except OSError as e:
         if e.errno not in NO_LINK or src_bytes is None:
             raise io_error("link", tmp, e) from None
@@ -266,9 +288,12 @@ def _keep_copy(files: OsFiles, src: str, dst: str, tmp: str, src_bytes: bytes | 
     except OSError as e:
         _quiet_unlink(files, tmp)
         raise io_error("rename into place", dst, e) from None
+    except BaseException:  # an interruption (signal): leave no temp name behind
+        _quiet_unlink(files, tmp)
+        raise
     if files.mode(tmp) is not None:
         # rename() between two names of one inode succeeds and does nothing (POSIX): ``dst``
-        # already was this version (e.g. after a failed commit or a roll-back). Drop the temp name.
+        # already was this version (e.g. after a commit that failed at its last rename). Drop the temp name.
         _quiet_unlink(files, tmp)
 
 
@@ -290,65 +315,54 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
     """Atomically replace ``path`` with ``data``; keep the previous valid version as ``path.bak``.
 
     Steps (docs/format.md, "Write protocol"):
-      1. write ``data`` to a new temp file beside ``path`` (O_EXCL, 0600), looping on short writes;
+      1. write ``data`` to the temp file ``path.tmp-new`` (O_EXCL, 0600), looping on short writes;
       2. fsync the temp file, close it;
-      3. if ``path`` holds a valid version: link it to a temp name and rename that over ``path.bak``
-         (copy+fsync if links are unsupported); if it holds an invalid one: link it aside as
-         ``path.corrupt-<time>`` (evidence, never deleted); the backup is left alone;
+      3. if ``path`` holds a valid version: link it to ``path.bak.tmp-new`` and rename that over
+         ``path.bak`` (copy+fsync if links are unsupported); if it holds an invalid one: link it
+         aside as ``path.corrupt-<time>`` (evidence, never deleted); the backup is left alone;
       4. rename the temp file over ``path``: the path is never missing, never truncated;
       5. fsync the directory; only then is the commit reported done.
-    On an error before step 4 the state path and (before step 3's rename) the backup are
-    unchanged and no temp file remains. If step 5 fails, the previous version is put back.
+    On an error (or a signal) before step 4, ``path`` is unchanged (and, before step 3's rename,
+    the backup too) and no temp file remains. Signals are deferred from step 4 to the end of
+    step 5. If step 5 fails the outcome is unknown: fail-stop, nothing is rolled back (a later
+    fsync proves nothing about the earlier writes); the StorageError says so.
     Returns the path where an invalid previous file was kept, if any.
     """
+    from . import signals
+
     directory = os.path.dirname(path) or "."
     mode = files.mode(path) if previous.exists else None
     mode = 0o600 if mode is None else mode
-    tmp = _temp_name(path)
+    tmp = temp_name(path)
     _write_new(files, tmp, data, mode)  # steps 1-2
     kept_at = None
     try:
         if previous.exists and previous.valid:  # step 3
-            _keep_copy(files, path, path + ".bak", _temp_name(path, "bak.tmp"), previous.data, mode)
-            log.info("backup written: %s.bak", path)
+            _keep_copy(files, path, path + ".bak", temp_name(path, "bak.tmp"), previous.data, mode)
         elif previous.exists:
             kept_at = corrupt_name(path)
-            _keep_copy(files, path, kept_at, _temp_name(path, "restore"), previous.data, mode)
+            _keep_copy(files, path, kept_at, temp_name(path, "bak.tmp"), previous.data, mode)
             log.warning("kept the corrupted state file as %s", kept_at)
-        try:
-            files.rename(tmp, path)  # step 4
-        except OSError as e:
-            raise io_error("rename new state into", path, e) from None
+        with signals.critical():  # from the rename to the end of the directory fsync
+            try:
+                files.rename(tmp, path)  # step 4
+            except OSError as e:
+                raise io_error("rename new state into", path, e) from None
+            tmp = None
+            try:
+                files.fsync_dir(directory)  # step 5
+            except OSError as e:
+                raise fsync_dir_failed(directory, path, e) from None
     except BaseException:
         _quiet_unlink(files, tmp)
         raise
-    try:
-        files.fsync_dir(directory)  # step 5
-    except OSError as e:
-        restored = _roll_back(files, path, previous, kept_at, mode)
-        err = io_error("fsync directory after writing", path, e, unchanged=restored)
-        if not restored:
-            err.message += "; the new version may or may not survive a crash"
-        raise err from None
     return kept_at
 
 
-def _roll_back(files: OsFiles, path: str, previous: Previous, kept_at: str | None, mode: int) -> bool:
-    """After a failed directory fsync, put the previous version back under ``path``."""
-    source = path + ".bak" if previous.valid else kept_at
-    try:
-        if not previous.exists:
-            files.unlink(path)
-        elif source is not None:
-            _keep_copy(files, source, path, _temp_name(path, "restore"), previous.data, mode)
-        else:
-            return False
-    except (OSError, StorageError):
-        log.debug("could not put back the previous version of %s after a failed fsync", path, exc_info=True)
-        return False
-    try:
-        files.fsync_dir(os.path.dirname(path) or ".")
-    except OSError:
-        pass
-    log.info("directory fsync failed; the previous version of %s was put back", path)
-    return True
+def fsync_dir_failed(directory: str, path: str, e: OSError) -> StorageError:
+    """Fail-stop: the rename is done but not known durable. Say exactly that, claim nothing more."""
+    return StorageError(
+        f"cannot fsync directory {directory} after replacing {path}: {describe(e)}; the outcome is unknown "
+        "(the new version may or may not survive a crash); run `agentstate doctor`",
+        errno=errno.errorcode.get(e.errno or 0), path=path, outcome="unknown",
+    )

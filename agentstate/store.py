@@ -10,13 +10,13 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import codec, fileio
+from . import codec, fileio, signals
 from .duration import parse_duration
-from .errors import ConflictError, StateCorrupted
+from .errors import ConflictError, StateCorrupted, StorageError
 from .fileio import OsFiles
 
 log = logging.getLogger("agentstate.store")
@@ -25,17 +25,60 @@ STATE_NAME = "state.json"
 DEFAULT_DIR = ".agentstate"
 
 
-@dataclass
-class State:
-    """One version of the state. Mutate ``resources`` inside a transaction."""
+_FIELDS = ("serial", "lineage", "updated_at", "format_version", "source", "changed")
 
-    resources: dict[str, Any]
-    serial: int
-    lineage: str
-    updated_at: str | None = None
-    format_version: int = codec.FORMAT_VERSION
-    source: str = "state"  # where it was loaded from: "state", "backup" or "new"
-    changed: bool = field(default=False, compare=False)
+
+class State:
+    """One version of the state. Inside a transaction, change ``resources`` (the dict, or assign
+    a new one): it is the only mutable part. ``serial``, ``lineage``, ``updated_at``,
+    ``format_version``, ``source`` and ``changed`` are read-only (assigning one raises
+    InvalidInput); after a changing transaction they describe the committed version."""
+
+    __slots__ = ("resources", "_serial", "_lineage", "_updated_at", "_format_version", "_source", "_changed")
+
+    def __init__(self, resources: dict[str, Any], serial: int, lineage: str, updated_at: str | None = None,
+                 format_version: int = codec.FORMAT_VERSION, source: str = "state", changed: bool = False) -> None:
+        object.__setattr__(self, "resources", resources)
+        self._set(serial=serial, lineage=lineage, updated_at=updated_at, format_version=format_version,
+                  source=source, changed=changed)
+
+    def _set(self, **fields: Any) -> None:
+        for k, v in fields.items():
+            object.__setattr__(self, "_" + k, v)
+
+    serial = property(lambda self: self._serial, doc="The version number: one more on every changing save.")
+    lineage = property(lambda self: self._lineage, doc="The store's UUID, fixed by its first save.")
+    updated_at = property(lambda self: self._updated_at, doc="RFC 3339 UTC time of the save.")
+    format_version = property(lambda self: self._format_version, doc="The format found on disk.")
+    source = property(lambda self: self._source, doc='Where it was loaded from: "state", "backup" or "new".')
+    changed = property(lambda self: self._changed, doc="True once a transaction saved a new version.")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "resources":
+            object.__setattr__(self, name, value)
+            return
+        from .errors import InvalidInput
+
+        if name in _FIELDS:
+            raise InvalidInput(f"State.{name} is read-only: a transaction changes resources only; "
+                               "serial, lineage and updated_at are set by the save")
+        raise InvalidInput(f"State has no attribute {name!r} to set; a transaction changes resources only")
+
+    def __delattr__(self, name: str) -> None:
+        from .errors import InvalidInput
+
+        raise InvalidInput(f"State.{name} cannot be deleted")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in ("resources", *_FIELDS[:-1]))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"State(serial={self.serial}, lineage={self.lineage!r}, updated_at={self.updated_at!r}, "
+                f"source={self.source!r}, resources=<{len(self.resources)} entries>)")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,12 +92,17 @@ class State:
 
 @dataclass
 class _Loaded:
-    state: State
+    """A load, and the snapshot a save is computed from: the caller's State never feeds it."""
+
+    state: State  # what the caller gets (and may change: resources only)
     resources_bytes: bytes | memoryview | None  # resources as encoded in the file, to see if anything changed
     previous: fileio.Previous  # what state.json holds now
     problems: list[tuple[str, str]]
     keys: frozenset[str] = frozenset()  # addresses as loaded, already checked
     order: tuple[str, ...] = ()  # the same, in the file's order
+    serial: int = 0  # as loaded
+    lineage: str = ""
+    source: str = "state"
 
 
 def _utcnow() -> str:
@@ -92,9 +140,7 @@ class StateStore:
         path: str | os.PathLike[str] | None = None,
         *,
         lock_timeout: float | str | None = None,
-        stale_after: float | str = 300.0,
         files: OsFiles | None = None,
-        lock_mode: str | None = None,
     ) -> None:
         self.path = os.fspath(path if path is not None else default_dir())
         self.state_path = os.path.join(self.path, STATE_NAME)
@@ -103,9 +149,7 @@ class StateStore:
         if lock_timeout is None:
             lock_timeout = os.environ.get("AGENTSTATE_LOCK_TIMEOUT") or 30.0
         self.lock_timeout = parse_duration(lock_timeout, "lock timeout")
-        self.stale_after = parse_duration(stale_after, "stale threshold")
         self.files = files or OsFiles()
-        self.lock_mode = lock_mode
 
     def __repr__(self) -> str:
         return f"StateStore({self.path!r})"
@@ -122,7 +166,11 @@ class StateStore:
         try:
             return self.files.read(path)
         except IsADirectoryError:
-            return b""
+            # Not damage agentstate can repair (nor evidence to keep): say what it is, touch nothing.
+            raise StorageError(
+                f"{path} is a directory, not a file; move it aside (agentstate changed nothing)",
+                errno="EISDIR", path=path,
+            ) from None
         except OSError as e:
             raise fileio.io_error("read", path, e) from None
 
@@ -141,7 +189,8 @@ class StateStore:
             import uuid
 
             state = State(resources={}, serial=0, lineage=str(uuid.uuid4()), source="new")
-            return _Loaded(state, b"{}", fileio.Previous(False, False), problems)
+            return _Loaded(state, b"{}", fileio.Previous(False, False), problems, serial=0,
+                           lineage=state.lineage, source="new")
         if primary is None:
             problems.append((self.state_path, "missing while a backup exists"))
         if backup is None:
@@ -176,7 +225,7 @@ class StateStore:
         rb = None
         if source == "state":  # an older format is upgraded on the next save that changes something
             rb = doc.resources_bytes if doc.resources_bytes is not None else codec.encode_value(doc.resources)
-        return _Loaded(state, rb, previous, problems)
+        return _Loaded(state, rb, previous, problems, serial=doc.serial, lineage=doc.lineage, source=source)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -201,32 +250,48 @@ class StateStore:
         An exception inside the block saves nothing and propagates.
         """
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
-        fileio.ensure_dir(self.files, self.path)
-        lk = self.lock()
-        try:
-            lk.acquire(timeout, operation, on_wait)
-        except OSError as e:
-            raise fileio.io_error("open the lock file", self.lock_path, e) from None
-        try:
-            fileio.remove_temps(self.files, self.path, STATE_NAME)
-            loaded = self._load()
-            state = loaded.state
-            check_serial(state, expect_serial)
-            if expect_lineage is not None and state.lineage != expect_lineage:
-                raise ConflictError(
-                    f"state has lineage {state.lineage}, expected {expect_lineage}",
-                    hint="this is a different store",
-                    lineage=state.lineage,
-                )
-            if loaded.state.source == "state":
-                loaded.order = tuple(state.resources)
-                loaded.keys = frozenset(loaded.order)
-            yield state
-            self._save(loaded, state)
-        finally:
-            lk.release()
+        state: State | None = None
+        locked = committed = False
+        with signals.guarded():  # SIGINT/SIGTERM: finish or abandon, clean up, unlock, then Interrupted
+            try:
+                fileio.ensure_dir(self.files, self.path)
+                lk = self.lock()
+                try:
+                    lk.acquire(timeout, operation, on_wait)
+                except OSError as e:
+                    raise fileio.io_error("open the lock file", self.lock_path, e) from None
+                locked = True
+                try:
+                    # Everything is re-read and re-verified under the lock: nothing from an earlier
+                    # transaction (or an earlier failed fsync) is trusted.
+                    loaded = self._load()
+                    if loaded.source == "backup":  # a writer died, or worse: clean up as doctor --repair does
+                        fileio.remove_temps(self.files, self.path, STATE_NAME)
+                    state = loaded.state
+                    check_serial(state, expect_serial)
+                    if expect_lineage is not None and loaded.lineage != expect_lineage:
+                        raise ConflictError(
+                            f"state has lineage {loaded.lineage}, expected {expect_lineage}",
+                            hint="this is a different store",
+                            lineage=loaded.lineage,
+                        )
+                    if loaded.source == "state":
+                        loaded.order = tuple(state.resources)
+                        loaded.keys = frozenset(loaded.order)
+                    yield state
+                    committed = self._save(loaded, state)
+                finally:
+                    with signals.critical(outcome=None):
+                        lk.release()
+            except KeyboardInterrupt as e:
+                committed = committed or getattr(e, "outcome", None) == "committed"
+                raise signals.interrupted(
+                    e, "write", committed=f"{STATE_NAME} is at serial {state.serial}" if committed and state else None,
+                    locked=locked,
+                ) from None
 
-    def _save(self, loaded: _Loaded, state: State) -> None:
+    def _save(self, loaded: _Loaded, state: State) -> bool:
+        """Write the caller's resources as the next version, if they changed; True if written."""
         if not isinstance(state.resources, dict):
             from .errors import InvalidInput
 
@@ -244,27 +309,31 @@ class StateStore:
         ):
             # Deleting and re-adding an address only moves it: encode in the file's order to see.
             resources_bytes = codec.encode_value({k: resources[k] for k in loaded.order})
-        if resources_bytes == loaded.resources_bytes and loaded.state.source != "backup":
+        if resources_bytes == loaded.resources_bytes and loaded.source != "backup":
             log.debug("transaction changed nothing; nothing written")
-            return
-        before = loaded.state
+            return False
         if not same_addresses:
             for address in resources.keys() - loaded.keys:
                 codec.check_address(address)
-        serial = before.serial + 1
-        if before.source == "backup":
+        serial = loaded.serial + 1  # from the snapshot: the caller's State cannot set it
+        if loaded.source == "backup":
             # The lost state.json most likely held serial + 1 (or more): never hand a number out twice,
             # or a client still holding it could pass --expect-serial against different resources.
-            serial = max(before.serial + 2, _salvaged_serial(loaded.previous.data) + 1)
+            serial = max(loaded.serial + 2, _salvaged_serial(loaded.previous.data) + 1)
         updated_at = _utcnow()
         data = codec.encode_document_parts(
-            serial=serial, lineage=before.lineage, updated_at=updated_at, resources_bytes=resources_bytes
+            serial=serial, lineage=loaded.lineage, updated_at=updated_at, resources_bytes=resources_bytes
         )
-        fileio.commit(self.files, self.state_path, data, loaded.previous)
-        if loaded.state.source == "backup":
+        try:
+            fileio.commit(self.files, self.state_path, data, loaded.previous)
+        except signals.Interruption as e:
+            if e.outcome == "committed":
+                state._set(serial=serial, updated_at=updated_at, format_version=codec.FORMAT_VERSION, changed=True)
+            raise
+        if loaded.source == "backup":
             log.warning("recovery persisted: %s restored from backup as serial %d", self.state_path, serial)
-        state.serial, state.updated_at, state.lineage = serial, updated_at, before.lineage
-        state.format_version, state.changed = codec.FORMAT_VERSION, True
+        state._set(serial=serial, updated_at=updated_at, format_version=codec.FORMAT_VERSION, changed=True)
+        return True
 
     # -- lock management and checks ---------------------------------------------------------
 
@@ -290,10 +359,14 @@ class StateStore:
                 add("store", True, f"{self.path} does not exist yet (an empty store)")
             return findings
         for name, path in (("state", self.state_path), ("backup", self.backup_path)):
-            data = self._read_file(path)
+            try:
+                data = self._read_file(path)
+            except StorageError as e:  # e.g. a directory in its place
+                add(name, False, e.message, path=path)
+                continue
             if data is None:
                 # A missing state file is bad only when a backup exists (it will be restored from it).
-                ok = name == "backup" or self._read_file(self.backup_path) is None
+                ok = name == "backup" or not os.path.lexists(self.backup_path)
                 add(name, ok, f"{path} is missing", path=path)
                 continue
             try:
@@ -303,15 +376,20 @@ class StateStore:
             else:
                 add(name, True, f"{path}: valid, serial {doc.serial}, {len(doc.resources)} resources", path=path,
                     serial=doc.serial)
-        lk = self.lock()
-        status = lk.status()
-        holder = Holder.parse(self._read_file(self.lock_path) or b"")
-        if status["held"]:
-            ok = not status["stale"]
-            add("lock", ok, f"held by {holder.describe() if holder else 'an unknown holder'}"
-                + (" and looks stale" if not ok else ""))
+        try:
+            status = self.lock().status()
+        except StorageError as e:  # no working flock here: nothing can write this store safely
+            add("lock", False, e.message)
         else:
-            add("lock", True, "free")
+            record = status["holder"] or status["last_holder"]
+            holder = Holder.parse(__import__("orjson").dumps(record)) if record else None
+            if status["held"]:
+                add("lock", True, f"held by {holder.describe() if holder else 'a process writing its record'}")
+            elif holder is not None:
+                add("lock", True, f"free; a stale record of {holder.describe()} remains (harmless: the next "
+                    "writer overwrites it)")
+            else:
+                add("lock", True, "free")
         strays = [e for e in self.files.listdir(self.path) if e.startswith(fileio.temp_prefixes(STATE_NAME))]
         add("temp files", not strays, f"{len(strays)} stray temp file(s)" + (f": {', '.join(strays)}" if strays else ""),
             files=strays)
@@ -323,7 +401,7 @@ class StateStore:
     def repair(self, lock_timeout: float | str | None = None) -> State:
         """Persist a recovery: under the lock, clean temp files and rewrite state.json if it is not valid."""
         with self.transaction(lock_timeout, operation="repair") as state:
-            pass
+            fileio.remove_temps(self.files, self.path, STATE_NAME)  # names older versions used, too
         return state
 
 

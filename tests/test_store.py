@@ -181,9 +181,13 @@ def test_any_sequence_leaves_the_last_successful_commit(steps, no_links):
                 outcome = "failed"
                 assert ff.triggered, f"StorageError without an injected failure: {e}"
                 assert e.details["errno"] in ("ENOSPC", "EIO")
+                if e.details.get("outcome") == "unknown":
+                    # fail-stop after the rename: on this (crash-free) filesystem the new version is live
+                    assert fail[0] == "fsync_dir" and "outcome is unknown" in e.message, e.message
+                    outcome = "unknown"
             if outcome == "ok":
                 assert not ff.triggered, "an injected failure was swallowed"
-            committed = outcome == "ok" and want != model
+            committed = outcome in ("ok", "unknown") and want != model
             if committed:
                 model, serial = want, serial + 1
                 assert state.serial == serial
@@ -222,6 +226,12 @@ def test_an_injected_failure_leaves_the_previous_version(tmp_path, op, nth, no_l
         assert ff.triggered
         assert e.details["errno"] == "ENOSPC" and e.exit_code == 1 and "No space left" in str(e)
         expected = (2, {"a": 2})
+        if op == "fsync_dir":  # after the rename: fail-stop, no roll-back, and the error says so
+            assert "outcome is unknown" in e.message and "agentstate doctor" in e.message, e.message
+            assert "unchanged" not in e.message
+            expected = (3, {"a": 3})
+        else:
+            assert "unchanged" in e.message and "unknown" not in e.message, e.message
     else:
         assert not ff.triggered, f"{op} #{nth} failed silently"
         assert ff.calls.count(op) <= nth, "the failure was not injected but the call happened"
@@ -236,32 +246,61 @@ def test_an_injected_failure_leaves_the_previous_version(tmp_path, op, nth, no_l
     assert StateStore(tmp_path / "s").read().resources == {"a": 4}
 
 
-def test_a_failed_directory_fsync_puts_the_previous_version_back(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="agentstate")
+def test_a_failed_directory_fsync_is_fail_stop(tmp_path, caplog):
+    """No roll-back (a later fsync proves nothing about the earlier writes): one error that says the
+    outcome is unknown and to run doctor; no restore or temp file; the next transaction re-verifies."""
+    caplog.set_level(logging.DEBUG, logger="agentstate")
     ff = FailingFiles()
     store = StateStore(tmp_path / "s", files=ff)
     with store.transaction() as s:
         s.resources["a"] = 1
     ff.arm("fsync_dir", 0, errno.EIO)
-    with pytest.raises(StorageError, match="fsync directory"):
+    ff.calls.clear()
+    with pytest.raises(StorageError) as ei:
         with store.transaction() as s:
             s.resources["a"] = 2
-    assert (tmp_path / "s" / "state.json").read_bytes() == (tmp_path / "s" / "state.json.bak").read_bytes()
-    assert StateStore(tmp_path / "s").read().resources == {"a": 1}
-    assert any(r.levelno == logging.INFO and "put back" in r.getMessage() for r in caplog.records)
+    e = ei.value
+    assert e.exit_code == 1 and e.details["errno"] == "EIO" and e.details["outcome"] == "unknown"
+    assert "fsync directory" in str(e) and "the new version may or may not survive a crash" in str(e)
+    assert "run `agentstate doctor`" in str(e) and "unchanged" not in str(e) and "\n" not in str(e)
+    assert ff.calls[-2:] == ["rename", "fsync_dir"]  # nothing was attempted after the failed fsync
+    assert sorted(os.listdir(tmp_path / "s")) == ["state.json", "state.json.bak", "state.json.lock"]
+    assert not any("put back" in r.getMessage() for r in caplog.records)
+    # The next transaction loads and verifies what is on disk (here: the new version, visible).
+    ff.calls.clear()
+    with store.transaction() as s:
+        assert (s.serial, s.resources) == (2, {"a": 2})
+        s.resources["a"] = 3
+    assert StateStore(tmp_path / "s").read().resources == {"a": 3}
 
 
-def test_a_failed_first_commit_leaves_no_state_file(tmp_path):
+def test_a_failed_temp_fsync_says_the_state_is_unchanged(tmp_path):
+    ff = FailingFiles()
+    store = StateStore(tmp_path / "s", files=ff)
+    with store.transaction() as s:
+        s.resources["a"] = 1
+    before = files_in(tmp_path / "s")
+    ff.arm("fsync", 0, errno.EIO)
+    with pytest.raises(StorageError) as ei:
+        with store.transaction() as s:
+            s.resources["a"] = 2
+    msg = str(ei.value)
+    assert "fsync temp file" in msg and "discarded before it replaced anything" in msg and "unchanged" in msg
+    assert "unknown" not in msg
+    assert files_in(tmp_path / "s") == before and temps(tmp_path / "s") == []
+
+
+def test_a_failed_first_commit_is_fail_stop_too(tmp_path):
     ff = FailingFiles()
     store = StateStore(tmp_path / "s", files=ff)
     with store.transaction():
         pass
     ff.arm("fsync_dir", 0, errno.EIO)
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match="outcome is unknown"):
         with store.transaction() as s:
             s.resources["a"] = 1
-    assert sorted(os.listdir(tmp_path / "s")) == ["state.json.lock"]
-    assert StateStore(tmp_path / "s").read().source == "new"
+    assert sorted(os.listdir(tmp_path / "s")) == ["state.json", "state.json.lock"]  # nothing removed
+    assert StateStore(tmp_path / "s").read().resources == {"a": 1}
 
 
 def test_copy_fallback_when_links_are_refused(tmp_path):
@@ -386,6 +425,8 @@ BAD_PRIMARY = {
     "empty": b"",
     "torn": doc(5, {"k": "new", "more": list(range(20))})[:57],
     "bad checksum": doc(5, {"k": "new"}).replace(b'"new"', b'"wen"'),
+    # the damaged file still shows a serial far above the backup's: it counts, not only backup + 2
+    "bad checksum, serial 9": doc(9, {"k": "new"}).replace(b'"new"', b'"wen"'),
     "garbage": os.urandom(64),
     "wrong shape": b'{"checksum":"sha256:' + b"0" * 64 + b'",' + b"[]\n",
     "not an object": b"[1, 2, 3]\n",
@@ -451,12 +492,30 @@ def test_recovery_from_backup(tmp_path, case, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_primary_that_is_a_directory_falls_back_on_read(tmp_path):
+@pytest.mark.parametrize("which", ["state.json", "state.json.bak"])
+def test_a_state_file_that_is_a_directory_is_named_and_nothing_is_added(tmp_path, which):
     d = tmp_path / "s"
-    (d / "state.json").mkdir(parents=True)
+    d.mkdir()
+    (d / "state.json").write_bytes(b"torn")  # so that the backup is read too
     (d / "state.json.bak").write_bytes(doc(2, {"k": 1}))
-    got = StateStore(d).read()
-    assert (got.serial, got.source) == (2, "backup")
+    (d / which).unlink()
+    (d / which).mkdir()
+    before = files_in(d)
+    store = StateStore(d, lock_timeout=5)
+    for attempt in range(3):
+        with pytest.raises(StorageError) as ei:
+            with store.transaction() as s:
+                s.resources["x"] = attempt
+        e = ei.value
+        assert e.exit_code == 1 and e.details["errno"] == "EISDIR"
+        assert str(e).startswith(f"{d / which} is a directory, not a file; move it aside"), str(e)
+        assert "empty" not in str(e)
+        with pytest.raises(StorageError, match="is a directory, not a file"):
+            store.read()
+    assert files_in(d) == before  # no state.json.corrupt-*, nothing changed
+    findings = {f["check"]: f for f in store.check()}
+    assert findings["state" if which == "state.json" else "backup"]["ok"] is False
+    assert "is a directory" in findings["state" if which == "state.json" else "backup"]["detail"]
 
 
 @pytest.mark.parametrize("backup", [b"", b"garbage", doc(3, {"a": 1})[:-2], None])
@@ -491,24 +550,32 @@ def test_backup_without_state_file_and_empty_store(tmp_path):
 # -- temp files of killed writers ----------------------------------------------------------------
 
 
-def test_temp_files_of_a_killed_writer_are_removed_by_the_next_transaction(tmp_path, caplog):
+def test_temp_files_of_a_killed_writer_are_replaced_and_doctor_repair_removes_the_rest(tmp_path, caplog):
     d = tmp_path / "s"
     store = StateStore(d)
     with store.transaction() as s:
         s.resources["a"] = 1
-    left = ["state.json.tmp-abc", "state.json.tmp-0123456789ab", "state.json.bak.tmp-abc", "state.json.restore-abc"]
+    # What a writer killed before its renames leaves: the fixed temp names (replaced by the next writer)
+    # and, from older versions, random ones (removed by doctor --repair and by a recovery).
+    fixed = [os.path.basename(fileio.temp_name(store.state_path)),
+             os.path.basename(fileio.temp_name(store.state_path, "bak.tmp"))]
+    legacy = ["state.json.tmp-0123456789ab", "state.json.bak.tmp-abc", "state.json.restore-abc"]
     keep = ["notes.txt", "state.json.corrupt-20240101T000000Z-abcdef", "other.json.tmp-abc"]
-    for name in left + keep:
+    for name in fixed + legacy + keep:
         (d / name).write_bytes(b"x" * 10)
+    assert fixed == ["state.json.tmp-new", "state.json.bak.tmp-new"]
     assert StateStore(d).read().resources == {"a": 1}
-    assert set(left) <= set(os.listdir(d))  # read() does not clean
+    assert set(fixed + legacy) <= set(os.listdir(d))  # read() does not clean
     caplog.set_level(logging.WARNING, logger="agentstate")
-    with store.transaction():
-        pass  # even a transaction that changes nothing cleans up
+    with store.transaction() as s:
+        s.resources["a"] = 2
+    assert temps(d) == sorted(legacy)  # the fixed names were replaced and consumed
+    assert any("temp file" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert store.read().resources == {"a": 2}
+    store.repair()
     assert temps(d) == []
     assert set(keep) <= set(os.listdir(d))
-    assert any("temp file" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert store.read().serial == 1
+    assert store.read().serial == 2
 
 
 # -- permissions -----------------------------------------------------------------------------
@@ -546,3 +613,45 @@ def test_store_dir_whose_parent_is_missing_is_a_storage_error(tmp_path):
         with StateStore(tmp_path / "no" / "such" / "dir").transaction():
             pass
     assert not (tmp_path / "no").exists()
+
+
+def test_recovery_serial_counts_the_damaged_files_serial(tmp_path):
+    """Backup at serial 5, a damaged state.json that still parses serial 9: the recovery is serial 10
+    (backup + 2 would hand out 7, a number the lost file may already have given to other resources)."""
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "state.json.bak").write_bytes(doc(5, {"k": "old"}))
+    (d / "state.json").write_bytes(doc(9, {"k": "lost"}).replace(b'"lost"', b'"tsol"'))  # checksum mismatch
+    store = StateStore(d, lock_timeout=5)
+    assert store.read().serial == 5  # served from the backup
+    with store.transaction() as s:
+        assert (s.source, s.serial) == ("backup", 5)
+    got = store.read()
+    assert (got.serial, got.resources, got.source) == (10, {"k": "old"}, "state")
+
+
+def test_the_yielded_state_is_a_snapshot_except_its_resources(tmp_path):
+    from agentstate import InvalidInput
+
+    store = StateStore(tmp_path / "s")
+    with store.transaction() as s:
+        s.resources["a"] = 1
+    lineage = store.read().lineage
+    before = files_in(tmp_path / "s")
+    for field, value in (("serial", 0), ("lineage", "x"), ("updated_at", "then"), ("source", "new"),
+                         ("format_version", 9), ("changed", True), ("other", 1)):
+        with pytest.raises(InvalidInput, match="read-only|no attribute") as ei:
+            with store.transaction() as s:
+                s.resources["a"] = 2
+                setattr(s, field, value)
+        assert ei.value.exit_code == 1 and "resources" in str(ei.value)
+    with pytest.raises(InvalidInput):
+        with store.transaction() as s:
+            del s.serial
+    assert files_in(tmp_path / "s") == before  # the failed blocks saved nothing
+    with store.transaction() as s:
+        s.resources = {"b": 2}  # resources may be replaced wholesale
+        assert s.serial == 1 and not s.changed
+    assert (s.serial, s.lineage, s.changed) == (2, lineage, True)  # the committed version, after the block
+    got = store.read()
+    assert (got.serial, got.lineage, got.resources) == (2, lineage, {"b": 2})

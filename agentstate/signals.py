@@ -1,0 +1,159 @@
+"""SIGINT and SIGTERM during a write: finish it or abandon it, never leave half of it.
+
+A cancelled CI job sends SIGTERM (and a person, Ctrl-C: SIGINT). Python's default for SIGTERM
+is to die on the spot, without cleanup; for SIGINT, a KeyboardInterrupt wherever the main
+thread happens to be. Here both become an :class:`Interruption` (a ``KeyboardInterrupt``, so no
+``except Exception`` swallows it) raised at the next bytecode, which unwinds through the
+write path's ``finally`` clauses: temp files are removed, the lock is released. Between the
+rename that publishes a new version and the directory fsync that makes it durable
+(:func:`critical`), signals are held and delivered right after, so a write is either abandoned
+before its rename or finished.
+
+The write paths wrap themselves in :func:`guarded`, which installs the handlers for its
+duration (main thread only; signals are delivered to the main thread) and turns an
+Interruption into :class:`agentstate.errors.Interrupted` (exit 130 or 143) saying which
+outcome it was. The CLI calls :func:`install` once at start, so a signal anywhere in a
+command ends in one line and the right exit code.
+
+A handler someone else installed is respected: it is called (after any critical section)
+instead of raising. A signal that is ignored (SIG_IGN, e.g. SIGINT under ``nohup``) stays ignored.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .errors import Interrupted
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+_previous: dict[int, Any] = {}  # signal -> the handler ours replaced (to call, or restore)
+_installed_by: list[str] = []  # "install" (for good) or "guarded" (restored on exit)
+_critical = 0  # depth of critical sections in the main thread
+_pending: list[int] = []  # signals received during a critical section
+
+
+class Interruption(KeyboardInterrupt):
+    """A SIGINT or SIGTERM, raised in the main thread. ``outcome``: "committed" when it was
+    held through a critical section that completed, else "abandoned" (set by whoever knows)."""
+
+    def __init__(self, signal_number: int, outcome: str = "abandoned") -> None:
+        super().__init__(NAMES.get(signal_number, f"signal {signal_number}"))
+        self.signal_number = signal_number
+        self.outcome = outcome
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _deliver(signum: int, frame: Any) -> None:
+    prev = _previous.get(signum)
+    if callable(prev) and prev is not signal.default_int_handler:
+        prev(signum, frame)
+        return
+    raise Interruption(signum)
+
+
+def _handler(signum: int, frame: Any) -> None:
+    if _critical:
+        if signum not in _pending:
+            _pending.append(signum)
+        return
+    _deliver(signum, frame)
+
+
+def _install() -> bool:
+    """Put our handler on SIGINT and SIGTERM (unless ignored); True if anything was installed."""
+    if not _in_main_thread():
+        return False
+    done = False
+    for sig in SIGNALS:
+        current = signal.getsignal(sig)
+        if current is _handler or current == signal.SIG_IGN or current is None:
+            continue  # None: set from C (not by Python); leave it alone
+        _previous[sig] = current
+        signal.signal(sig, _handler)
+        done = True
+    return done
+
+
+def _uninstall() -> None:
+    for sig, prev in list(_previous.items()):
+        if signal.getsignal(sig) is _handler:
+            signal.signal(sig, prev)
+        del _previous[sig]
+
+
+def install() -> None:
+    """Handle SIGINT and SIGTERM as Interruptions for the rest of the process (the CLI's start)."""
+    if _install() or not _installed_by:
+        _installed_by[:] = ["install"]
+
+
+@contextmanager
+def critical(outcome: str | None = "committed") -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends (the rename and the directory fsync), then deliver
+    the first one held: an Interruption whose ``outcome`` is set to ``outcome`` if the block completed."""
+    global _critical
+    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is not _handler:
+        yield  # our handler is not installed here: nothing to hold
+        return
+    _critical += 1
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        _critical -= 1
+        if not _critical and _pending:
+            signum = _pending.pop(0)
+            _pending.clear()
+            # If the block failed, its error (an unknown-outcome fsync failure) is the news and
+            # already ends the command: the held signal is dropped rather than hide that error.
+            if ok:
+                try:
+                    _deliver(signum, None)
+                except Interruption as e:
+                    if outcome:
+                        e.outcome = outcome
+                    raise
+
+
+def interrupted(e: KeyboardInterrupt, what: str, committed: str | None = None, locked: bool = True) -> Interrupted:
+    """The Interrupted error for an Interruption (or a plain KeyboardInterrupt: SIGINT) during ``what``.
+
+    ``committed``: the sentence saying what was committed, if the write completed (else it was
+    abandoned); ``locked``: whether the lock had been acquired (and is now released)."""
+    signum = getattr(e, "signal_number", signal.SIGINT)
+    name = NAMES.get(signum, f"signal {signum}")
+    tail = "; the lock is released" if locked else " (the lock was not acquired)"
+    if committed is not None:
+        msg = f"interrupted by {name} after the {what} completed: {committed}{tail}"
+        outcome = "committed"
+    else:
+        msg = (f"interrupted by {name}; the {what} was abandoned before it replaced anything: "
+               f"the stored state is unchanged{tail}")
+        outcome = "abandoned"
+    return Interrupted(msg, signal_number=signum, outcome=outcome)
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """Install the handlers for the block if nobody has (restored after it)."""
+    mine = not _installed_by and _install()
+    if mine:
+        _installed_by.append("guarded")
+    try:
+        yield
+    finally:
+        if mine:
+            _installed_by.clear()
+            if not _critical:
+                _pending.clear()
+            _uninstall()
