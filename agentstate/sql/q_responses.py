@@ -1,12 +1,14 @@
 """SQL of the response store (``agentstate.responses``), SQLite and PostgreSQL side by side.
 
-Tables (schema version 1, ``agentstate.sql.schema._RESPONSES_V1``, one DDL text for both dialects):
+Tables (schema version 1, ``agentstate.sql.schema._RESPONSES_V1``):
 
 ``responses``        one row per stored response:
-    seq          1 + the tenant's largest seq at insert (writers are serialized, and the newest
-                 row of a tenant is never evicted, so a seq is never reused): list order
-    tenant, id   the key (unique together)
+    seq          1 + the largest seq in the table at insert (writers are serialized, and the newest
+                 row is never evicted, so a seq is never reused): list order, and the link the chain
+                 walk follows (SQLite: the rowid, INTEGER PRIMARY KEY; PostgreSQL: BIGINT)
+    tenant, id   unique together
     previous_id  the response's ``previous_response_id`` (NULL for a chain's root)
+    previous_seq the seq of that previous response (NULL for a root)
     root_id      the id of the chain's root (a root's own id): a whole chain is ``tenant, root_id``
     depth        0 for a root, the previous response's depth + 1 otherwise (chain length - 1);
                  it bounds the chain walk, so a damaged database can never make it loop
@@ -42,23 +44,36 @@ GET = Stmt(
 # The walk stops after depth + 1 steps (depth as recorded on :id, capped by :max_links), so a
 # cycle or a wrong depth in a damaged database ends it; the caller checks that the rows form a
 # whole chain (depth + 1 distinct rows, the last a root) and raises StateCorrupted otherwise.
-# Rows: (n, id, previous_id, body, deleted_at, root_id, depth), n = steps from :id, root last.
+# The anchor also fetches the chain's last_used and the tenant's newest (carried along), so a read
+# learns in the same statement whether it must record a use.
+# Rows: (n, id, previous_id, body, deleted_at, root_id, depth, last_used, newest), root first.
 CHAIN = Stmt(
-    both="""WITH RECURSIVE walk(n, bound, id, previous_id, body, deleted_at, root_id, depth) AS (
-                SELECT 0, CASE WHEN depth < :max_links THEN depth + 1 ELSE :max_links END,
-                       id, previous_id, body, deleted_at, root_id, depth
-                FROM responses WHERE tenant = :tenant AND id = :id
+    both="""WITH RECURSIVE walk(n, bound, previous_seq, id, previous_id, body, deleted_at, root_id, depth,
+                                last_used, newest) AS (
+                SELECT 0, CASE WHEN s.depth < :max_links THEN s.depth + 1 ELSE :max_links END,
+                       s.previous_seq, s.id, s.previous_id, s.body, s.deleted_at, s.root_id, s.depth,
+                       (SELECT c.last_used FROM response_chains c WHERE c.tenant = :tenant AND c.root_id = s.root_id),
+                       (SELECT MAX(m.last_used) FROM response_chains m WHERE m.tenant = :tenant)
+                FROM responses s WHERE s.tenant = :tenant AND s.id = :id
                 UNION ALL
-                SELECT w.n + 1, w.bound, r.id, r.previous_id, r.body, r.deleted_at, r.root_id, r.depth
-                FROM walk w JOIN responses r ON r.tenant = :tenant AND r.id = w.previous_id
+                SELECT w.n + 1, w.bound, r.previous_seq, r.id, r.previous_id, r.body, r.deleted_at, r.root_id,
+                       r.depth, w.last_used, w.newest
+                FROM walk w JOIN responses r ON r.seq = w.previous_seq AND r.tenant = :tenant
                 WHERE w.n < w.bound
             )
-            SELECT n, id, previous_id, body, deleted_at, root_id, depth FROM walk ORDER BY n DESC""",
+            SELECT n, id, previous_id, body, deleted_at, root_id, depth, last_used, newest
+            FROM walk ORDER BY n DESC""",
+)
+
+# The store's facts about one response: (previous_id, root_id, depth, created_at, deleted_at).
+INFO = Stmt(
+    both="""SELECT previous_id, root_id, depth, created_at, deleted_at FROM responses
+            WHERE tenant = :tenant AND id = :id""",
 )
 
 # A page of live responses, newest first, strictly older than :before (a seq).
 LIST_PAGE = Stmt(
-    both="""SELECT seq, id, previous_id, root_id, created_at, body FROM responses
+    both="""SELECT seq, id, previous_id, root_id, depth, created_at, body FROM responses
               WHERE tenant = :tenant AND deleted_at IS NULL AND seq < :before
               ORDER BY seq DESC LIMIT :limit""",
 )
@@ -74,18 +89,17 @@ COUNT_ALL = Stmt(
 
 # -- writes (inside db.write()) -----------------------------------------------------------------
 
-# The chain facts of the response a new one names as previous: (root_id, depth).
+# The chain facts of the response a new one names as previous: (root_id, depth, seq).
 LINK = Stmt(
-    both="SELECT root_id, depth FROM responses WHERE tenant = :tenant AND id = :id",
+    both="SELECT root_id, depth, seq FROM responses WHERE tenant = :tenant AND id = :id",
 )
 
 # Store a response; returns its seq, or no row when the id is taken in the tenant (nothing changed).
 INSERT = Stmt(
-    both="""INSERT INTO responses (tenant, id, seq, previous_id, root_id, depth, body, created_at)
-              VALUES (:tenant, :id,
-                      (SELECT COALESCE(MAX(seq), 0) + 1 FROM responses WHERE tenant = :tenant),
-                      :previous_id, :root_id, :depth, :body, :created_at)
-              ON CONFLICT (tenant, id) DO NOTHING RETURNING seq""",
+    both="""INSERT INTO responses (seq, tenant, id, previous_id, previous_seq, root_id, depth, body, created_at)
+            VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM responses), :tenant, :id, :previous_id,
+                    :previous_seq, :root_id, :depth, :body, :created_at)
+            ON CONFLICT (tenant, id) DO NOTHING RETURNING seq""",
 )
 
 # Mark the chain :root_id used now: its last_used becomes 1 + the tenant's newest (the row is
@@ -105,10 +119,10 @@ MARK_USED = Stmt(
                 AND last_used < (SELECT MAX(last_used) FROM response_chains WHERE tenant = :tenant)""",
 )
 
-# The least recently used chain other than :keep: (root_id,) or no row.
-LRU_CHAIN = Stmt(
-    both="""SELECT root_id FROM response_chains WHERE tenant = :tenant AND root_id <> :keep
-              ORDER BY last_used, root_id LIMIT 1""",
+# The :limit least recently used chains: (root_id,) rows, least recent first.
+LRU_CHAINS = Stmt(
+    both="""SELECT root_id FROM response_chains WHERE tenant = :tenant
+            ORDER BY last_used, root_id LIMIT :limit""",
 )
 
 # Evict a whole chain: its responses (ids returned) and its chains row.
@@ -129,36 +143,36 @@ SOFT_DELETE = Stmt(
 
 TENANTS = Stmt(both="SELECT DISTINCT tenant FROM responses ORDER BY tenant")
 
-# Links to a response that does not exist: (id, previous_id).
+# Links that lead nowhere: a previous_id without the matching previous_seq row (same tenant, that
+# seq, that id), or only one of the two set. Rows: (id, previous_id).
 BROKEN_LINKS = Stmt(
     both="""SELECT r.id, r.previous_id FROM responses r
-              WHERE r.tenant = :tenant AND r.previous_id IS NOT NULL
-                AND NOT EXISTS (SELECT 1 FROM responses p WHERE p.tenant = :tenant AND p.id = r.previous_id)
-              ORDER BY r.seq LIMIT :limit""",
+            WHERE r.tenant = :tenant AND (
+                (r.previous_id IS NULL) <> (r.previous_seq IS NULL)
+                OR (r.previous_id IS NOT NULL AND NOT EXISTS (
+                    SELECT 1 FROM responses p
+                    WHERE p.tenant = :tenant AND p.seq = r.previous_seq AND p.id = r.previous_id)))
+            ORDER BY r.seq LIMIT :limit""",
 )
 
 # Rows whose recorded chain facts disagree with their link: a root must have depth 0 and
 # root_id = id; any other row the depth of its previous + 1 and the same root_id. (When every
-# link exists and these hold, no cycle can exist: depth falls by one along every link.)
+# link exists and these hold, no cycle can exist: depth falls by one along every link; doctor
+# walks each row found here with CHAIN to tell a cycle from a wrong depth.)
 # Rows: (id, previous_id, depth, root_id, previous's depth, previous's root_id).
 BAD_FACTS = Stmt(
     both="""SELECT r.id, r.previous_id, r.depth, r.root_id, p.depth, p.root_id FROM responses r
-              LEFT JOIN responses p ON p.tenant = :tenant AND p.id = r.previous_id
-              WHERE r.tenant = :tenant AND (
-                  (r.previous_id IS NULL AND (r.depth <> 0 OR r.root_id <> r.id))
-                  OR (p.id IS NOT NULL AND (r.depth <> p.depth + 1 OR r.root_id <> p.root_id)))
-              ORDER BY r.seq LIMIT :limit""",
+            LEFT JOIN responses p ON p.tenant = :tenant AND p.seq = r.previous_seq
+            WHERE r.tenant = :tenant AND (
+                (r.previous_id IS NULL AND (r.depth <> 0 OR r.root_id <> r.id))
+                OR (p.seq IS NOT NULL AND (r.depth <> p.depth + 1 OR r.root_id <> p.root_id)))
+            ORDER BY r.seq LIMIT :limit""",
 )
 
-# Chains rows missing for a root that has responses: (root_id,).
+# Roots of responses with no chains row (such a chain would never be evicted): (root_id,).
 MISSING_CHAIN_ROWS = Stmt(
     both="""SELECT DISTINCT r.root_id FROM responses r
-              WHERE r.tenant = :tenant AND NOT EXISTS
-                  (SELECT 1 FROM response_chains c WHERE c.tenant = :tenant AND c.root_id = r.root_id)
-              ORDER BY r.root_id LIMIT :limit""",
-)
-
-# One step of a walk, for telling a cycle from a broken link in doctor's report: (previous_id,).
-PREVIOUS = Stmt(
-    both="SELECT previous_id FROM responses WHERE tenant = :tenant AND id = :id",
+            WHERE r.tenant = :tenant AND NOT EXISTS
+                (SELECT 1 FROM response_chains c WHERE c.tenant = :tenant AND c.root_id = r.root_id)
+            ORDER BY r.root_id LIMIT :limit""",
 )

@@ -58,33 +58,40 @@ _SESSIONS_V1 = [
 
 # --- version 1: responses (the responses store adds its tables here) -----------------------------------
 
-_RESPONSES_V1: list[str] = [
-    # One row per response (statements and column meanings: agentstate/sql/q_responses.py). One text
-    # serves both dialects. body is the exact codec bytes; root_id names the chain (its root's id),
-    # so a whole chain is evicted by (tenant, root_id); depth bounds the chain walk.
-    """CREATE TABLE responses (
-        tenant      TEXT NOT NULL,
-        id          TEXT NOT NULL,
-        seq         BIGINT NOT NULL,
-        previous_id TEXT,
-        root_id     TEXT NOT NULL,
-        depth       BIGINT NOT NULL,
-        body        TEXT NOT NULL,
-        created_at  TEXT NOT NULL,
-        deleted_at  TEXT,
-        PRIMARY KEY (tenant, id),
-        UNIQUE (tenant, seq)
-    )""",
-    "CREATE INDEX responses_by_root ON responses (tenant, root_id)",
-    # One row per chain: the tenant's LRU clock value of its last save or read (max_responses).
-    """CREATE TABLE response_chains (
-        tenant    TEXT NOT NULL,
-        root_id   TEXT NOT NULL,
-        last_used BIGINT NOT NULL,
-        PRIMARY KEY (tenant, root_id)
-    )""",
-    "CREATE INDEX response_chains_lru ON response_chains (tenant, last_used)",
-]
+def _responses_v1(seq_type: str) -> list[str]:
+    # One row per response (statements and column meanings: agentstate/sql/q_responses.py). body is
+    # the exact codec bytes; root_id names the chain (its root's id), so a whole chain is evicted by
+    # (tenant, root_id); depth bounds the chain walk, which follows previous_seq (the previous
+    # response's seq). seq is global and never reused; in SQLite it is the rowid (INTEGER PRIMARY
+    # KEY), so each step of the walk is one integer b-tree search.
+    return [
+        f"""CREATE TABLE responses (
+            seq         {seq_type} PRIMARY KEY,
+            tenant      TEXT NOT NULL,
+            id          TEXT NOT NULL,
+            previous_id TEXT,
+            previous_seq BIGINT,
+            root_id     TEXT NOT NULL,
+            depth       BIGINT NOT NULL,
+            body        TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            deleted_at  TEXT,
+            UNIQUE (tenant, id)
+        )""",
+        "CREATE INDEX responses_recent ON responses (tenant, seq)",
+        "CREATE INDEX responses_by_root ON responses (tenant, root_id)",
+        # One row per chain: the tenant's LRU clock value of its last save or read (max_responses).
+        """CREATE TABLE response_chains (
+            tenant    TEXT NOT NULL,
+            root_id   TEXT NOT NULL,
+            last_used BIGINT NOT NULL,
+            PRIMARY KEY (tenant, root_id)
+        )""",
+        "CREATE INDEX response_chains_lru ON response_chains (tenant, last_used)",
+    ]
+
+
+_RESPONSES_V1 = {"sqlite": _responses_v1("INTEGER"), "postgres": _responses_v1("BIGINT")}
 
 # --- version 1: PostgreSQL only (agentstate/sql/pg.py, agentstate/pgstate.py) ----------------------------
 # The state document (one row: the checksummed codec bytes and the previous version, as state.json and
@@ -111,7 +118,8 @@ _PG_ONLY_V1 = [
 ]
 
 MIGRATIONS: list[dict[str, list[str]]] = [
-    {"sqlite": _SESSIONS_V1 + _RESPONSES_V1, "postgres": _SESSIONS_V1 + _RESPONSES_V1 + _PG_ONLY_V1},
+    {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
+     "postgres": _SESSIONS_V1 + _RESPONSES_V1["postgres"] + _PG_ONLY_V1},
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

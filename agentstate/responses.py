@@ -1,0 +1,437 @@
+"""The response store: OpenAI Responses-API objects kept durably, chained by ``previous_response_id``.
+
+    responses = agentstate.ResponseStore(".agentstate", tenant="default", max_responses=0)
+    responses.save({"id": "resp_1", "output": [...]})
+    responses.save({"id": "resp_2", "previous_response_id": "resp_1", "output": [...]})
+    responses.chain("resp_2")          # [resp_1, resp_2], oldest first
+
+Responses live in the store's ``agentstate.db`` (or a PostgreSQL URL), beside sessions, under the
+same writer lock and tenant rules. ``get`` returns exactly what was saved (the stored text is the
+codec's bytes, parsed back with key order and integer exactness); the store's own facts
+(created_at, deleted_at, the chain's last use) live in other columns and are never injected.
+
+Chains: a response names at most one previous response, which must already exist in the tenant,
+so chains are trees of roots and their descendants. ``chain`` rebuilds one in a single recursive
+query bounded by the recorded depth; a cycle or a missing link in a damaged database ends it with
+``StateCorrupted``.
+
+The cap (``max_responses=N``): after a save takes the tenant over N stored responses (soft-deleted
+ones count: they still serve chains), whole chains (a root and everything descended from it) are
+evicted, least recently used first, never the chain just saved to, until at most N are left or only
+that chain is. A chain is used when one of its responses is saved, or read by ``get``,
+``get_for_chain`` or ``chain`` (``list`` is browsing, not use). Reads record their use in a small
+write transaction only when the chain is not already the tenant's most recently used one (so
+reading one conversation again and again costs no write); when the writer lock is busy for more
+than ``USE_LOCK_WAIT`` seconds (or the store cannot be written), the use is kept in memory and
+recorded by this store's next write or ``close()``: a read never waits long or fails for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from .codec import encode_value
+from .errors import AgentStateError, ConflictError, InvalidInput, NotFound, StateCorrupted, StateLocked, StorageError
+from .names import check_name, check_tenant
+from .page import Page, check_limit, decode_cursor, encode_cursor
+
+log = logging.getLogger("agentstate.responses")
+
+DEFAULT_MAX_ITEM_BYTES = 1 << 20
+MAX_CHAIN = 10_000_000  # links; a chain is never longer (a save that would make it so is refused)
+USE_LOCK_WAIT = 0.5  # seconds a read waits for the writer lock to record its use, before deferring
+_NO_CURSOR = 2**63 - 1
+_CURSOR_KIND = "responses"
+
+
+def _utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray, memoryview)) else value
+
+
+def _loads(body: Any) -> Any:
+    return orjson.loads(body)
+
+
+@dataclass(frozen=True)
+class ResponseInfo:
+    """The store's facts about one response (never part of the response itself)."""
+
+    id: str
+    tenant: str
+    previous_response_id: str | None
+    root_id: str
+    depth: int
+    created_at: str
+    deleted_at: str | None = None
+    evicted: list[str] = field(default_factory=list)  # save(): roots of the chains it evicted
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "previous_response_id": self.previous_response_id,
+            "root_id": self.root_id,
+            "depth": self.depth,
+            "created_at": self.created_at,
+            "deleted_at": self.deleted_at,
+            "evicted": list(self.evicted),
+        }
+
+
+class StoredResponse(dict):
+    """A listed response: the dict exactly as saved (equal to it), with the store's facts beside it
+    as attributes (``.id``, ``.created_at``, ``.info``), never inside it."""
+
+    __slots__ = ("info",)
+
+    def __init__(self, data: dict[str, Any], info: ResponseInfo) -> None:
+        super().__init__(data)
+        self.info = info
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def created_at(self) -> str:
+        return self.info.created_at
+
+    @property
+    def previous_response_id(self) -> str | None:
+        return self.info.previous_response_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """For ``list --json``: the facts, and the response as saved under "response"."""
+        out = self.info.to_dict()
+        del out["evicted"], out["deleted_at"]
+        out["response"] = dict(self)
+        return out
+
+
+def check_response(response: Any, max_item_bytes: int) -> tuple[str, str | None, bytes]:
+    """(id, previous_response_id, the exact bytes to store) of a response; InvalidInput if it is bad."""
+    if not isinstance(response, dict):
+        raise InvalidInput(f"a response must be a JSON object, not {type(response).__name__}")
+    if "id" not in response:
+        raise InvalidInput('a response must have an "id"', hint="give it the Responses API id, e.g. \"resp_...\"")
+    rid = check_name(response["id"], "response id")
+    previous = response.get("previous_response_id")
+    if previous is not None:
+        previous = check_name(previous, "previous_response_id")
+        if previous == rid:
+            raise InvalidInput(f"response {rid!r} names itself as previous_response_id")
+    body = encode_value(response)
+    if len(body) > max_item_bytes:
+        raise InvalidInput(
+            f"response {rid!r} is {len(body)} bytes encoded; the limit is {max_item_bytes}",
+            hint="raise max_item_bytes (--max-item-bytes) if such responses are expected",
+        )
+    return rid, previous, body
+
+
+def _check_count(value: Any, what: str, minimum: int) -> int:
+    if type(value) is not int or value < minimum:
+        raise InvalidInput(f"{what} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def _damaged(tenant: str, rid: str, why: str) -> StateCorrupted:
+    return StateCorrupted(
+        f"the chain of response {rid!r} (tenant {tenant!r}) is damaged: {why}",
+        hint="run `agentstate doctor`; the database was changed by something other than agentstate",
+        response_id=rid,
+        tenant=tenant,
+    )
+
+
+class ResponseStore:
+    """Responses of one tenant in a store directory (``agentstate.db``) or a PostgreSQL URL."""
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str] | None = None,
+        tenant: str = "default",
+        max_responses: int = 0,
+        max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+        *,
+        lock_timeout: float | str | None = None,
+    ) -> None:
+        from .sql import is_url
+
+        self.tenant = check_tenant(tenant)
+        self.max_responses = _check_count(max_responses, "max_responses", 0)
+        self.max_item_bytes = _check_count(max_item_bytes, "max_item_bytes", 1)
+        if target is None:
+            from .store import default_dir
+
+            target = default_dir()
+        self.target = target if is_url(target) else os.fspath(target)
+        self._lock_timeout = lock_timeout
+        self._db: Any = None
+        self._pending: OrderedDict[str, None] = OrderedDict()  # roots read but not yet marked used
+
+    def __repr__(self) -> str:
+        where = "<postgresql>" if not isinstance(self.target, str) or "://" in self.target else self.target
+        return f"ResponseStore({where!r}, tenant={self.tenant!r}, max_responses={self.max_responses})"
+
+    @property
+    def db(self) -> Any:
+        if self._db is None:
+            from .sql import open_database
+
+            self._db = open_database(self.target, lock_timeout=self._lock_timeout)
+        return self._db
+
+    def close(self) -> None:
+        """Record pending uses (best effort) and close the database connections."""
+        if self._db is None:
+            return
+        if self._pending:
+            try:
+                with self.db.write(operation="responses use", lock_timeout=USE_LOCK_WAIT) as tx:
+                    self._flush_uses(tx)
+            except AgentStateError as e:
+                log.info("could not record %d response chain use(s) at close: %s", len(self._pending), e)
+        self._db.close()
+        self._db = None
+
+    def __enter__(self) -> ResponseStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes ----------------------------------------------------------------------------------------
+
+    def save(self, response: dict[str, Any]) -> ResponseInfo:
+        """Store ``response`` (a JSON object with "id", optionally "previous_response_id").
+
+        ConflictError if the id exists in the tenant; NotFound if previous_response_id does not (or
+        was evicted); InvalidInput for anything that is not a valid response. Nothing is stored
+        then. With ``max_responses`` set, may evict other whole chains (``.evicted`` says which)."""
+        return self.save_many([response])[0]
+
+    def save_many(self, responses: Any) -> list[ResponseInfo]:
+        """Store several responses in one transaction, all or none (e.g. an imported conversation);
+        each may name an earlier one of the batch as its previous. Eviction runs once, after the
+        batch, and spares every chain the batch saved to."""
+        from .sql import q_responses as q
+
+        if isinstance(responses, dict) or not isinstance(responses, (list, tuple)):
+            raise InvalidInput("save_many takes a list of responses")
+        checked = [check_response(r, self.max_item_bytes) for r in responses]
+        if not checked:
+            return []
+        tenant = self.tenant
+        now = _utcnow()
+        infos: list[ResponseInfo] = []
+        touched: OrderedDict[str, None] = OrderedDict()
+        evicted: list[tuple[str, int]] = []
+        with self.db.write(operation="responses save") as tx:
+            for rid, previous, body in checked:
+                if previous is None:
+                    root, depth, previous_seq = rid, 0, None
+                else:
+                    link = tx.one(q.LINK, tenant=tenant, id=previous)
+                    if link is None:
+                        raise NotFound(
+                            f"previous_response_id {previous!r} of response {rid!r} is not stored "
+                            f"(tenant {tenant!r}); nothing was saved",
+                            hint="save the previous response first; an evicted chain cannot be continued",
+                            response_id=previous,
+                        )
+                    root, depth, previous_seq = link[0], int(link[1]) + 1, link[2]
+                    if depth >= MAX_CHAIN:
+                        raise InvalidInput(f"the chain of {previous!r} already holds {MAX_CHAIN} responses, the limit")
+                if tx.one(q.INSERT, tenant=tenant, id=rid, previous_id=previous, previous_seq=previous_seq,
+                          root_id=root, depth=depth,
+                          body=body.decode("utf-8"), created_at=now) is None:
+                    raise ConflictError(
+                        f"response {rid!r} already exists (tenant {tenant!r}); nothing was saved",
+                        hint="response ids are unique; give the new response its own id",
+                        response_id=rid,
+                    )
+                touched.pop(root, None)
+                touched[root] = None
+                infos.append(ResponseInfo(id=rid, tenant=tenant, previous_response_id=previous, root_id=root,
+                                          depth=depth, created_at=now))
+            self._flush_uses(tx)
+            for root in touched:
+                tx.run(q.TOUCH_CHAIN, tenant=tenant, root_id=root)
+            if self.max_responses:
+                evicted = self._evict(tx, keep=touched)
+        for chain_root, count in evicted:
+            log.info("evicted response chain %r (%d response(s)) of tenant %r: over max_responses=%d",
+                     chain_root, count, tenant, self.max_responses)
+        if evicted:
+            infos[-1] = replace(infos[-1], evicted=[r for r, _ in evicted])
+        return infos
+
+    def _evict(self, tx: Any, keep: Any) -> list[tuple[str, int]]:
+        """Inside the save: evict least recently used whole chains (never one in ``keep``) until the
+        tenant holds at most max_responses, or only chains in ``keep`` are left."""
+        from .sql import q_responses as q
+
+        tenant, cap = self.tenant, self.max_responses
+        count = int(tx.value(q.COUNT_ALL, tenant=tenant))
+        evicted: list[tuple[str, int]] = []
+        while count > cap:
+            candidates = tx.run(q.LRU_CHAINS, tenant=tenant, limit=len(keep) + 1)
+            root = next((r for (r,) in candidates if r not in keep), None)
+            if root is None:
+                break
+            gone = tx.run(q.EVICT_RESPONSES, tenant=tenant, root_id=root)
+            tx.run(q.EVICT_CHAIN, tenant=tenant, root_id=root)
+            count -= len(gone)
+            evicted.append((root, len(gone)))
+        return evicted
+
+    def delete(self, response_id: str) -> None:
+        """Soft delete: hidden from ``get`` and ``list``, still part of chains. NotFound if missing or
+        already deleted."""
+        from .sql import q_responses as q
+
+        rid = check_name(response_id, "response id")
+        with self.db.write(operation="responses delete") as tx:
+            if tx.one(q.SOFT_DELETE, tenant=self.tenant, id=rid, now=_utcnow()) is None:
+                raise self._not_found(rid, deleted=tx.one(q.LINK, tenant=self.tenant, id=rid) is not None)
+
+    def _not_found(self, rid: str, deleted: bool = False) -> NotFound:
+        if deleted:
+            return NotFound(f"response {rid!r} was deleted (tenant {self.tenant!r})", response_id=rid)
+        return NotFound(f"response {rid!r} not found (tenant {self.tenant!r})", response_id=rid)
+
+    # -- reads -----------------------------------------------------------------------------------------
+
+    def get(self, response_id: str) -> dict[str, Any]:
+        """The response exactly as saved; NotFound if missing or soft-deleted."""
+        return self._get(response_id, include_deleted=False)
+
+    def get_for_chain(self, response_id: str) -> dict[str, Any]:
+        """The response exactly as saved, soft-deleted included; NotFound if missing (or evicted)."""
+        return self._get(response_id, include_deleted=True)
+
+    def _get(self, response_id: str, include_deleted: bool) -> dict[str, Any]:
+        from .sql import q_responses as q
+
+        rid = check_name(response_id, "response id")
+        with self.db.read() as tx:
+            row = tx.one(q.GET, tenant=self.tenant, id=rid)
+        if row is None or (row[1] is not None and not include_deleted):
+            raise self._not_found(rid, deleted=row is not None)
+        body, _deleted_at, root, last_used, newest = row
+        self._used(root, last_used, newest)
+        return _loads(body)
+
+    def chain(self, response_id: str) -> list[dict[str, Any]]:
+        """[root, ..., response_id], oldest first, soft-deleted links included, in one query.
+
+        NotFound if response_id is missing; StateCorrupted if the chain has a cycle or a missing
+        link (a damaged database)."""
+        from .sql import q_responses as q
+
+        rid = check_name(response_id, "response id")
+        with self.db.read() as tx:
+            rows = tx.run(q.CHAIN, tenant=self.tenant, id=rid, max_links=MAX_CHAIN)
+        if not rows:
+            raise self._not_found(rid)
+        problem = chain_problem(rows)
+        if problem:
+            raise _damaged(self.tenant, rid, problem)
+        self._used(rows[0][1], rows[0][7], rows[0][8])
+        return [_loads(r[3]) for r in rows]
+
+    def info(self, response_id: str) -> ResponseInfo:
+        """The store's facts about a response (soft-deleted included); does not count as a use."""
+        from .sql import q_responses as q
+
+        rid = check_name(response_id, "response id")
+        with self.db.read() as tx:
+            row = tx.one(q.INFO, tenant=self.tenant, id=rid)
+        if row is None:
+            raise self._not_found(rid)
+        return ResponseInfo(id=rid, tenant=self.tenant, previous_response_id=row[0], root_id=row[1],
+                            depth=int(row[2]), created_at=_text(row[3]), deleted_at=row[4])
+
+    def list(self, limit: int = 50, cursor: str | None = None) -> Page[StoredResponse]:
+        """Live (not deleted) responses, newest first; ``Page(items, next_cursor, total)``."""
+        from .sql import q_responses as q
+
+        limit = check_limit(limit)
+        before = _NO_CURSOR if cursor is None else decode_cursor(_CURSOR_KIND, cursor, (int,))[0]
+        with self.db.read() as tx:
+            rows = tx.run(q.LIST_PAGE, tenant=self.tenant, before=before, limit=limit + 1)
+            total = int(tx.value(q.COUNT_LIVE, tenant=self.tenant) or 0)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [
+            StoredResponse(_loads(body), ResponseInfo(id=rid, tenant=self.tenant, previous_response_id=prev,
+                                                      root_id=root, depth=int(depth), created_at=_text(created)))
+            for _seq, rid, prev, root, depth, created, body in rows
+        ]
+        next_cursor = encode_cursor(_CURSOR_KIND, [int(rows[-1][0])]) if more and rows else None
+        return Page(items=items, next_cursor=next_cursor, total=total)
+
+    # -- use of chains (the LRU clock) ---------------------------------------------------------------------
+
+    def _used(self, root: str, last_used: Any, newest: Any) -> None:
+        """A read of chain ``root``: make it the tenant's most recently used, unless it already is."""
+        if last_used is not None and newest is not None and last_used >= newest and not self._pending:
+            return
+        self._pending[root] = None
+        self._pending.move_to_end(root)
+        try:
+            with self.db.write(operation="responses use", lock_timeout=USE_LOCK_WAIT) as tx:
+                self._flush_uses(tx)
+        except (StateLocked, StorageError) as e:
+            log.debug("use of response chain %r deferred to the next write: %s", root, e)
+
+    def _flush_uses(self, tx: Any) -> None:
+        """Inside a write: record the uses reads left pending, oldest first."""
+        from .sql import q_responses as q
+
+        while self._pending:
+            root = next(iter(self._pending))
+            tx.run(q.MARK_USED, tenant=self.tenant, root_id=root)
+            del self._pending[root]
+
+
+def chain_problem(rows: list[tuple]) -> str | None:
+    """Why the rows of the chain walk (n, id, previous_id, body, deleted_at, root_id, depth), root
+    first, are not one whole chain; None when they are."""
+    start = rows[-1]
+    depth = int(start[6])
+    ids = [r[1] for r in rows]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        for i in reversed(ids):  # from the start of the walk towards the root
+            if i in seen:
+                return f"a cycle of previous_response_id links through {i!r}"
+            seen.add(i)
+    top = rows[0]
+    if top[2] is not None:
+        if len(rows) > min(depth + 1, MAX_CHAIN):  # the walk ran into its bound
+            return f"the chain is longer than its recorded depth {depth}"
+        return f"response {top[1]!r} names previous_response_id {top[2]!r}, which is missing"
+    if len(rows) != depth + 1:
+        return f"the chain has {len(rows)} links but its recorded depth is {depth}"
+    root = top[1]
+    for r in rows:
+        if r[5] != root:
+            return f"response {r[1]!r} records root {r[5]!r}, not {root!r}"
+    return None
