@@ -32,6 +32,8 @@ _EXPORTS = {
     "remove": "planner",
     "Item": "sessions",
     "Page": "page",
+    "ResponseInfo": "responses",
+    "ResponseStore": "responses",
     "SessionInfo": "sessions",
     "SessionStore": "sessions",
 }
@@ -44,6 +46,8 @@ __all__ = [
     "Item",
     "NotFound",
     "Page",
+    "ResponseInfo",
+    "ResponseStore",
     "Plan",
     "State",
     "StateCorrupted",
@@ -70,6 +74,7 @@ if TYPE_CHECKING:
         StorageError,
     )
     from .page import Page
+    from .responses import ResponseInfo, ResponseStore
     from .planner import Plan, apply, plan, remove
     from .sessions import Item, SessionInfo, SessionStore
     from .store import State, StateStore
