@@ -157,3 +157,23 @@ def guarded() -> Iterator[None]:
             if not _critical:
                 _pending.clear()
             _uninstall()
+
+
+_last_commit: list[str] = []  # what this process last committed (set by the write paths), for the message
+
+
+def note_committed(what: str) -> None:
+    """A write path says what it committed ("state.json is at serial 5"): a signal that arrives
+    afterwards, outside any write, is then reported as arriving after that commit."""
+    _last_commit[:] = [what]
+
+
+def outside(e: KeyboardInterrupt) -> Interrupted:
+    """The Interrupted error for a signal that arrived outside any write (the CLI's last resort)."""
+    signum = getattr(e, "signal_number", signal.SIGINT)
+    name = NAMES.get(signum, f"signal {signum}")
+    if _last_commit:
+        return Interrupted(f"interrupted by {name} after the write completed: {_last_commit[0]}",
+                           signal_number=signum, outcome="committed")
+    return Interrupted(f"interrupted by {name} outside any write: nothing was written or half-written",
+                       signal_number=signum, outcome="abandoned")

@@ -286,7 +286,7 @@ class StateStore:
             except KeyboardInterrupt as e:
                 committed = committed or getattr(e, "outcome", None) == "committed"
                 raise signals.interrupted(
-                    e, "write", committed=f"{STATE_NAME} is at serial {state.serial}" if committed and state else None,
+                    e, "write", committed=f"{self.state_path} is at serial {state.serial}" if committed and state else None,
                     locked=locked,
                 ) from None
 
@@ -333,6 +333,7 @@ class StateStore:
         if loaded.source == "backup":
             log.warning("recovery persisted: %s restored from backup as serial %d", self.state_path, serial)
         state._set(serial=serial, updated_at=updated_at, format_version=codec.FORMAT_VERSION, changed=True)
+        signals.note_committed(f"{self.state_path} is at serial {serial}")
         return True
 
     # -- lock management and checks ---------------------------------------------------------

@@ -49,4 +49,12 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point (the ``agentstate`` console script). Exits with the documented exit code."""
-    typer.main.get_command(app).main(args=sys.argv[1:] if argv is None else argv, prog_name="agentstate")
+    from .. import signals
+
+    signals.install()  # SIGINT/SIGTERM: a write finishes or is abandoned cleanly; exit 130/143, one line
+    try:
+        typer.main.get_command(app).main(args=sys.argv[1:] if argv is None else argv, prog_name="agentstate")
+    except KeyboardInterrupt as e:  # between commands' own handling (parsing, start-up)
+        err = signals.outside(e)
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(err.exit_code)

@@ -471,9 +471,11 @@ def run(body: Callable[[Opts], int | None]) -> None:
         add_hint(e)
         _traceback(opts)
         _fail(opts, e.code, str(e), e.exit_code, e.to_dict())
-    except KeyboardInterrupt:
-        _fail(opts, "interrupted", "interrupted; the stored state is unchanged unless the write had completed",
-              130, {})
+    except KeyboardInterrupt as e:  # SIGINT/SIGTERM outside any write (a write turns it into Interrupted)
+        from ..signals import outside
+
+        err = outside(e)
+        _fail(opts, err.code, str(err), err.exit_code, err.to_dict())
     except BrokenPipeError:
         os._exit(1)
     except OSError as e:
