@@ -1,26 +1,27 @@
-"""The store lock: a kernel flock on ``state.json.lock`` plus a holder record inside it.
+"""The store lock: an exclusive kernel ``flock`` on a lock file, plus a holder record for people.
 
-The kernel's lock is the authority: a holder that dies releases it at once. The record
-(lock ID, PID, host, boot and PID-namespace identity, process start, operation, version,
-acquired-at, heartbeat, lock mode) is written and fsynced right after acquiring; it says
-who holds the lock, for error messages, ``lock status`` and ``force-unlock``. A released
-lock has an empty record.
+The kernel is the only authority. A process holds the lock exactly while it holds the flock;
+the kernel releases it the instant the holder exits, however it exits. The lock file is
+created once (0600, ``O_NOFOLLOW``) and never unlinked or replaced: not on release, not by
+``force_unlock``, not ever while anybody may hold it, so every process locks the same inode.
 
-The record also covers what the kernel cannot see. On filesystems without working flock
-the lock falls back to an exclusive-create ("soft") lock file whose record is the lock.
-A record left behind is stale when its holder is provably gone: on this machine, its PID
-is gone, a zombie, or reused (another process start time); written before this machine's
-last boot (another boot ID); on another host, its heartbeat is older than ``stale_after``.
-A live holder is never broken for being slow: while it holds the lock a daemon thread
-refreshes its heartbeat. A stale record is broken with a WARNING. In flock mode, a record
-that is not stale and that the kernel cannot vouch for (a soft-mode holder, a holder on
-another host) is respected: the waiter keeps waiting.
+The holder record (who holds it: lock ID, PID, host, boot ID, PID namespace, process start,
+operation, version, acquired-at) is for error messages, ``lock status`` and doctor, never
+for deciding who holds the lock. It is written in place after acquiring (no fsync: after a
+crash nobody holds the lock anyway) and blanked before unlocking. docs/format.md section 5
+gives the layout.
 
-Waiting is a blocking flock in a helper thread, so a release wakes the next waiter at
-once (no poll interval); the caller waits on an Event with the timeout.
+Waiting: in the main thread, a blocking ``flock`` interrupted by a one-shot ``ITIMER_REAL``
+(SIGALRM) at the deadline, so a release hands the lock over at once and nothing outlives the
+call; elsewhere (other threads, or a program that uses SIGALRM itself), ``LOCK_NB`` attempts
+with a back-off capped at 2 ms. No helper thread, no descriptor outlives a call.
 
-Fork safety: a forked child never releases or refreshes its parent's lock, and closes its
-copies of the lock descriptors so that it cannot keep the lock alive after the parent dies.
+Where flock does not work (ENOLCK, EOPNOTSUPP, EINVAL, ENOSYS), or on a filesystem whose flock
+is not shared between the hosts that may mount it (``UNSHARED_FLOCK``), the lock refuses with
+one StorageError line: a store there could be written by two hosts at once.
+
+Fork safety: a forked child closes its copies of every lock descriptor (a copy would keep the
+flock alive after its parent died) and never unlocks or blanks its parent's lock.
 """
 
 from __future__ import annotations
@@ -29,45 +30,40 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shlex
+import signal
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from ._version import __version__
 from .duration import parse_duration
-from .errors import ConflictError, InvalidInput, NotFound, StateLocked
-from .fileio import NO_LINK, OsFiles, write_all, write_all_at
+from .errors import ConflictError, NotFound, StateLocked, StorageError
+from .fileio import OsFiles, io_error, write_all_at
 
 log = logging.getLogger("agentstate.lock")
 
+__all__ = ["DEFAULT_TIMEOUT", "UNSHARED_FLOCK", "Holder", "Lock", "parse_duration"]
+
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_STALE_AFTER = 300.0
+RECORD_BLOCK = 512  # the record is padded to a multiple of this (and never shorter than the file)
+POLL_CAP = 0.002  # longest pause between LOCK_NB attempts when the timer cannot be used
+# Filesystem types (from /proc/self/mountinfo) refused up front: several hosts may mount them, and
+# their flock is local to each client (cifs, 9p, FUSE without lock forwarding, virtiofs and guest
+# shared folders) or depends on mount options and leases that can lapse silently (NFS).
+UNSHARED_FLOCK = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "vboxsf", "fuse"})
 _CONTENDED = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
-_RECORD_BLOCK = 512
-_NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _age(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return (_now() - datetime.fromisoformat(iso)).total_seconds()
-    except ValueError:
-        return None
+# --- who we are ----------------------------------------------------------------------------------
 
 
 def _read_text(path: str) -> str | None:
@@ -78,70 +74,48 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def boot_id() -> str | None:
-    return _read_text("/proc/sys/kernel/random/boot_id")
+def process_start(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot); None if gone or a zombie."""
+    stat = _read_text(f"/proc/{pid}/stat")
+    fields = stat.rsplit(")", 1)[-1].split() if stat else []
+    if len(fields) < 20 or fields[0] in ("Z", "X", "x"):
+        return None
+    return fields[19]
 
 
-def pid_namespace() -> str | None:
+def _pid_namespace() -> str | None:
     try:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return None
 
 
-def process_start(pid: int) -> str | None:
-    """A token that changes when a PID is reused: start ticks since boot, or psutil's create time."""
-    stat = _read_text(f"/proc/{pid}/stat")
-    if stat is not None:
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 19:
-            return fields[19]
-        return None
-    if os.path.isdir("/proc/self"):
-        return None  # Linux, and the PID is gone
+_identity: tuple[int, str, str | None, str | None, str | None] | None = None
+
+
+def _me() -> tuple[int, str, str | None, str | None, str | None]:
+    """(pid, hostname, boot ID, PID namespace, process start) of this process, read once per PID."""
+    global _identity
+    pid = os.getpid()
+    if _identity is None or _identity[0] != pid:  # a forked child is another process
+        boot = _read_text("/proc/sys/kernel/random/boot_id")
+        _identity = (pid, socket.gethostname(), boot, _pid_namespace(), process_start(pid))
+    return _identity
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _age(iso: str) -> str:
     try:
-        import psutil
-
-        return f"{psutil.Process(pid).create_time():.3f}"
-    except Exception:
-        return None
-
-
-_PID_GONE, _PID_ZOMBIE, _PID_RUNNING = "gone", "zombie", "running"
+        s = (datetime.now(UTC) - datetime.fromisoformat(iso.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return ""
+    return f" ({s:.1f}s ago)" if s < 10 else f" ({s:.0f}s ago)"
 
 
-def _pid_state(pid: int) -> str:
-    """``running``, ``zombie`` (exited, not yet reaped: it holds nothing) or ``gone``."""
-    if pid <= 0:
-        return _PID_GONE
-    stat = _read_text(f"/proc/{pid}/stat")
-    if stat is not None:
-        fields = stat.rsplit(")", 1)[-1].split()
-        if not fields:
-            return _PID_GONE
-        return _PID_ZOMBIE if fields[0] in ("Z", "X", "x") else _PID_RUNNING
-    if os.path.isdir("/proc/self"):
-        return _PID_GONE  # Linux, and the PID is gone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return _PID_GONE
-    except PermissionError:
-        return _PID_RUNNING
-    except OSError:
-        return _PID_GONE
-    try:
-        import psutil
-
-        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            return _PID_ZOMBIE
-    except Exception:
-        pass
-    return _PID_RUNNING
-
-
-def pid_alive(pid: int) -> bool:
-    return _pid_state(pid) == _PID_RUNNING
+# --- the holder record -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -153,268 +127,234 @@ class Holder:
     hostname: str
     operation: str
     acquired_at: str
-    heartbeat_at: str
     version: str = __version__
     boot_id: str | None = None
     pid_namespace: str | None = None
     process_start: str | None = None
-    mode: str | None = None  # "flock" or "soft": whether the kernel lock backs this record
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown fields, kept when parsing
 
     @classmethod
-    def mine(cls, operation: str, mode: str | None = None) -> Holder:
-        now = _iso(_now())
-        pid, host, boot, ns, start = _my_identity()
-        return cls(
-            lock_id=str(uuid.uuid4()),
-            pid=pid,
-            hostname=host,
-            operation=operation,
-            acquired_at=now,
-            heartbeat_at=now,
-            boot_id=boot,
-            pid_namespace=ns,
-            process_start=start,
-            mode=mode,
-        )
+    def mine(cls, operation: str) -> Holder:
+        pid, host, boot, ns, start = _me()
+        return cls(str(uuid.uuid4()), pid, host, operation, _now_iso(), __version__, boot, ns, start)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in _RECORD_FIELDS}
+        return {f: getattr(self, f) for f in _FIELDS}
 
     def to_bytes(self) -> bytes:
         import orjson
 
-        return orjson.dumps(self.to_dict()) + b"\n"
+        return orjson.dumps(self.to_dict())
 
     @classmethod
     def parse(cls, data: bytes | str | None) -> Holder | None:
-        """The record in ``data``, or None if it is empty or not a holder record."""
+        """The record in ``data``; None if it is blank (a free lock) or not a holder record."""
         if not data or not data.strip():
             return None
         import orjson
 
         try:
             d = orjson.loads(data)
-            if not isinstance(d, dict):
-                return None
             pid = d["pid"]
-            if isinstance(pid, bool) or not isinstance(pid, int):
+            if type(pid) is not int:
                 return None
-
-            def opt(key: str) -> str | None:
-                v = d.get(key)
-                return None if v is None else str(v)
-
-            known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-            return cls(
-                lock_id=str(d["lock_id"]),
-                pid=pid,
-                hostname=str(d["hostname"]),
-                operation=str(d.get("operation", "?")),
-                acquired_at=str(d.get("acquired_at", "")),
-                heartbeat_at=str(d.get("heartbeat_at") or d.get("acquired_at", "")),
-                version=str(d.get("version", "?")),
-                boot_id=opt("boot_id"),
-                pid_namespace=opt("pid_namespace"),
-                process_start=opt("process_start"),
-                mode=opt("mode"),
-                extra={k: v for k, v in d.items() if k not in known},
-            )
-        except Exception:
+            opt = {k: None if d.get(k) is None else str(d[k]) for k in ("boot_id", "pid_namespace", "process_start")}
+            return cls(str(d["lock_id"]), pid, str(d["hostname"]), str(d.get("operation", "?")),
+                       str(d.get("acquired_at", "")), str(d.get("version", "?")), **opt,
+                       extra={k: v for k, v in d.items() if k not in _FIELDS})
+        except Exception:  # noqa: BLE001 - any garbage means "no record"
             return None
-
-    # -- where and whether the holder runs ------------------------------------------------
-
-    def same_kernel(self) -> bool | None:
-        """Whether the holder ran under this running kernel (whose flock we can trust): True, False, or None."""
-        mine = boot_id()
-        if self.boot_id and mine:
-            return self.boot_id == mine
-        return True if self.hostname == socket.gethostname() else None
-
-    def same_machine(self) -> bool | None:
-        """True: this machine and boot, PIDs comparable. False: provably an earlier boot. None: can't tell."""
-        mine = boot_id()
-        here = self.hostname == socket.gethostname()
-        if self.boot_id and mine:
-            if self.boot_id != mine:
-                return False if here else None  # this host before its last boot, or another host
-        elif not here:
-            return None
-        if self.pid_namespace and pid_namespace() and self.pid_namespace != pid_namespace():
-            return None  # another PID namespace: its PIDs mean nothing here
-        return True
-
-    def liveness(self) -> tuple[bool | None, str]:
-        """(alive, why): True/False when the holder can be probed on this machine, None when it can't."""
-        here = self.same_machine()
-        if here is False:
-            return False, f"it was written before this machine's last boot (boot ID {self.boot_id})"
-        if here is None:
-            return None, "it runs on another host or in another PID namespace"
-        state = _pid_state(self.pid)
-        if state == _PID_GONE:
-            return False, "its process is gone"
-        if state == _PID_ZOMBIE:
-            return False, "its process has exited (a zombie)"
-        if self.process_start is not None:
-            current = process_start(self.pid)
-            if current is not None and current != self.process_start:
-                return False, (
-                    f"its PID was reused by another process (start {current}, recorded {self.process_start})"
-                )
-        return True, "its process is alive"
 
     def alive(self) -> bool | None:
-        """Whether the holder process still runs: True, False, or None when it can't be probed."""
-        return self.liveness()[0]
-
-    def stale_reason(self, stale_after: float) -> str | None:
-        """Why this record is stale, or None if it may still be held. A live holder is never stale."""
-        alive, why = self.liveness()
-        if alive is False:
-            return why
-        if alive is True:
-            return None  # never broken for being slow
-        age = _age(self.heartbeat_at)
-        if age is not None and age > stale_after:
-            return f"{why} and its last heartbeat was {age:.0f}s ago (stale after {stale_after:g}s)"
-        return None
-
-    def stale(self, stale_after: float) -> bool:
-        return self.stale_reason(stale_after) is not None
+        """Whether the holder process still runs: True/False when it ran under this kernel (same boot
+        ID) in this PID namespace, else None (unknown: another host, boot or namespace)."""
+        _, _, boot, ns, _ = _me()
+        if not boot or not ns or self.boot_id != boot or self.pid_namespace != ns:
+            return None
+        start = process_start(self.pid)
+        return start is not None and (self.process_start is None or start == self.process_start)
 
     def describe(self) -> str:
-        age = _age(self.acquired_at)
-        since = f"since {self.acquired_at}" + (f" ({_fmt_age(age)} ago)" if age is not None else "")
-        return f"PID {self.pid} on {self.hostname} ({self.operation}, {since}, lock ID {self.lock_id})"
+        return (f"PID {self.pid} on {self.hostname} ({self.operation}, since {self.acquired_at}"
+                f"{_age(self.acquired_at)}, lock ID {self.lock_id})")
 
 
-_RECORD_FIELDS = tuple(f for f in Holder.__dataclass_fields__ if f != "extra")
-_identity: tuple[int, str, str | None, str | None, str | None] | None = None
+_FIELDS = tuple(f for f in Holder.__dataclass_fields__ if f != "extra")
 
 
-def _my_identity() -> tuple[int, str, str | None, str | None, str | None]:
-    """(pid, hostname, boot ID, PID namespace, process start) of this process, read once per PID."""
-    global _identity
-    pid = os.getpid()
-    if _identity is None or _identity[0] != pid:  # a forked child is another process
-        _identity = (pid, socket.gethostname(), boot_id(), pid_namespace(), process_start(pid))
-    return _identity
+# --- the filesystem --------------------------------------------------------------------------------
+
+_fs_cache: dict[int, tuple[str, str]] = {}  # st_dev -> (filesystem type, mount point)
+_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def _fmt_age(age: float | None) -> str:
-    if age is None:
-        return "?"
-    return f"{age:.1f}s" if age < 10 else f"{age:.0f}s"
+def _filesystem(directory: str) -> tuple[str, str] | None:
+    """(type, mount point) of the filesystem holding ``directory``, from /proc/self/mountinfo."""
+    try:
+        dev = os.stat(directory).st_dev
+    except OSError:
+        return None
+    if dev in _fs_cache:
+        return _fs_cache[dev]
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(directory)
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    best: tuple[bool, int, str, str] | None = None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        parts, tail = left.split(), right.split()
+        if not sep or len(parts) < 5 or not tail:
+            continue
+        point = _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), parts[4])
+        if not (real == point or real.startswith(point.rstrip("/") + "/")):
+            continue
+        key = (parts[2] == want, len(point), tail[0], point)  # same device first, then the deepest mount
+        if best is None or key[:2] >= best[:2]:
+            best = key
+    if best is None:
+        return None
+    _fs_cache[dev] = best[2], best[3]
+    return _fs_cache[dev]
 
 
-# --- process-wide bookkeeping: heartbeats, and descriptors to drop in a forked child ---------
-
-_held: dict[int, Lock] = {}  # locks this process holds, refreshed by the heartbeat thread
-_held_guard = threading.Condition()
-_beater: threading.Thread | None = None
-_fds: dict[int, object] = {}  # every open lock descriptor -> the Lock that owns it
-
-
-def _beat_interval(stale_after: float) -> float:
-    return min(60.0, max(0.1, stale_after / 5))
+def _unsupported(path: str, fs: tuple[str, str] | None, why: str) -> StorageError:
+    where = f"the {fs[0]} filesystem at {fs[1]}" if fs else "this filesystem"
+    return StorageError(
+        f"cannot lock {path}: {why} on {where}; agentstate never writes without its lock: keep the store "
+        "in a directory on a local filesystem, or use the PostgreSQL backend (--url postgresql://...)",
+        path=path, filesystem=fs[0] if fs else None,
+    )
 
 
-def _beat_loop() -> None:
-    while True:
-        with _held_guard:
-            wait = min((_beat_interval(lk.stale_after) for lk in _held.values()), default=1.0)
-            _held_guard.wait(timeout=min(1.0, wait / 2))
-            locks = list(_held.values())
-        for lk in locks:
-            try:
-                lk._maybe_heartbeat()
-            except Exception:  # never let the heartbeat thread die
-                log.debug("heartbeat failed", exc_info=True)
+def check_filesystem(path: str) -> None:
+    """StorageError if the filesystem holding ``path`` is one whose flock other hosts do not see."""
+    fs = _filesystem(os.path.dirname(path) or ".")
+    if fs and (fs[0] in UNSHARED_FLOCK or fs[0].startswith("fuse.")):
+        raise _unsupported(path, fs, "flock is not shared between the hosts that mount it")
 
 
-def _register(lk: Lock) -> None:
-    global _beater
-    with _held_guard:
-        _held[id(lk)] = lk
-        if _beater is None or not _beater.is_alive():
-            _beater = threading.Thread(target=_beat_loop, name="agentstate-heartbeat", daemon=True)
-            _beater.start()
-        _held_guard.notify_all()
+# --- descriptors, and what a forked child does with them --------------------------------------------
 
-
-def _unregister(lk: Lock) -> None:
-    with _held_guard:
-        _held.pop(id(lk), None)
-
-
-def _track(fd: int, owner: object) -> int:
-    _fds[fd] = owner
-    return fd
-
-
-def _close_fd(fd: int, owner: object) -> None:
-    """Close ``fd`` if ``owner`` still owns it (in a forked child it was closed already)."""
-    if _fds.get(fd) is owner:
-        del _fds[fd]
-        os.close(fd)
+_fds: set[int] = set()  # every lock-file descriptor this module has open
 
 
 def _after_fork_in_child() -> None:
-    """A child never releases or refreshes its parent's locks, and drops its copies of their descriptors:
-    a flock lives as long as any copy of the descriptor, so a child that kept one would hold the lock
-    after its parent died."""
-    global _beater, _held_guard
-    for lk in list(_held.values()):
-        lk._io = threading.Lock()  # the heartbeat thread may have held it at fork time
-        lk._fd = None
+    """A flock lives as long as any copy of its descriptor: a child keeping one would hold the lock
+    after its parent died. Close them (this never unlocks: the parent keeps its lock)."""
     for fd in list(_fds):
         try:
             os.close(fd)
         except OSError:
             pass
     _fds.clear()
-    _held.clear()
-    _beater = None
-    _held_guard = threading.Condition()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _NoFlock(Exception):
+def _close(fd: int) -> None:
+    _fds.discard(fd)
+    os.close(fd)
+
+
+def _try(fd: int, op: int = fcntl.LOCK_EX) -> bool:
+    """One non-blocking attempt; False if someone else holds it."""
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in _CONTENDED:
+            return False
+        raise
+
+
+class _Expired(Exception):
     pass
 
 
-class Lock:
-    """Exclusive lock on a store. ``acquire(timeout, operation)`` then ``release()``, or ``with``."""
+def _on_alarm(signum: int, frame: object) -> None:
+    raise _Expired
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        files: OsFiles | None = None,
-        stale_after: float | str = DEFAULT_STALE_AFTER,
-        mode: str | None = None,
-    ) -> None:
+
+def _checkpoint() -> None:
+    """Entering a Python function runs any signal handler already due (here: a late SIGALRM)."""
+
+
+def _alarm_usable() -> bool:
+    """The timer can interrupt a blocking flock only in the main thread, and only if nobody else
+    uses SIGALRM or ITIMER_REAL (we would break their timer)."""
+    return (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
+            and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0))
+
+
+def _wait(fd: int, deadline: float) -> bool:
+    """Block until the kernel hands us the lock (True) or the deadline passes (False)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return _try(fd)
+    if not _alarm_usable():
+        pause = 0.0001
+        while True:
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            if _try(fd):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            pause = min(pause * 2, POLL_CAP)
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-6))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                _checkpoint()
+            return True
+        except _Expired:
+            return _try(fd)  # the alarm may have rung just after the flock succeeded: ask again
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --- the lock -----------------------------------------------------------------------------------------
+
+
+class Lock:
+    """Exclusive lock on a lock file. ``acquire(timeout, operation)`` then ``release()``, or ``with``."""
+
+    def __init__(self, path: str | os.PathLike[str], *, files: OsFiles | None = None) -> None:
         self.path = os.fspath(path)
         self.files = files or OsFiles()
-        self.stale_after = parse_duration(stale_after, "stale threshold")
-        self.mode = mode or os.environ.get("AGENTSTATE_LOCK_MODE") or "auto"
-        if self.mode not in ("auto", "flock", "soft"):
-            raise InvalidInput(f"unknown lock mode {self.mode!r} (auto, flock or soft)")
         self.holder: Holder | None = None
         self._fd: int | None = None
-        self._record_size = _RECORD_BLOCK
-        self._owner_pid: int | None = None
-        self._acquired_mono = 0.0
-        self._last_beat = 0.0
-        self._io = threading.Lock()
-        self._lost_warned = False
-        self._soft_link: bool | None = None  # whether soft records can be published with link()
+        self._size = RECORD_BLOCK
+        self._owner_pid = 0
+        self._acquired = 0.0
 
-    # -- public ------------------------------------------------------------------------
+    @property
+    def held(self) -> bool:
+        return self.holder is not None and os.getpid() == self._owner_pid
+
+    def __enter__(self) -> Lock:
+        if not self.held:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _status_command(self) -> str | None:
+        if os.path.basename(self.path) != "state.json.lock":
+            return None
+        return f"agentstate lock status --dir {shlex.quote(os.path.dirname(self.path) or '.')}"
+
+    # -- acquire and release ---------------------------------------------------------------------
 
     def acquire(
         self,
@@ -425,553 +365,242 @@ class Lock:
         """Take the lock within ``timeout`` seconds (0 = one attempt) or raise StateLocked.
 
         ``on_wait(holder)`` is called once if the lock is busy, with the current holder record (or None).
-        """
-        if self.holder is not None:
+        Other failures are StorageError."""
+        if self.held:
             raise RuntimeError("lock already held by this object")
         timeout = parse_duration(timeout, "lock timeout")
         start = time.monotonic()
         deadline = start + timeout
-        wait = _Wait(self, on_wait)
-        me: Holder | None = None
-        if self.mode != "soft":
+        check_filesystem(self.path)
+        waited = False
+        while True:
+            fd = self._open(create=True)
             try:
-                me = self._acquire_flock(operation, deadline, timeout, wait)
-            except _NoFlock:
-                log.warning("flock is not supported on %s; using an exclusive-create lock file", self.path)
-                self.mode = "soft"
-        if me is None:
-            me = self._acquire_soft(operation, deadline, timeout, wait)
-        self.holder = me
-        self._owner_pid = os.getpid()
-        self._lost_warned = False
-        self._acquired_mono = self._last_beat = time.monotonic()
-        _register(self)
-        if wait.started:
-            log.info(
-                "lock acquired by PID %d after waiting %.3fs (%s, lock ID %s)",
-                me.pid, self._acquired_mono - start, operation, me.lock_id,
-            )
+                if not self._flock(fd, fcntl.LOCK_EX):
+                    if not waited:
+                        waited = True
+                        self._announce(fd, on_wait)
+                    if not self._flock(fd, fcntl.LOCK_EX, deadline):
+                        self._timed_out(fd, timeout)
+                st = self._same_inode(fd)
+                if st is not None:
+                    break
+                # The path was unlinked or replaced while we waited (by hand: agentstate never does):
+                # a lock on the old inode excludes nobody who opens the path now. Start again.
+                log.warning("lock file %s was replaced while waiting for it; locking the new one", self.path)
+            except BaseException:
+                _close(fd)  # closing drops the flock, if we got it
+                raise
+            _close(fd)
+        me = Holder.mine(operation)
+        body = me.to_bytes()
+        size = max(-(-(len(body) + 1) // RECORD_BLOCK) * RECORD_BLOCK, st.st_size)
+        try:
+            previous = Holder.parse(os.pread(fd, st.st_size, 0)) if st.st_size else None
+            write_all_at(self.files, fd, body + b" " * (size - len(body) - 1) + b"\n", 0)
+        except BaseException as e:
+            self._blank_unlock_close(fd, size)
+            if isinstance(e, OSError):
+                raise io_error("write the holder record to", self.path, e) from None
+            raise
+        if previous is not None:
+            log.warning("stale lock record overwritten: %s ended without releasing the lock (the kernel freed it)",
+                        previous.describe())
+        self._fd, self._size, self.holder = fd, size, me
+        self._owner_pid, self._acquired = me.pid, time.monotonic()
+        if waited:
+            log.info("lock %s acquired by PID %d after waiting %.1f ms (%s, lock ID %s)",
+                     self.path, me.pid, (self._acquired - start) * 1000, operation, me.lock_id)
         else:
-            log.info("lock acquired by PID %d (%s, lock ID %s)", me.pid, operation, me.lock_id)
+            log.info("lock %s acquired by PID %d (%s, lock ID %s)", self.path, me.pid, operation, me.lock_id)
         return me
 
     def release(self) -> None:
-        """Release the lock. In a forked child this only forgets the parent's lock; it never unlocks it."""
-        if self.holder is None:
+        """Blank the record, unlock, close. In a forked child: only forget (never unlock the parent's lock)."""
+        holder, fd = self.holder, self._fd
+        if holder is None:
             return
-        _unregister(self)
-        held = time.monotonic() - self._acquired_mono
-        mine = os.getpid() == self._owner_pid
-        with self._io:
-            holder, self.holder = self.holder, None
-            fd, self._fd = self._fd, None
-            try:
-                if mine and self.mode == "soft":
-                    self._release_soft(holder)
-                elif mine and fd is not None:
-                    try:  # a free lock has a blank record
-                        write_all_at(self.files, fd, b" " * (self._record_size - 1) + b"\n", 0)
-                    except OSError:
-                        pass  # the next holder sees the record, and the kernel says it is free
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                if fd is not None:
-                    _close_fd(fd, self)
-        if mine:
-            log.info("lock released by PID %d after holding it %.3fs (lock ID %s)", holder.pid, held, holder.lock_id)
+        self.holder, self._fd = None, None
+        if os.getpid() != self._owner_pid:
+            return  # the child's copy of the descriptor was closed at fork
+        assert fd is not None
+        self._blank_unlock_close(fd, self._size)
+        log.info("lock %s released by PID %d after holding it %.1f ms (lock ID %s)",
+                 self.path, holder.pid, (time.monotonic() - self._acquired) * 1000, holder.lock_id)
 
-    @property
-    def held(self) -> bool:
-        return self.holder is not None and os.getpid() == self._owner_pid
-
-    def __enter__(self) -> Lock:
-        if self.holder is None:
-            self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def _read_record(self) -> tuple[int | None, Holder | None]:
-        """(inode, record) of the lock file; (None, None) if there is none."""
+    def _blank_unlock_close(self, fd: int, size: int) -> None:
+        """The release order: the record is blank before anyone else can hold the lock."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            return None, None
-        try:
-            return os.fstat(fd).st_ino, Holder.parse(os.pread(fd, 65536, 0))
-        finally:
-            os.close(fd)
-
-    def read_holder(self) -> Holder | None:
-        try:
-            return Holder.parse(self.files.read(self.path))
-        except OSError:
-            return None
-
-    def status(self) -> dict[str, Any]:
-        """{"path", "mode", "held", "holder", "last_holder", "holder_alive", "stale", "stale_reason"}.
-
-        Takes no lock. ``holder`` is the record of a current holder; ``last_holder`` one left behind by a
-        holder that did not release (the lock is free). ``holder_alive`` is None when it can't be probed.
-        """
-        holder = self.read_holder()
-        kernel = None if self.mode == "soft" else self._probe_held()
-        if kernel is None:
-            held = os.path.lexists(self.path)
-        else:
-            held = kernel or (holder is not None and self._record_blocks(holder))
-        alive = holder.alive() if holder else None
-        reason = None
-        if held and holder is not None:
-            reason = holder.stale_reason(self.stale_after)
-        elif held and kernel is None and self._record_abandoned():
-            reason = f"the lock file has held no valid record for more than {self.stale_after:g}s"
-        return {
-            "path": self.path,
-            "mode": self.mode,
-            "held": held,
-            "holder": holder.to_dict() if holder and held else None,
-            "last_holder": holder.to_dict() if holder and not held else None,
-            "holder_alive": alive,
-            "stale": reason is not None,
-            "stale_reason": reason,
-        }
-
-    def force_unlock(self, lock_id: str, force: bool = False) -> Holder:
-        """Remove the lock if ``lock_id`` names its current holder record.
-
-        ConflictError (exit 5) if it names another holder; StateLocked (exit 3) if that holder is alive on
-        this machine, unless ``force``; NotFound (exit 6) if no holder is recorded.
-        """
-        if self.mode != "soft":
             try:
-                return self._force_unlock_flock(lock_id, force)
-            except _NoFlock:
-                pass
-        holder = self.read_holder()
-        self._check_unlock(holder, lock_id, force)
-        assert holder is not None
-        if not self._take_aside(holder):
-            raise ConflictError(
-                f"the lock {self.path} changed hands meanwhile; nothing was removed",
-                hint="check `agentstate lock status`",
-            )
-        log.warning("lock force-unlocked: removed %s held by %s", self.path, holder.describe())
-        return holder
-
-    # -- flock -------------------------------------------------------------------------
-
-    def _open_locked(self, blocking: bool, abandoned: Callable[[], bool] | None = None) -> int | None:
-        """Open the lock file and flock it; None if contended (or ``abandoned()`` while retrying).
-        Retries if the file was replaced meanwhile."""
-        while True:
-            existed = os.path.lexists(self.path)
-            fd = _track(self.files.open_rw(self.path), self)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except OSError as e:
-                _close_fd(fd, self)
-                if e.errno in _NO_FLOCK:
-                    if not existed:
-                        self._take_aside(None)  # leave no empty lock file behind: soft mode takes over
-                    raise _NoFlock() from e
-                if e.errno in _CONTENDED:
-                    return None
-                raise
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                return fd
-            _close_fd(fd, self)  # force-unlocked (unlinked) meanwhile: lock the new file instead
-            if abandoned is not None and abandoned():
-                return None  # a waiter that timed out must not queue on the new file
-
-    def _unlock_close(self, fd: int) -> None:
-        try:
+                write_all_at(self.files, fd, b" " * (size - 1) + b"\n", 0)
+            except OSError as e:  # the next holder overwrites it; the kernel says it is free
+                log.warning("could not blank the holder record in %s: %s", self.path, e)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            _close_fd(fd, self)
+            _close(fd)
 
-    def _record_blocks(self, previous: Holder) -> bool:
-        """With the kernel lock free: must this record still be respected?
+    # -- inspection ----------------------------------------------------------------------------------
 
-        A holder that used flock under this running kernel is gone (the kernel released its lock). A holder
-        the kernel cannot vouch for (a soft-mode holder, a holder on another host) counts until it is stale.
-        """
-        if previous.mode != "soft" and previous.same_kernel() is True:
-            return False
-        return previous.stale_reason(self.stale_after) is None
-
-    def _acquire_flock(self, operation: str, deadline: float, timeout: float, wait: _Wait) -> Holder:
-        pause = 0.002
-        while True:
-            fd = self._open_locked(blocking=False)
-            if fd is None:
-                wait.start(self.read_holder)
-                fd = self._wait_flock(deadline)
-                if fd is None:
-                    self._timed_out(timeout)
-            try:
-                previous = Holder.parse(os.pread(fd, 65536, 0))
-                blocker = previous if previous is not None and self._record_blocks(previous) else None
-                if blocker is None:
-                    if previous is not None:
-                        _alive, why = previous.liveness()
-                        self._log_broken(previous, f"the kernel released its lock: {why}"
-                                         if previous.same_kernel() else previous.stale_reason(self.stale_after))
-                    me = Holder.mine(operation, "flock")
-                    self._write_record(fd, me)
-                    self._fd = fd
-                    return me
-            except BaseException:
-                self._unlock_close(fd)
-                raise
-            # A live holder the kernel cannot see: keep waiting for it (polling: nothing will wake us).
-            self._unlock_close(fd)
-            wait.start(lambda b=blocker: b)
-            pause = self._back_off(deadline, timeout, pause, 0.05)
-
-    def _wait_flock(self, deadline: float) -> int | None:
-        """Block in a helper thread until the kernel hands us the lock, or until the deadline."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+    def read_holder(self) -> Holder | None:
+        """The record in the lock file now (None: blank, missing or garbled). Not proof of anything."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW)
+        except OSError:
             return None
-        done = threading.Event()
-        guard = threading.Lock()
-        box: dict[str, Any] = {}
-
-        def wait() -> None:
-            try:
-                fd = self._open_locked(blocking=True, abandoned=lambda: bool(box.get("abandoned")))
-            except BaseException as e:  # pragma: no cover - reported to the caller
-                with guard:
-                    box["error"] = e
-                done.set()
-                return
-            if fd is None:
-                return
-            with guard:
-                if box.get("abandoned"):
-                    self._unlock_close(fd)  # nobody wants it any more: pass it on at once
-                    return
-                box["fd"] = fd
-            done.set()
-
-        threading.Thread(target=wait, name="agentstate-lock-wait", daemon=True).start()
-        done.wait(remaining)
-        with guard:
-            if "fd" in box:
-                return box["fd"]
-            if "error" in box:
-                raise box["error"]
-            box["abandoned"] = True
-        return None
-
-    def _write_record(self, fd: int, holder: Holder) -> None:
-        """Write the record in place, padded with spaces to a multiple of 512 bytes, and fsync it.
-
-        Keeping the size fixed makes the write an overwrite (no truncate, no size change), which
-        costs a third of truncate+write+fsync; release blanks it the same way."""
-        body = holder.to_bytes().rstrip(b"\n")
-        size = -(-(len(body) + 1) // _RECORD_BLOCK) * _RECORD_BLOCK
-        data = body.ljust(size - 1) + b"\n"
-        write_all_at(self.files, fd, data, 0)
-        if os.fstat(fd).st_size != size:
-            self.files.truncate(fd, size)
-        self.files.fsync(fd)
-        self._record_size = size
-
-    def _force_unlock_flock(self, lock_id: str, force: bool) -> Holder:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            raise NotFound(f"no lock file at {self.path}", hint="nothing to unlock") from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                free = True
-            except OSError as e:
-                if e.errno in _NO_FLOCK:
-                    raise _NoFlock() from e
-                if e.errno not in _CONTENDED:
-                    raise
-                free = False
-            holder = Holder.parse(os.pread(fd, 65536, 0))
-            if free and holder is not None and not self._record_blocks(holder):
-                # Nobody holds the lock; the record was left by a holder that did not release. Clear it.
-                self._check_unlock(holder, lock_id, force=True)
-                self.files.truncate(fd, 0)
-                self.files.fsync(fd)
-                log.warning("lock record cleared: %s was free; its record named %s", self.path, holder.describe())
-                return holder
-            self._check_unlock(holder, lock_id, force)
-            assert holder is not None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.files.unlink(self.path)  # the holder keeps its flock on the old file, alone
-            log.warning("lock force-unlocked: removed %s held by %s", self.path, holder.describe())
-            return holder
+            return Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
+        except OSError:
+            return None
         finally:
             os.close(fd)
 
-    def _check_unlock(self, holder: Holder | None, lock_id: str, force: bool) -> None:
-        if holder is None:
-            raise NotFound(f"no lock holder is recorded in {self.path}", hint="nothing to unlock")
-        if holder.lock_id != lock_id:
-            raise ConflictError(
-                f"lock ID mismatch: {self.path} is held under lock ID {holder.lock_id}, not {lock_id}",
-                hint="check `agentstate lock status`",
-                holder=holder.to_dict(),
-            )
-        if not force and holder.alive() is True:
-            raise StateLocked(
-                f"refusing to unlock: the holder is alive on this host, {holder.describe()}",
-                hint="wait for it, stop it, or add --force if you are sure",
-                holder=holder.to_dict(),
-            )
+    def status(self) -> dict[str, Any]:
+        """{"path", "held", "holder", "last_holder", "holder_alive", "stale", "next"}. Takes no lock.
 
-    # -- soft (no flock) -----------------------------------------------------------------
-
-    def _acquire_soft(self, operation: str, deadline: float, timeout: float, wait: _Wait) -> Holder:
-        pause = 0.001
-        while True:
-            me = Holder.mine(operation, "soft")
-            if self._create_soft(me):
-                return me
-            ino, current = self._read_record()
-            if ino is None:
-                continue  # released meanwhile: try again at once
-            if current is None:
-                if self._soft_link is not False:
-                    # Soft holders publish complete records with link(): an empty or garbled lock file is
-                    # no soft holder's (a flock-mode lock file, or one left by a failed probe). Remove it.
-                    if self._take_aside(None, ino):
-                        log.info("removed lock file %s: it held no holder record", self.path)
-                    continue
-                if self._record_abandoned():
-                    self._break(None, f"its lock file held no valid record for more than {self.stale_after:g}s", ino)
-                    continue
-            else:
-                reason = current.stale_reason(self.stale_after)
-                if reason is not None:
-                    self._break(current, reason, ino)
-                    continue
-            wait.start(lambda c=current: c)
-            pause = self._back_off(deadline, timeout, pause, 0.02)
-
-    def _create_soft(self, me: Holder) -> bool:
-        """Create the lock file holding ``me``'s record; False if it exists.
-
-        The record is written and fsynced into a temp file that is then linked into place, so the lock
-        file is never seen empty. Where hard links are not supported: exclusive create, then write.
-        """
-        data = me.to_bytes()
-        if self._soft_link is not False:
-            tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:12]}"
-            fd = self.files.create(tmp)
-            try:
-                try:
-                    write_all(self.files, fd, data)
-                    self.files.fsync(fd)
-                finally:
-                    self.files.close(fd)
-                try:
-                    self.files.link(tmp, self.path)
-                except FileExistsError:
-                    return False
-                except OSError as e:
-                    if e.errno not in NO_LINK:
-                        raise
-                    self._soft_link = False
-                else:
-                    self._soft_link = True
-                    return True
-            finally:
-                try:
-                    self.files.unlink(tmp)
-                except OSError:
-                    pass
+        ``held`` is the kernel's answer (a LOCK_NB attempt on a separate descriptor); ``holder`` the
+        record of the current holder; ``last_holder`` a record left by a holder that ended without
+        releasing (``stale``: harmless, the next holder overwrites it); ``holder_alive`` True/False for
+        a holder under this kernel and PID namespace, else None; ``next`` what to do, or None."""
+        check_filesystem(self.path)
+        held, record = False, None
         try:
-            fd = self.files.create(self.path)
-        except FileExistsError:
-            return False
-        try:
-            write_all(self.files, fd, data)
-            self.files.fsync(fd)
-        except BaseException:
-            try:
-                self.files.unlink(self.path)
-            except OSError:
-                pass
-            raise
-        finally:
-            self.files.close(fd)
-        return True
-
-    def _record_abandoned(self) -> bool:
-        """An empty/garbled lock file older than the stale threshold was left by a killed creator."""
-        try:
-            age = time.time() - os.stat(self.path).st_mtime
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW)
         except FileNotFoundError:
-            return False
-        return age > self.stale_after
-
-    def _take_aside(self, expect: Holder | None, ino: int | None = None) -> bool:
-        """Remove the lock file if it still holds ``expect``'s record (or, for None, no valid record).
-
-        Renaming it aside first makes the check and the removal one step: if it changed hands meanwhile,
-        the new holder's file is put back. ``ino``: the inode that was judged; if the lock file is another
-        one by now, it is left alone (this keeps the put-back, and its window, for rare races only).
-        """
-        if ino is not None:
-            try:
-                if os.stat(self.path, follow_symlinks=False).st_ino != ino:
-                    return False
-            except FileNotFoundError:
-                return False
-        aside = f"{self.path}.broken-{uuid.uuid4().hex[:8]}"
-        try:
-            self.files.rename(self.path, aside)
-        except FileNotFoundError:
-            return False
-        try:
-            taken = Holder.parse(self.files.read(aside))
-            if (taken is None) if expect is None else (taken is not None and taken.lock_id == expect.lock_id):
-                return True
-            try:
-                self.files.link(aside, self.path)
-            except FileExistsError:
-                log.error("lock %s changed hands while a stale lock was being broken", self.path)
-            return False
-        finally:
-            try:
-                self.files.unlink(aside)
-            except FileNotFoundError:
-                pass
-
-    def _break(self, stale: Holder | None, reason: str, ino: int | None = None) -> None:
-        if not self._take_aside(stale, ino):
-            return
-        if stale is None:
-            log.warning("stale lock broken: %s; %s", self.path, reason)
-        else:
-            self._log_broken(stale, reason)
-
-    def _log_broken(self, stale: Holder, reason: str | None) -> None:
-        log.warning(
-            "stale lock broken: PID %d on %s (%s, lock ID %s) acquired it %s ago, last heartbeat %s ago; %s",
-            stale.pid, stale.hostname, stale.operation, stale.lock_id,
-            _fmt_age(_age(stale.acquired_at)), _fmt_age(_age(stale.heartbeat_at)), reason or "it is stale",
-        )
-
-    def _beat_soft(self, holder: Holder, beat: Holder) -> bool:
-        """Refresh the record if it is still ours. Check and write go through one descriptor: a new
-        holder's lock file is a new inode, so the write can never land in someone else's record."""
-        try:
-            fd = self.files.open_rw(self.path, create=False)
-        except FileNotFoundError:
-            return False
-        try:
-            current = Holder.parse(os.pread(fd, 65536, 0))
-            if current is None or current.lock_id != holder.lock_id:
-                return False
-            self._write_record(fd, beat)
-            return True
-        finally:
-            self.files.close(fd)
-
-    def _release_soft(self, holder: Holder) -> None:
-        if not self._take_aside(holder):
-            log.warning("lock %s was broken while held; not removing the new holder's lock", self.path)
-
-    # -- shared --------------------------------------------------------------------------
-
-    def _probe_held(self) -> bool | None:
-        """Whether the kernel lock is held (None: flock does not work here)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fd = None
         except OSError as e:
-            return None if e.errno in _NO_FLOCK else True
-        finally:
-            os.close(fd)
-        return False
+            raise io_error("open the lock file", self.path, e) from None
+        if fd is not None:
+            _fds.add(fd)
+            try:
+                held = not self._flock(fd, fcntl.LOCK_SH)  # while we hold it shared, nobody can take it
+                record = Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
+            finally:
+                _close(fd)
+        alive = record.alive() if record else None
+        return {
+            "path": self.path,
+            "held": held,
+            "holder": record.to_dict() if record and held else None,
+            "last_holder": record.to_dict() if record and not held else None,
+            "holder_alive": alive,
+            "stale": record is not None and not held,
+            "next": self._next_step(held, record, alive),
+        }
 
-    def _back_off(self, deadline: float, timeout: float, pause: float, cap: float) -> float:
-        """Sleep before polling again (StateLocked at the deadline); returns the next, doubled pause."""
-        now = time.monotonic()
-        if now >= deadline:
-            self._timed_out(timeout)
-        time.sleep(min(pause, deadline - now))
-        return min(pause * 2, cap)
+    def _next_step(self, held: bool, record: Holder | None, alive: bool | None) -> str | None:
+        if not held:
+            if record is None:
+                return None
+            tail = f" --dir {shlex.quote(os.path.dirname(self.path) or '.')}" if self._status_command() else ""
+            return (f"nothing to do: the lock is free and the next writer overwrites this record; to clear it "
+                    f"now: agentstate force-unlock {record.lock_id}{tail}")
+        if record is None:
+            return "a process is taking the lock right now (no record written yet): wait and look again"
+        if alive is False:
+            return (f"the kernel says the lock is held, but PID {record.pid} is gone: a process that inherited "
+                    f"its lock descriptor holds it; stop that process (`fuser -v {shlex.quote(self.path)}`)")
+        return (f"wait for PID {record.pid} on {record.hostname} to finish, or stop it: "
+                "its lock is freed the instant it exits")
 
-    def _timed_out(self, timeout: float) -> None:
-        holder = self.read_holder()
+    def force_unlock(self, lock_id: str, *, force: bool = False) -> Holder:
+        """Clear a stale holder record (one left with no process holding the lock); returns it.
+
+        Never removes the lock file, and never touches a lock the kernel says is held: that is
+        StateLocked (exit 3), naming the holder, whatever ``force`` says (``force`` adds nothing: it
+        is accepted for callers that still pass it). ConflictError (exit 5) if ``lock_id`` is not the
+        record's; NotFound (exit 6) if there is no lock file or no record."""
+        check_filesystem(self.path)
+        while True:
+            try:
+                fd = self._open(create=False)
+            except FileNotFoundError:
+                raise NotFound(f"no lock file at {self.path}: nothing to unlock") from None
+            try:
+                if not self._flock(fd, fcntl.LOCK_EX):
+                    record = Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
+                    who = record.describe() if record else "a process that has not written its record yet"
+                    stop = f"stop PID {record.pid} on {record.hostname}" if record else "stop the process holding it"
+                    raise StateLocked(
+                        f"refusing to unlock {self.path}: the kernel says it is held by {who}, so it is not stale",
+                        hint=f"wait for it to finish, or {stop}: its lock is freed the instant it exits "
+                             "(a held lock is never removed, with or without --force)",
+                        holder=record.to_dict() if record else None,
+                    )
+                st = self._same_inode(fd)
+                if st is None:
+                    continue  # replaced meanwhile (finally closes fd): look at the new one
+                record = Holder.parse(os.pread(fd, max(st.st_size, RECORD_BLOCK), 0))
+                if record is None:
+                    raise NotFound(f"the lock {self.path} is free and holds no record: nothing to unlock")
+                if record.lock_id != lock_id:
+                    raise ConflictError(
+                        f"lock ID mismatch: the record in {self.path} has lock ID {record.lock_id}, not {lock_id}",
+                        hint="check `agentstate lock status`", holder=record.to_dict(),
+                    )
+                try:
+                    write_all_at(self.files, fd, b" " * (max(st.st_size, RECORD_BLOCK) - 1) + b"\n", 0)
+                except OSError as e:
+                    raise io_error("clear the holder record in", self.path, e) from None
+                log.warning("stale lock record cleared from %s: %s had ended without releasing the lock",
+                            self.path, record.describe())
+                return record
+            finally:
+                _close(fd)
+
+    # -- pieces ----------------------------------------------------------------------------------------
+
+    def _open(self, create: bool) -> int:
+        try:
+            fd = self.files.open_rw(self.path, create=create)
+        except OSError as e:
+            if not create and isinstance(e, FileNotFoundError):
+                raise
+            raise io_error("open the lock file", self.path, e) from None
+        _fds.add(fd)
+        return fd
+
+    def _flock(self, fd: int, op: int, deadline: float | None = None) -> bool:
+        """One attempt (``deadline`` None) or wait until ``deadline``; False if not granted."""
+        try:
+            return _try(fd, op) if deadline is None else _wait(fd, deadline)
+        except OSError as e:
+            if e.errno in _NO_FLOCK:
+                raise _unsupported(self.path, _filesystem(os.path.dirname(self.path) or "."),
+                                   f"flock fails ({errno.errorcode.get(e.errno, e.errno)})") from None
+            raise io_error("lock", self.path, e) from None
+
+    def _same_inode(self, fd: int) -> os.stat_result | None:
+        """fstat of ``fd`` if the path still names that inode, else None."""
+        st = os.fstat(fd)
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return st if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev) else None
+
+    def _announce(self, fd: int, on_wait: Callable[[Holder | None], None] | None) -> None:
+        if on_wait is None and not log.isEnabledFor(logging.INFO):
+            return  # nobody to tell: skip reading the record (a hot path under contention)
+        holder = Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
+        log.info("waiting for lock %s held by %s", self.path,
+                 holder.describe() if holder else "a process that has not written its record yet")
+        if on_wait is not None:
+            on_wait(holder)
+
+    def _timed_out(self, fd: int, timeout: float) -> None:
+        holder = None
         for _ in range(3):  # a new holder may be between taking the lock and writing its record
+            holder = Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
             if holder is not None:
                 break
             time.sleep(0.005)
-            holder = self.read_holder()
-        who = holder.describe() if holder else "an unknown holder"
+        who = holder.describe() if holder else "a process that has not written its holder record yet"
         log.info("timed out after %gs waiting for lock %s held by %s", timeout, self.path, who)
-        if holder:
-            directory = os.path.dirname(self.path) or "."
-            hint = (
-                f"if that process is stuck or gone, remove the lock with: agentstate force-unlock {holder.lock_id} "
-                f"--dir {shlex.quote(directory)}"
-            )
-        else:
-            hint = "retry with a longer --lock-timeout, or see `agentstate lock status`"
+        stop = f"stop PID {holder.pid} on {holder.hostname}" if holder else "stop the process holding it"
+        see = self._status_command()
         raise StateLocked(
-            f"timed out after {timeout:g}s waiting for the lock: state is locked by {who}",
-            hint=hint,
+            f"timed out after {timeout:g}s waiting for the lock {self.path}: it is held by {who}",
+            hint=f"retry with a longer --lock-timeout, or {stop} (its lock is freed the instant it exits)"
+                 + (f"; `{see}` shows the holder" if see else ""),
             holder=holder.to_dict() if holder else None,
         )
-
-    def _maybe_heartbeat(self) -> None:
-        if self.holder is None or time.monotonic() - self._last_beat < _beat_interval(self.stale_after):
-            return
-        with self._io:
-            holder = self.holder
-            if holder is None or os.getpid() != self._owner_pid:
-                return
-            beat = replace(holder, heartbeat_at=_iso(_now()))
-            if self.mode == "soft":
-                if not self._beat_soft(holder, beat):
-                    if not self._lost_warned:
-                        self._lost_warned = True
-                        log.warning("lock %s was broken while held by PID %d (lock ID %s)",
-                                    self.path, holder.pid, holder.lock_id)
-                    return
-            elif self._fd is not None:
-                self._write_record(self._fd, beat)
-            holder.heartbeat_at = beat.heartbeat_at
-            self._last_beat = time.monotonic()
-
-
-class _Wait:
-    """Announces a wait once: one log line, and ``on_wait(holder)`` (the CLI shows it on a terminal)."""
-
-    def __init__(self, lock: Lock, on_wait: Callable[[Holder | None], None] | None) -> None:
-        self.lock, self.on_wait, self.started = lock, on_wait, False
-
-    def start(self, current: Callable[[], Holder | None]) -> None:
-        if self.started:
-            return
-        self.started = True
-        if self.on_wait is None and not log.isEnabledFor(logging.INFO):
-            return  # nobody to tell: skip reading the record (a hot path under contention)
-        holder = current()
-        who = holder.describe() if holder else "a holder that has not written its record yet"
-        log.info("waiting for lock %s held by %s", self.lock.path, who)
-        if self.on_wait:
-            self.on_wait(holder)

@@ -233,7 +233,7 @@ class StateStore:
         """An unacquired Lock for this store (see agentstate.lock.Lock)."""
         from .lock import Lock
 
-        return Lock(self.lock_path, files=self.files, stale_after=self.stale_after, mode=self.lock_mode)
+        return Lock(self.lock_path, files=self.files)
 
     @contextmanager
     def transaction(
@@ -256,10 +256,7 @@ class StateStore:
             try:
                 fileio.ensure_dir(self.files, self.path)
                 lk = self.lock()
-                try:
-                    lk.acquire(timeout, operation, on_wait)
-                except OSError as e:
-                    raise fileio.io_error("open the lock file", self.lock_path, e) from None
+                lk.acquire(timeout, operation, on_wait)  # StateLocked, or StorageError naming the problem
                 locked = True
                 try:
                     # Everything is re-read and re-verified under the lock: nothing from an earlier
@@ -342,6 +339,7 @@ class StateStore:
         return self.lock().status()
 
     def force_unlock(self, lock_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Clear a stale lock record (see Lock.force_unlock); ``force`` adds nothing: a held lock is never removed."""
         return self.lock().force_unlock(lock_id, force=force).to_dict()
 
     def check(self) -> list[dict[str, Any]]:

@@ -1,7 +1,6 @@
 """Helper process for the lock integration tests: takes a store's lock and holds it.
 
-    python lock_holder.py DIR [--mode auto|flock|soft] [--stale-after S] [--hold S]
-                              [--transaction] [--fork] [--child-exit release|exit|sleep]
+    python lock_holder.py DIR [--hold S] [--transaction] [--fork] [--child-exit release|exit|sleep]
 
 Prints the holder record as one JSON line on stdout once it holds the lock, then holds it for
 ``--hold`` seconds (or until stdin reaches EOF when --hold is 0), releases it and prints
@@ -26,8 +25,6 @@ import time
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
-    ap.add_argument("--mode", default=None)
-    ap.add_argument("--stale-after", type=float, default=300.0)
     ap.add_argument("--hold", type=float, default=0.0)
     ap.add_argument("--transaction", action="store_true")
     ap.add_argument("--fork", action="store_true")
@@ -38,7 +35,7 @@ def main() -> None:
     from agentstate.store import StateStore
 
     logs.configure("info")
-    store = StateStore(args.dir, stale_after=args.stale_after, lock_mode=args.mode)
+    store = StateStore(args.dir)
     if args.transaction:
         with store.transaction(lock_timeout=30, operation="holder") as state:
             state.resources["counter"] = state.resources.get("counter", 0) + 1

@@ -1,26 +1,68 @@
-"""Unit tests for agentstate.lock: durations, holder records, staleness decisions, in-process locking."""
+"""agentstate.lock: holder records, liveness, the kernel's flock as the only authority, waiting, status and
+force-unlock. Other holders are real processes; nothing of the lock is mocked."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from agentstate import lock as lockmod
-from agentstate.errors import ConflictError, InvalidInput, NotFound, StateLocked
-from agentstate.lock import DEFAULT_STALE_AFTER, DEFAULT_TIMEOUT, Holder, Lock, parse_duration
+from agentstate.errors import ConflictError, InvalidInput, NotFound, StateLocked, StorageError
+from agentstate.lock import DEFAULT_TIMEOUT, RECORD_BLOCK, Holder, Lock, parse_duration
+
+HOLD = """
+import sys
+from agentstate.lock import Lock
+lk = Lock(sys.argv[1])
+h = lk.acquire(30, sys.argv[2])
+print(h.lock_id, flush=True)
+sys.stdin.read()
+lk.release()
+"""
 
 
-def iso_ago(seconds: float) -> str:
-    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class Other:
+    """Another process holding the lock at ``path`` until ``stop()`` (or ``kill()``)."""
+
+    def __init__(self, path: Path, operation: str = "holder") -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), operation], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.lock_id = self.proc.stdout.readline().strip()
+        assert self.lock_id, "holder did not start"
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.stop()
+
+
+@pytest.fixture
+def other():
+    started: list[Other] = []
+
+    def start(path: Path, operation: str = "holder") -> Other:
+        started.append(Other(path, operation))
+        return started[-1]
+
+    yield start
+    for o in started:
+        o.kill()
 
 
 def holder(**fields) -> Holder:
@@ -36,7 +78,15 @@ def dead_pid() -> int:
     return p.pid
 
 
-# --- parse_duration ------------------------------------------------------------------------------
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def blank(size: int = RECORD_BLOCK) -> bytes:
+    return b" " * (size - 1) + b"\n"
+
+
+# --- durations ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -48,283 +98,347 @@ def test_parse_duration_accepts(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["junk", "", "-1", "-5s", "10 s s", "1d", "nan", "inf", "1e3", "ms", True,
+@pytest.mark.parametrize("text", ["junk", "", "-1", "-5s", "10 s s", "1y", "nan", "inf", "1e3", "ms", True,
                                   -0.5, float("nan"), float("inf")])
 def test_parse_duration_rejects(text):
     with pytest.raises(InvalidInput):
         parse_duration(text)
 
 
-def test_defaults():
-    assert DEFAULT_TIMEOUT == 30.0 and DEFAULT_STALE_AFTER == 300.0
+def test_default_timeout_and_bad_timeout(tmp_path):
+    assert DEFAULT_TIMEOUT == 30.0
+    with pytest.raises(InvalidInput):
+        Lock(tmp_path / "l").acquire("forever")
+    assert not (tmp_path / "l").exists()  # refused before anything was created
 
 
-# --- holder records ---------------------------------------------------------------------------------
+# --- holder records -----------------------------------------------------------------------------
 
 
 def test_holder_round_trip():
-    h = Holder.mine("apply", "flock")
+    h = Holder.mine("apply")
     assert h.pid == os.getpid() and h.hostname == socket.gethostname() and h.operation == "apply"
-    assert str(uuid.UUID(h.lock_id)) == h.lock_id
-    assert h.acquired_at == h.heartbeat_at and h.acquired_at.endswith("Z")
+    assert str(uuid.UUID(h.lock_id)) == h.lock_id and h.acquired_at.endswith("Z")
     assert h.process_start == lockmod.process_start(os.getpid()) and h.process_start is not None
-    data = h.to_bytes()
-    assert data.endswith(b"\n") and data.count(b"\n") == 1
-    assert Holder.parse(data) == h
-    assert Holder.parse(data.decode()) == h
-    assert set(h.to_dict()) == {"lock_id", "pid", "hostname", "operation", "acquired_at", "heartbeat_at", "version",
-                                "boot_id", "pid_namespace", "process_start", "mode"}
+    assert h.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert h.pid_namespace == os.readlink("/proc/self/ns/pid")
+    assert Holder.parse(h.to_bytes()) == h and Holder.parse(h.to_bytes().decode()) == h
+    assert Holder.parse(h.to_bytes() + b" " * 300 + b"\n") == h  # as padded in the lock file
+    assert set(h.to_dict()) == {"lock_id", "pid", "hostname", "operation", "acquired_at", "version", "boot_id",
+                                "pid_namespace", "process_start"}
 
 
-def test_holder_parse_tolerates_old_and_future_records():
-    h = Holder.parse(b'{"lock_id":"x","pid":12,"hostname":"h","acquired_at":"2020-01-01T00:00:00Z","new":1}')
-    assert h is not None and h.pid == 12 and h.heartbeat_at == "2020-01-01T00:00:00Z" and h.mode is None
-    assert h.extra == {"new": 1} and "new" not in h.to_dict()
+def test_holder_parse_keeps_unknown_fields():
+    h = Holder.parse(b'{"lock_id":"x","pid":12,"hostname":"h","acquired_at":"2020-01-01T00:00:00Z",'
+                     b'"heartbeat_at":"2020-01-01T00:00:00Z","mode":"soft"}')
+    assert h is not None and h.pid == 12 and h.operation == "?" and h.boot_id is None
+    assert h.extra == {"heartbeat_at": "2020-01-01T00:00:00Z", "mode": "soft"} and "mode" not in h.to_dict()
 
 
-@pytest.mark.parametrize("data", [None, b"", b"  \n", b"{", b"[]", b"null", b'{"pid":1}',
+@pytest.mark.parametrize("data", [None, b"", b"  \n", blank(), b"{", b"[]", b"null", b'{"pid":1}',
                                   b'{"lock_id":"x","pid":"12","hostname":"h"}', b'{"lock_id":"x","pid":true,"hostname":"h"}',
                                   b"\xff\xfe"])
-def test_holder_parse_rejects_garbage(data):
+def test_holder_parse_rejects_blank_and_garbage(data):
     assert Holder.parse(data) is None
 
 
 def test_describe_names_the_holder():
-    h = holder(operation="apply", acquired_at=iso_ago(42))
-    text = h.describe()
-    for part in (f"PID {h.pid}", h.hostname, "apply", h.lock_id, h.acquired_at, "42s ago"):
-        assert part in text
+    h = holder(operation="apply")
+    for part in (f"PID {h.pid}", h.hostname, "apply", h.lock_id, f"since {h.acquired_at}", "ago"):
+        assert part in h.describe()
 
 
-# --- staleness decisions ------------------------------------------------------------------------------
+def test_alive_only_answers_for_this_kernel_and_pid_namespace():
+    assert holder().alive() is True
+    assert holder(pid=dead_pid()).alive() is False
+    real = lockmod.process_start(os.getpid())
+    assert holder(process_start=str(int(real) + 1)).alive() is False  # the PID was reused
+    assert holder(pid_namespace="pid:[1]").alive() is None  # another namespace: its PIDs mean nothing here
+    assert holder(boot_id=str(uuid.uuid4())).alive() is None  # another host, or an earlier boot
+    assert holder(boot_id=None).alive() is None
 
 
-def test_live_holder_is_never_stale_even_when_old():
-    h = holder(acquired_at=iso_ago(86400), heartbeat_at=iso_ago(86400))
-    assert h.alive() is True and not h.stale(1.0) and h.stale_reason(1.0) is None
-
-
-def test_dead_pid_is_stale():
-    h = holder(pid=dead_pid(), process_start=None)
-    assert h.alive() is False
-    assert "gone" in h.stale_reason(300)
-
-
-def test_zombie_is_stale():
+def test_zombie_is_not_alive():
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
+        h = holder(pid=p.pid, process_start=lockmod.process_start(p.pid))
         deadline = time.monotonic() + 10
-        while lockmod._pid_state(p.pid) != "zombie":  # exited, not yet reaped
+        while lockmod.process_start(p.pid) is not None:  # exited, not yet reaped: a zombie
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        h = holder(pid=p.pid, process_start=None)
-        assert h.alive() is False and "zombie" in h.stale_reason(300)
+        assert Path(f"/proc/{p.pid}").exists() and h.alive() is False
     finally:
         p.wait()
 
 
-def test_reused_pid_is_stale():
-    real = lockmod.process_start(os.getpid())
-    h = holder(process_start=str(int(real) + 1))
-    assert h.alive() is False and "reused" in h.stale_reason(300)
-    assert holder(process_start=real).alive() is True
+# --- the lock file ----------------------------------------------------------------------------------
 
 
-def test_other_host_old_heartbeat_is_stale_fresh_is_not():
-    fresh = holder(hostname="elsewhere", boot_id=str(uuid.uuid4()), acquired_at=iso_ago(3600), heartbeat_at=iso_ago(1))
-    assert fresh.alive() is None and not fresh.stale(300) and not fresh.stale(60)
-    old = holder(hostname="elsewhere", boot_id=str(uuid.uuid4()), heartbeat_at=iso_ago(400))
-    assert old.alive() is None and old.stale(300) and not old.stale(500)
-    assert "heartbeat" in old.stale_reason(300)
-    # Unknown boot ID: still decided by the heartbeat.
-    assert holder(hostname="elsewhere", boot_id=None, heartbeat_at=iso_ago(400)).stale(300)
-    assert not holder(hostname="elsewhere", boot_id=None, heartbeat_at="garbage").stale(300)
-
-
-@pytest.mark.skipif(lockmod.boot_id() is None, reason="no boot ID on this platform")
-def test_different_boot_id_on_this_host_is_stale():
-    h = holder(boot_id=str(uuid.uuid4()), heartbeat_at=iso_ago(0))  # our own, live PID: but an earlier boot
-    assert h.same_machine() is False and h.alive() is False
-    assert "boot" in h.stale_reason(300)
-    assert h.same_kernel() is False
-
-
-@pytest.mark.skipif(lockmod.pid_namespace() is None, reason="no PID namespaces on this platform")
-def test_other_pid_namespace_falls_back_to_heartbeat():
-    h = holder(pid_namespace="pid:[1]", heartbeat_at=iso_ago(10))
-    assert h.alive() is None and not h.stale(300) and h.stale(5)
-    assert h.same_kernel() is True  # same boot: the kernel's flock covers it
-
-
-# --- Lock in one process ---------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["auto", "soft"])
-def mode(request):
-    return request.param
-
-
-def test_acquire_release_and_exclusive(tmp_path, mode, caplog):
-    path = str(tmp_path / "state.json.lock")
-    a, b = Lock(path, mode=mode), Lock(path, mode=mode)
-    with caplog.at_level(logging.INFO, logger="agentstate.lock"):
-        h = a.acquire(0, "first")
-        assert Holder.parse(open(path, "rb").read()) == h
-        assert h.mode == ("soft" if mode == "soft" else "flock")
-        with pytest.raises(StateLocked) as e:
-            b.acquire(0, "second")
-        assert e.value.holder["lock_id"] == h.lock_id and e.value.exit_code == 3
-        assert f"force-unlock {h.lock_id}" in str(e.value)
-        with pytest.raises(RuntimeError):
-            a.acquire(0)
-        a.release()
-        a.release()  # idempotent
-        b.acquire(0, "second")
-        b.release()
+def test_lock_file_is_created_once_0600_and_blank_when_free(tmp_path, caplog):
+    path = tmp_path / "state.json.lock"
+    lk = Lock(path)
+    caplog.set_level(logging.INFO, logger="agentstate.lock")
+    h = lk.acquire(0, "first")
+    ino = path.stat().st_ino
+    assert path.stat().st_mode & 0o777 == 0o600
+    data = path.read_bytes()
+    assert len(data) == RECORD_BLOCK and data.endswith(b"\n") and Holder.parse(data) == h
+    assert lk.held and lk.holder == h
+    with pytest.raises(RuntimeError):
+        lk.acquire(0)
+    lk.release()
+    lk.release()  # idempotent
+    assert path.read_bytes() == blank() and not lk.held
+    for _ in range(3):
+        with Lock(path) as again:
+            assert again.held
+    assert path.stat().st_ino == ino and path.read_bytes() == blank()  # never unlinked, never replaced
+    assert sorted(os.listdir(tmp_path)) == ["state.json.lock"]
     text = caplog.text
-    assert f"lock acquired by PID {os.getpid()}" in text
-    assert "waiting for lock" in text and f"PID {os.getpid()}" in text
-    assert "timed out after 0s" in text
-    assert "lock released by PID" in text and "after holding it" in text
-    if mode == "soft":
-        assert not os.path.exists(path)
-    else:
-        assert open(path, "rb").read().strip() == b""  # a free lock has a blank record
+    assert f"acquired by PID {os.getpid()} (first" in text and "after holding it" in text and "ms" in text
 
 
-def test_timeout_waits_about_that_long(tmp_path, mode):
-    path = str(tmp_path / "state.json.lock")
-    a = Lock(path, mode=mode)
-    a.acquire(0)
-    try:
-        seen = []
+def test_long_records_pad_to_the_next_block_and_never_leave_a_tail(tmp_path):
+    path = tmp_path / "state.json.lock"
+    lk = Lock(path)
+    long = lk.acquire(0, "x" * 700)
+    assert path.stat().st_size == 2 * RECORD_BLOCK and Holder.parse(path.read_bytes()) == long
+    lk.release()
+    assert path.read_bytes() == blank(2 * RECORD_BLOCK)
+    short = lk.acquire(0, "y")
+    assert path.stat().st_size == 2 * RECORD_BLOCK and Holder.parse(path.read_bytes()) == short
+    lk.release()
+
+
+def test_symlink_at_the_lock_path_is_refused(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"keep")
+    (tmp_path / "state.json.lock").symlink_to(target)
+    with pytest.raises(StorageError) as e:
+        Lock(tmp_path / "state.json.lock").acquire(0)
+    assert "state.json.lock" in str(e.value) and e.value.exit_code == 1
+    assert target.read_bytes() == b"keep"
+
+
+def test_filesystem_type_is_read_from_mountinfo(tmp_path):
+    fs = lockmod._filesystem(str(tmp_path))
+    r = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,TARGET", "--target", str(tmp_path)], capture_output=True,
+                       text=True, check=True)
+    assert fs is not None and list(fs) == r.stdout.split(None, 1)[0:1] + [r.stdout.split(None, 1)[1].strip()]
+    assert fs[0] not in lockmod.UNSHARED_FLOCK
+    lockmod.check_filesystem(str(tmp_path / "state.json.lock"))  # a local filesystem: accepted
+
+
+# --- exclusion, waiting and timeouts ---------------------------------------------------------------
+
+
+def test_another_process_excludes_us_and_the_error_names_it(tmp_path, other, caplog):
+    path = tmp_path / "state.json.lock"
+    o = other(path, "long-agent-run")
+    seen = []
+    with caplog.at_level(logging.INFO, logger="agentstate.lock"), pytest.raises(StateLocked) as e:
+        Lock(path).acquire(0, on_wait=seen.append)
+    err = e.value
+    assert err.exit_code == 3 and err.holder["lock_id"] == o.lock_id and err.holder["pid"] == o.pid
+    msg = str(err)
+    for part in (f"PID {o.pid}", socket.gethostname(), "long-agent-run", "since"):
+        assert part in msg
+    assert "--lock-timeout" in msg and "freed the instant it exits" in msg
+    assert f"agentstate lock status --dir {tmp_path}" in msg
+    assert "force-unlock" not in msg  # it would be refused while the holder holds the lock
+    assert len(seen) == 1 and seen[0].lock_id == o.lock_id
+    assert "waiting for lock" in caplog.text and "timed out after 0s" in caplog.text
+    o.stop()
+    with Lock(path):  # free again
+        pass
+    o2 = other(tmp_path / "agentstate.db.lock")
+    with pytest.raises(StateLocked) as e:
+        Lock(tmp_path / "agentstate.db.lock").acquire(0)
+    assert "agentstate lock status" not in str(e.value)  # only the store's lock has that command
+    o2.stop()
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_timeout_waits_about_that_long_and_leaves_no_timer(tmp_path, other, where):
+    path = tmp_path / "state.json.lock"
+    other(path)
+    box: dict = {}
+
+    def attempt() -> None:
         t0 = time.monotonic()
-        with pytest.raises(StateLocked):
-            Lock(path, mode=mode).acquire("300ms", on_wait=seen.append)
-        elapsed = time.monotonic() - t0
-        assert 0.29 <= elapsed < 2.0
-        assert len(seen) == 1 and seen[0].lock_id == a.holder.lock_id  # told once, whom it waits for
-    finally:
-        a.release()
+        try:
+            Lock(path).acquire("300ms")
+        except StateLocked as e:
+            box["err"] = e
+        box["elapsed"] = time.monotonic() - t0
+
+    if where == "main":
+        attempt()
+    else:
+        t = threading.Thread(target=attempt)
+        t.start()
+        t.join(10)
+    assert isinstance(box["err"], StateLocked) and 0.29 <= box["elapsed"] < 2.0
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-def test_waiter_gets_lock_when_released(tmp_path, mode):
-    path = str(tmp_path / "state.json.lock")
-    a = Lock(path, mode=mode)
-    a.acquire(0)
-    got = []
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_waiter_gets_the_lock_when_the_holder_releases(tmp_path, other, where, caplog):
+    path = tmp_path / "state.json.lock"
+    o = other(path)
+    box: dict = {}
 
     def wait() -> None:
-        b = Lock(path, mode=mode)
-        got.append(b.acquire(10))
-        b.release()
-
-    t = threading.Thread(target=wait)
-    t.start()
-    time.sleep(0.1)
-    assert not got
-    a.release()
-    t.join(10)
-    assert len(got) == 1 and got[0].operation == "transaction"
-
-
-def test_unknown_mode_and_bad_timeout(tmp_path):
-    with pytest.raises(InvalidInput):
-        Lock(str(tmp_path / "l"), mode="nfs")
-    with pytest.raises(InvalidInput):
-        Lock(str(tmp_path / "l")).acquire("forever")
-
-
-def test_status(tmp_path, mode):
-    path = str(tmp_path / "state.json.lock")
-    lk = Lock(path, mode=mode)
-    st = lk.status()
-    assert st["held"] is False and st["holder"] is None and st["stale"] is False
-    h = lk.acquire(0)
-    st = Lock(path, mode=mode).status()
-    assert st["held"] is True and st["holder"]["lock_id"] == h.lock_id and st["holder_alive"] is True
-    assert st["stale"] is False
-    lk.release()
-    assert Lock(path, mode=mode).status()["held"] is False
-
-
-def test_force_unlock_rules(tmp_path, mode, caplog):
-    path = str(tmp_path / "state.json.lock")
-    with pytest.raises(NotFound):
-        Lock(path, mode=mode).force_unlock("nope")
-    lk = Lock(path, mode=mode)
-    h = lk.acquire(0)
-    other = Lock(path, mode=mode)
-    with pytest.raises(ConflictError):
-        other.force_unlock("not-" + h.lock_id)
-    with pytest.raises(StateLocked):
-        other.force_unlock(h.lock_id)  # alive on this host
-    assert Holder.parse(open(path, "rb").read()).lock_id == h.lock_id
-    with caplog.at_level(logging.WARNING, logger="agentstate.lock"):
-        assert other.force_unlock(h.lock_id, force=True).lock_id == h.lock_id
-    assert "force-unlocked" in caplog.text
-    third = Lock(path, mode=mode)
-    third.acquire(0)
-    lk.release()  # the forced-out holder's release leaves the new holder alone
-    assert Holder.parse(open(path, "rb").read()).lock_id == third.holder.lock_id
-    assert not Lock(path, mode=mode).status()["stale"]
-    third.release()
-
-
-def test_soft_stale_record_broken_with_warning(tmp_path, caplog):
-    path = tmp_path / "state.json.lock"
-    stale = holder(pid=dead_pid(), mode="soft", acquired_at=iso_ago(42))
-    path.write_bytes(stale.to_bytes())
-    assert Lock(str(path), mode="soft").status()["stale"] is True
-    with caplog.at_level(logging.WARNING, logger="agentstate.lock"):
-        h = Lock(str(path), mode="soft").acquire(0)
-    assert h.lock_id != stale.lock_id
-    msg = [r.getMessage() for r in caplog.records if "stale lock broken" in r.getMessage()]
-    assert msg and f"PID {stale.pid} on {stale.hostname}" in msg[0] and "acquired it 42s ago" in msg[0] and "gone" in msg[0]
-
-
-def test_flock_leftover_record(tmp_path, caplog):
-    """With the kernel lock free: a flock holder's record from this kernel is broken; others are respected."""
-    path = tmp_path / "state.json.lock"
-    leftover = holder(mode="flock", process_start="1")
-    path.write_bytes(leftover.to_bytes())
-    with caplog.at_level(logging.WARNING, logger="agentstate.lock"):
-        lk = Lock(str(path), mode="flock")
-        lk.acquire(0)
+        lk = Lock(path)
+        box["holder"] = lk.acquire(20, "waiter")
+        box["at"] = time.monotonic()
         lk.release()
-    assert "stale lock broken" in caplog.text and "kernel released" in caplog.text
-    # A live soft-mode holder (mixed modes): the kernel cannot vouch for it, so it is respected.
-    live_soft = holder(mode="soft")
-    path.write_bytes(live_soft.to_bytes())
-    with pytest.raises(StateLocked):
-        Lock(str(path), mode="flock").acquire(0.1)
-    assert Lock(str(path)).status()["held"] is True
-    assert path.read_bytes() == live_soft.to_bytes()
+
+    threading.Timer(0.3, o.stop).start()
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="agentstate.lock"):
+        if where == "main":
+            wait()
+        else:
+            t = threading.Thread(target=wait)
+            t.start()
+            t.join(20)
+    assert box["holder"].operation == "waiter" and 0.25 < box["at"] - t0 < 5
+    assert "after waiting" in caplog.text
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-def test_soft_mode_takes_over_an_empty_lock_file(tmp_path):
+def test_someone_elses_alarm_is_left_alone(tmp_path, other):
+    """A program that uses SIGALRM itself keeps its handler and its timer; the wait polls instead."""
     path = tmp_path / "state.json.lock"
-    path.write_bytes(b"")  # a free flock-mode lock file
-    lk = Lock(str(path), mode="soft")
-    lk.acquire(0)
-    assert Holder.parse(path.read_bytes()).lock_id == lk.holder.lock_id
-    lk.release()
-
-
-def test_heartbeat_refreshes_record(tmp_path, mode):
-    path = tmp_path / "state.json.lock"
-    lk = Lock(str(path), mode=mode, stale_after=0.5)
-    h = lk.acquire(0)
-    first = h.heartbeat_at
+    other(path)
+    rang = []
+    mine = lambda signum, frame: rang.append(signum)  # noqa: E731
+    previous = signal.signal(signal.SIGALRM, mine)
     try:
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        with pytest.raises(StateLocked):
+            Lock(path).acquire(0.3)
+        assert signal.getsignal(signal.SIGALRM) is mine
+        left = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 0.3 < left < 0.75
         deadline = time.monotonic() + 5
-        while Holder.parse(path.read_bytes()).heartbeat_at == first:
-            assert time.monotonic() < deadline, "no heartbeat"
-            time.sleep(0.05)
-        rec = Holder.parse(path.read_bytes())
-        assert rec.lock_id == h.lock_id and rec.acquired_at == h.acquired_at and rec.heartbeat_at > first
+        while not rang:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert rang == [signal.SIGALRM]
     finally:
-        lk.release()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_ctrl_c_while_waiting_leaves_nothing_behind(tmp_path, other):
+    path = tmp_path / "state.json.lock"
+    other(path)
+    fds, ours = open_fds(), set(lockmod._fds)
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        Lock(path).acquire(10)
+    assert time.monotonic() - t0 < 5
+    assert open_fds() == fds and lockmod._fds == ours
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("where, rounds", [("main", 200), ("thread", 50)])
+def test_timed_out_waiters_leave_no_thread_and_no_descriptor(tmp_path, other, where, rounds):
+    path = tmp_path / "state.json.lock"
+    other(path)
+    Lock(path).status()  # warm up what is read once (mountinfo)
+    box: dict = {}
+
+    def attempts() -> None:
+        box["before"] = (threading.active_count(), open_fds(), set(lockmod._fds))
+        for _ in range(rounds):
+            with pytest.raises(StateLocked):
+                Lock(path).acquire(0.02)
+        box["after"] = (threading.active_count(), open_fds(), set(lockmod._fds))
+
+    if where == "main":
+        attempts()
+    else:
+        t = threading.Thread(target=attempts)
+        t.start()
+        t.join(60)
+    assert box["after"] == box["before"]
+
+
+# --- status and force-unlock ------------------------------------------------------------------------
+
+
+def test_status_asks_the_kernel_and_writes_nothing(tmp_path, other):
+    path = tmp_path / "state.json.lock"
+    st = Lock(path).status()
+    assert st == {"path": str(path), "held": False, "holder": None, "last_holder": None, "holder_alive": None,
+                  "stale": False, "next": None}
+    assert not path.exists()  # status creates nothing
+    o = other(path, "apply")
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    st = Lock(path).status()
+    assert st["held"] is True and st["holder"]["lock_id"] == o.lock_id and st["holder_alive"] is True
+    assert st["last_holder"] is None and st["stale"] is False
+    assert f"PID {o.pid}" in st["next"] and "freed the instant it exits" in st["next"]
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+    o.kill()  # SIGKILL: the kernel frees the lock, the record stays
+    st = Lock(path).status()
+    assert st["held"] is False and st["holder"] is None and st["last_holder"]["pid"] == o.pid
+    assert st["stale"] is True and st["holder_alive"] is False
+    assert f"agentstate force-unlock {o.lock_id} --dir {tmp_path}" in st["next"]
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+
+
+def test_stale_record_is_overwritten_with_a_warning(tmp_path, other, caplog):
+    path = tmp_path / "state.json.lock"
+    o = other(path, "killed-run")
+    o.kill()
+    with caplog.at_level(logging.WARNING, logger="agentstate.lock"):
+        h = Lock(path).acquire(0)
+    assert Holder.parse(path.read_bytes()) == h
+    msg = [r.getMessage() for r in caplog.records if "stale lock record" in r.getMessage()]
+    assert msg and f"PID {o.pid} on {socket.gethostname()}" in msg[0] and "killed-run" in msg[0]
+
+
+def test_force_unlock_never_touches_a_held_lock(tmp_path, other):
+    path = tmp_path / "state.json.lock"
+    with pytest.raises(NotFound):
+        Lock(path).force_unlock("nope")
+    assert not path.exists()
+    o = other(path, "apply")
+    before = (path.read_bytes(), path.stat().st_ino)
+    for lock_id, force in ((o.lock_id, False), (o.lock_id, True), ("not-" + o.lock_id, True)):
+        with pytest.raises(StateLocked) as e:
+            Lock(path).force_unlock(lock_id, force=force)
+        assert e.value.exit_code == 3 and e.value.holder["pid"] == o.pid
+        assert f"PID {o.pid}" in str(e.value) and "freed the instant it exits" in str(e.value)
+        assert (path.read_bytes(), path.stat().st_ino) == before
+    with pytest.raises(StateLocked):
+        Lock(path).acquire(0)  # still exclusive
+    o.stop()
+    with pytest.raises(NotFound):  # free, blank record: nothing to clear
+        Lock(path).force_unlock(o.lock_id)
+
+
+def test_force_unlock_clears_a_stale_record_only_with_its_id(tmp_path, other, caplog):
+    path = tmp_path / "state.json.lock"
+    o = other(path)
+    o.kill()
+    ino, data = path.stat().st_ino, path.read_bytes()
+    with pytest.raises(ConflictError) as e:
+        Lock(path).force_unlock(str(uuid.uuid4()))
+    assert e.value.exit_code == 5 and path.read_bytes() == data
+    with caplog.at_level(logging.WARNING, logger="agentstate.lock"):
+        cleared = Lock(path).force_unlock(o.lock_id)
+    assert cleared.pid == o.pid and cleared.lock_id == o.lock_id
+    assert path.read_bytes() == blank() and path.stat().st_ino == ino
+    assert "stale lock record cleared" in caplog.text
+    with pytest.raises(NotFound):
+        Lock(path).force_unlock(o.lock_id)
 
 
 def test_store_threads_count_exactly(tmp_path):
