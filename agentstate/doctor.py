@@ -71,7 +71,18 @@ class Report:
 
 def diagnose(store: Any) -> Report:
     """Check the store without a lock; writes nothing."""
-    return Report(store.check())
+    return Report(store.check() + database_findings(store))
+
+
+def database_findings(store: Any) -> list[dict[str, Any]]:
+    """The checks of the store's agentstate.db (sessions, responses): integrity, schema version, lock."""
+    from .errors import AgentStateError
+    from .sql import check
+
+    try:
+        return check(store.path)
+    except AgentStateError as e:
+        return [{"check": "database", "ok": False, "detail": str(e)}]
 
 
 def _names(path: str) -> set[str]:
@@ -98,7 +109,7 @@ def repair(store: Any, lock_timeout: float | str | None = None) -> Report:
     state_bad = not by_check.get("state", {"ok": True})["ok"]
     backup_serial = by_check.get("backup", {}).get("serial")
     state = store.repair(lock_timeout)
-    report.findings = store.check()
+    report.findings = store.check() + database_findings(store)
     names_after = _names(store.path)
     if state_bad:
         report.repaired_serial = state.serial
