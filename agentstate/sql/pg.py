@@ -130,10 +130,15 @@ def server_error(e: BaseException, *, doing: str, where: str, committing: bool =
     if isinstance(e, pe.QueryCanceled):
         return StorageError(f"{where} cancelled {doing}: {msg}", hint="nothing was written; retry")
     if isinstance(e, psycopg.OperationalError) or sqlstate.startswith(("08", "57P")):
+        if "FATAL:" in msg:  # the server's own words, without libpq's "connection to server at ... failed"
+            msg = msg.split("FATAL:", 1)[1].strip()
         low = msg.lower()
-        if "authentication failed" in low or "password" in low or sqlstate == "28P01" or sqlstate == "28000":
+        if (sqlstate in ("28P01", "28000") or "authentication failed" in low or "password" in low
+                or "not permitted to log in" in low or "pg_hba.conf" in low
+                or (low.startswith("role ") and "does not exist" in low)):
             return StorageError(f"cannot log in to {where}: {msg}",
-                                hint="check the user and password in the URL (or ~/.pgpass / PGPASSWORD)")
+                                hint="check the user and password in the URL (or ~/.pgpass / PGPASSWORD) and "
+                                     "that the role may log in")
         if "does not exist" in low and "database" in low:
             return StorageError(f"cannot use {where}: {msg}", hint="create the database, or fix its name in the URL")
         if committing:
