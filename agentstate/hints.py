@@ -6,10 +6,7 @@ from .errors import AgentStateError, InvalidInput
 
 ADDRESS_RULE = "an address is 1 to 256 characters, valid UTF-8, without control characters"
 SPEC_SHAPE = 'fix the spec: strict JSON shaped {"resources": {ADDRESS: VALUE, ...}}'
-SET_RULE = (
-    "use --set ADDRESS=VALUE; VALUE is JSON when it looks like JSON (starts with { [ \" a digit or -, or is "
-    "true, false, null, NaN or Infinity), otherwise a plain string"
-)
+SET_RULE = "use --set ADDRESS=VALUE (`agentstate apply --help` says how VALUE is read)"
 
 
 def hint_for(e: AgentStateError) -> str | None:

@@ -1,8 +1,15 @@
-"""Apply and plan: diff a desired set of resources against the state, and apply it."""
+"""Apply and plan: diff a desired set of resources against the state, and apply it.
+
+The desired state is given as a spec, the same shape as the CLI's spec file,
+``apply(store, {"resources": {ADDRESS: VALUE, ...}})``, or as a plain mapping with the keyword
+``apply(store, resources={ADDRESS: VALUE, ...})``. A spec of any other shape is refused
+(InvalidInput), so a shape mix-up can never replace every resource with a few wrong ones.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +22,16 @@ _MISSING = object()
 
 @dataclass
 class Plan:
-    """What an apply changes. ``serial`` is the state's serial after it (or now, for a plan)."""
+    """What an apply changes. ``serial`` is the state's serial after it (or now, for a plan).
+
+    ``values`` maps each changed address to ``(old, new)`` (old is None for a created one, new None
+    for a deleted one): what ``agentstate plan`` prints. ``to_dict()`` leaves it out."""
 
     serial: int
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    values: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def changed(self) -> bool:
@@ -30,31 +41,85 @@ class Plan:
         return {"serial": self.serial, "created": self.created, "updated": self.updated, "deleted": self.deleted}
 
 
+def parse_json(data: bytes | str, what: str) -> Any:
+    """Strict JSON from a user (codec.parse_json), and no object with a key given twice."""
+    value = codec.parse_json(data, what)
+    check_unique_keys(data, value, what)
+    return value
+
+
 def parse_spec(data: bytes | str, what: str = "spec") -> dict[str, Any]:
     """A spec's resources from its JSON bytes: ``{"resources": {ADDRESS: VALUE, ...}}``."""
-    spec = codec.parse_json(data, what)
-    return spec_resources(spec, what)
+    return spec_resources(parse_json(data, what), what)
 
 
 def spec_resources(spec: Any, what: str = "spec") -> dict[str, Any]:
-    if not isinstance(spec, dict):
+    """The resources of a spec shaped ``{"resources": {ADDRESS: VALUE, ...}}``; InvalidInput otherwise."""
+    if not isinstance(spec, Mapping):
         raise InvalidInput(f'{what} must be a JSON object like {{"resources": {{...}}}}, not {_kind(spec)}')
-    unknown = sorted(set(spec) - {"resources"})
+    unknown = sorted(set(spec) - {"resources"}, key=str)
     if unknown:
-        raise InvalidInput(f"{what} has unknown field(s) {', '.join(map(repr, unknown))}; only 'resources' is allowed")
+        shown = ", ".join(repr(k) if len(repr(k)) <= 60 else repr(k)[:57] + "..." for k in unknown[:5])
+        raise InvalidInput(
+            f"{what} has unknown field(s) {shown}{' ...' if len(unknown) > 5 else ''}; only 'resources' is allowed",
+            hint='a spec is {"resources": {ADDRESS: VALUE, ...}}; from Python, pass a plain mapping of '
+                 'resources as apply(store, resources={...})',
+        )
     if "resources" not in spec:
         raise InvalidInput(f'{what} has no "resources" field')
-    resources = spec["resources"]
-    if not isinstance(resources, dict):
-        raise InvalidInput(f'{what}: "resources" must be an object, not {_kind(resources)}')
+    return check_resources(spec["resources"], f'{what}: "resources"')
+
+
+def check_resources(resources: Any, what: str = "resources") -> dict[str, Any]:
+    """``resources`` if it is a mapping of valid addresses to storable JSON values (as a dict)."""
+    if not isinstance(resources, Mapping):
+        raise InvalidInput(f"{what} must be an object mapping addresses to values, not {_kind(resources)}")
+    resources = dict(resources)
     for address in resources:
         codec.check_address(address)
     codec.encode_value(resources)  # NaN, depth, 64-bit integers
     return resources
 
 
+def _desired(spec: Any, resources: Any) -> dict[str, Any] | None:
+    """The desired resources of ``apply``/``plan``: from a spec, or from ``resources=``, or None (keep)."""
+    if spec is not None and resources is not None:
+        raise InvalidInput("give a spec or resources=, not both")
+    if spec is not None:
+        return spec_resources(spec)
+    if resources is None:
+        return None
+    if isinstance(resources, Mapping) and list(resources) == ["resources"] and isinstance(
+            resources["resources"], Mapping):
+        raise InvalidInput(
+            'resources= got a spec ({"resources": {...}}); pass it as the spec: apply(store, spec)',
+            hint='to store one resource named "resources", use the spec {"resources": {"resources": VALUE}}',
+        )
+    return check_resources(resources)
+
+
+# -- --set ADDRESS=VALUE ------------------------------------------------------------------------------
+
+SET_RULE = (
+    "VALUE is JSON when it looks like JSON: it starts with { [ \" a digit, - or +, or is true, false, null, "
+    "NaN or Infinity (any case); it must then be valid JSON that can be stored exactly. Anything else is a "
+    "plain string."
+)
+_JSONISH_WORDS = frozenset({"true", "false", "null", "none", "nan", "infinity", "inf"})
+
+
+def looks_like_json(raw: str) -> bool:
+    """Whether a --set VALUE is meant as JSON (and so must parse) rather than a plain word."""
+    s = raw.strip(" \t\r\n")
+    if not s:
+        return False
+    if s[0] in '{["-+.0123456789':
+        return True
+    return s.lower() in _JSONISH_WORDS
+
+
 def parse_assignment(item: str) -> tuple[str, Any]:
-    """``ADDRESS=VALUE``; a VALUE that is not valid JSON is taken as a string."""
+    """``ADDRESS=VALUE``: VALUE is JSON when it looks like JSON (see SET_RULE), else a plain string."""
     address, sep, raw = item.partition("=")
     if not sep:
         raise InvalidInput(f"--set {item!r}: expected ADDRESS=VALUE")
@@ -63,38 +128,74 @@ def parse_assignment(item: str) -> tuple[str, Any]:
         raw.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput(f"value of {address!r} is not valid UTF-8") from None
+    if not looks_like_json(raw):
+        return address, raw
     try:
-        value = codec.parse_json(raw, f"value of {address!r}")
+        value = parse_json(raw, f"value of {address!r}")
     except InvalidInput as e:
-        # Only text that is not JSON at all becomes a string. JSON that cannot be stored exactly
-        # (an integer beyond 64 bits, 1e400, nesting too deep) is refused, never kept as a string.
-        if not _is_json(raw):
-            value = raw
-        elif "64-bit" in e.message:
+        if e.hint or "64-bit" in e.message:
             raise
-        else:
-            reason = e.message.split("JSON: ", 1)[-1]
-            raise InvalidInput(
-                f"value of {address!r} is JSON that cannot be stored exactly ({reason})",
-                hint="pass it as a JSON string instead, e.g. --set 'ADDRESS=\"...\"'",
-            ) from None
+        raise InvalidInput(
+            f"{e.message} (it looks like JSON, so it must be valid JSON)",
+            hint=f"fix it, or pass a string as JSON: --set '{address}=\"...\"'",
+        ) from None
     codec.encode_value(value)
     return address, value
 
 
-def _is_json(raw: str) -> bool:
+# -- duplicate keys -----------------------------------------------------------------------------------
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _count_keys(value: Any) -> int:
+    n, stack = 0, [value]
+    while stack:
+        x = stack.pop()
+        if type(x) is dict:
+            n += len(x)
+            stack.extend(x.values())
+        elif type(x) is list:
+            stack.extend(x)
+    return n
+
+
+def check_unique_keys(data: bytes | str, value: Any, what: str) -> None:
+    """InvalidInput if an object in ``data`` (valid JSON that parsed to ``value``) names a key twice.
+
+    A JSON parser keeps the last of two equal keys; agentstate refuses them. Each ``:`` outside a
+    string ends one key, so the text holds as many keys as the parsed value unless one was repeated.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if b":" not in raw:
+        return
+    keys = _count_keys(value)
+    if raw.count(b":") == keys:  # no ':' inside a string and no key lost: the common, fast case
+        return
+    if _STRING.sub(b'""', raw).count(b":") == keys:
+        return
+    raise InvalidInput(f"{what} is not valid: {_duplicate(raw)}", hint="each key may appear once in an object")
+
+
+def _duplicate(raw: bytes) -> str:
     import json
 
-    def constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for k, v in items:
+            if k in seen:
+                shown = repr(k) if len(repr(k)) <= 60 else repr(k)[:57] + "..."
+                raise KeyError(shown)
+            seen[k] = v
+        return seen
 
     try:
-        json.loads(raw, parse_constant=constant)
-    except RecursionError:
-        return True  # valid so far, only deeper than Python's parser goes
-    except ValueError:
-        return False
-    return True
+        json.loads(raw, object_pairs_hook=pairs)
+    except KeyError as e:
+        return f"the key {e.args[0]} appears twice in one object"
+    except (ValueError, RecursionError):
+        pass
+    return "a key appears twice in one object"
 
 
 def _kind(v: Any) -> str:
@@ -130,13 +231,18 @@ def diff(
         codec.check_address(address)
         after.pop(address, None)
     plan = Plan(serial=0)
+    values = plan.values
     for address, value in after.items():
         old = current.get(address, _MISSING)
         if old is _MISSING:
             plan.created.append(address)
+            values[address] = (None, value)
         elif not _same(old, value):
             plan.updated.append(address)
+            values[address] = (old, value)
     plan.deleted = [a for a in current if a not in after]
+    for address in plan.deleted:
+        values[address] = (current[address], None)
     plan.created.sort()
     plan.updated.sort()
     plan.deleted.sort()
@@ -145,14 +251,17 @@ def diff(
 
 def plan(
     store: StateStore,
-    resources: dict[str, Any] | None = None,
+    spec: Mapping[str, Any] | None = None,
     *,
+    resources: Mapping[str, Any] | None = None,
     sets: Iterable[tuple[str, Any]] = (),
     deletes: Iterable[str] = (),
 ) -> Plan:
     """What ``apply`` would change. Reads without a lock; writes nothing."""
+    desired = _desired(spec, resources)
+    sets, deletes = _edits(sets, deletes)
     state = store.read()
-    _, p = diff(state.resources, resources, list(sets), list(deletes))
+    _, p = diff(state.resources, desired, sets, deletes)
     p.serial = state.serial
     return p
 
@@ -165,10 +274,29 @@ def _not_found(missing: list[str]) -> NotFound:
     )
 
 
+def _edits(sets: Iterable[tuple[str, Any]], deletes: Iterable[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """``sets`` and ``deletes`` checked: (address, value) pairs of storable values, and addresses."""
+    if isinstance(sets, (str, bytes, Mapping)) or isinstance(deletes, (str, bytes)):
+        raise InvalidInput("sets must be (address, value) pairs and deletes a list of addresses")
+    checked = []
+    for item in sets:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise InvalidInput(f"a set must be an (address, value) pair, not {item!r:.60}")
+        address, value = item
+        codec.check_address(address)
+        codec.encode_value(value)
+        checked.append((address, value))
+    deletes = list(deletes)
+    for address in deletes:
+        codec.check_address(address)
+    return checked, deletes
+
+
 def apply(
     store: StateStore,
-    resources: dict[str, Any] | None = None,
+    spec: Mapping[str, Any] | None = None,
     *,
+    resources: Mapping[str, Any] | None = None,
     sets: Iterable[tuple[str, Any]] = (),
     deletes: Iterable[str] = (),
     expect_serial: int | None = None,
@@ -176,15 +304,15 @@ def apply(
     on_wait: Callable[[Any], None] | None = None,
     operation: str = "apply",
 ) -> Plan:
-    """Make the state's resources equal ``resources`` (if given), then apply sets and deletes.
+    """Make the state's resources equal the spec's (``{"resources": {...}}``) or ``resources`` (a plain
+    mapping), if given; then apply ``sets`` ((address, value) pairs) and ``deletes`` (addresses).
 
     A lock-free read comes first: if it already shows the wanted resources (or a serial other
     than ``expect_serial``), the answer comes from that consistent snapshot without taking the
     lock or touching any file. Otherwise, under the lock: load, diff again, save.
     """
-    sets, deletes = list(sets), list(deletes)
-    for address in deletes:
-        codec.check_address(address)
+    resources = _desired(spec, resources)
+    sets, deletes = _edits(sets, deletes)
     snapshot = store.read(quiet=True)
     if snapshot.source != "backup":  # a recovery always goes on, to be persisted
         check_serial(snapshot, expect_serial)
@@ -209,6 +337,8 @@ def remove(
     on_wait: Callable[[Any], None] | None = None,
 ) -> Plan:
     """Delete resources; NotFound (and nothing removed) if any address is missing."""
+    if isinstance(addresses, (str, bytes)):
+        raise InvalidInput("addresses must be a list of addresses, not one string")
     addresses = [codec.check_address(a) for a in addresses]
     snapshot = store.read(quiet=True)  # refusals come from a lock-free snapshot: no file touched
     if snapshot.source != "backup":

@@ -176,7 +176,7 @@ def test_apply_human_summary(tmp_path: Path, store: Path) -> None:
     r = run(["apply", str(spec), "--dir", str(store)])
     assert r.exit_code == 0
     lines = r.stdout.splitlines()
-    assert lines[:4] == ["+ n", "~ a", "- b", "- c"]
+    assert lines[:4] == ['+ n = "new"', "~ a: 1 -> 2", '- b (was {"x":[1,2]})', '- c (was "hello")']
     assert "1 created, 1 updated, 2 deleted" in lines[-1] and "serial 2" in lines[-1]
 
 
@@ -188,14 +188,14 @@ def test_apply_from_stdin(store: Path) -> None:
 
 def test_set_and_delete_leave_the_rest_alone(store: Path) -> None:
     r = run(["apply", "--dir", str(store), "--set", "a=2", "--set", "new=not json {", "--set", "n=null",
-             "--set", "s=\"quoted\"", "--set", "e=", "--set", "nan=NaN", "--delete", "c", "--delete", "never-was",
-             "--json"])
+             "--set", "s=\"quoted\"", "--set", "e=", "--set", "w=hello world", "--delete", "c",
+             "--delete", "never-was", "--json"])
     assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout) == {"serial": 2, "created": ["e", "n", "nan", "new", "s"], "updated": ["a"],
+    assert json.loads(r.stdout) == {"serial": 2, "created": ["e", "n", "new", "s", "w"], "updated": ["a"],
                                     "deleted": ["c"]}
-    # A VALUE that is not valid JSON is a string (NaN is not JSON); JSON values keep their type.
+    # A VALUE that does not look like JSON is a plain string; JSON values keep their type.
     assert doc(store)["resources"] == {"a": 2, "b": {"x": [1, 2]}, "new": "not json {", "n": None, "s": "quoted",
-                                       "e": "", "nan": "NaN"}
+                                       "e": "", "w": "hello world"}
 
 
 def test_set_keeps_64_bit_integers_exact(store: Path) -> None:
@@ -363,7 +363,8 @@ def test_plan_writes_nothing(tmp_path: Path, store: Path) -> None:
     assert r.exit_code == 0
     assert json.loads(r.stdout) == {"serial": 1, "created": ["n"], "updated": ["a"], "deleted": ["c"]}
     r = run(["plan", str(spec), "--dir", str(store)])
-    assert r.stdout.splitlines() == ["+ n", "~ a", "- c", "Plan: 1 created, 1 updated, 1 deleted (state at serial 1)."]
+    assert r.stdout.splitlines() == ["+ n = 1", "~ a: 1 -> 2", '- c (was "hello")',
+                                     "Plan: 1 created, 1 updated, 1 deleted (state at serial 1)."]
     assert snapshot(store) == before
     missing = tmp_path / "missing-store"
     r = run(["plan", str(spec), "--dir", str(missing), "--json"])
@@ -460,7 +461,7 @@ def test_rm(store: Path) -> None:
     assert err["addresses"] == ["zz"]
     assert snapshot(store) == before  # all or nothing: b stays
     r = run(["rm", "b", "--dir", str(store)])
-    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "- b"
+    assert r.exit_code == 0 and r.stdout.splitlines() == ['- b (was {"x":[1,2]})', "Removed 1 resource; serial 3."]
 
 
 # -- corrupted, newer format, doctor ---------------------------------------------------------------
@@ -564,3 +565,215 @@ def test_log_format_json(store: Path) -> None:
     r = run(["apply", "--set", "a=9", "--dir", str(store)])  # default: warnings only
     assert r.stderr == ""
 
+
+
+# -- global options, declared once: before or after the command ----------------------------------------
+
+
+def test_global_options_before_and_after_the_command(store: Path, tmp_path: Path) -> None:
+    assert run(["--dir", str(store), "list"]).stdout == "a\nb\nc\n"
+    assert json.loads(run(["--dir", str(store), "--json", "list"]).stdout) == ["a", "b", "c"]
+    assert json.loads(run(["--json", "show", "c", "--dir", str(store)]).stdout) == "hello"
+    st = json.loads(run(["--dir", str(store), "lock", "--json", "status"]).stdout)
+    assert st["held"] is False
+    # given twice: the one after the command wins
+    assert run(["--dir", str(tmp_path / "elsewhere"), "list", "--dir", str(store)]).stdout == "a\nb\nc\n"
+    r = run(["--dir", str(store), "--lock-timeout", "5s", "apply", "--set", "g=1", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["created"] == ["g"]
+    assert "--lock-timeout" in assert_one_error_line(run(["--lock-timeout", "soon", "apply", "--set", "g=2",
+                                                          "--dir", str(store)]), 2)
+
+
+def test_verbosity_flags(store: Path) -> None:
+    r = run(["show", "-v", "--dir", str(store)])  # -v is a flag, not an option taking a level
+    assert r.exit_code == 0 and "serial: 1" in r.stdout
+    r = run(["apply", "--set", "a=5", "--dir", str(store), "-v"])
+    assert r.exit_code == 0 and "INFO" in r.stderr and "DEBUG" not in r.stderr
+    r = run(["-vv", "apply", "--set", "a=6", "--dir", str(store)])
+    assert r.exit_code == 0 and "DEBUG" in r.stderr
+    r = run(["-v", "apply", "--set", "a=7", "--dir", str(store), "-v"])  # counts add up
+    assert r.exit_code == 0 and "DEBUG" in r.stderr
+    r = run(["apply", "--set", "a=8", "--dir", str(store), "--log-level", "info"])
+    assert "INFO" in r.stderr and "DEBUG" not in r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["apply", "--delete", "--dir", "{d}"],
+    ["apply", "--set", "--json", "--dir", "{d}"],
+    ["rm", "a", "--expect-serial", "--json", "--dir", "{d}"],
+    ["--dir", "--json", "list"],
+    ["show", "--dir", "--json"],
+    ["lock", "status", "--dir", "-v"],
+])
+def test_an_option_value_that_looks_like_an_option_is_refused(store: Path, args: list[str]) -> None:
+    before = snapshot(store)
+    r = run([a.replace("{d}", str(store)) for a in args])
+    line = assert_one_error_line(r, 2)
+    assert "needs a value" in line and "looks like an option" in line, line
+    assert snapshot(store) == before
+
+
+def test_an_option_value_starting_with_a_dash_needs_the_equals_form(store: Path) -> None:
+    r = run(["apply", "--set=-x=1", "--dir", str(store), "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["created"] == ["-x"]
+    r = run(["apply", "--delete=-x", "--dir", str(store), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["deleted"] == ["-x"]
+    assert run(["apply", "-", "--dir", str(store)], input='{"resources": {}}').exit_code == 0  # "-" alone is stdin
+
+
+def test_url_and_dir_are_exclusive(store: Path) -> None:
+    line = assert_one_error_line(run(["list", "--dir", str(store), "--url", "postgresql://nowhere/db"]), 2)
+    assert "--dir" in line and "--url" in line
+    line = assert_one_error_line(run(["--url", "postgresql://x/db", "show", "--dir", str(store)]), 2)
+    assert "--url" in line
+    line = assert_one_error_line(run(["list"], env={"AGENTSTATE_DIR": str(store),
+                                                    "AGENTSTATE_URL": "postgresql://x/db"}), 2)
+    assert "AGENTSTATE_DIR" in line and "AGENTSTATE_URL" in line
+    # an option beats the other's variable
+    r = run(["list", "--dir", str(store)], env={"AGENTSTATE_URL": "postgresql://x/db"})
+    assert r.exit_code == 0 and r.stdout == "a\nb\nc\n"
+    assert_one_error_line(run(["list", "--url", ""]), 2)
+
+
+@pytest.mark.parametrize("var,value,args", [
+    ("AGENTSTATE_LOCK_TIMEOUT", "abc", ["apply", "--set", "z=1"]),
+    ("AGENTSTATE_LOCK_TIMEOUT", "-5s", ["rm", "a"]),
+    ("AGENTSTATE_LOG_LEVEL", "loud", ["show"]),
+    ("AGENTSTATE_LOG_FORMAT", "xml", ["list"]),
+])
+def test_a_bad_environment_variable_is_named_exit_2(store: Path, var: str, value: str, args: list[str]) -> None:
+    before = snapshot(store)
+    r = run([*args, "--dir", str(store), "--json"], env={var: value})
+    err = assert_json_error(r, 2, "usage")
+    assert err["message"].startswith(f"{var}") and value in err["message"], err
+    assert snapshot(store) == before
+    # the option itself, when given, wins over the variable and is named when bad
+    option = "--" + var.removeprefix("AGENTSTATE_").lower().replace("_", "-")
+    line = assert_one_error_line(run([*args, "--dir", str(store), option, "bogus"]), 2)
+    assert option in line and var not in line, line
+
+
+def test_bad_tenant_setting_is_exit_2(store: Path) -> None:
+    from agentstate.cli.common import Opts, UsageError
+
+    opts = Opts({"g_tenant": "../etc"})
+    with pytest.raises(UsageError, match="--tenant"):
+        opts.tenant
+    assert Opts({}).tenant == "default"
+
+
+def test_unknown_command_suggests(store: Path) -> None:
+    line = assert_one_error_line(run(["lst"]), 2)
+    assert "'list'" in line
+
+
+# -- --set: JSON when it looks like JSON ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("item", [
+    'cfg={"a":1,}', "x=NaN", "x=nan", "x=-NaN", "x=Infinity", "x=-Infinity", "x=inf", "x=True", "x=NULL",
+    "x=None", "x=1.2.3", "x=[1,", 'x="unterminated', "x=01", "x=+1", "x=.5", "x=-", "x={a: 1}", "x=[1,2]]",
+    'x={"k":1,"k":2}', 'x=[{"k":{"j":1,"j":1}}]',
+])
+def test_set_value_that_looks_like_json_must_be_json(store: Path, item: str) -> None:
+    before = snapshot(store)
+    r = run(["apply", "--set", item, "--dir", str(store), "--json"])
+    err = assert_json_error(r, 1, "invalid_input")
+    assert "JSON" in err["message"] or "twice" in err["message"], err
+    assert snapshot(store) == before
+
+
+def test_set_plain_words_are_strings_and_the_rule_is_in_help(store: Path) -> None:
+    r = run(["apply", "--dir", str(store), "--set", "w=hello", "--set", "v=v1.2", "--set", "u=http://x:1/y",
+             "--set", "t=trueish", "--set", "sp= leading space", "--set", "k=true", "--set", "q=\"1.2.3\""])
+    assert r.exit_code == 0, r.stderr
+    res = doc(store)["resources"]
+    assert res["w"] == "hello" and res["v"] == "v1.2" and res["u"] == "http://x:1/y" and res["t"] == "trueish"
+    assert res["sp"] == " leading space" and res["k"] is True and res["q"] == "1.2.3"
+    text = " ".join(run(["apply", "--help"]).stdout.split())
+    assert "looks like JSON" in text and "plain string" in text
+
+
+# -- duplicate keys ---------------------------------------------------------------------------------------
+
+DUPLICATES = {
+    "top": b'{"resources": {}, "resources": {"a": 1}}',
+    "resources": b'{"resources": {"a": 1, "a": 2}}',
+    "deep": b'{"resources": {"a": {"b": [1, {"c": 1, "d": 2, "c": 3}]}}}',
+    "escaped": b'{"resources": {"a": 1, "\\u0061": 2}}',
+    "colon-in-strings": b'{"resources": {"u": "http://h:1", "u": "x:y"}}',
+    "spaced": b'{"resources" : {"k" : 1 , "k" : 1}}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(DUPLICATES))
+@pytest.mark.parametrize("command", ["apply", "plan"])
+def test_duplicate_keys_are_refused(tmp_path: Path, store: Path, name: str, command: str) -> None:
+    spec = tmp_path / "dup.json"
+    spec.write_bytes(DUPLICATES[name])
+    before = snapshot(store)
+    err = assert_json_error(run([command, str(spec), "--dir", str(store), "--json"]), 1, "invalid_input")
+    assert "twice" in err["message"], err
+    assert snapshot(store) == before
+
+
+def test_keys_and_colons_that_are_not_duplicates_pass(tmp_path: Path, store: Path) -> None:
+    spec = tmp_path / "ok.json"
+    spec.write_bytes(b'{"resources": {"u": "http://h:1/a:b", "a:b": {"c": "d:e", "\\"k:": ["x:", {"y": ":"}]},'
+                     b' "a\\\\": {"a\\\\": 1}, "e": {}, "f": [{}, {"k": {"k": {"k": 1}}}]}}')
+    r = run(["apply", str(spec), "--dir", str(store), "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert doc(store)["resources"]["a:b"] == {"c": "d:e", '"k:': ["x:", {"y": ":"}]}
+
+
+# -- what commands say ------------------------------------------------------------------------------------
+
+
+def test_show_a_string_without_quotes(store: Path) -> None:
+    assert run(["show", "c", "--dir", str(store)]).stdout == "hello\n"
+    assert run(["show", "c", "--dir", str(store), "--json"]).stdout == '"hello"\n'
+    assert json.loads(run(["show", "a", "--dir", str(store)]).stdout) == 1
+
+
+def test_plan_shows_old_and_new_values(tmp_path: Path, store: Path) -> None:
+    spec = write_spec(tmp_path, {"a": 1, "b": {"x": [1, 3]}, "big": "x" * 500})
+    lines = run(["plan", str(spec), "--dir", str(store)]).stdout.splitlines()
+    assert lines[0].startswith('+ big = "xxx') and lines[0].endswith("...") and len(lines[0]) < 140
+    assert lines[1:] == ['~ b: {"x":[1,2]} -> {"x":[1,3]}', '- c (was "hello")',
+                         "Plan: 1 created, 1 updated, 1 deleted (state at serial 1)."]
+
+
+def test_doctor_repair_reports_what_it_did(store: Path) -> None:
+    r = run(["doctor", "--repair", "--dir", str(store)])
+    assert r.exit_code == 0 and "nothing to repair" in r.stdout and "repaired:" not in r.stdout
+    out = json.loads(run(["doctor", "--repair", "--dir", str(store), "--json"]).stdout)
+    assert out["actions"] == [] and out["repaired_serial"] is None and out["ok"] is True
+    assert run(["apply", "--set", "a=2", "--dir", str(store)]).exit_code == 0  # backup at serial 1
+    (store / "state.json").write_bytes(b"garbage")
+    (store / "state.json.tmp-0a1b2c3d").write_bytes(b"partial")
+    r = run(["doctor", "--repair", "--dir", str(store)])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    repaired = [line for line in r.stdout.splitlines() if line.startswith("repaired:")]
+    assert len(repaired) == 2, r.stdout
+    assert "restored state.json from the backup (serial 1) as serial" in repaired[0]
+    assert "state.json.corrupt-" in repaired[0]
+    assert repaired[1] == "repaired: removed 1 stray temp file: state.json.tmp-0a1b2c3d"
+    assert "nothing" not in r.stdout
+    r = run(["doctor", "--repair", "--dir", str(store), "--json"])
+    assert json.loads(r.stdout)["actions"] == []
+    missing = store.parent / "never-made"
+    r = run(["doctor", "--repair", "--dir", str(missing)])
+    assert r.exit_code == 0 and "nothing to repair" in r.stdout and not missing.exists()
+
+
+def test_doctor_verdicts_come_from_the_library(store: Path) -> None:
+    from agentstate import doctor
+    from agentstate.store import StateStore
+
+    s = StateStore(store)
+    assert doctor.diagnose(s).exit_code == 0
+    (store / "state.json").write_bytes(b"garbage")  # no backup yet: nothing valid left
+    report = doctor.diagnose(s)
+    assert report.exit_code == 4 and report.unrecoverable
+    assert run(["doctor", "--dir", str(store)]).exit_code == 4

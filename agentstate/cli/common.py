@@ -462,6 +462,12 @@ def run(body: Callable[[Opts], int | None]) -> None:
     try:
         opts.resolve()
         logs.configure(opts.log_level, opts.log_format)
+        if opts.log_level == "debug":
+            import logging
+
+            logging.getLogger("agentstate.cli").debug(
+                "%s: store %s", click.get_current_context().command_path,
+                _redacted(opts.url) if opts.url is not None else (opts.dir or "./.agentstate (default)"))
         code = body(opts) or 0
     except UsageError as e:
         _fail(opts, "usage", str(e), 2, {})
@@ -492,6 +498,13 @@ def run(body: Callable[[Opts], int | None]) -> None:
         _fail(opts, "internal", f"internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", 1,
               {})
     raise typer.Exit(code)
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password (for logs)."""
+    import re
+
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def _traceback(opts: Opts) -> None:

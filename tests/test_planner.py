@@ -1,0 +1,112 @@
+"""The library's apply/plan/remove: the same spec shape as the CLI, and every mistake an AgentStateError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import agentstate
+from agentstate import planner
+from agentstate.errors import AgentStateError, InvalidInput
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> agentstate.StateStore:
+    s = agentstate.StateStore(tmp_path / "s")
+    agentstate.apply(s, {"resources": {"a": 1, "b": {"x": [1, 2]}, "c": "hello"}})
+    return s
+
+
+def files(store: agentstate.StateStore) -> dict[str, bytes]:
+    d = Path(store.path)
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if not p.name.endswith(".lock")}
+
+
+def test_apply_takes_the_cli_spec_shape(store: agentstate.StateStore) -> None:
+    p = agentstate.apply(store, {"resources": {"a": 2, "d": True}})
+    assert p.to_dict() == {"serial": 2, "created": ["d"], "updated": ["a"], "deleted": ["b", "c"]}
+    assert store.read().resources == {"a": 2, "d": True}
+
+
+def test_apply_takes_a_plain_mapping_by_keyword(store: agentstate.StateStore) -> None:
+    p = agentstate.apply(store, resources={"a": 1, "z": 0})
+    assert p.to_dict() == {"serial": 2, "created": ["z"], "updated": [], "deleted": ["b", "c"]}
+    assert agentstate.plan(store, resources={"a": 1, "z": 0}).changed is False
+    assert agentstate.plan(store, {"resources": {"a": 1}}).deleted == ["z"]
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: agentstate.apply(s, {"agent.a": {"model": "y"}}),  # a plain mapping given as the spec
+    lambda s: agentstate.apply(s, {"resources": {"a": 1}, "agent.b": 2}),
+    lambda s: agentstate.apply(s, resources={"resources": {"a": 1}}),  # a spec given as resources=
+    lambda s: agentstate.apply(s, {"resources": {"a": 1}}, resources={"a": 1}),
+    lambda s: agentstate.apply(s, "notadict"),
+    lambda s: agentstate.apply(s, ["a"]),
+    lambda s: agentstate.apply(s, {"resources": "x"}),
+    lambda s: agentstate.apply(s, {"resources": {"a": float("nan")}}),
+    lambda s: agentstate.apply(s, {"resources": {1: "x"}}),
+    lambda s: agentstate.apply(s, resources="x"),
+    lambda s: agentstate.apply(s, sets={"a": 2}),
+    lambda s: agentstate.apply(s, sets=[("a",)]),
+    lambda s: agentstate.apply(s, sets=[("a", {1, 2})]),
+    lambda s: agentstate.apply(s, deletes="abc"),
+    lambda s: agentstate.apply(s, deletes=[None]),
+    lambda s: agentstate.plan(s, {"a": 1}),
+    lambda s: agentstate.plan(s, "notadict"),
+    lambda s: agentstate.remove(s, "abc"),
+    lambda s: agentstate.remove(s, [3]),
+])
+def test_a_shape_mix_up_is_refused_and_changes_nothing(store: agentstate.StateStore, call) -> None:
+    before = files(store)
+    with pytest.raises(InvalidInput) as info:
+        call(store)
+    e = info.value
+    assert isinstance(e, AgentStateError) and e.exit_code == 1
+    assert e.to_dict()["exit_code"] == 1 and e.to_dict()["code"] == "invalid_input"
+    assert files(store) == before
+    assert store.read().resources == {"a": 1, "b": {"x": [1, 2]}, "c": "hello"}
+
+
+def test_a_resource_named_resources_goes_through_the_spec(store: agentstate.StateStore) -> None:
+    agentstate.apply(store, {"resources": {"resources": {"k": 1}}})
+    assert store.read().resources == {"resources": {"k": 1}}
+
+
+def test_plan_carries_old_and_new_values(store: agentstate.StateStore) -> None:
+    p = agentstate.plan(store, {"resources": {"a": 2, "n": [1]}})
+    assert p.values == {"a": (1, 2), "n": (None, [1]), "b": ({"x": [1, 2]}, None), "c": ("hello", None)}
+    assert "values" not in p.to_dict()
+
+
+@pytest.mark.parametrize("raw,ok", [
+    ('{"a": 1, "a": 2}', False),
+    ('{"a": {"b": 1, "b": 1}}', False),
+    ('[{"k": 1}, {"k": 1}]', True),
+    ('{"a:": "b:", "c": {"d": ":"}}', True),
+    ('{"a\\\\": 1, "a\\"": 2}', True),
+    ('{"\\u00e9": 1, "é": 2}', False),
+])
+def test_parse_json_refuses_duplicate_keys(raw: str, ok: bool) -> None:
+    if ok:
+        planner.parse_json(raw, "input")
+        planner.parse_json(raw.encode(), "input")
+    else:
+        with pytest.raises(InvalidInput, match="twice"):
+            planner.parse_json(raw.encode(), "input")
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("hello", "hello"), ("", ""), ("v1.2", "v1.2"), ("1", 1), ("-2", -2), ("true", True), ("null", None),
+    ('"1.2.3"', "1.2.3"), ("[1]", [1]), ("yes", "yes"), ("not json {", "not json {"),
+])
+def test_parse_assignment(raw: str, expected) -> None:
+    assert planner.parse_assignment(f"k={raw}") == ("k", expected)
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "True", "None", "1.2.3", '{"a":1,}', "[1,", "+1",
+                                 "1e400", '{"a": 1, "a": 2}'])
+def test_parse_assignment_refuses_broken_json(raw: str) -> None:
+    assert planner.looks_like_json(raw)
+    with pytest.raises(InvalidInput):
+        planner.parse_assignment(f"k={raw}")
