@@ -143,6 +143,12 @@ SOFT_DELETE = Stmt(
 
 TENANTS = Stmt(both="SELECT DISTINCT tenant FROM responses ORDER BY tenant")
 
+# The same walk bounded by :max_links only (doctor passes the tenant's count + 1), so that a cycle
+# is walked round until a response repeats even where the recorded depths are wrong.
+WALK = Stmt(both=CHAIN.sqlite.replace("CASE WHEN s.depth < :max_links THEN s.depth + 1 ELSE :max_links END",
+                                      "CAST(:max_links AS BIGINT)"))
+assert WALK.sqlite != CHAIN.sqlite
+
 # Links that lead nowhere: a previous_id without the matching previous_seq row (same tenant, that
 # seq, that id), or only one of the two set. Rows: (id, previous_id).
 BROKEN_LINKS = Stmt(
