@@ -16,7 +16,7 @@ new version; when state.json is new, the backup must be the old version; and the
 must clean up, save, and leave no temp file. Each scenario must see both outcomes.
 
 Scenarios: an update (valid state.json + backup), the first save into a missing directory, and
-an update where state.json and its backup are one inode (what a failed commit or a roll-back
+an update where state.json and its backup are one inode (what a commit that failed at its last rename
 leaves).
 """
 
