@@ -7,6 +7,7 @@ integration_tests/test_cli_subprocess.py; concurrency in integration_tests/test_
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -386,22 +387,25 @@ def test_reads_work_while_locked_and_writes_time_out(tmp_path: Path, store: Path
         st = json.loads(run(["lock", "status", "--dir", str(store), "--json"]).stdout)
         assert st["held"] is True and st["holder"]["lock_id"] == holder.lock_id and st["holder_alive"] is True
         text = run(["lock", "status", "--dir", str(store)]).stdout
-        assert "long-agent-run" in text and holder.lock_id in text
+        assert "long-agent-run" in text and holder.lock_id in text and "holder process: alive" in text
+        assert f"next: wait for PID {os.getpid()}" in text
         for args in (["apply", str(spec)], ["apply", "--set", "z=1"], ["rm", "a"], ["doctor", "--repair"]):
             r = run([*args, "--dir", str(store), "--lock-timeout", "0", "--json"])
             err = assert_json_error(r, 3, "locked")
             assert err["holder"]["lock_id"] == holder.lock_id
-            assert "long-agent-run" in r.stderr and "force-unlock" in r.stderr, r.stderr
+            assert "long-agent-run" in r.stderr and f"stop PID {os.getpid()}" in r.stderr, r.stderr
+            assert "force-unlock" not in r.stderr  # it would not help: the holder is alive
         r = run(["apply", "--set", "z=1", "--dir", str(store), "--lock-timeout", "300ms"])
         assert_one_error_line(r, 3)
-        # force-unlock: wrong ID is a conflict; the right ID of a live holder is refused without --force.
-        assert_one_error_line(run(["force-unlock", "not-the-id", "--dir", str(store)]), 5)
-        assert_one_error_line(run(["force-unlock", holder.lock_id, "--dir", str(store)]), 3)
+        # force-unlock: a held lock is never removed, whatever the ID, with or without --force.
+        for force in ([], ["--force"], ["not-the-id"]):
+            lock_id = force[0] if force and not force[0].startswith("-") else holder.lock_id
+            r = run(["force-unlock", lock_id, *[f for f in force if f.startswith("-")], "--dir", str(store),
+                     "--json"])
+            err = assert_json_error(r, 3, "locked")
+            assert str(os.getpid()) in err["message"] and err["holder"]["lock_id"] == holder.lock_id
         assert snapshot(store) == before
-        r = run(["force-unlock", holder.lock_id, "--force", "--dir", str(store), "--json"])
-        assert r.exit_code == 0, r.stderr
-        out = json.loads(r.stdout)
-        assert out["unlocked"] is True and out["holder"]["lock_id"] == holder.lock_id
+        assert json.loads(run(["lock", "status", "--dir", str(store), "--json"]).stdout)["held"] is True
     finally:
         lk.release()
     assert run(["apply", "--set", "z=1", "--dir", str(store), "--lock-timeout", "0"]).exit_code == 0
@@ -518,6 +522,29 @@ def test_newer_format_is_a_conflict(store: Path) -> None:
     assert snapshot(store) == before
 
 
+def test_force_unlock_clears_the_record_of_a_killed_holder(store: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, os, signal, agentstate\n"
+            "lk = agentstate.StateStore(sys.argv[1]).lock()\n"
+            "h = lk.acquire(0, 'doomed')\n"
+            "print(h.lock_id, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    p = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == -9, p.stderr
+    lock_id = p.stdout.strip()
+    st = json.loads(run(["lock", "status", "--dir", str(store), "--json"]).stdout)
+    assert st["held"] is False and st["last_holder"]["lock_id"] == lock_id and st["stale"] is True
+    text = run(["lock", "status", "--dir", str(store)]).stdout
+    assert text.startswith("free") and "doomed" in text and f"agentstate force-unlock {lock_id}" in text
+    assert_one_error_line(run(["force-unlock", "not-the-id", "--dir", str(store)]), 5)
+    r = run(["force-unlock", lock_id, "--dir", str(store)])
+    assert r.exit_code == 0 and r.stdout.startswith("unlocked: cleared the stale record"), r.stdout + r.stderr
+    assert json.loads(run(["lock", "status", "--dir", str(store), "--json"]).stdout)["last_holder"] is None
+    assert_one_error_line(run(["force-unlock", lock_id, "--dir", str(store)]), 6)
+
+
 def test_force_unlock_without_a_lock_is_6(store: Path) -> None:
     assert_one_error_line(run(["force-unlock", "some-id", "--dir", str(store)]), 6)
     r = run(["lock", "status", "--dir", str(store)])
@@ -557,11 +584,11 @@ def test_log_format_json(store: Path) -> None:
     assert r.exit_code == 0
     records = [json.loads(line) for line in r.stderr.splitlines()]
     messages = [rec["message"] for rec in records]
-    assert any(m.startswith("lock acquired") for m in messages), messages
-    assert any(m.startswith("lock released") for m in messages), messages
+    assert any(m.startswith("lock ") and " acquired by PID " in m for m in messages), messages
+    assert any(m.startswith("lock ") and " released by PID " in m for m in messages), messages
     assert all(rec["level"] == "info" and rec["logger"].startswith("agentstate") for rec in records)
     r = run(["apply", "--set", "a=8", "--dir", str(store), "--log-level", "INFO"])
-    assert "agentstate: INFO: lock acquired" in r.stderr
+    assert "agentstate: INFO: lock " in r.stderr and " acquired by PID " in r.stderr
     r = run(["apply", "--set", "a=9", "--dir", str(store)])  # default: warnings only
     assert r.stderr == ""
 

@@ -33,7 +33,7 @@ def _describe(record: dict[str, Any] | None) -> str:
 
 @lock_app.command("status", cls=Command, epilog=EXIT_CODES)
 def lock_status() -> None:
-    """Show whether the lock is free or held, by whom, and what to do next."""
+    """Show whether the lock is free or held (the kernel's answer), by whom, and what to do next."""
 
     def body(o: Opts) -> None:
         st = o.store().lock_status()
@@ -43,36 +43,35 @@ def lock_status() -> None:
         if not st["held"]:
             out(f"free ({st['path']})")
             if st.get("last_holder"):
-                out(f"last holder, which did not release: {_describe(st['last_holder'])}")
+                out(f"last holder, which ended without releasing: {_describe(st['last_holder'])}")
         else:
             out(f"held by {_describe(st.get('holder'))}")
-            alive = st.get("holder_alive")
-            if "holder_alive" in st:
-                state = {True: "alive", False: "not running", None: "cannot tell (another host or namespace)"}[alive]
-                out(f"holder process: {state}" + ("; the lock looks stale" if st.get("stale") else ""))
-        for key in ("advice", "next", "hint"):
-            if st.get(key):
-                out(str(st[key]))
-                break
-        else:
-            if st["held"] and st.get("holder"):
-                out(f"to remove it: agentstate force-unlock {st['holder'].get('lock_id')}")
+            if st.get("holder"):
+                alive = {True: "alive", False: "not running", None: "cannot tell (another host or PID namespace)"}
+                out(f"holder process: {alive.get(st.get('holder_alive'), '?')}")
+        if st.get("next"):
+            out(f"next: {st['next']}")
 
     run(body)
 
 
 @app.command("force-unlock", cls=Command, epilog=EXIT_CODES)
 def force_unlock(
-    lock_id: Annotated[str, typer.Argument(help="The lock ID from the lock error or `agentstate lock status`.")],
-    force: Annotated[bool, typer.Option("--force", help="Unlock even if the holder is alive on this host.")] = False,
+    lock_id: Annotated[str, typer.Argument(help="The lock ID from `agentstate lock status`.")],
+    force: Annotated[bool, typer.Option("--force", help="Accepted for old scripts; changes nothing: a lock that "
+                                                        "a process holds is never removed.")] = False,
 ) -> None:
-    """Clear the lock record, only if LOCK_ID names its holder and no process holds the lock."""
+    """Clear a stale lock record (left by a holder that ended without releasing), if LOCK_ID names it.
+
+    A lock that a process holds is never removed (exit 3, naming that process): stop the process
+    instead; its lock is freed the instant it exits."""
 
     def body(o: Opts) -> None:
         holder = o.store().force_unlock(lock_id, force=force)
         if o.json:
             emit_json({"unlocked": True, "holder": holder})
         else:
-            out(f"unlocked: removed the lock of PID {holder['pid']} on {holder['hostname']} (lock ID {lock_id})")
+            out(f"unlocked: cleared the stale record of PID {holder['pid']} on {holder['hostname']} "
+                f"(lock ID {lock_id}); no process held the lock")
 
     run(body)
