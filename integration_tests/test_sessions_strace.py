@@ -1,0 +1,133 @@
+"""Fault injection into a real session append: `agentstate sessions append` under `strace -e inject=...`.
+
+A clean append is traced first (``strace -f -y``) to find every write (pwrite64/write) and every
+fsync/fdatasync the process makes on ``agentstate.db`` and ``agentstate.db-wal``. Then each of those
+calls is made to fail in its own run (ENOSPC on a write, EIO on an fsync), counted with strace's
+per-task ``when=N``:
+
+* a fault up to the commit (the WAL's frames and the fsync that makes them durable, all before
+  the writer lock is released): exit 1, exactly one ``error:`` line on stderr, no traceback, and
+  nothing stored: the session reads exactly as before;
+* a fault after the commit (the checkpoint SQLite runs when the process closes the database):
+  the append was acknowledged (exit 0) and must be there.
+
+Either way the database then opens, passes ``PRAGMA integrity_check``, and the next append works
+with the next seq (no gap). Each run's trace must show exactly the intended call marked
+``(INJECTED)``, so a miscounted ``when=`` fails the test instead of testing nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from agentstate_integration import AGENTSTATE_CLI, main_thread, occurrence, parse_strace, run_strace, \
+    write_report_record
+
+from agentstate import SessionStore
+
+TRACE = "openat,write,pwrite64,fsync,fdatasync,ftruncate,close,unlink"
+DB = "agentstate.db"
+
+
+def _cli(directory: Path, text: str) -> list[str]:
+    return [AGENTSTATE_CLI, "sessions", "append", "s", "--content", text, "--dir", str(directory)]
+
+
+def _items(directory: Path) -> list[dict]:
+    store = SessionStore(str(directory))
+    try:
+        return [i.to_dict() for i in store.items("s")]
+    finally:
+        store.close()
+
+
+def _integrity(directory: Path) -> list[str]:
+    conn = sqlite3.connect(directory / DB)
+    try:
+        return [r[0] for r in conn.execute("PRAGMA integrity_check")]
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("template") / "store"
+    for text in ("one", "two"):
+        r = subprocess.run(_cli(d, text), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    return d
+
+
+def _target(path: str | None) -> bool:
+    return bool(path) and (path.endswith("/" + DB) or path.endswith("/" + DB + "-wal"))
+
+
+@pytest.fixture(scope="module")
+def plan(template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, int, str, bool]]:
+    """(syscall, when, path, before_commit) for each write and fsync of the db and WAL in a clean append."""
+    d = tmp_path_factory.mktemp("discover") / "store"
+    shutil.copytree(template, d)
+    trace = d.parent / "trace.txt"
+    r = run_strace(_cli(d, "three"), trace, trace=TRACE)
+    assert r.returncode == 0, r.stderr
+    calls = main_thread(parse_strace(trace.read_text()))
+    lock_blanked = next(i for i, c in enumerate(calls)
+                        if c.name == "pwrite64" and (c.fd_path(0) or "").endswith(".lock") and '"   ' in c.line)
+    out = []
+    for i, c in enumerate(calls):
+        if c.name in ("write", "pwrite64", "fsync", "fdatasync") and _target(c.fd_path(0)):
+            out.append((c.name, occurrence(calls, i), c.fd_path(0), i < lock_blanked))
+    names = {n for n, *_ in out}
+    assert {"pwrite64", "fdatasync"} <= names or {"pwrite64", "fsync"} <= names, out
+    assert any(before for *_, before in out) and any(n.endswith("sync") and before for n, _, _, before in out)
+    return out
+
+
+def test_every_write_and_fsync_fault(template: Path, plan: list, tmp_path: Path) -> None:
+    before_items = _items(template)
+    violations: list[str] = []
+    cases = 0
+    for k, (name, when, path, before_commit) in enumerate(plan):
+        errno = "EIO" if name.endswith("sync") else "ENOSPC"
+        d = tmp_path / f"case{k}" / "store"
+        shutil.copytree(template, d)
+        trace = d.parent / "trace.txt"
+        r = run_strace(_cli(d, "three"), trace, trace=TRACE, inject=[f"{name}:error={errno}:when={when}"])
+        cases += 1
+        label = f"{name}#{when} on {Path(path).name} ({'before' if before_commit else 'after'} commit)"
+        injected = [c for c in parse_strace(trace.read_text()) if c.injected]
+        if len(injected) != 1 or not _target(injected[0].fd_path(0)):
+            violations.append(f"{label}: the trace shows {len(injected)} injected calls: "
+                              f"{[c.line for c in injected]}")
+            continue
+        lines = r.stderr.splitlines()
+        items = _items(d)
+        if before_commit:
+            if r.returncode != 1 or len(lines) != 1 or not lines[0].startswith("error: "):
+                violations.append(f"{label}: exit {r.returncode}, stderr {r.stderr!r}")
+            if items != before_items:
+                violations.append(f"{label}: failed append changed the session: {len(items)} items")
+        else:
+            if r.returncode != 0 or r.stderr:
+                violations.append(f"{label}: a fault after the commit failed the append: {r.stderr!r}")
+            if [i["data"] for i in items] != [i["data"] for i in before_items] + [{"role": "user",
+                                                                                   "content": "three"}]:
+                violations.append(f"{label}: the acknowledged append is not there")
+        if "Traceback" in r.stderr:
+            violations.append(f"{label}: traceback")
+        if _integrity(d) != ["ok"]:
+            violations.append(f"{label}: integrity_check {_integrity(d)}")
+        after = subprocess.run(_cli(d, "four"), capture_output=True, text=True, timeout=60)
+        if after.returncode != 0:
+            violations.append(f"{label}: the next append failed: {after.stderr!r}")
+        else:
+            seqs = [i["seq"] for i in _items(d)]
+            if seqs != list(range(1, len(seqs) + 1)):
+                violations.append(f"{label}: seqs after the next append: {seqs}")
+    write_report_record("sessions_strace_faults", cases, len(violations))
+    assert not violations, "\n".join(violations)
+    assert cases >= 4
