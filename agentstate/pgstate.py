@@ -214,7 +214,7 @@ class PgStateStore(StateStore):
         updated_at = _utcnow()
         data = codec.encode_document(serial=serial, lineage=snap.lineage, updated_at=updated_at,
                                      resources_bytes=resources_bytes)
-        tx.execute(q_state.SAVE, data=data, keep_previous=snap.source == "backup")
+        tx.defer(q_state.SAVE, data=data, keep_previous=snap.source == "backup")  # sent with the COMMIT
         return {"serial": serial, "updated_at": updated_at, "format_version": codec.FORMAT_VERSION, "changed": True}
 
     # -- lock management and checks ---------------------------------------------------------

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import cli_start, contention, floor, peers, sizes
+from . import cli_start, contention, floor, peers, pg, sizes
 from .common import REPO, Config, Row, finite_positive, fmt_value, machine_info
 
 BENCHMARKS = {
@@ -19,6 +19,7 @@ BENCHMARKS = {
     "contention": contention.run,
     "cli": cli_start.run,
     "peers": peers.run,
+    "pg": pg.run,
 }
 
 

@@ -383,30 +383,34 @@ def _me(operation: str, key: int, purpose: int) -> dict[str, Any]:
             "operation": operation, "version": __version__, "_lock": key}
 
 
-def lock_in_transaction(connector: Connector, conn: Any, purpose: int, timeout: float, on_wait: Any,
-                        me: dict[str, Any], what: str) -> None:
-    """Inside the transaction: take the advisory lock (try first, then wait up to ``timeout``)."""
+def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: dict[str, Any]) -> bool:
+    """One round trip: publish the holder record (its own autocommit statement), BEGIN, set
+    lock_timeout, try the advisory lock. True if it was taken."""
+    with conn.pipeline() as p:
+        conn.execute(_PUBLISH, me)
+        p.sync()  # the record commits on its own, visible to waiters at once
+        conn.execute("BEGIN")
+        if timeout > 0:
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (_timeout_ms(timeout),))
+        cur = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (cn.key, purpose))
+        return bool(cur.fetchone()[0])
+
+
+def _wait_locked(cn: Connector, conn: Any, purpose: int, timeout: float, on_wait: Any, what: str) -> None:
+    """The lock was busy: tell ``on_wait`` who holds it, then wait up to ``timeout`` (lock_timeout, set
+    by _begin_locked). On timeout: roll back, name the holder, StateLocked."""
     from psycopg import errors as pe
 
-    got = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (connector.key, purpose)).fetchone()[0]
-    if got:
-        return
     if timeout > 0:
         if on_wait is not None:
-            with conn.transaction():  # a savepoint: the holder query cannot spoil the transaction
-                holder = _holder_dict(conn.execute(_HOLDER, {"key": connector.key, "purpose": purpose}).fetchone())
-            on_wait(holder)
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (_timeout_ms(timeout),))
+            on_wait(_holder_dict(conn.execute(_HOLDER, {"key": cn.key, "purpose": purpose}).fetchone()))
         try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (connector.key, purpose))
-            conn.execute("SELECT set_config('lock_timeout', '0', true)")
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (cn.key, purpose))
             return
         except pe.LockNotAvailable:
             pass
-    with conn.transaction():
-        holder = _holder_dict(conn.execute(_HOLDER, {"key": connector.key, "purpose": purpose}).fetchone())
-    raise locked_error(what, timeout, holder)
+    conn.execute("ROLLBACK")
+    raise locked_error(what, timeout, read_holder(conn, cn.key, purpose))
 
 
 def locked_error(what: str, timeout: float, holder: dict[str, Any] | None) -> StateLocked:
@@ -509,6 +513,12 @@ class Tx:
         self._connector = connector
         self._doing = doing
         self._texts: dict[int, str] = {}
+        self.deferred: list[tuple[str, dict[str, Any]]] = []
+
+    def defer(self, stmt: Any, **params: Any) -> None:
+        """Run ``stmt`` at commit, sent with the COMMIT in one round trip (for a write whose result
+        nobody needs)."""
+        self.deferred.append((pg_text(stmt), params))
 
     def _execute(self, stmt: Any, params: dict[str, Any]) -> Any:
         text = self._texts.get(id(stmt))
@@ -680,26 +690,54 @@ def _rollback(cn: Connector, conn: Any) -> None:
 def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: float, on_wait: Any,
                        what: str) -> Iterator[Tx]:
     """One PostgreSQL transaction holding the ``purpose`` advisory lock: the holder record published
-    first (autocommit), then BEGIN, the lock, the block, COMMIT. Any exception rolls back (a lost
-    connection: the server rolls back); psycopg errors become one AgentStateError."""
+    (autocommit), BEGIN, the lock (all in one round trip when it is free), the block, then the
+    statements the block deferred and COMMIT (one round trip). Any exception rolls back (a lost
+    connection: the server rolls back); psycopg errors become one AgentStateError.
+
+    A connection found dead at the start (the server restarted since its last use) is replaced and
+    the start retried once: nothing had been sent yet."""
     import psycopg
 
-    with cn.errors(f"starting {operation}"):
-        conn = cn.conn()
-        me = _me(operation, cn.key, purpose)
-        conn.execute(_PUBLISH, me)
+    from .. import signals
+
+    me = _me(operation, cn.key, purpose)
+    for attempt in (1, 2):
+        with cn.errors(f"starting {operation}"):
+            conn = cn.conn()
+        try:
+            got = _begin_locked(cn, conn, purpose, timeout, me)
+            break
+        except psycopg.OperationalError as e:
+            _rollback(cn, conn)
+            if attempt == 2 or not (conn.broken or conn.closed):
+                raise server_error(e, doing=operation, where=cn.where) from None
+            log.info("connection to %s was lost since its last use; reconnecting", cn.where)
+        except psycopg.Error as e:
+            _rollback(cn, conn)
+            raise server_error(e, doing=operation, where=cn.where) from None
+        except BaseException:
+            _rollback(cn, conn)
+            raise
     committing = False
     try:
-        conn.execute("BEGIN")
-        lock_in_transaction(cn, conn, purpose, timeout, on_wait, me, what)
-        yield Tx(conn, cn, operation)
+        if not got:
+            _wait_locked(cn, conn, purpose, timeout, on_wait, what)
+        tx = Tx(conn, cn, operation)
+        yield tx
         committing = True
-        from .. import signals
-
         with signals.critical():  # a signal during COMMIT is held: the outcome is then known
-            conn.execute("COMMIT")
+            if tx.deferred:
+                with conn.pipeline():
+                    for text, params in tx.deferred:
+                        conn.execute(text, params)
+                    conn.execute("COMMIT")
+            else:
+                conn.execute("COMMIT")
     except psycopg.Error as e:
         _rollback(cn, conn)
+        if isinstance(e, psycopg.errors.LockNotAvailable):  # a row lock held by a program other than agentstate
+            raise StateLocked(f"timed out after {timeout:g}s waiting for a row lock of {what}: {_first_line(e)}",
+                              hint="a session other than agentstate's holds it; see pg_locks") from None
         raise server_error(e, doing=operation, where=cn.where, committing=committing) from None
     except BaseException:
         _rollback(cn, conn)
