@@ -133,8 +133,6 @@ def check_response(response: Any, max_item_bytes: int) -> tuple[str, str | None,
     previous = response.get("previous_response_id")
     if previous is not None:
         previous = check_name(previous, "previous_response_id")
-        if previous == rid:
-            raise InvalidInput(f"response {rid!r} names itself as previous_response_id")
     body = encode_value(response)
     if len(body) > max_item_bytes:
         raise InvalidInput(
@@ -238,16 +236,27 @@ class ResponseStore:
         if not checked:
             return []
         tenant = self.tenant
+        batch_ids = [rid for rid, _, _ in checked]
+        if len(set(batch_ids)) != len(batch_ids):
+            dup = next(i for n, i in enumerate(batch_ids) if i in batch_ids[:n])
+            raise self._conflict(dup)
         now = _utcnow()
         infos: list[ResponseInfo] = []
         touched: OrderedDict[str, None] = OrderedDict()
         evicted: list[tuple[str, int]] = []
         with self.db.write(operation="responses save") as tx:
+            if len(checked) > 1:  # one query for the whole batch (a single save learns it from its INSERT)
+                taken = tx.value(q.ANY_EXISTING, tenant=tenant, ids=orjson.dumps(batch_ids).decode())
+                if taken is not None:
+                    raise self._conflict(taken)
+            seq = int(tx.value(q.NEXT_SEQ))
+            links: dict[str, tuple[str, int, int]] = {}  # id -> (root, depth, seq), the batch's own first
+            new_rows: list[dict[str, Any]] = []
             for rid, previous, body in checked:
                 if previous is None:
                     root, depth, previous_seq = rid, 0, None
                 else:
-                    link = tx.one(q.LINK, tenant=tenant, id=previous)
+                    link = links.get(previous) or tx.one(q.LINK, tenant=tenant, id=previous)
                     if link is None:
                         raise NotFound(
                             f"previous_response_id {previous!r} of response {rid!r} is not stored "
@@ -258,18 +267,20 @@ class ResponseStore:
                     root, depth, previous_seq = link[0], int(link[1]) + 1, link[2]
                     if depth >= MAX_CHAIN:
                         raise InvalidInput(f"the chain of {previous!r} already holds {MAX_CHAIN} responses, the limit")
-                if tx.one(q.INSERT, tenant=tenant, id=rid, previous_id=previous, previous_seq=previous_seq,
-                          root_id=root, depth=depth,
-                          body=body.decode("utf-8"), created_at=now) is None:
-                    raise ConflictError(
-                        f"response {rid!r} already exists (tenant {tenant!r}); nothing was saved",
-                        hint="response ids are unique; give the new response its own id",
-                        response_id=rid,
-                    )
+                links[rid] = (root, depth, seq)
+                new_rows.append({"seq": seq, "tenant": tenant, "id": rid, "previous_id": previous,
+                                 "previous_seq": previous_seq, "root_id": root, "depth": depth,
+                                 "body": body.decode("utf-8"), "created_at": now})
+                seq += 1
                 touched.pop(root, None)
                 touched[root] = None
                 infos.append(ResponseInfo(id=rid, tenant=tenant, previous_response_id=previous, root_id=root,
                                           depth=depth, created_at=now))
+            if len(new_rows) == 1:
+                if tx.one(q.INSERT, **new_rows[0]) is None:
+                    raise self._conflict(new_rows[0]["id"])
+            else:
+                tx.many(q.INSERT, new_rows)
             self._flush_uses(tx)
             for root in touched:
                 tx.run(q.TOUCH_CHAIN, tenant=tenant, root_id=root)
@@ -310,6 +321,13 @@ class ResponseStore:
         with self.db.write(operation="responses delete") as tx:
             if tx.one(q.SOFT_DELETE, tenant=self.tenant, id=rid, now=_utcnow()) is None:
                 raise self._not_found(rid, deleted=tx.one(q.LINK, tenant=self.tenant, id=rid) is not None)
+
+    def _conflict(self, rid: str) -> ConflictError:
+        return ConflictError(
+            f"response {rid!r} already exists (tenant {self.tenant!r}); nothing was saved",
+            hint="response ids are unique; give the new response its own id",
+            response_id=rid,
+        )
 
     def _not_found(self, rid: str, deleted: bool = False) -> NotFound:
         if deleted:

@@ -94,11 +94,22 @@ LINK = Stmt(
     both="SELECT root_id, depth, seq FROM responses WHERE tenant = :tenant AND id = :id",
 )
 
-# Store a response; returns its seq, or no row when the id is taken in the tenant (nothing changed).
+# The seq the next response gets (seqs are global: 1 + the largest; writers are serialized).
+NEXT_SEQ = Stmt(both="SELECT COALESCE(MAX(seq), 0) + 1 FROM responses")
+
+# One id of the JSON array :ids that is taken in the tenant, or no row (a batch save's check).
+ANY_EXISTING = Stmt(
+    sqlite="""SELECT id FROM responses
+              WHERE tenant = :tenant AND id IN (SELECT value FROM json_each(:ids)) LIMIT 1""",
+    postgres="""SELECT id FROM responses
+                WHERE tenant = %(tenant)s AND id IN (SELECT json_array_elements_text(%(ids)s::json)) LIMIT 1""",
+)
+
+# Store a response (seq from NEXT_SEQ); returns the seq, or no row when the id is taken in the
+# tenant (nothing changed). A batch runs it with executemany after ANY_EXISTING found no taken id.
 INSERT = Stmt(
     both="""INSERT INTO responses (seq, tenant, id, previous_id, previous_seq, root_id, depth, body, created_at)
-            VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM responses), :tenant, :id, :previous_id,
-                    :previous_seq, :root_id, :depth, :body, :created_at)
+            VALUES (:seq, :tenant, :id, :previous_id, :previous_seq, :root_id, :depth, :body, :created_at)
             ON CONFLICT (tenant, id) DO NOTHING RETURNING seq""",
 )
 
