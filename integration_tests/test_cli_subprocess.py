@@ -101,7 +101,7 @@ def test_every_command(tmp_path: Path) -> None:
     assert not Path(d).exists()
     r = cli("apply", str(spec), "--dir", d)
     assert r.returncode == 0 and r.stdout.decode().splitlines() == [
-        "+ agent.a", "+ agent.b", "Apply complete: 2 created, 0 updated, 0 deleted; serial 1."]
+        '+ agent.a = {"model":"x"}', "+ agent.b = [1,2]", "Apply complete: 2 created, 0 updated, 0 deleted; serial 1."]
     out = ok_json(cli("apply", "-", "--dir", d, "--json", input=b'{"resources": {"agent.a": {"model": "y"}}}'))
     assert out == {"serial": 2, "created": [], "updated": ["agent.a"], "deleted": ["agent.b"]}
     out = ok_json(cli("apply", "--dir", d, "--set", "note=hello world", "--set", "n=42", "--json"))
@@ -121,6 +121,10 @@ def test_every_command(tmp_path: Path) -> None:
     assert ok_json(cli("list", "--json", env=env(AGENTSTATE_DIR=d))) == ["agent.a"]
     assert cli("apply", "--set", "x=1", cwd=tmp_path).returncode == 0
     assert (tmp_path / ".agentstate" / "state.json").exists()
+    # global options before the command, as well as after it
+    assert cli("--dir", d, "list").stdout == b"agent.a\n"
+    assert ok_json(cli("--json", "--dir", d, "show", "agent.a")) == {"model": "y"}
+    assert cli("--dir", d, "show", "agent.a", "-v").returncode == 0
 
 
 # -- every error exit code ----------------------------------------------------------------------
@@ -326,16 +330,19 @@ def test_lock_held_by_another_process(tmp_path: Path, store: Path) -> None:
         err = json_error(r, 3, "locked")
         assert err["holder"]["lock_id"] == holder["lock_id"]
         line = r.stderr.decode()
-        assert str(p.pid) in line and "long-agent-run" in line and "force-unlock" in line
+        assert str(p.pid) in line and "long-agent-run" in line and f"stop PID {p.pid}" in line
+        assert "force-unlock" not in line  # it could not help while the holder lives
         error_line(cli("rm", "a", "--dir", str(store), "--lock-timeout", "0"), 3)
-        error_line(cli("force-unlock", "wrong-id", "--dir", str(store)), 5)
-        error_line(cli("force-unlock", holder["lock_id"], "--dir", str(store)), 3)  # the holder is alive
+        for args in (["wrong-id"], [holder["lock_id"]], [holder["lock_id"], "--force"]):
+            line = error_line(cli("force-unlock", *args, "--dir", str(store)), 3)  # never while it is held
+            assert str(p.pid) in line
         assert snapshot(store) == before
         # SIGKILL: the kernel releases the flock; the stale record is shown, then removed by force-unlock.
         p.kill()
         p.wait(10)
         st = ok_json(cli("lock", "status", "--dir", str(store), "--json"))
         assert st["held"] is False and st["last_holder"]["lock_id"] == holder["lock_id"]
+        error_line(cli("force-unlock", "wrong-id", "--dir", str(store)), 5)
         assert ok_json(cli("force-unlock", holder["lock_id"], "--dir", str(store), "--json"))["unlocked"] is True
         error_line(cli("force-unlock", holder["lock_id"], "--dir", str(store)), 6)
         assert ok_json(cli("apply", "--set", "a=2", "--dir", str(store), "--lock-timeout", "0", "--json"))[
@@ -402,7 +409,7 @@ def test_log_format_json_lines(store: Path) -> None:
     assert r.returncode == 0
     records = [json.loads(line) for line in r.stderr.decode().splitlines()]
     msgs = [x["message"] for x in records]
-    assert any(m.startswith("lock acquired") for m in msgs) and any(m.startswith("lock released") for m in msgs)
+    assert any(" acquired by PID " in m for m in msgs) and any(" released by PID " in m for m in msgs), msgs
     assert {"ts", "level", "logger", "pid", "message"} <= set(records[0])
     r = cli("apply", "--set", "a=4", "--dir", str(store), env=env(AGENTSTATE_LOG_LEVEL="info",
                                                                    AGENTSTATE_LOG_FORMAT="json"))
