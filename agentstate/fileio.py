@@ -333,15 +333,16 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
     directory = os.path.dirname(path) or "."
     mode = files.mode(path) if previous.exists else None
     mode = 0o600 if mode is None else mode
-    tmp = temp_name(path)
-    _write_new(files, tmp, data, mode)  # steps 1-2
+    tmp: str | None = temp_name(path)
+    bak_tmp = temp_name(path, "bak.tmp")
     kept_at = None
     try:
+        _write_new(files, tmp, data, mode)  # steps 1-2
         if previous.exists and previous.valid:  # step 3
-            _keep_copy(files, path, path + ".bak", temp_name(path, "bak.tmp"), previous.data, mode)
+            _keep_copy(files, path, path + ".bak", bak_tmp, previous.data, mode)
         elif previous.exists:
             kept_at = corrupt_name(path)
-            _keep_copy(files, path, kept_at, temp_name(path, "bak.tmp"), previous.data, mode)
+            _keep_copy(files, path, kept_at, bak_tmp, previous.data, mode)
             log.warning("kept the corrupted state file as %s", kept_at)
         with signals.critical():  # from the rename to the end of the directory fsync
             try:
@@ -354,7 +355,11 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
             except OSError as e:
                 raise fsync_dir_failed(directory, path, e) from None
     except BaseException:
+        # An error or a signal (even one that struck right after a create or link returned): our
+        # temp names go. Safe: we hold the lock, and nobody else writes these names.
         _quiet_unlink(files, tmp)
+        if tmp is not None:
+            _quiet_unlink(files, bak_tmp)
         raise
     return kept_at
 

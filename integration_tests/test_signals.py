@@ -1,0 +1,244 @@
+"""SIGTERM and SIGINT to a real `agentstate apply` (a cancelled CI job, a Ctrl-C).
+
+The command must finish its write or abandon it before the rename over state.json, remove its
+temp files, release the lock (its holder record blanked: the release ran, not only the exit),
+print exactly one ``error:`` line saying which, and exit 143 (SIGTERM) or 130 (SIGINT).
+
+* **At every syscall**: one clean `agentstate apply` is traced; then, for each syscall of the
+  write path from the lock file's open to the acknowledgement on stdout, a run gets the signal
+  delivered by strace on entry to that call (the call itself still runs), alternating SIGTERM
+  and SIGINT. A signal on the rename over state.json or the directory fsync is held until the
+  fsync is done ("completed"); anywhere before that rename the write is abandoned.
+* **While waiting for the lock**: the test holds the flock; apply blocks in flock(2) (seen in
+  /proc/PID/wchan); the signal ends the wait.
+* **While writing a big state**: an ~11 MB store, the signal sent after a random delay.
+
+After each run the state loads (old if abandoned, new if completed) and the next writer works.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from agentstate_integration import (
+    AGENTSTATE_CLI,
+    STATE,
+    leftover_temps,
+    load_state_alone,
+    main_thread,
+    make_seeded_store,
+    occurrence,
+    parse_strace,
+    rounds,
+    run_strace,
+    store_files,
+    write_report_record,
+)
+
+from agentstate.store import StateStore
+
+TRACE = "openat,flock,write,pwrite64,ftruncate,fsync,fdatasync,close,rename,renameat,renameat2,link,linkat,unlink," \
+        "unlinkat"
+SIGS = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("SIGINT", 130)}
+_cases: dict[str, int] = {}
+
+
+def _apply(directory: Path, value: int = 3) -> list[str]:
+    return [AGENTSTATE_CLI, "apply", "--set", f"counter={value}", "--dir", str(directory)]
+
+
+def _lock_is_released(directory: Path) -> bool:
+    """The kernel lock is free and the holder record was blanked (the release ran)."""
+    path = directory / f"{STATE}.lock"
+    if not path.exists():
+        return True
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return not path.read_bytes().strip()
+
+
+def _judge(where: str, sig: int, proc_rc: int, stderr: str, directory: Path, before: dict, new: dict,
+           old: dict | None) -> tuple[str, list[str]]:
+    """Check one interrupted run; return ("abandoned"|"completed", violations)."""
+    name, code = SIGS[sig]
+    v: list[str] = []
+    lines = stderr.splitlines()
+    if proc_rc != code:
+        v.append(f"{where}: exit {proc_rc}, expected {code}; stderr {stderr!r}")
+    if len(lines) != 1 or not lines[0].startswith(f"error: interrupted by {name}"):
+        return "?", v + [f"{where}: stderr is not one 'error: interrupted by {name}' line: {stderr!r}"]
+    line = lines[0]
+    outcome = "completed" if "after the write completed" in line else "abandoned"
+    if outcome == "abandoned" and "abandoned before it replaced anything" not in line and "outside any write" not in line:
+        v.append(f"{where}: the line says neither completed nor abandoned: {line}")
+    if "Traceback" in stderr:
+        v.append(f"{where}: traceback")
+    if leftover_temps(directory):
+        v.append(f"{where}: temp files left: {leftover_temps(directory)}")
+    if not _lock_is_released(directory):
+        v.append(f"{where}: the lock is held or its record was not blanked")
+    alone = load_state_alone(directory / STATE)
+    got = None if alone is None else alone.resources
+    if outcome == "completed" and got != new:
+        v.append(f"{where}: says completed, but state.json holds {got}")
+    if outcome == "abandoned" and (got != old or store_files(directory)[STATE] != before[STATE]):
+        v.append(f"{where}: says abandoned, but state.json changed (holds {got})")
+    if outcome == "completed" and "is at serial" not in line:
+        v.append(f"{where}: a completed write does not name its serial: {line}")
+    # The next writer works from what is there.
+    store = StateStore(directory, lock_timeout=10)
+    with store.transaction() as st:
+        st.resources["counter"] = 99
+    if load_state_alone(directory / STATE).resources.get("counter") != 99 or leftover_temps(directory):
+        v.append(f"{where}: the next save did not land cleanly")
+    return outcome, v
+
+
+# -- at every syscall of the write path -----------------------------------------------------------
+
+
+def _points(work: Path) -> list[tuple[str, int, str]]:
+    work.mkdir(parents=True)
+    directory = make_seeded_store(work / "store")
+    trace = work / "record.txt"
+    proc = run_strace(_apply(directory), trace, trace=TRACE)
+    assert proc.returncode == 0, proc.stderr
+    calls = main_thread(parse_strace(trace.read_text()))
+    real = os.path.realpath(directory)
+    start = next(i for i, c in enumerate(calls) if c.name == "openat" and c.paths()[0] == f"{real}/{STATE}.lock")
+    end = next(i for i, c in enumerate(calls) if c.name == "write" and c.args[0].startswith("1<"))
+    return [(calls[i].name, occurrence(calls, i), calls[i].line[:120]) for i in range(start, end + 1)]
+
+
+def _signal_at(point: tuple[str, int, str], sig: int, work: Path) -> tuple[str, list[str]]:
+    name, when, line = point
+    work.mkdir(parents=True)
+    directory = make_seeded_store(work / "store")
+    before = store_files(directory)
+    old = StateStore(directory).read().resources
+    proc = run_strace(_apply(directory), work / "trace.txt", trace=name, seccomp=False,
+                      inject=[f"{name}:signal={SIGS[sig][0]}:when={when}"])
+    return _judge(f"{SIGS[sig][0]} at {name}#{when} ({line})", sig, proc.returncode, proc.stderr, directory, before,
+                  {"counter": 3}, old)
+
+
+def test_a_signal_at_every_syscall_finishes_or_abandons_the_write(tmp_path: Path) -> None:
+    points = _points(tmp_path / "record")
+    names = [p[0] for p in points]
+    assert {"openat", "write", "fsync", "close"} <= set(names) and any("rename" in n for n in names), names
+    jobs = [(p, signal.SIGTERM if i % 2 == 0 else signal.SIGINT) for i, p in enumerate(points)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda ij: _signal_at(ij[1][0], ij[1][1], tmp_path / f"s{ij[0]:03d}"),
+                                enumerate(jobs)))
+    outcomes = [o for o, _ in results]
+    violations = [x for _, vs in results for x in vs]
+    # The rename over state.json is the dividing line: before it abandoned, from it on completed.
+    rename_at = max(i for i, n in enumerate(names) if "rename" in n)
+    for i, (outcome, _) in enumerate(results):
+        want = "completed" if i >= rename_at else "abandoned"
+        if outcome != want:
+            violations.append(f"{jobs[i][0][0]}#{jobs[i][0][1]}: {outcome}, expected {want}")
+    _cases["every_syscall"] = len(points)
+    write_report_record("signals", cases=sum(_cases.values()), violations=len(violations), outcomes={
+        "abandoned": outcomes.count("abandoned"), "completed": outcomes.count("completed")})
+    assert not violations, "\n".join(violations)
+
+
+# -- while waiting for the lock -------------------------------------------------------------------
+
+
+def _wait_until_blocked_in_flock(pid: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "lock" in Path(f"/proc/{pid}/wchan").read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError("apply never blocked in flock")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_waiting_for_the_lock(tmp_path: Path, sig: int) -> None:
+    directory = make_seeded_store(tmp_path / "store")
+    before = store_files(directory)
+    old = StateStore(directory).read().resources
+    fd = os.open(directory / f"{STATE}.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held by this test: apply must wait
+    try:
+        p = subprocess.Popen(_apply(directory), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, AGENTSTATE_LOCK_TIMEOUT="60"))
+        _wait_until_blocked_in_flock(p.pid)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=30)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert "(the lock was not acquired)" in err, err
+    outcome, v = _judge(f"{SIGS[sig][0]} in flock", sig, p.returncode, err, directory, before, {"counter": 3}, old)
+    assert outcome == "abandoned" and not v, v
+    assert out == ""
+
+
+# -- while writing a big state ------------------------------------------------------------------
+
+
+def test_a_signal_at_a_random_moment_of_a_big_write(tmp_path: Path) -> None:
+    seed = tmp_path / "seed"
+    store = StateStore(seed)
+    with store.transaction() as st:
+        st.resources.update({f"agent.a{i:06d}": {"prompt": "x" * 200, "n": i} for i in range(50_000)})
+        st.resources["counter"] = 2
+    size = (seed / STATE).stat().st_size
+    assert size > 10_000_000
+    # How long one apply takes here, to spread the signals over its whole life.
+    work = tmp_path / "timing"
+    subprocess.run(["cp", "-a", str(seed), str(work)], check=True)
+    t0 = time.monotonic()
+    subprocess.run(_apply(work), check=True, capture_output=True)
+    span = time.monotonic() - t0
+    rng = random.Random(9)
+    n = rounds(8, 40)
+    violations: list[str] = []
+    outcomes: list[str] = []
+    new = None
+    for k in range(n):
+        directory = tmp_path / f"r{k:03d}"
+        subprocess.run(["cp", "-a", str(seed), str(directory)], check=True)
+        before = store_files(directory)
+        old = StateStore(directory).read().resources
+        if new is None:
+            new = dict(old, counter=3)
+        sig = signal.SIGTERM if k % 2 == 0 else signal.SIGINT
+        delay = rng.uniform(0.35, 1.0) * span  # after start-up: the CLI is running its command
+        p = subprocess.Popen(_apply(directory), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=120)
+        where = f"{SIGS[sig][0]} after {delay * 1000:.0f} ms"
+        if p.returncode == 0:  # finished before the signal arrived
+            outcomes.append("finished")
+            continue
+        outcome, v = _judge(where, sig, p.returncode, err, directory, before, new, old)
+        outcomes.append(outcome)
+        violations += v
+        subprocess.run(["rm", "-rf", str(directory)], check=True)
+    _cases["big_write"] = n
+    write_report_record("signals", cases=sum(_cases.values()), violations=len(violations))
+    assert "abandoned" in outcomes, outcomes  # the signals did land inside the command
+    assert not violations, "\n".join(violations)
