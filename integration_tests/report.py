@@ -44,6 +44,10 @@ TESTS = [
     ("kill_every_syscall", "integration_tests/test_kill_every_syscall.py",
      "A save re-run once per syscall with `inject=NAME:signal=SIGKILL:when=K`: old or new "
      "version after every kill, next writer cleans up (cases = kill points)"),
+    ("signals", "integration_tests/test_signals.py",
+     "SIGTERM/SIGINT to `agentstate apply` at every syscall (strace `signal=`), in a lock wait, and "
+     "at random moments of an 11 MB write: exit 143/130, one line saying completed or abandoned, "
+     "state old or new accordingly, no temp files, lock released (cases = signals)"),
     ("powerloss", "tests/test_powerloss.py",
      "Simulated power loss (CrashFS) after every file operation of a save: every crash state "
      "loads the old or the new version"),
