@@ -15,6 +15,13 @@ def _blocks(doc: str) -> list[str]:
     return re.findall(r"```sh\n(.*?)```", (ROOT / doc).read_text(), re.S)
 
 
+def _section_blocks(doc: str, heading: str) -> list[str]:
+    text = (ROOT / doc).read_text()
+    section = text[text.index(heading):]
+    section = section[: section.find("\n## ", 1) if "\n## " in section[1:] else len(section)]
+    return re.findall(r"```sh\n(.*?)```", section, re.S)
+
+
 def _run(script: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -43,7 +50,8 @@ def test_quickstart_runs(tmp_path: Path) -> None:
 
 def test_readme_examples_run(tmp_path: Path) -> None:
     blocks = _blocks("README.md")
-    setup, examples = blocks[0], blocks[1:]
+    shared = set(_section_blocks("README.md", "## Sharing a store"))  # run against a server, below
+    setup, examples = blocks[0], [b for b in blocks[1:] if b not in shared]
     assert "agentstate apply examples/agents.json" in setup and ".ci/run" in setup
     (tmp_path / "examples").mkdir()
     (tmp_path / "examples" / "agents.json").write_bytes((ROOT / "examples" / "agents.json").read_bytes())
@@ -58,3 +66,21 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "'updated': ['agent.a']" in r.stdout
+
+
+def test_readme_sharing_section_runs_against_a_server(tmp_path: Path, pg_schema_url: str) -> None:
+    """README's "Sharing a store": the setup block names the extra and AGENTSTATE_URL; the rest runs
+    against the suite's PostgreSQL server (tests/pgserver.py) with AGENTSTATE_URL set to it."""
+    setup, *examples = _section_blocks("README.md", "## Sharing a store")
+    assert "agentstate[postgres]" in setup and "export AGENTSTATE_URL=postgresql://" in setup
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "agents.json").write_bytes((ROOT / "examples" / "agents.json").read_bytes())
+    os.environ["AGENTSTATE_URL"] = pg_schema_url
+    try:
+        r = _run("\n".join(examples), tmp_path)
+    finally:
+        del os.environ["AGENTSTATE_URL"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"serial":2' in r.stdout and '"run.current":{"id":43' in r.stdout
+    assert "free" in r.stdout
+    assert not (tmp_path / ".agentstate").exists()  # all of it went to the server
