@@ -1,13 +1,17 @@
-"""The store lock with real processes: exclusivity, SIGKILLed holders, timeouts, stale records, force-unlock.
+"""The store lock with real processes: exclusivity, SIGKILLed holders, timeouts, a lock file replaced under a
+waiter, the release order (strace), a holder in another PID namespace, force-unlock, flock failures, forks.
 
-Holders are real processes (integration_tests/lock_holder.py); the CLI runs as the `agentstate`
-console script.
+Holders are real processes (integration_tests/lock_holder.py); the CLI runs as the `agentstate` console script.
+The kernel's flock is the only authority: nothing here may end with two holders, or with a lock file that
+agentstate unlinked or replaced.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -15,19 +19,20 @@ import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from agentstate_integration import STRACE, parse_strace, run_strace
 
 from agentstate import StateStore
 from agentstate.codec import decode_document
 from agentstate.errors import StateLocked
-from agentstate.lock import Holder, Lock, process_start
+from agentstate.lock import RECORD_BLOCK, Holder, Lock
 
 HERE = Path(__file__).resolve().parent
 HOLDER = str(HERE / "lock_holder.py")
 AGENTSTATE = str(Path(sys.executable).parent / "agentstate")
+BLANK = b" " * (RECORD_BLOCK - 1) + b"\n"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -37,19 +42,18 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 class Holding:
-    """A lock_holder.py process that holds the lock until stopped."""
+    """A lock_holder.py process (optionally under ``prefix``, e.g. unshare) holding the lock until stopped."""
 
-    def __init__(self, store_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, store_dir: Path, *args: str, prefix: tuple[str, ...] = ()) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, HOLDER, str(store_dir), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=env or _env(),
+            [*prefix, sys.executable, HOLDER, str(store_dir), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
         )
         line = self.proc.stdout.readline()
         if not line:
             raise AssertionError(f"holder did not start: {self.proc.stderr.read()}")
         self.record = json.loads(line)
-        self.pid = self.proc.pid
+        self.pid = self.record["pid"]  # as the holder sees itself (another namespace: another number)
         self.lock_id = self.record["lock_id"]
 
     def readline(self) -> str:
@@ -80,8 +84,8 @@ class Holding:
 def holders():
     started: list[Holding] = []
 
-    def start(store_dir: Path, *args: str, env: dict[str, str] | None = None) -> Holding:
-        h = Holding(store_dir, *args, env=env)
+    def start(store_dir: Path, *args: str, prefix: tuple[str, ...] = ()) -> Holding:
+        h = Holding(store_dir, *args, prefix=prefix)
         started.append(h)
         return h
 
@@ -94,9 +98,16 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
     return subprocess.run([AGENTSTATE, *args], capture_output=True, text=True, env=env or _env(), timeout=timeout)
 
 
-def try_lock(store_dir: Path, mode: str | None = None, stale_after: float = 300.0) -> bool:
+def one_error_line(r: subprocess.CompletedProcess, code: int) -> str:
+    assert r.returncode == code, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def try_lock(store_dir: Path) -> bool:
     """Whether a fresh lock can be taken right now (one attempt), from this process."""
-    lk = Lock(str(store_dir / "state.json.lock"), mode=mode, stale_after=stale_after)
+    lk = Lock(store_dir / "state.json.lock")
     try:
         lk.acquire(0, "probe")
     except StateLocked:
@@ -105,30 +116,11 @@ def try_lock(store_dir: Path, mode: str | None = None, stale_after: float = 300.
     return True
 
 
-def write_record(store_dir: Path, **fields) -> bytes:
-    store_dir.mkdir(parents=True, exist_ok=True)
-    now = datetime.now(UTC)
-    record = {
-        "lock_id": str(uuid.uuid4()),
-        "pid": os.getpid(),
-        "hostname": socket.gethostname(),
-        "operation": "apply",
-        "acquired_at": now.isoformat().replace("+00:00", "Z"),
-        "heartbeat_at": now.isoformat().replace("+00:00", "Z"),
-        "version": "0.1.0",
-        "boot_id": None,
-        "pid_namespace": None,
-        "process_start": None,
-        "mode": "soft",
-    }
-    record.update(fields)
-    data = json.dumps(record).encode() + b"\n"
-    (store_dir / "state.json.lock").write_bytes(data)
-    return data
-
-
-def iso_ago(seconds: float) -> str:
-    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+def findmnt(path: Path) -> tuple[str, str]:
+    out = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,TARGET", "--target", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    fstype, target = out.split(None, 1)
+    return fstype, target.strip()
 
 
 # --- exclusivity ------------------------------------------------------------------------------
@@ -144,13 +136,11 @@ for _ in range(int(sys.argv[2])):
 """
 
 
-@pytest.mark.parametrize("mode", ["auto", "soft"])
-def test_processes_increment_counter_exactly(tmp_path, mode):
-    n, m = (10, 50) if mode == "auto" else (4, 25)
+def test_processes_increment_counter_exactly(tmp_path):
+    n, m = 10, 50
     d = tmp_path / "store"
-    env = _env(AGENTSTATE_LOCK_MODE=mode)
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(d), str(m), f"w{i}"], env=env, stderr=subprocess.PIPE)
+        subprocess.Popen([sys.executable, "-c", WORKER, str(d), str(m), f"w{i}"], env=_env(), stderr=subprocess.PIPE)
         for i in range(n)
     ]
     for p in procs:
@@ -159,15 +149,13 @@ def test_processes_increment_counter_exactly(tmp_path, mode):
     state = StateStore(d).read()
     assert state.resources["counter"] == n * m
     assert state.serial == n * m  # every transaction saved exactly once
-    assert state.source == "state"
     decode_document((d / "state.json").read_bytes())  # valid, checksum verified
-    assert sorted(os.listdir(d)) == sorted(["state.json", "state.json.bak"] + (["state.json.lock"] if mode == "auto"
-                                                                                 else []))
+    assert sorted(os.listdir(d)) == ["state.json", "state.json.bak", "state.json.lock"]
+    assert (d / "state.json.lock").read_bytes() == BLANK
 
 
-@pytest.mark.parametrize("mode", [None, "soft"])
-def test_threads_increment_counter_exactly(tmp_path, mode):
-    store = StateStore(tmp_path / "s", lock_timeout=60, lock_mode=mode)
+def test_threads_increment_counter_exactly(tmp_path):
+    store = StateStore(tmp_path / "s", lock_timeout=60)
     errors: list[BaseException] = []
 
     def work() -> None:
@@ -184,8 +172,7 @@ def test_threads_increment_counter_exactly(tmp_path, mode):
     for t in threads:
         t.join(60)
     assert not errors
-    assert store.read().resources["counter"] == 6 * 25
-    assert store.read().serial == 6 * 25
+    assert store.read().resources["counter"] == 6 * 25 and store.read().serial == 6 * 25
 
 
 # --- a holder that dies -------------------------------------------------------------------------
@@ -204,18 +191,17 @@ print(t, flush=True)
 
 def test_sigkilled_holder_delays_next_writer_less_than_a_second(tmp_path, holders):
     d = tmp_path / "s"
-    h = holders(d, "--transaction")
+    h = holders(d, "--transaction", "--hold", "0")
     waiter = subprocess.Popen([sys.executable, "-c", WAITER, str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=_env())
     try:
-        # The waiter logs one line when its wait starts.
         first = ""
-        while "waiting for lock" not in first:
+        while "waiting for lock" not in first:  # the waiter logs one line when its wait starts
             first = waiter.stderr.readline()
             assert first, "the waiter ended without waiting"
         assert f"PID {h.pid}" in first, first
         killed_at = time.monotonic()
-        os.kill(h.pid, signal.SIGKILL)
+        os.kill(h.proc.pid, signal.SIGKILL)
         out, err = waiter.communicate(timeout=30)
     finally:
         if waiter.poll() is None:
@@ -223,11 +209,10 @@ def test_sigkilled_holder_delays_next_writer_less_than_a_second(tmp_path, holder
     assert waiter.returncode == 0, err
     delay = float(out.strip()) - killed_at  # CLOCK_MONOTONIC is system-wide
     assert delay < 1.0, f"next writer waited {delay:.3f}s after the SIGKILL"
-    # The killed holder's record was broken, with a WARNING naming it.
-    assert "WARNING" in err and "stale lock broken" in err and f"PID {h.pid}" in err, err
-    assert socket.gethostname() in err
-    # The killed transaction saved nothing; the waiter's did.
-    assert StateStore(d).read().resources == {"counter": 1}
+    # The killed holder's record was overwritten, with a WARNING naming it.
+    assert "WARNING" in err and "stale lock record overwritten" in err and f"PID {h.pid} on {socket.gethostname()}" in err
+    assert "after waiting" in err  # the hand-off is logged
+    assert StateStore(d).read().resources == {"counter": 1}  # the killed transaction saved nothing
 
 
 def test_kernel_lock_is_freed_when_holder_dies_even_if_record_stays(tmp_path, holders):
@@ -235,7 +220,7 @@ def test_kernel_lock_is_freed_when_holder_dies_even_if_record_stays(tmp_path, ho
     h = holders(d)
     h.kill()
     st = StateStore(d).lock_status()
-    assert st["held"] is False
+    assert st["held"] is False and st["stale"] is True
     assert st["last_holder"]["pid"] == h.pid and st["holder_alive"] is False
     r = cli("lock", "status", "--json", "--dir", str(d))
     assert r.returncode == 0 and json.loads(r.stdout)["held"] is False
@@ -249,13 +234,12 @@ def test_cli_times_out_after_lock_timeout_naming_the_holder(tmp_path, holders):
     d = tmp_path / "s"
     h = holders(d)
     t0 = time.monotonic()
-    r = cli("apply", "--set", "a=1", "--lock-timeout", "1s", "--dir", str(d))
-    elapsed = time.monotonic() - t0
-    assert r.returncode == 3, r.stderr
-    assert 0.9 <= elapsed < 3.0, elapsed
-    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert f"PID {h.pid}" in r.stderr and socket.gethostname() in r.stderr and "holder" in r.stderr
-    assert f"agentstate force-unlock {h.lock_id}" in r.stderr
+    line = one_error_line(cli("apply", "--set", "a=1", "--lock-timeout", "1s", "--dir", str(d)), 3)
+    assert 0.9 <= time.monotonic() - t0 < 3.0
+    for part in (f"PID {h.pid}", socket.gethostname(), "holder", "since", "--lock-timeout", "lock status",
+                 "freed the instant it exits"):
+        assert part in line, line
+    assert "force-unlock" not in line  # it would be refused: the holder holds the lock
     assert not (d / "state.json").exists()  # nothing written
     assert Holder.parse((d / "state.json.lock").read_bytes()).lock_id == h.lock_id
 
@@ -265,153 +249,236 @@ def test_cli_lock_timeout_from_env_json_error_and_zero(tmp_path, holders):
     h = holders(d)
     t0 = time.monotonic()
     r = cli("apply", "--set", "a=1", "--json", "--dir", str(d), env=_env(AGENTSTATE_LOCK_TIMEOUT="300ms"))
-    elapsed = time.monotonic() - t0
-    assert r.returncode == 3 and elapsed < 3.0
+    assert r.returncode == 3 and time.monotonic() - t0 < 3.0
     err = json.loads(r.stdout)["error"]
     assert err["code"] == "locked" and err["exit_code"] == 3 and err["holder"]["pid"] == h.pid
     t0 = time.monotonic()
     r = cli("apply", "--set", "a=1", "--lock-timeout", "0", "--dir", str(d))
     assert r.returncode == 3 and time.monotonic() - t0 < 3.0
-    r = cli("apply", "--set", "a=1", "--lock-timeout", "soon", "--dir", str(d))
-    assert r.returncode in (1, 2) and "soon" in r.stderr and "lock" in r.stderr
     h.stop()
     r = cli("apply", "--set", "a=1", "--lock-timeout", "0", "--dir", str(d))
     assert r.returncode == 0, r.stderr
 
 
-# --- stale records (soft mode: no working flock) ------------------------------------------------
+# --- a lock file replaced or unlinked under a waiter ---------------------------------------------
+
+LOCK_WAITER = """
+import os, sys
+from agentstate import logs
+from agentstate.lock import Lock
+logs.configure("info")
+lk = Lock(sys.argv[1])
+lk.acquire(60, "waiter")
+print("acquired", os.fstat(lk._fd).st_ino, flush=True)
+sys.stdin.read()
+lk.release()
+"""
 
 
-def test_soft_lock_left_by_dead_pid_is_broken_with_warning(tmp_path, holders):
+def blocked_in_flock(pid: int) -> None:
+    """Wait until ``pid`` is blocked in flock (/proc/locks lists a waiter as "N: -> FLOCK ... PID ...")."""
+    deadline = time.monotonic() + 20
+    while not any(f.split()[1] == "->" and f.split()[5] == str(pid) for f in Path("/proc/locks").read_text()
+                  .splitlines()):
+        assert time.monotonic() < deadline, "the waiter never blocked in flock"
+        time.sleep(0.01)
+
+
+def _readline_within(stream, seconds: float) -> str | None:
+    ready, _, _ = select.select([stream], [], [], seconds)
+    return stream.readline().strip() if ready else None
+
+
+@pytest.mark.parametrize("how", ["unlinked", "replaced"])
+def test_waiter_on_a_replaced_lock_file_never_holds_a_dead_inode(tmp_path, holders, how):
+    """A waiter blocked on inode 1 while the path comes to name inode 2 (held by B) must not take inode 1's
+    lock as the store's when A lets go of it: it re-checks the path and waits for B."""
     d = tmp_path / "s"
-    env = _env(AGENTSTATE_LOCK_MODE="soft")
-    h = holders(d, env=env)
-    h.kill()  # its record stays: soft mode has no kernel lock to free
-    assert Holder.parse((d / "state.json.lock").read_bytes()).pid == h.pid
-    r = cli("apply", "--set", "a=1", "--log-level", "warning", "--lock-timeout", "5s", "--dir", str(d), env=env)
-    assert r.returncode == 0, r.stderr
-    assert "WARNING" in r.stderr and "stale lock broken" in r.stderr
-    assert f"PID {h.pid}" in r.stderr and socket.gethostname() in r.stderr and "process is gone" in r.stderr
-    assert " ago" in r.stderr  # its age
-    assert StateStore(d).read().resources == {"a": 1}
-    assert not (d / "state.json.lock").exists()  # released
-
-
-def test_soft_lock_with_reused_pid_is_stale(tmp_path):
-    d = tmp_path / "s"
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    path = d / "state.json.lock"
+    a = holders(d)
+    waiter = subprocess.Popen([sys.executable, "-c", LOCK_WAITER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
-        real = process_start(sleeper.pid)
-        assert real is not None
-        write_record(d, pid=sleeper.pid, process_start=str(int(real) + 12345), boot_id=None)
-        env = _env(AGENTSTATE_LOCK_MODE="soft")
-        r = cli("apply", "--set", "a=1", "--log-level", "warning", "--lock-timeout", "5s", "--dir", str(d), env=env)
-        assert r.returncode == 0, r.stderr
-        assert "stale lock broken" in r.stderr and f"PID {sleeper.pid}" in r.stderr and "reused" in r.stderr
-        # The same live process with its true start time is a live holder: never broken.
-        data = write_record(d, pid=sleeper.pid, process_start=real, acquired_at=iso_ago(3600),
-                            heartbeat_at=iso_ago(3600))
-        r = cli("apply", "--set", "a=2", "--lock-timeout", "500ms", "--dir", str(d), env=env)
-        assert r.returncode == 3 and f"PID {sleeper.pid}" in r.stderr
-        assert (d / "state.json.lock").read_bytes() == data
+        blocked_in_flock(waiter.pid)
+        ino = path.stat().st_ino
+        if how == "unlinked":
+            path.unlink()
+        else:
+            (d / "new").write_bytes(b"")
+            os.rename(d / "new", path)
+        b = holders(d)  # locks the file now at the path
+        assert path.stat().st_ino != ino
+        a.stop()  # frees the old inode the waiter is blocked on
+        assert _readline_within(waiter.stdout, 1.0) is None, "the waiter holds a lock while B holds the store's"
+        assert not try_lock(d)
+        b.stop()
+        line = _readline_within(waiter.stdout, 10.0)
+        assert line is not None and line.startswith("acquired ")
+        assert int(line.split()[1]) == path.stat().st_ino  # the inode at the path, not the dead one
+        waiter.stdin.close()
+        err = waiter.stderr.read()
+        assert waiter.wait(10) == 0, err
+        assert "replaced while waiting" in err
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait(10)
+        for f in (waiter.stdin, waiter.stdout, waiter.stderr):
+            f.close()
 
 
-@pytest.mark.parametrize("mode", ["soft", "auto"])
-def test_other_host_holder_with_fresh_heartbeat_is_not_broken(tmp_path, mode):
+# --- the release order --------------------------------------------------------------------------
+
+ACQUIRE_RELEASE = """
+import sys
+from agentstate.lock import Lock
+lk = Lock(sys.argv[1])
+lk.acquire(5, "traced")
+lk.release()
+"""
+
+
+def test_syscalls_of_acquire_and_release(tmp_path):
+    """open (O_NOFOLLOW, 0600), flock, write the record, blank it, unlock, close: no fsync, no unlink, no rename."""
+    path = tmp_path / "state.json.lock"
+    trace = tmp_path / "trace"
+    proc = run_strace([sys.executable, "-c", ACQUIRE_RELEASE, str(path)], trace,
+                      trace="openat,open,flock,pwrite64,write,fsync,fdatasync,close,unlink,unlinkat,rename,renameat,"
+                            "renameat2,ftruncate")
+    assert proc.returncode == 0, proc.stderr
+    calls = [c for c in parse_strace(trace.read_text()) if str(path) in c.line]
+    opened = [c for c in calls if c.name in ("openat", "open")]
+    assert len(opened) == 1 and "O_NOFOLLOW" in opened[0].line and "O_CREAT" in opened[0].line
+    assert "0600" in opened[0].line
+    seq = [(c.name, "blank" if c.name == "pwrite64" and '"     ' in c.line else
+            "record" if c.name == "pwrite64" else c.args[1] if c.name == "flock" else "") for c in calls[1:]]
+    assert seq == [("flock", "LOCK_EX|LOCK_NB"), ("pwrite64", "record"), ("pwrite64", "blank"),
+                   ("flock", "LOCK_UN"), ("close", "")], seq
+    assert path.read_bytes() == BLANK
+
+
+OBSERVER = """
+import fcntl, os, select, sys
+path = sys.argv[1]
+handovers = dirty = 0
+while not select.select([sys.stdin], [], [], 0)[0]:  # until the test closes our stdin
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocked: we get it the instant the holder unlocks
+        handovers += 1
+        if os.pread(fd, 4096, 0).strip():
+            dirty += 1
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+print(handovers, dirty)
+"""
+
+CYCLER = """
+import sys
+from agentstate.lock import Lock
+lk = Lock(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    lk.acquire(30, "cycler")
+    lk.release()
+"""
+
+
+def test_record_is_blank_whenever_the_lock_changes_hands(tmp_path):
+    """An observer that takes the flock the instant a holder unlocks must always find a blank record. The
+    holders run under strace, which stops them at each pwrite: a holder that unlocked before blanking would
+    be caught with its record still there."""
+    path = tmp_path / "state.json.lock"
+    with Lock(path):  # create the file
+        pass
+    observer = subprocess.Popen([sys.executable, "-c", OBSERVER, str(path)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+    cyclers = [subprocess.Popen([STRACE, "-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64", sys.executable, "-c",
+                                 CYCLER, str(path), "300"], env=_env()) for _ in range(2)]
+    for c in cyclers:
+        assert c.wait(120) == 0
+    out, _ = observer.communicate("", timeout=30)
+    handovers, dirty = map(int, out.split())
+    assert handovers >= 50, f"only {handovers} hand-overs observed"
+    assert dirty == 0, f"{dirty} of {handovers} hand-overs showed a holder's record"
+
+
+# --- another PID namespace ------------------------------------------------------------------------
+
+UNSHARE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+
+
+def test_holder_in_another_pid_namespace_is_never_unlocked(tmp_path, holders):
+    """Its PID means nothing here (it is 1 in its namespace), but the kernel's flock covers it: force-unlock
+    refuses (exit 3), with or without force, and the lock file is never unlinked."""
     d = tmp_path / "s"
-    env = _env(AGENTSTATE_LOCK_MODE=mode)
-    data = write_record(d, hostname="build-host-7", pid=4242, boot_id=str(uuid.uuid4()), mode=mode.replace("auto",
-                        "flock"), acquired_at=iso_ago(3600), heartbeat_at=iso_ago(0))
-    # Held for an hour (longer than the default 5m threshold), but its heartbeat is fresh.
-    r = cli("apply", "--set", "a=1", "--lock-timeout", "1s", "--dir", str(d), env=env)
-    assert r.returncode == 3, r.stderr
-    assert "PID 4242 on build-host-7" in r.stderr
-    assert (d / "state.json.lock").read_bytes() == data
-    # Same through the API with a short stale threshold: heartbeat age 0-2s < 5s.
-    store = StateStore(d, stale_after=5, lock_mode=None if mode == "auto" else mode)
-    with pytest.raises(StateLocked) as e:
-        with store.transaction(lock_timeout=0.5):
-            pass
-    assert e.value.holder["hostname"] == "build-host-7"
-    assert (d / "state.json.lock").read_bytes() == data
-    st = store.lock_status()
-    assert st["held"] and st["holder_alive"] is None and not st["stale"]
-    # Once its heartbeat is older than the threshold, it is broken with a WARNING.
-    write_record(d, hostname="build-host-7", pid=4242, boot_id=str(uuid.uuid4()), mode=mode.replace("auto", "flock"),
-                 acquired_at=iso_ago(3600), heartbeat_at=iso_ago(600))
-    r = cli("apply", "--set", "a=1", "--lock-timeout", "5s", "--dir", str(d), env=env)
-    assert r.returncode == 0, r.stderr
-    assert "stale lock broken" in r.stderr and "PID 4242 on build-host-7" in r.stderr and "heartbeat" in r.stderr
-
-
-def test_live_holder_older_than_threshold_keeps_lock_and_heartbeats(tmp_path, holders):
-    d = tmp_path / "s"
-    h = holders(d, "--mode", "soft", "--stale-after", "0.5", "--hold", "0")
-    first = h.record["heartbeat_at"]
-    store = StateStore(d, stale_after=0.5, lock_mode="soft")
-    time.sleep(0.8)  # older than the threshold
+    path = d / "state.json.lock"
+    h = holders(d, prefix=UNSHARE)
+    assert h.record["pid_namespace"] != os.readlink("/proc/self/ns/pid")
+    before = (path.read_bytes(), path.stat().st_ino)
+    st = StateStore(d).lock_status()
+    assert st["held"] is True and st["holder"]["lock_id"] == h.lock_id and st["holder_alive"] is None
+    assert f"PID {h.pid}" in st["next"]
+    line = one_error_line(cli("force-unlock", h.lock_id, "--dir", str(d)), 3)
+    assert f"PID {h.pid} on {socket.gethostname()}" in line and "freed the instant it exits" in line
     with pytest.raises(StateLocked):
-        with store.transaction(lock_timeout=1.2):
-            pass
-    record = Holder.parse((d / "state.json.lock").read_bytes())
-    assert record.lock_id == h.lock_id  # not broken
-    assert record.heartbeat_at > first  # refreshed by the holder's heartbeat thread
-    assert record.acquired_at == h.record["acquired_at"]
+        StateStore(d).force_unlock(h.lock_id, force=True)
+    assert (path.read_bytes(), path.stat().st_ino) == before  # never unlinked, never cleared
+    assert not try_lock(d)
+    one_error_line(cli("apply", "--set", "a=1", "--lock-timeout", "0", "--dir", str(d)), 3)
     h.stop()
     assert h.readline() == "released"
-    assert try_lock(d, mode="soft")
+    assert try_lock(d) and path.stat().st_ino == before[1]
 
 
 # --- force-unlock and status ---------------------------------------------------------------------
 
 
-def test_force_unlock_refuses_wrong_id_and_live_holder(tmp_path, holders):
+def test_force_unlock_refuses_a_live_holder(tmp_path, holders):
     d = tmp_path / "s"
-    h = holders(d)
-    r = cli("lock", "status", "--json", "--dir", str(d))
-    st = json.loads(r.stdout)
+    h = holders(d, "--hold", "0")
+    st = json.loads(cli("lock", "status", "--json", "--dir", str(d)).stdout)
     assert st["held"] and st["holder"]["lock_id"] == h.lock_id and st["holder_alive"] is True
     r = cli("lock", "status", "--dir", str(d))
-    assert f"PID {h.pid}" in r.stdout and "alive" in r.stdout and f"force-unlock {h.lock_id}" in r.stdout
-
-    r = cli("force-unlock", str(uuid.uuid4()), "--dir", str(d))
-    assert r.returncode == 5 and "mismatch" in r.stderr
-    assert not try_lock(d)
-    r = cli("force-unlock", h.lock_id, "--dir", str(d))
-    assert r.returncode == 3 and "alive" in r.stderr
-    assert not try_lock(d)
+    assert f"PID {h.pid}" in r.stdout and "alive" in r.stdout and "freed the instant it exits" in r.stdout
+    for lock_id in (h.lock_id, str(uuid.uuid4())):
+        line = one_error_line(cli("force-unlock", lock_id, "--dir", str(d)), 3)
+        assert f"PID {h.pid}" in line
+        assert not try_lock(d)
     assert Holder.parse((d / "state.json.lock").read_bytes()).lock_id == h.lock_id
 
-    r = cli("force-unlock", h.lock_id, "--force", "--dir", str(d))
-    assert r.returncode == 0, r.stderr
-    assert try_lock(d)  # the holder keeps only a lock on the removed file
-    r = cli("apply", "--set", "a=1", "--lock-timeout", "0", "--dir", str(d))
-    assert r.returncode == 0, r.stderr
 
-
-def test_force_unlock_of_dead_holders_record(tmp_path, holders):
-    soft = _env(AGENTSTATE_LOCK_MODE="soft")
-    d = tmp_path / "soft"
-    h = holders(d, env=soft)
-    h.kill()
-    r = cli("force-unlock", h.lock_id, "--dir", str(d), env=soft)
-    assert r.returncode == 0, r.stderr
-    assert not (d / "state.json.lock").exists()
-    r = cli("force-unlock", h.lock_id, "--dir", str(d), env=soft)
-    assert r.returncode == 6
-
-    d = tmp_path / "flock"
+def test_force_unlock_clears_a_dead_holders_record(tmp_path, holders):
+    d = tmp_path / "s"
     h = holders(d)
     h.kill()
+    ino = (d / "state.json.lock").stat().st_ino
+    one_error_line(cli("force-unlock", str(uuid.uuid4()), "--dir", str(d)), 5)
     r = cli("force-unlock", h.lock_id, "--json", "--dir", str(d))
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["holder"]["pid"] == h.pid
-    assert (d / "state.json.lock").read_bytes() == b""
+    assert (d / "state.json.lock").read_bytes() == BLANK and (d / "state.json.lock").stat().st_ino == ino
     st = json.loads(cli("lock", "status", "--json", "--dir", str(d)).stdout)
-    assert st["held"] is False and st["last_holder"] is None
+    assert st["held"] is False and st["last_holder"] is None and st["stale"] is False
+    one_error_line(cli("force-unlock", h.lock_id, "--dir", str(d)), 6)
+
+
+# --- where flock does not work ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("err", ["ENOLCK", "EOPNOTSUPP", "EINVAL"])
+def test_flock_failure_refuses_with_one_line_naming_the_filesystem(tmp_path, err):
+    d = tmp_path / "s"
+    d.mkdir()
+    proc = subprocess.run([STRACE, "-f", "-qq", "-o", "/dev/null", "-e", "trace=flock", "-e",
+                           f"inject=flock:error={err}", AGENTSTATE, "apply", "--set", "a=1", "--dir", str(d)],
+                          capture_output=True, text=True, env=_env(), timeout=60)
+    line = one_error_line(proc, 1)
+    fstype, mount = findmnt(d)
+    assert f"({errno.errorcode[getattr(errno, err)]})" in line and f"the {fstype} filesystem at {mount}" in line, line
+    assert "local filesystem" in line and "postgresql://" in line
+    assert not (d / "state.json").exists()  # never runs unlocked
 
 
 # --- fork safety --------------------------------------------------------------------------------
@@ -421,11 +488,10 @@ def test_force_unlock_of_dead_holders_record(tmp_path, holders):
 def test_forked_child_never_releases_parents_lock(tmp_path, holders, child_exit):
     d = tmp_path / "s"
     h = holders(d, "--fork", "--child-exit", child_exit)
-    assert h.readline().startswith("forked ")  # the child has released and exited
+    assert h.readline().startswith("forked ")  # the child has called release() and exited
     assert not try_lock(d)
-    assert Holder.parse((d / "state.json.lock").read_bytes()).lock_id == h.lock_id
-    r = cli("apply", "--set", "a=1", "--lock-timeout", "0", "--dir", str(d))
-    assert r.returncode == 3 and f"PID {h.pid}" in r.stderr
+    assert Holder.parse((d / "state.json.lock").read_bytes()).lock_id == h.lock_id  # not blanked by the child
+    one_error_line(cli("apply", "--set", "a=1", "--lock-timeout", "0", "--dir", str(d)), 3)
     h.stop()
     assert h.readline() == "released"
     assert try_lock(d)
