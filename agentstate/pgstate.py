@@ -87,10 +87,8 @@ class PgStateStore(StateStore):
     # -- reading -------------------------------------------------------------------------
 
     def read(self, *, quiet: bool = False) -> State:
-        with self.connector.errors("reading the state"):
-            conn = self.connector.conn()
-            row = conn.execute(q_state.READ).fetchone()
-        return self._load(row, quiet=quiet).state
+        rows = self.connector.query("reading the state", q_state.READ)
+        return self._load(rows[0] if rows else None, quiet=quiet).state
 
     def _load(self, row: tuple | None, *, quiet: bool = False) -> _Snapshot:  # type: ignore[override]
         data, previous = (row or (None, None))
@@ -236,9 +234,8 @@ class PgStateStore(StateStore):
         def add(check: str, ok: bool, detail: str, **extra: Any) -> None:
             findings.append({"check": check, "ok": ok, "detail": detail, **extra})
 
-        with self.connector.errors("checking the state"):
-            row = self.connector.conn().execute(q_state.READ).fetchone()
-        data, previous = row or (None, None)
+        rows = self.connector.query("checking the state", q_state.READ)
+        data, previous = rows[0] if rows else (None, None)
         for name, blob, where in (("state", data, self.state_path), ("backup", previous, self.backup_path)):
             if blob is None:
                 ok = name == "backup" or previous is None

@@ -324,3 +324,26 @@ def test_a_newer_document_format_is_refused(pg_schema_url):
         with StateStore(pg_schema_url).transaction():
             pass
     assert stored(pg_schema_url)[0] == newer
+
+
+def test_a_store_object_outlives_a_server_restart(pg_server, pg_schema_url):
+    """Connections die with the server; the same objects reconnect on their next call."""
+    store, sessions = StateStore(pg_schema_url), SessionStore(pg_schema_url)
+    with store.transaction() as st:
+        st.resources["a"] = 1
+    sessions.append("s", [{"role": "user", "content": "one"}])
+    pg_server.stop("fast")
+    try:
+        with pytest.raises(StorageError, match="cannot connect") as ei:
+            store.read()
+        assert ei.value.exit_code == 1
+        with pytest.raises(StorageError):
+            sessions.append("s", [{"role": "user", "content": "lost"}])
+    finally:
+        pg_server.start()
+    assert store.read().resources == {"a": 1}
+    with store.transaction() as st:
+        st.resources["a"] = 2
+    sessions.append("s", [{"role": "user", "content": "two"}])
+    assert [i.data["content"] for i in sessions.items("s")] == ["one", "two"]
+    assert store.read().serial == 2

@@ -260,6 +260,22 @@ class Connector:
                 self.close()
             raise server_error(e, doing=doing, where=self.where) from None
 
+    def query(self, doing: str, text: str, params: Any = None) -> list[tuple]:
+        """One autocommit read; a connection found dead (the server restarted since its last use) is
+        replaced and the read retried once."""
+        import psycopg
+
+        for attempt in (1, 2):
+            with self.errors(doing):
+                conn = self.conn()
+                try:
+                    return conn.execute(text, params).fetchall()
+                except psycopg.OperationalError:
+                    if attempt == 2 or not (conn.broken or conn.closed):
+                        raise
+                    self.close()
+        raise AssertionError("unreachable")
+
 
 # --- migrations --------------------------------------------------------------------------------
 
@@ -584,10 +600,17 @@ class Database:
         import psycopg
 
         cn = self.connector
-        with cn.errors("reading"):
-            conn = cn.conn()
+        for attempt in (1, 2):
+            with cn.errors("reading"):
+                conn = cn.conn()
+                try:
+                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    break
+                except psycopg.OperationalError:  # dead since its last use: reconnect once
+                    if attempt == 2 or not (conn.broken or conn.closed):
+                        raise
+                    cn.close()
         try:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield Tx(conn, cn, "reading")
             conn.execute("COMMIT")
         except psycopg.Error as e:
