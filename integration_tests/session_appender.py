@@ -1,0 +1,87 @@
+"""Session appenders for the integration tests (run as subprocesses; some are SIGKILLed).
+
+    python session_appender.py burst DIR SESSION WRITER N
+        print "ready", wait for one line on stdin, then append N items one append at a time,
+        {"type": "note", "writer": WRITER, "i": 0..N-1}, and print "done"
+    python session_appender.py forkserver DIR SESSION [--unsafe]
+        import everything once and print "server-ready"; for each "go R" line on stdin fork a child
+        that prints "ready R <pid>" and then appends batches forever: batch b holds k = 1 + b % 4
+        items {"type": "note", "round": R, "batch": b, "i": 0..k-1, "of": k}; after each append
+        returned it prints "ack R b k". When the child has died: "dead R <wait status>".
+        --unsafe: append a batch one item per transaction (the kill loop's self-check must catch it).
+
+Each acknowledgement is one write(2) made only after append() returned, so it is a committed append.
+The fork server makes a kill-loop round cost a fork instead of an interpreter start; it never opens
+the database itself, so no child inherits a connection.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from agentstate.sessions import SessionStore
+
+
+def say(line: str) -> None:
+    os.write(1, (line + "\n").encode())
+
+
+def burst(directory: str, session: str, writer: str, n: int) -> None:
+    store = SessionStore(directory)
+    say("ready")
+    sys.stdin.readline()
+    for i in range(n):
+        store.append(session, [{"type": "note", "writer": writer, "i": i}])
+    store.close()
+    say("done")
+
+
+def child(directory: str, session: str, rnd: int, unsafe: bool) -> None:
+    store = SessionStore(directory)
+    say(f"ready {rnd} {os.getpid()}")
+    b = 0
+    while True:
+        k = 1 + b % 4
+        items = [{"type": "note", "round": rnd, "batch": b, "i": i, "of": k} for i in range(k)]
+        if unsafe:  # the kill loop's self-check: one transaction per item, so a kill can split a batch
+            for item in items:
+                store.append(session, [item])
+        else:
+            store.append(session, items)
+        say(f"ack {rnd} {b} {k}")
+        b += 1
+
+
+def forkserver(directory: str, session: str, unsafe: bool = False) -> None:
+    import sqlite3  # noqa: F401  (loaded once here, so a child does not pay for it)
+
+    import orjson  # noqa: F401
+
+    from agentstate import lock, sql  # noqa: F401
+    from agentstate.sql import engine, q_sessions  # noqa: F401
+
+    say("server-ready")
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts or parts[0] != "go":
+            continue
+        rnd = int(parts[1])
+        pid = os.fork()
+        if pid == 0:
+            try:
+                child(directory, session, rnd, unsafe)
+            finally:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        say(f"dead {rnd} {status}")
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "burst":
+        burst(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    elif mode == "forkserver":
+        forkserver(sys.argv[2], sys.argv[3], "--unsafe" in sys.argv[4:])
+    else:
+        raise SystemExit(f"unknown mode {mode}")

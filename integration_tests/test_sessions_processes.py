@@ -1,0 +1,209 @@
+"""Sessions under real processes: 100 appenders at once, CLI appenders at once, and a SIGKILL loop.
+
+* 100 processes each append 10 items (one append each) to one session, released together:
+  1,000 items, seqs 1..1000, every process's items in its own order.
+* 20 `agentstate sessions append` processes at once: 20 items, seqs 1..20.
+* Kill loop: an appender that acknowledges each append on stdout is SIGKILLed at a random moment,
+  200 rounds (1,000 with AGENTSTATE_SLOW=1). After each kill: every acknowledged append is present,
+  every batch is whole (no partial append), seqs run 1..n with no gap, integrity_check is ok.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from agentstate_integration import AGENTSTATE_CLI, PYTHON, rounds, write_report_record
+
+from agentstate import NotFound, SessionStore
+
+APPENDER = str(Path(__file__).with_name("session_appender.py"))
+
+
+def _integrity(directory: Path) -> list[str]:
+    conn = sqlite3.connect(directory / "agentstate.db")
+    try:
+        return [r[0] for r in conn.execute("PRAGMA integrity_check")]
+    finally:
+        conn.close()
+
+
+def test_100_processes_append_to_one_session(tmp_path: Path) -> None:
+    d = tmp_path / "store"
+    writers, per = 100, 10
+    procs = [subprocess.Popen([PYTHON, APPENDER, "burst", str(d), "s", f"w{w}", str(per)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(writers)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        for p in procs:  # release them together
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            out, errs = p.communicate(timeout=300)
+            assert p.returncode == 0 and out.strip() == "done", errs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    store = SessionStore(str(d))
+    items = store.items("s")
+    assert [i.seq for i in items] == list(range(1, writers * per + 1))
+    assert store.get("s").item_count == writers * per
+    by_writer: dict[str, list[int]] = defaultdict(list)
+    for it in items:
+        by_writer[it.data["writer"]].append(it.data["i"])
+    assert len(by_writer) == writers
+    for w, seen in by_writer.items():
+        assert seen == list(range(per)), (w, seen)
+    assert len({i.id for i in items}) == len(items)
+    store.close()
+    assert _integrity(d) == ["ok"]
+
+
+def test_cli_appenders_at_once(tmp_path: Path) -> None:
+    d = tmp_path / "store"
+    n = 20
+    procs = [subprocess.Popen([AGENTSTATE_CLI, "sessions", "append", "s", f'{{"type":"n","w":{w}}}', "--json",
+                               "--dir", str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for w in range(n)]
+    for p in procs:
+        out, errs = p.communicate(timeout=120)
+        assert p.returncode == 0 and errs == "", errs
+    store = SessionStore(str(d))
+    items = store.items("s")
+    assert [i.seq for i in items] == list(range(1, n + 1))
+    assert sorted(i.data["w"] for i in items) == list(range(n))
+    store.close()
+
+
+class _Server:
+    def __init__(self, directory: Path, unsafe: bool = False) -> None:
+        extra = ["--unsafe"] if unsafe else []
+        self.proc = subprocess.Popen([PYTHON, APPENDER, "forkserver", str(directory), "s", *extra],
+                                     stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("EOF")
+
+    def next(self, timeout: float = 60) -> str:
+        line = self.lines.get(timeout=timeout)
+        assert line != "EOF", self.proc.stderr.read()
+        return line
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def test_kill_loop(tmp_path: Path) -> None:
+    n_rounds = rounds(200, 1000)
+    violations, stats = _kill_rounds(tmp_path / "store", n_rounds)
+    write_report_record("sessions_kill_loop", n_rounds, len(violations), **stats)
+    assert not violations, "\n".join(violations[:20])
+    assert stats["acknowledged_appends"] > n_rounds // 4  # kills landed at varied moments, not all before any append
+
+
+def test_kill_loop_catches_a_non_atomic_appender(tmp_path: Path) -> None:
+    """Self-check: an appender that stores a batch one item per transaction is caught (a partial batch)."""
+    violations, _ = _kill_rounds(tmp_path / "store", 150, unsafe=True, stop_at_first=True)
+    assert any("partial" in v for v in violations), violations
+
+
+def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False, stop_at_first: bool = True) -> tuple[list[str], dict]:
+    rng = random.Random(int(os.environ.get("AGENTSTATE_SEED", "0")) or None)
+    server = _Server(d, unsafe)
+    assert server.next() == "server-ready"
+    store = SessionStore(str(d))
+    violations: list[str] = []
+    verified = 0  # seqs 1..verified checked
+    acked_total = 0
+    in_flight_kills = 0
+    start = time.monotonic()
+    try:
+        for rnd in range(n_rounds):
+            server.send(f"go {rnd}")
+            line = server.next()
+            assert line.startswith(f"ready {rnd} "), line
+            pid = int(line.split()[2])
+            time.sleep(rng.uniform(0, 0.03))
+            os.kill(pid, signal.SIGKILL)
+            acked: dict[int, int] = {}
+            while True:
+                line = server.next()
+                if line.startswith("dead "):
+                    assert int(line.split()[1]) == rnd
+                    break
+                _, r, b, k = line.split()
+                assert int(r) == rnd
+                acked[int(b)] = int(k)
+            acked_total += len(acked)
+            # what the round left in the session
+            try:
+                new = store.items("s", after=verified)
+            except NotFound:  # killed before its first append committed
+                new = []
+            seqs = [i.seq for i in new]
+            if seqs != list(range(verified + 1, verified + 1 + len(new))):
+                violations.append(f"round {rnd}: seqs after {verified} are {seqs[:10]}...")
+            batches: dict[int, list] = defaultdict(list)
+            for it in new:
+                if it.data.get("round") != rnd:
+                    violations.append(f"round {rnd}: item {it.seq} of round {it.data.get('round')} appeared late")
+                    continue
+                batches[it.data["batch"]].append(it)
+            for b, k in acked.items():
+                if b not in batches:
+                    violations.append(f"round {rnd}: acknowledged batch {b} is missing")
+            last_acked = max(acked) if acked else -1
+            for b, its in batches.items():
+                k = its[0].data["of"]
+                if [i.data["i"] for i in its] != list(range(k)):
+                    violations.append(f"round {rnd}: batch {b} is partial or out of order: "
+                                      f"{[i.data['i'] for i in its]} of {k}")
+                if [i.seq for i in its] != list(range(its[0].seq, its[0].seq + len(its))):
+                    violations.append(f"round {rnd}: batch {b} is not contiguous")
+                if b not in acked:
+                    if b != last_acked + 1:
+                        violations.append(f"round {rnd}: unacknowledged batch {b} after last ack {last_acked}")
+                    in_flight_kills += 1
+            if sorted(batches) != list(range(len(batches))):
+                violations.append(f"round {rnd}: batches {sorted(batches)} have a hole")
+            verified += len(new)
+            if verified and store.get("s").item_count != verified:
+                violations.append(f"round {rnd}: item_count {store.get('s').item_count} != {verified}")
+            if rnd % 10 == 0 or rnd == n_rounds - 1:
+                check = _integrity(d)
+                if check != ["ok"]:
+                    violations.append(f"round {rnd}: integrity_check {check}")
+            if violations and stop_at_first:
+                break
+    finally:
+        server.stop()
+        store.close()
+    check = _integrity(d)
+    if check != ["ok"]:
+        violations.append(f"integrity_check at the end: {check}")
+    return violations, {"acknowledged_appends": acked_total, "committed_unacknowledged": in_flight_kills,
+                        "items": verified, "seconds": round(time.monotonic() - start, 1)}
