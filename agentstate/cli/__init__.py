@@ -21,6 +21,7 @@ RootGroup.registry = {
     **dict.fromkeys(("lock", "force-unlock"), "lock"),
     "doctor": "doctor",
     "sessions": "sessions",
+    "responses": "responses",
     "migrate": "migrate",
 }
 
