@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import agentstate
 from agentstate.cli import app
+from backend_view import fingerprint, is_pg
 
 runner = CliRunner()
 
@@ -60,6 +61,21 @@ def store(tmp_path: Path) -> Path:
     r = run(["apply", "--dir", str(d), "--set", "a=1", "--set", 'b={"x": [1, 2]}', "--set", "c=hello"])
     assert r.exit_code == 0, r.stderr
     return d
+
+
+@pytest.fixture
+def at(store_target: str) -> list[str]:
+    """The location options of a store on every backend (``--dir D`` or ``--url URL``), seeded like ``store``."""
+    opt = ["--url", store_target] if is_pg(store_target) else ["--dir", store_target]
+    r = run(["apply", *opt, "--set", "a=1", "--set", 'b={"x": [1, 2]}', "--set", "c=hello"])
+    assert r.exit_code == 0, r.stderr
+    return opt
+
+
+def doc_at(at: list[str]) -> dict:
+    r = run(["show", *at, "--json"])
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
 
 
 def write_spec(tmp_path: Path, resources, name: str = "spec.json") -> Path:
@@ -163,13 +179,13 @@ def test_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 # -- apply --------------------------------------------------------------------------------------
 
 
-def test_apply_spec_is_declarative(tmp_path: Path, store: Path) -> None:
+def test_apply_spec_is_declarative(tmp_path: Path, at: list[str]) -> None:
     spec = write_spec(tmp_path, {"a": 1, "b": {"x": [1, 3]}, "d": [True, None, 1.5]})
-    r = run(["apply", str(spec), "--dir", str(store), "--json"])
+    r = run(["apply", str(spec), *at, "--json"])
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout) == {"serial": 2, "created": ["d"], "updated": ["b"], "deleted": ["c"]}
     assert list(json.loads(r.stdout)) == ["serial", "created", "updated", "deleted"]
-    assert doc(store)["resources"] == {"a": 1, "b": {"x": [1, 3]}, "d": [True, None, 1.5]}
+    assert doc_at(at)["resources"] == {"a": 1, "b": {"x": [1, 3]}, "d": [True, None, 1.5]}
 
 
 def test_apply_human_summary(tmp_path: Path, store: Path) -> None:
@@ -181,29 +197,29 @@ def test_apply_human_summary(tmp_path: Path, store: Path) -> None:
     assert "1 created, 1 updated, 2 deleted" in lines[-1] and "serial 2" in lines[-1]
 
 
-def test_apply_from_stdin(store: Path) -> None:
-    r = run(["apply", "-", "--dir", str(store), "--json"], input='{"resources": {"only": {"k": "v"}}}')
+def test_apply_from_stdin(at: list[str]) -> None:
+    r = run(["apply", "-", *at, "--json"], input='{"resources": {"only": {"k": "v"}}}')
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout) == {"serial": 2, "created": ["only"], "updated": [], "deleted": ["a", "b", "c"]}
 
 
-def test_set_and_delete_leave_the_rest_alone(store: Path) -> None:
-    r = run(["apply", "--dir", str(store), "--set", "a=2", "--set", "new=not json {", "--set", "n=null",
+def test_set_and_delete_leave_the_rest_alone(at: list[str]) -> None:
+    r = run(["apply", *at, "--set", "a=2", "--set", "new=not json {", "--set", "n=null",
              "--set", "s=\"quoted\"", "--set", "e=", "--set", "w=hello world", "--delete", "c",
              "--delete", "never-was", "--json"])
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout) == {"serial": 2, "created": ["e", "n", "new", "s", "w"], "updated": ["a"],
                                     "deleted": ["c"]}
     # A VALUE that does not look like JSON is a plain string; JSON values keep their type.
-    assert doc(store)["resources"] == {"a": 2, "b": {"x": [1, 2]}, "new": "not json {", "n": None, "s": "quoted",
+    assert doc_at(at)["resources"] == {"a": 2, "b": {"x": [1, 2]}, "new": "not json {", "n": None, "s": "quoted",
                                        "e": "", "w": "hello world"}
 
 
-def test_set_keeps_64_bit_integers_exact(store: Path) -> None:
-    r = run(["apply", "--dir", str(store), "--set", f"u={2**64 - 1}", "--set", f"i={-(2**63)}",
+def test_set_keeps_64_bit_integers_exact(at: list[str]) -> None:
+    r = run(["apply", *at, "--set", f"u={2**64 - 1}", "--set", f"i={-(2**63)}",
              "--set", "f=1.0", "--set", "t=true"])
     assert r.exit_code == 0, r.stderr
-    res = doc(store)["resources"]
+    res = doc_at(at)["resources"]
     assert res["u"] == 2**64 - 1 and res["i"] == -(2**63)
     assert res["f"] == 1.0 and isinstance(res["f"], float) and res["t"] is True
 
@@ -237,24 +253,24 @@ def test_noop_apply_on_a_missing_store_creates_nothing(tmp_path: Path) -> None:
     assert not d.exists()
 
 
-def test_expect_serial(store: Path) -> None:
-    r = run(["apply", "--dir", str(store), "--set", "a=5", "--expect-serial", "1", "--json"])
+def test_expect_serial(at: list[str]) -> None:
+    r = run(["apply", *at, "--set", "a=5", "--expect-serial", "1", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["serial"] == 2
-    before = snapshot(store)
-    r = run(["apply", "--dir", str(store), "--set", "a=6", "--expect-serial", "1", "--json"])
+    before = fingerprint(at[1])
+    r = run(["apply", *at, "--set", "a=6", "--expect-serial", "1", "--json"])
     err = assert_json_error(r, 5, "conflict")
     assert "serial 2" in err["message"] and err["serial"] == 2
-    assert snapshot(store) == before
-    r = run(["rm", "a", "--dir", str(store), "--expect-serial", "7"])
+    assert fingerprint(at[1]) == before
+    r = run(["rm", "a", *at, "--expect-serial", "7"])
     assert_one_error_line(r, 5)
-    assert snapshot(store) == before
+    assert fingerprint(at[1]) == before
 
 
-def test_apply_spec_and_set_together(tmp_path: Path, store: Path) -> None:
+def test_apply_spec_and_set_together(tmp_path: Path, at: list[str]) -> None:
     spec = write_spec(tmp_path, {"a": 1, "x": 1})
-    r = run(["apply", str(spec), "--set", "x=2", "--delete", "a", "--dir", str(store), "--json"])
+    r = run(["apply", str(spec), "--set", "x=2", "--delete", "a", *at, "--json"])
     assert json.loads(r.stdout) == {"serial": 2, "created": ["x"], "updated": [], "deleted": ["a", "b", "c"]}
-    assert doc(store)["resources"] == {"x": 2}
+    assert doc_at(at)["resources"] == {"x": 2}
 
 
 # -- bad input: exit 1, one line, nothing stored changes -------------------------------------------
@@ -414,14 +430,14 @@ def test_reads_work_while_locked_and_writes_time_out(tmp_path: Path, store: Path
 # -- show, list, rm -----------------------------------------------------------------------------
 
 
-def test_show_json_document_and_value(store: Path) -> None:
-    d = doc(store)
+def test_show_json_document_and_value(at: list[str]) -> None:
+    d = doc_at(at)
     assert d["serial"] == 1 and d["resources"] == {"a": 1, "b": {"x": [1, 2]}, "c": "hello"}
     assert isinstance(d["lineage"], str) and len(d["lineage"]) == 36 and d["updated_at"]
     assert d["format_version"] == 2
-    r = run(["show", "b", "--dir", str(store), "--json"])
+    r = run(["show", "b", *at, "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout) == {"x": [1, 2]}
-    assert json.loads(run(["show", "c", "--dir", str(store), "--json"]).stdout) == "hello"
+    assert json.loads(run(["show", "c", *at, "--json"]).stdout) == "hello"
 
 
 def test_show_plain_for_people(store: Path) -> None:
@@ -443,28 +459,28 @@ def test_show_of_a_missing_store(tmp_path: Path) -> None:
     assert not d.exists()
 
 
-def test_show_missing_address_is_6(store: Path) -> None:
-    err = assert_json_error(run(["show", "zz", "--dir", str(store), "--json"]), 6, "not_found")
+def test_show_missing_address_is_6(at: list[str]) -> None:
+    err = assert_json_error(run(["show", "zz", *at, "--json"]), 6, "not_found")
     assert "zz" in err["message"]
-    line = assert_one_error_line(run(["show", "zz", "--dir", str(store)]), 6)
+    line = assert_one_error_line(run(["show", "zz", *at]), 6)
     assert "agentstate list" in line
 
 
-def test_list(store: Path) -> None:
-    assert run(["list", "--dir", str(store)]).stdout == "a\nb\nc\n"
-    assert json.loads(run(["list", "--dir", str(store), "--json"]).stdout) == ["a", "b", "c"]
+def test_list(at: list[str]) -> None:
+    assert run(["list", *at]).stdout == "a\nb\nc\n"
+    assert json.loads(run(["list", *at, "--json"]).stdout) == ["a", "b", "c"]
 
 
-def test_rm(store: Path) -> None:
-    r = run(["rm", "a", "c", "--dir", str(store), "--json"])
+def test_rm(at: list[str]) -> None:
+    r = run(["rm", "a", "c", *at, "--json"])
     assert r.exit_code == 0
     assert json.loads(r.stdout) == {"serial": 2, "created": [], "updated": [], "deleted": ["a", "c"]}
-    assert doc(store)["resources"] == {"b": {"x": [1, 2]}}
-    before = snapshot(store)
-    err = assert_json_error(run(["rm", "b", "zz", "--dir", str(store), "--json"]), 6, "not_found")
+    assert doc_at(at)["resources"] == {"b": {"x": [1, 2]}}
+    before = fingerprint(at[1])
+    err = assert_json_error(run(["rm", "b", "zz", *at, "--json"]), 6, "not_found")
     assert err["addresses"] == ["zz"]
-    assert snapshot(store) == before  # all or nothing: b stays
-    r = run(["rm", "b", "--dir", str(store)])
+    assert fingerprint(at[1]) == before  # all or nothing: b stays
+    r = run(["rm", "b", *at])
     assert r.exit_code == 0 and r.stdout.splitlines() == ['- b (was {"x":[1,2]})', "Removed 1 resource; serial 3."]
 
 
