@@ -433,7 +433,7 @@ def locked_error(what: str, timeout: float, holder: dict[str, Any] | None) -> St
     hint = ("wait and retry with a longer --lock-timeout; if that process is stuck, stop it "
             "(its lock is freed the instant its connection ends)")
     if holder and holder.get("lock_id"):
-        hint += f", or run `agentstate lock force-unlock {holder['lock_id']} --url URL` to end its session"
+        hint += f", or run `agentstate force-unlock {holder['lock_id']} --url URL` to end its session"
     return StateLocked(f"timed out after {timeout:g}s waiting for the lock: {what} is locked by "
                        f"{describe_holder(holder)}", hint=hint, holder=holder)
 
