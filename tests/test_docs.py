@@ -1,9 +1,11 @@
-"""The docs' examples run: every `sh` block of quickstart.md, and README's examples."""
+"""The docs' examples run: README's first line for real in a fresh copy, then every `sh` block of
+quickstart.md in that copy as a new user would type them; README's examples and Python example."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,30 +24,75 @@ def _section_blocks(doc: str, heading: str) -> list[str]:
     return re.findall(r"```sh\n(.*?)```", section, re.S)
 
 
-def _run(script: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.pop("AGENTSTATE_DIR", None)
+def _run(script: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    if env is None:
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        env.pop("AGENTSTATE_DIR", None)
     return subprocess.run(
-        ["bash", "-c", "set -e\n" + script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        ["bash", "-c", "set -e\n" + script], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
 
 
-def test_quickstart_runs(tmp_path: Path) -> None:
+def _newcomer_env(tmp: Path) -> dict[str, str]:
+    """A shell as a new user has it: no agentstate on PATH, no venv active, no AGENTSTATE_* settings."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTATE_") and k != "VIRTUAL_ENV"}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p and p != venv_bin)
+    env["TMPDIR"] = str(tmp)  # the quickstart's `mktemp -d` scratch directory lands where the test can see it
+    return env
+
+
+def test_readme_opens_with_exactly_two_commands() -> None:
+    text = (ROOT / "README.md").read_text()
+    first = _blocks("README.md")[0]
+    assert text.index(first) < text.index("\n## ")  # the first thing a reader sees
+    lines = first.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("python3 -m venv .venv && .venv/bin/pip install") and lines[0].endswith(
+        ".venv/bin/agentstate apply examples/agents.json && .venv/bin/agentstate show")
+    assert lines[1] == "bash .ci/run"
+
+
+def test_newcomer_readme_first_line_then_quickstart(tmp_path: Path) -> None:
+    """A fresh checkout: README's first line for real (venv, pip install, apply, show), then every `sh`
+    block of quickstart.md in order, in a shell where nothing made `agentstate` reachable beforehand."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", ".agentstate", "*.egg-info", "build", "dist", ".hypothesis",
+        ".pytest_cache"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = _newcomer_env(scratch)
+    assert subprocess.run(["bash", "-c", "command -v agentstate"], env=env, capture_output=True).returncode != 0
+    first_line = _blocks("README.md")[0].splitlines()[0]
+    r = _run(first_line, checkout, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "agent.planner" in r.stdout and (checkout / ".venv" / "bin" / "agentstate").exists()
+    assert (checkout / ".agentstate" / "state.json").exists()
+
     blocks = _blocks("quickstart.md")
-    assert len(blocks) >= 8
-    r = _run("\n".join(blocks), tmp_path)
+    assert len(blocks) >= 8 and ". .venv/bin/activate" in blocks[0]
+    r = _run("\n".join(blocks), checkout, env)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
+    assert out.startswith("agentstate ")  # step 1: `agentstate --version` after activating
     assert "Apply complete: 2 created" in out
+    assert '~ agent.planner: {"model":"large","temperature":0.2} -> {"model":"large","temperature":0.5}' in out
     assert "exit code 6" in out  # show of a missing address
     assert "exit code 3" in out  # the lock timeout
-    assert "force-unlock" in r.stderr and "long-agent-run" in r.stderr
+    assert "long-agent-run" in r.stderr and "stop PID" in r.stderr
+    assert "\nstarted\n" in out  # `show run.status`: a string, printed plainly
     assert "corruption detected" in r.stderr and "fallback used" in r.stderr
     assert "recovery persisted" in r.stderr
     assert "exit code 1" in out  # doctor before the repair
+    assert "repaired: restored state.json from the backup" in out
     assert "exit code 4" in out  # both files bad
-    assert list(tmp_path.glob(".agentstate/state.json.corrupt-*"))  # evidence kept
+    assert "({'model': 'x'}, {'model': 'y'})" in out  # the Python step's plan values
+    scratches = [p for p in scratch.iterdir() if p.is_dir()]
+    assert len(scratches) == 1  # everything happened in the scratch directory
+    assert list(scratches[0].glob(".agentstate/state.json.corrupt-*"))  # evidence kept
+    assert (checkout / ".agentstate" / "state.json").exists() and not list(checkout.glob("spec.json"))
 
 
 def test_readme_examples_run(tmp_path: Path) -> None:
@@ -58,14 +105,22 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     r = _run("\n".join(examples), tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "exit 5" in r.stdout
+    assert "exit 1 (not valid JSON)" in r.stdout
     assert '"created":["note"]' in r.stdout
+    assert "\nhello\n" in r.stdout  # show note
+    assert "- note (was \"hello\")" in r.stdout  # rm says what it removed
+    assert "nothing to repair" in r.stdout
 
 
 def test_readme_python_example_runs(tmp_path: Path) -> None:
     code = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[0]
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "'updated': ['agent.a']" in r.stdout
+    assert r.stdout.splitlines()[1:] == [
+        "{'serial': 2, 'created': [], 'updated': ['agent.a'], 'deleted': []}",
+        "{'agent.a': ({'model': 'x'}, {'model': 'y'})}",
+        "1",
+    ], r.stdout
 
 
 def test_readme_sharing_section_runs_against_a_server(tmp_path: Path, pg_schema_url: str) -> None:
