@@ -90,6 +90,7 @@ TITLES = {
     "contention": "Contention: 10 processes on one counter",
     "cli": "CLI start-up",
     "peers": "Peers: a durable read-modify-write of one resource (ratio = peer / agentstate)",
+    "pg": "PostgreSQL backend: a local server, against its own UPDATE/INSERT floor and the local store",
 }
 
 

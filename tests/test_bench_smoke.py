@@ -19,6 +19,8 @@ EXPECTED = (
     + ["cli/show", "cli/apply", "cli/bare-python"]
     + [f"peers/{p}/{s}" for s in QUICK_SIZES[:3]
        for p in ("sqlite-doc", "sqlite-rows", "tinydb", "json-replace", "raw-floor")]
+    + [f"pg/{r}" for r in ("txn-1KB-vs-floor", "txn-1KB-vs-local", "append-vs-floor", "append-vs-local",
+                           "contention")]
 )
 GOALS = {
     "floor/transaction/1KB": "<= 1.5",
@@ -28,6 +30,7 @@ GOALS = {
     "size/mem-load/1MB": "<= 3",
     "contention/throughput": ">= 0.9",
     "cli/show": "<= 1.5",
+    "pg/contention": ">= 0.9",
 }
 
 
