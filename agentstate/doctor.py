@@ -77,10 +77,11 @@ def diagnose(store: Any) -> Report:
 def database_findings(store: Any) -> list[dict[str, Any]]:
     """The checks of the store's agentstate.db (sessions, responses): integrity, schema version, lock."""
     from .errors import AgentStateError
+    from .responses_check import check_responses
     from .sql import check
 
     try:
-        return check(store.path)
+        return check(store.path) + check_responses(store.path)  # the latter: broken chain links, cycles
     except AgentStateError as e:
         return [{"check": "database", "ok": False, "detail": str(e)}]
 

@@ -23,8 +23,14 @@ LIMIT = 20
 
 
 def check_responses(target: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    from .sql import open_database
+    from .sql import is_url, open_database
 
+    if not is_url(target):
+        from .sql.engine import DB_NAME
+        from .store import default_dir
+
+        if not os.path.exists(os.path.join(os.fspath(target) if target is not None else default_dir(), DB_NAME)):
+            return []  # no database: nothing stored, nothing to check (the database check says so)
     try:
         db = open_database(target)
     except AgentStateError as e:
