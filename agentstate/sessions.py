@@ -259,6 +259,7 @@ class SessionStore:
             if tx.one(q.GET_SESSION, tenant=self.tenant, id=sid) is not None:
                 raise ConflictError(f"session {sid!r} already exists", session_id=sid)
             tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=meta, now=now)
+            tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
         return SessionInfo(sid, self.tenant, title, metadata, now, now, 0)
 
     def append(self, session_id: str, items: Any, *, expect_seq: int | None = None,
@@ -298,6 +299,7 @@ class SessionStore:
                                         session_id=sid)
                 ititle, imeta, icreated = new_session
                 tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=ititle, metadata=imeta, now=icreated)
+                tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
                 last = 0
             elif row is None:
                 if not create:
@@ -306,6 +308,7 @@ class SessionStore:
                     raise ConflictError(f"session {sid!r} does not exist yet (last seq 0), expected seq {expect_seq}",
                                         hint="re-read the session and retry", last_seq=0)
                 tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=None, metadata=None, now=now)
+                tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
                 last = 0
             else:
                 last = int(row[6])
@@ -364,6 +367,7 @@ class SessionStore:
         with self.db.write("sessions delete", self.lock_timeout) as tx:
             if tx.execute(q.DELETE_SESSION, tenant=self.tenant, id=sid) == 0:
                 raise _not_found(sid)
+            tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=-1)
 
     def prune(self, older_than: float | int | str) -> list[str]:
         """Delete whole sessions not updated for ``older_than`` (seconds, or "30d", "12h"...); their ids."""
@@ -371,11 +375,16 @@ class SessionStore:
         from .sql import q_sessions as q
 
         seconds = parse_duration(older_than, "age")
-        cutoff = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
+        try:
+            cutoff = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
+        except (OverflowError, ValueError):  # older than any representable time: nothing is that old
+            return []
         with self.db.write("sessions prune", self.lock_timeout) as tx:
             ids = [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff)]
             for sid in ids:
                 tx.run(q.DELETE_SESSION, tenant=self.tenant, id=sid)
+            if ids:
+                tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=-len(ids))
         return ids
 
     # -- reading ------------------------------------------------------------------------------------------

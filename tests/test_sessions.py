@@ -453,3 +453,60 @@ def test_import_agentstate_does_not_load_sqlite3() -> None:
     code = "import agentstate, sys; agentstate.SessionStore; print('sqlite3' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# -- doctor's checks of agentstate.db (directory backend) -----------------------------------------------
+
+
+def _findings(d) -> dict[str, dict]:
+    from agentstate.sql import check
+
+    return {f["check"]: f for f in check(str(d))}
+
+
+def test_check_reports_a_healthy_database(tmp_path) -> None:
+    d = tmp_path / "store"
+    assert _findings(d)["database"]["ok"]  # no database yet: nothing wrong
+    s = SessionStore(str(d), tenant="a")
+    s.append("x", [U])
+    s.append("y", [U])
+    SessionStore(str(d), tenant="b").append("x", [U])
+    found = _findings(d)
+    assert all(f["ok"] for f in found.values()), found
+    assert {"database schema", "database integrity", "session counts", "database lock"} <= set(found)
+    assert "3 session(s) in 2 tenant(s)" in found["session counts"]["detail"]
+    s.close()
+
+
+def test_check_finds_damage_and_a_wrong_count(tmp_path) -> None:
+    d = tmp_path / "store"
+    s = SessionStore(str(d))
+    s.append("x", [{"n": i, "pad": "p" * 200} for i in range(2000)])
+    s.close()
+    conn = sqlite3.connect(d / "agentstate.db")
+    conn.execute("UPDATE session_counts SET sessions = 7")
+    conn.commit()
+    conn.close()
+    found = _findings(d)
+    assert not found["session counts"]["ok"] and found["database integrity"]["ok"]
+    with open(d / "agentstate.db", "r+b") as f:  # clobber a page in the middle of the b-trees
+        f.seek(4096 * 20 + 64)
+        f.write(os.urandom(2000))
+    found = _findings(d)
+    assert not found["database integrity"]["ok"], found["database integrity"]
+
+
+def test_check_reports_a_newer_schema(tmp_path) -> None:
+    d = tmp_path / "store"
+    SessionStore(str(d)).append("x", [U])
+    conn = sqlite3.connect(d / "agentstate.db")
+    conn.execute("PRAGMA user_version = 42")
+    conn.close()
+    found = _findings(d)
+    assert not found["database schema"]["ok"] and "newer" in found["database schema"]["detail"]
+
+
+def test_prune_with_an_enormous_age_prunes_nothing(store: SessionStore) -> None:
+    store.append("s", [U])
+    assert store.prune(10**12) == []
+    assert store.list().total == 1

@@ -435,10 +435,30 @@ def check_sqlite(directory: str) -> list[dict[str, Any]]:
                 problems = [r for r in rows if r != "ok"] + [f"foreign key: {r}" for r in fk]
                 add("database integrity", False, f"{path}: {len(problems)} problem(s): {'; '.join(problems[:5])}",
                     path=path, problems=problems[:100])
+        if version >= 1:
+            _check_counts(conn, path, add)
     finally:
         conn.close()
     _check_lock(directory, add)
     return findings
+
+
+def _check_counts(conn: Any, path: str, add: Any) -> None:
+    """session_counts (list()'s total) must equal the sessions each tenant really has."""
+    import sqlite3
+
+    try:
+        real = dict(conn.execute("SELECT tenant, COUNT(*) FROM sessions GROUP BY tenant").fetchall())
+        kept = {t: n for t, n in conn.execute("SELECT tenant, sessions FROM session_counts").fetchall() if n}
+    except sqlite3.Error as e:
+        add("session counts", False, f"{path}: {e}", path=path)
+        return
+    wrong = sorted(t for t in set(real) | set(kept) if real.get(t, 0) != kept.get(t, 0))
+    if wrong:
+        add("session counts", False, f"{path}: the kept session count differs from the sessions of tenant(s) "
+            f"{', '.join(wrong[:5])}", path=path, tenants=wrong[:100])
+    else:
+        add("session counts", True, f"{path}: {sum(real.values())} session(s) in {len(real)} tenant(s)", path=path)
 
 
 def _check_lock(directory: str, add: Any) -> None:

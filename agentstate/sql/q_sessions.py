@@ -49,7 +49,15 @@ DELETE_ITEM = Stmt(both="DELETE FROM session_items WHERE tenant = :tenant AND se
 # The items and idempotency keys go with the session (ON DELETE CASCADE).
 DELETE_SESSION = Stmt(both="DELETE FROM sessions WHERE tenant = :tenant AND id = :id")
 
-COUNT_SESSIONS = Stmt(both="SELECT COUNT(*) FROM sessions WHERE tenant = :tenant")
+# list()'s total: kept up to date by every write that creates or deletes sessions (ADD_SESSIONS).
+COUNT_SESSIONS = Stmt(both="SELECT sessions FROM session_counts WHERE tenant = :tenant")
+
+ADD_SESSIONS = Stmt(both="""
+    INSERT INTO session_counts (tenant, sessions) VALUES (:tenant, :delta)
+    ON CONFLICT (tenant) DO UPDATE SET sessions = session_counts.sessions + :delta""")
+
+# What doctor compares session_counts with.
+COUNT_SESSIONS_SLOW = Stmt(both="SELECT COUNT(*) FROM sessions WHERE tenant = :tenant")
 
 # Most recently updated first; the keyset (updated_at, id) is the cursor.
 LIST_FIRST = Stmt(both=f"""

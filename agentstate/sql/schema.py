@@ -54,6 +54,12 @@ _SESSIONS_V1 = [
         PRIMARY KEY (tenant, session_id, key),
         FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
     )""",
+    # The number of sessions per tenant, kept by the writes that create and delete sessions, so that
+    # list()'s total costs one row, not a count over every session.
+    """CREATE TABLE session_counts (
+        tenant   TEXT NOT NULL PRIMARY KEY,
+        sessions BIGINT NOT NULL
+    )""",
 ]
 
 # --- version 1: responses (the responses store adds its tables here) -----------------------------------
