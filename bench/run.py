@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import cli_start, contention, floor, peers, pg, sizes
+from . import cli_start, contention, floor, peers, pg, responses, sessions, sizes
 from .common import REPO, Config, Row, finite_positive, fmt_value, machine_info
 
 BENCHMARKS = {
@@ -20,6 +20,8 @@ BENCHMARKS = {
     "cli": cli_start.run,
     "peers": peers.run,
     "pg": pg.run,
+    "sessions": sessions.run,
+    "responses": responses.run,
 }
 
 

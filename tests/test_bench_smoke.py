@@ -21,6 +21,8 @@ EXPECTED = (
        for p in ("sqlite-doc", "sqlite-rows", "tinydb", "json-replace", "raw-floor")]
     + [f"pg/{r}" for r in ("txn-1KB-vs-floor", "txn-1KB-vs-local", "append-vs-floor", "append-vs-local",
                            "contention")]
+    + [f"sessions/{r}" for r in ("append-flat", "append-vs-floor", "context20", "list50", "contention",
+                                 "sdk-add_items", "sdk-get_items20")]
 )
 GOALS = {
     "floor/transaction/1KB": "<= 1.5",
@@ -31,6 +33,8 @@ GOALS = {
     "contention/throughput": ">= 0.9",
     "cli/show": "<= 1.5",
     "pg/contention": ">= 0.9",
+    "sessions/append-flat": "<= 1.2",
+    "sessions/contention": ">= 0.9",
 }
 
 
