@@ -60,22 +60,22 @@ class UsageError(Exception):
 # -- the global options, declared once ----------------------------------------------------------------
 # (parameter name, flags, kind, metavar, help); kind: "value", "flag" or "count".
 _SHARED: tuple[tuple[str, tuple[str, ...], str, str | None, str], ...] = (
-    ("g_dir", ("--dir",), "value", "DIR", "Store directory [env AGENTSTATE_DIR; default ./.agentstate]."),
+    ("g_dir", ("--dir",), "value", "DIR", "Store directory (env AGENTSTATE_DIR; default ./.agentstate)."),
     ("g_url", ("--url",), "value", "URL",
-     "A postgresql:// store instead of a directory [env AGENTSTATE_URL]; not with --dir."),
-    ("g_tenant", ("--tenant",), "value", "TENANT", "Tenant for sessions and responses [env AGENTSTATE_TENANT; "
-                                                    "default: default]."),
+     "A postgresql:// store instead of a directory (env AGENTSTATE_URL); not with --dir."),
+    ("g_tenant", ("--tenant",), "value", "TENANT", "Tenant for sessions and responses (env AGENTSTATE_TENANT; "
+                                                    "default: default)."),
     ("g_json", ("--json",), "flag", None, "Machine-readable output on stdout."),
     ("g_verbose", ("-v", "--verbose"), "count", None, "More logging on stderr: -v info, -vv debug."),
     ("g_log_level", ("--log-level",), "value", "LEVEL",
-     "debug, info, warning or error [env AGENTSTATE_LOG_LEVEL; default warning]."),
+     "debug, info, warning or error (env AGENTSTATE_LOG_LEVEL; default warning)."),
     ("g_log_format", ("--log-format",), "value", "FORMAT",
-     "text or json (JSON lines on stderr) [env AGENTSTATE_LOG_FORMAT; default text]."),
+     "text or json, one JSON object a line on stderr (env AGENTSTATE_LOG_FORMAT; default text)."),
     ("g_debug", ("--debug",), "flag", None, "Show a traceback on errors."),
 )
 _TIMEOUT = ("g_lock_timeout", ("--lock-timeout",), "value", "DURATION",
             "How long to wait for the lock: 500ms, 10s, 2m or seconds; 0 = one attempt "
-            "[env AGENTSTATE_LOCK_TIMEOUT; default 30s].")
+            "(env AGENTSTATE_LOCK_TIMEOUT; default 30s).")
 SHARED_NAMES = tuple(s[0] for s in _SHARED) + (_TIMEOUT[0],)
 _META = "agentstate.given"
 
@@ -90,7 +90,7 @@ def _shared_params(writing: bool) -> list[click.Parameter]:
             p = TyperOption(param_decls=[name, *flags], is_flag=True, default=False, help=help,
                             rich_help_panel=GLOBAL_PANEL)
         else:
-            p = TyperOption(param_decls=[name, *flags], count=True, default=0, help=help,
+            p = TyperOption(param_decls=[name, *flags], count=True, default=0, help=help, metavar="",
                             rich_help_panel=GLOBAL_PANEL)
         params.append(p)
     return params
@@ -208,13 +208,12 @@ class RootGroup(Group):
         module = self.registry.get(cmd_name)
         if module is None:
             return None
-        from importlib import import_module
+        cmd = _built.get(cmd_name)
+        if cmd is None:
+            from importlib import import_module
 
-        group = _module_groups.get(module)
-        if group is None:
-            app = import_module(f"agentstate.cli.{module}").app
-            group = _module_groups[module] = typer.main.get_group(app)
-        return group.get_command(ctx, cmd_name)
+            cmd = _built[cmd_name] = _build(import_module(f"agentstate.cli.{module}").app, ctx, cmd_name)
+        return cmd
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         try:
@@ -260,7 +259,25 @@ class RootGroup(Group):
         return rc
 
 
-_module_groups: dict[str, Any] = {}
+_built: dict[str, Any] = {}
+
+
+def _build(app: typer.Typer, ctx: click.Context, name: str) -> Any:
+    """The click command ``name`` of a module's typer ``app``, built alone: typer builds every
+    command of a group it converts, and a command runs faster without building its siblings."""
+    def named(info: Any) -> str | None:
+        if info.name:
+            return info.name
+        callback = getattr(info, "callback", None)
+        return callback.__name__.lower().replace("_", "-") if callback else None
+
+    one = typer.Typer()
+    one.registered_commands = [c for c in app.registered_commands if named(c) == name]
+    one.registered_groups = [g for g in app.registered_groups if (g.name or getattr(g.typer_instance.info, "name",
+                                                                                   None)) == name]
+    if not one.registered_commands and not one.registered_groups:
+        return None
+    return typer.main.get_group(one).get_command(ctx, name)
 
 
 def _usage_fail(message: str, as_json: bool) -> int:

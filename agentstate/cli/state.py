@@ -13,9 +13,10 @@ from .common import EXIT_CODES, Command, Opts, UsageError, WriteCommand, compact
 app = typer.Typer()
 
 SET_HELP = (
-    "ADDRESS=VALUE, repeatable. VALUE is JSON when it looks like JSON (it starts with { [ \" a digit or -, "
-    "or is true, false, null, NaN or Infinity) and must then be valid, storable JSON; anything else is a "
-    "plain string (--set note=hello)."
+    "ADDRESS=VALUE, repeatable. VALUE is JSON when it looks like JSON: it starts with { [ \" a digit, - + or ., "
+    "or is true, false, null, NaN or Infinity (any case); it must then be valid JSON that can be stored exactly. "
+    "Anything else is a plain string (--set note=hello); quote a string that looks like JSON "
+    "(--set 'v=\"1.2.3\"')."
 )
 
 
