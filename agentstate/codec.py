@@ -16,6 +16,7 @@ Values are strict JSON: NaN and Infinity are refused, integers must fit in
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import re
@@ -103,6 +104,20 @@ def _check_floats(value: Any) -> None:
 
 def encode_value(value: Any) -> bytes:
     """Compact JSON (keys in insertion order) for any strict JSON value; InvalidInput otherwise."""
+    out = encode_raw(value)
+    check_floats(value, out)
+    return out
+
+
+def check_floats(value: Any, encoded: bytes) -> None:
+    """InvalidInput if ``value`` (encoded by orjson as ``encoded``) holds a NaN or an infinity.
+    orjson writes those as null; only when a null appears is the walk needed."""
+    if b"null" in encoded:
+        _check_floats(value)
+
+
+def encode_raw(value: Any) -> bytes:
+    """encode_value without the NaN/Infinity check (the caller does it: check_floats)."""
     try:
         out = orjson.dumps(value, default=_reject, option=_DUMPS_OPTS)
     except TypeError as e:
@@ -116,9 +131,6 @@ def encode_value(value: Any) -> bytes:
         if "surrogates" in msg:
             raise InvalidInput("a string is not valid UTF-8 (lone surrogate)") from None
         raise InvalidInput(f"value is not JSON: {msg}") from None
-    # orjson writes NaN and Infinity as null; only when a null appears is the walk needed.
-    if b"null" in out:
-        _check_floats(value)
     return out
 
 
@@ -167,6 +179,46 @@ def parse_json(data: bytes | str, what: str = "input") -> Any:
     return value
 
 
+GC_PAUSE_BYTES = 1 << 16
+
+
+def loads(data: bytes | memoryview) -> Any:
+    """orjson.loads with Python's cyclic garbage collector paused for large documents.
+
+    A parse allocates one container per JSON object and array; every 700 of them the collector
+    runs and walks all the young ones, and the full collections it triggers walk everything:
+    that costs as much as the parse itself on a large state. Nothing a parse creates can be a
+    cycle, so pausing the collector for its duration loses nothing (it resumes right after)."""
+    if len(data) < GC_PAUSE_BYTES or not gc.isenabled():
+        return orjson.loads(data)
+    gc.disable()
+    try:
+        return orjson.loads(data)
+    finally:
+        gc.enable()
+
+
+def check_addresses(addresses: Any, encoded: bytes) -> None:
+    """InvalidInput unless every key of ``addresses`` (str keys, as orjson already required) is a
+    valid address; ``encoded`` is orjson's encoding of the dict they key.
+
+    Checked in bulk: an address with a control character shows in the encoding as a backslash
+    escape (U+0000-U+001F), a 0x7f byte, or 0xc2 0x80-0x9f (U+0080-U+009F); only when one of those
+    bytes appears anywhere (a value may hold them too) are the addresses themselves examined, and
+    one at a time only if their concatenation is not all printable."""
+    if not addresses:
+        return
+    if "" in addresses:
+        check_address("")
+    if b"\\" in encoded or b"\x7f" in encoded or b"\xc2" in encoded:
+        if not "".join(addresses).isprintable():
+            for a in addresses:
+                check_address(a)
+    if max(map(len, addresses)) > MAX_ADDRESS_LEN:
+        for a in addresses:
+            check_address(a)
+
+
 def check_address(address: Any) -> str:
     if not isinstance(address, str):
         raise InvalidInput(f"address must be a string, not {type(address).__name__}")
@@ -183,9 +235,9 @@ def check_address(address: Any) -> str:
     return address
 
 
-def encode_document_parts(*, serial: int, lineage: str, updated_at: str, resources_bytes: bytes) -> list[bytes]:
-    """The document as a list of byte strings to write in order (no copy of ``resources_bytes``)."""
-    head = b"".join(
+def document_head(serial: int, lineage: str, updated_at: str) -> bytes:
+    """The bytes between the checksum field and the resources object."""
+    return b"".join(
         [
             b'"format_version":%d,"serial":%d,"lineage":' % (FORMAT_VERSION, serial),
             orjson.dumps(lineage),
@@ -194,11 +246,44 @@ def encode_document_parts(*, serial: int, lineage: str, updated_at: str, resourc
             _RESOURCES_KEY,
         ]
     )
-    digest = hashlib.sha256(head)
-    digest.update(resources_bytes)
-    digest.update(b"}\n")
-    prefix = PREFIX + digest.hexdigest().encode("ascii") + b'",' + head
-    return [prefix, resources_bytes, b"}\n"]
+
+
+THREAD_HASH_BYTES = 1 << 20
+
+
+class Digest:
+    """The document's SHA-256 (of head, resources, ``}\n``), computed in a thread for a large state:
+    hashlib releases the GIL, so the caller's checks run on another core meanwhile."""
+
+    def __init__(self, head: bytes, resources_bytes: bytes | memoryview) -> None:
+        self.head, self.body = head, resources_bytes
+        self._h = hashlib.sha256(head)
+        self._thread = None
+        if len(resources_bytes) >= THREAD_HASH_BYTES:
+            import threading
+
+            self._thread = threading.Thread(target=self._h.update, args=(resources_bytes,), daemon=True)
+            self._thread.start()
+        else:
+            self._h.update(resources_bytes)
+
+    def parts(self) -> list[bytes]:
+        """The document as byte strings to write in order (waits for the hash)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._h.update(b"}\n")
+        prefix = PREFIX + self._h.hexdigest().encode("ascii") + b'",' + self.head
+        return [prefix, self.body, b"}\n"]  # type: ignore[list-item]
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+
+def encode_document_parts(*, serial: int, lineage: str, updated_at: str, resources_bytes: bytes) -> list[bytes]:
+    """The document as a list of byte strings to write in order (no copy of ``resources_bytes``)."""
+    return Digest(document_head(serial, lineage, updated_at), resources_bytes).parts()
 
 
 def encode_document(*, serial: int, lineage: str, updated_at: str, resources_bytes: bytes) -> bytes:
@@ -286,7 +371,7 @@ def decode_document(data: bytes) -> Decoded:
         if hashlib.sha256(memoryview(data)[HEADER_LEN:]).hexdigest().encode("ascii") != digest:
             raise CorruptDocument("checksum mismatch (torn or altered file)")
         try:
-            doc = orjson.loads(data)
+            doc = loads(data)
         except orjson.JSONDecodeError as e:
             raise CorruptDocument(f"not valid JSON: {e}") from None
         if not isinstance(doc, dict):
@@ -306,7 +391,7 @@ def decode_document(data: bytes) -> Decoded:
                 resources_bytes = memoryview(data)[at + len(_RESOURCES_KEY) : -2]  # no copy
     else:
         try:
-            doc = orjson.loads(data)
+            doc = loads(data)
         except orjson.JSONDecodeError as e:
             raise CorruptDocument(f"not valid JSON: {e}") from None
         if not isinstance(doc, dict):

@@ -98,8 +98,7 @@ class _Loaded:
     resources_bytes: bytes | memoryview | None  # resources as encoded in the file, to see if anything changed
     previous: fileio.Previous  # what state.json holds now
     problems: list[tuple[str, str]]
-    keys: frozenset[str] = frozenset()  # addresses as loaded, already checked
-    order: tuple[str, ...] = ()  # the same, in the file's order
+    order: tuple[str, ...] = ()  # addresses as loaded (already checked), in the file's order
     serial: int = 0  # as loaded
     lineage: str = ""
     source: str = "state"
@@ -274,7 +273,6 @@ class StateStore:
                         )
                     if loaded.source == "state":
                         loaded.order = tuple(state.resources)
-                        loaded.keys = frozenset(loaded.order)
                     yield state
                     committed = self._save(loaded, state)
                 finally:
@@ -294,33 +292,35 @@ class StateStore:
 
             raise InvalidInput("resources must be a JSON object (a dict)")
         resources = state.resources
-        resources_bytes = codec.encode_value(resources)
-        addresses = tuple(resources)
-        same_addresses = addresses == loaded.order  # in the same order: no new address to check
-        if (
-            resources_bytes != loaded.resources_bytes
-            and not same_addresses
-            and loaded.resources_bytes is not None
-            and len(resources_bytes) == len(loaded.resources_bytes)  # a reorder keeps the length
-            and resources.keys() == loaded.keys
-        ):
-            # Deleting and re-adding an address only moves it: encode in the file's order to see.
-            resources_bytes = codec.encode_value({k: resources[k] for k in loaded.order})
-        if resources_bytes == loaded.resources_bytes and loaded.source != "backup":
+        resources_bytes = codec.encode_raw(resources)
+        old = loaded.resources_bytes
+        new_addresses = False
+        if resources_bytes != old or loaded.source == "backup":
+            if len(resources) != len(loaded.order) or tuple(resources) != loaded.order:  # added, removed, moved
+                if (old is not None and len(resources_bytes) == len(old) and len(resources) == len(loaded.order)
+                        and resources.keys() == set(loaded.order)):
+                    # Deleting and re-adding an address only moves it: encode in the file's order to see.
+                    resources_bytes = codec.encode_raw({k: resources[k] for k in loaded.order})
+                else:
+                    new_addresses = True
+        if resources_bytes == old and loaded.source != "backup":
+            codec.check_floats(resources, resources_bytes)  # a NaN where a null was is still refused
             log.debug("transaction changed nothing; nothing written")
             return False
-        if not same_addresses:
-            for address in resources.keys() - loaded.keys:
-                codec.check_address(address)
         serial = loaded.serial + 1  # from the snapshot: the caller's State cannot set it
         if loaded.source == "backup":
             # The lost state.json most likely held serial + 1 (or more): never hand a number out twice,
             # or a client still holding it could pass --expect-serial against different resources.
             serial = max(loaded.serial + 2, _salvaged_serial(loaded.previous.data) + 1)
         updated_at = _utcnow()
-        data = codec.encode_document_parts(
-            serial=serial, lineage=loaded.lineage, updated_at=updated_at, resources_bytes=resources_bytes
-        )
+        digest = codec.Digest(codec.document_head(serial, loaded.lineage, updated_at), resources_bytes)
+        try:  # the checks run while a large state is hashed on another core
+            codec.check_floats(resources, resources_bytes)
+            if new_addresses:
+                codec.check_addresses(resources.keys(), resources_bytes)
+        finally:
+            digest.wait()
+        data = digest.parts()
         try:
             fileio.commit(self.files, self.state_path, data, loaded.previous)
         except signals.Interruption as e:
