@@ -256,4 +256,4 @@ class PgStateStore(StateStore):
         return state
 
     def close(self) -> None:
-        self.connector.close()
+        self.connector.close_all()

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -193,23 +194,35 @@ class Connector:
         self.where = describe_server(self.conninfo)
         self.migrate = migrate
         self.key = lock_key(self.schema)
-        self._conn: Any = None
+        self._local = threading.local()  # one connection per thread, as psycopg connections are not shared
+        self._all: list[Any] = []
+        self._all_lock = threading.Lock()
         self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"<{self.where} schema {self.schema}>"
 
+    @property
+    def _conn(self) -> Any:
+        return getattr(self._local, "conn", None)
+
     def conn(self) -> Any:
+        """This thread's connection, opened (and the schema migrated) on first use, replaced if broken."""
+        if self._pid != os.getpid():  # a forked child never uses (nor closes) its parent's connections
+            with self._all_lock:
+                _orphans.extend(self._all)
+                self._all = []
+            self._local = threading.local()
+            self._pid = os.getpid()
         c = self._conn
-        if c is not None and self._pid != os.getpid():
-            _orphans.append(c)
-            c = self._conn = None
         if c is not None and (c.closed or c.broken):
             self.close()
             c = None
         if c is None:
-            c = self._conn = self._connect()
-            self._pid = os.getpid()
+            c = self._connect()
+            self._local.conn = c
+            with self._all_lock:
+                self._all.append(c)
         return c
 
     def _connect(self) -> Any:
@@ -241,12 +254,25 @@ class Connector:
         return conn
 
     def close(self) -> None:
-        c, self._conn = self._conn, None
-        if c is not None and self._pid == os.getpid():
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone anyway
-                pass
+        """Close this thread's connection (the next call opens a new one)."""
+        c = self._conn
+        self._local.conn = None
+        if c is None:
+            return
+        with self._all_lock:
+            if c in self._all:
+                self._all.remove(c)
+        if self._pid == os.getpid():
+            _close(c)
+
+    def close_all(self) -> None:
+        """Close every connection this object opened in this process."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        self._local = threading.local()
+        if self._pid == os.getpid():
+            for c in conns:
+                _close(c)
 
     @contextmanager
     def errors(self, doing: str) -> Iterator[None]:
@@ -275,6 +301,13 @@ class Connector:
                         raise
                     self.close()
         raise AssertionError("unreachable")
+
+
+def _close(c: Any) -> None:
+    try:
+        c.close()
+    except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone anyway
+        pass
 
 
 # --- migrations --------------------------------------------------------------------------------
@@ -637,7 +670,7 @@ class Database:
         return check(self.connector)
 
     def close(self) -> None:
-        self.connector.close()
+        self.connector.close_all()
 
     def __enter__(self) -> Database:
         return self
@@ -658,7 +691,7 @@ def run_migrations(url: str) -> dict[str, Any]:
         applied = migrate(conn, cn.schema, cn.where)
         _migrated.add((cn.conninfo, cn.schema))
     finally:
-        cn.close()
+        cn.close_all()
     return {"url": redact(url), "schema": cn.schema, "server": cn.where, "found_version": found or 0,
             "applied": applied, "schema_version": SCHEMA_VERSION}
 
@@ -694,7 +727,7 @@ def check(cn: Connector) -> list[dict[str, Any]]:
     except AgentStateError as e:
         add("database", False, str(e))
     finally:
-        probe.close()
+        probe.close_all()
     return findings
 
 
