@@ -36,7 +36,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -104,7 +103,16 @@ def _me() -> tuple[int, str, str | None, str | None, str | None]:
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def _uuid4() -> str:
+    """str(uuid.uuid4()), at a fifth of its cost (it is on every acquire)."""
+    b = bytearray(os.urandom(16))
+    b[6], b[8] = b[6] & 0x0F | 0x40, b[8] & 0x3F | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _age(iso: str) -> str:
@@ -136,7 +144,7 @@ class Holder:
     @classmethod
     def mine(cls, operation: str) -> Holder:
         pid, host, boot, ns, start = _me()
-        return cls(str(uuid.uuid4()), pid, host, operation, _now_iso(), __version__, boot, ns, start)
+        return cls(_uuid4(), pid, host, operation, _now_iso(), __version__, boot, ns, start)
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in _FIELDS}
