@@ -230,9 +230,9 @@ def _filesystem(directory: str) -> tuple[str, str] | None:
 
 
 def _unsupported(path: str, fs: tuple[str, str] | None, why: str) -> StorageError:
-    where = f"the {fs[0]} filesystem at {fs[1]}" if fs else "this filesystem"
+    where = f"the {fs[0]} filesystem at {fs[1]}" if fs else "its filesystem"
     return StorageError(
-        f"cannot lock {path}: {why} on {where}; agentstate never writes without its lock: keep the store "
+        f"cannot lock {path}: {where} {why}; agentstate never writes without its lock: keep the store "
         "in a directory on a local filesystem, or use the PostgreSQL backend (--url postgresql://...)",
         path=path, filesystem=fs[0] if fs else None,
     )
@@ -242,7 +242,7 @@ def check_filesystem(path: str) -> None:
     """StorageError if the filesystem holding ``path`` is one whose flock other hosts do not see."""
     fs = _filesystem(os.path.dirname(path) or ".")
     if fs and (fs[0] in UNSHARED_FLOCK or fs[0].startswith("fuse.")):
-        raise _unsupported(path, fs, "flock is not shared between the hosts that mount it")
+        raise _unsupported(path, fs, "does not share flock locks between the hosts that mount it")
 
 
 # --- descriptors, and what a forked child does with them --------------------------------------------
@@ -574,7 +574,7 @@ class Lock:
         except OSError as e:
             if e.errno in _NO_FLOCK:
                 raise _unsupported(self.path, _filesystem(os.path.dirname(self.path) or "."),
-                                   f"flock fails ({errno.errorcode.get(e.errno, e.errno)})") from None
+                                   f"rejects flock ({errno.errorcode.get(e.errno, e.errno)})") from None
             raise io_error("lock", self.path, e) from None
 
     def _same_inode(self, fd: int) -> os.stat_result | None:

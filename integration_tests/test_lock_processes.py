@@ -23,10 +23,12 @@ from pathlib import Path
 
 import pytest
 from agentstate_integration import STRACE, parse_strace, run_strace
+from tinyfuse import TYPE as FUSE_TYPE
+from tinyfuse import TinyFuse
 
 from agentstate import StateStore
 from agentstate.codec import decode_document
-from agentstate.errors import StateLocked
+from agentstate.errors import StateLocked, StorageError
 from agentstate.lock import RECORD_BLOCK, Holder, Lock
 
 HERE = Path(__file__).resolve().parent
@@ -479,6 +481,21 @@ def test_flock_failure_refuses_with_one_line_naming_the_filesystem(tmp_path, err
     assert f"({errno.errorcode[getattr(errno, err)]})" in line and f"the {fstype} filesystem at {mount}" in line, line
     assert "local filesystem" in line and "postgresql://" in line
     assert not (d / "state.json").exists()  # never runs unlocked
+
+
+def test_a_fuse_filesystem_is_refused_before_anything_is_created(tmp_path):
+    """A real FUSE mount (integration_tests/tinyfuse.py): its flock would be local to this host."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with TinyFuse(str(mnt)) as fs:
+        line = one_error_line(cli("apply", "--set", "a=1", "--dir", str(mnt)), 1)
+        assert f"the {FUSE_TYPE} filesystem at {mnt} does not share flock locks" in line, line
+        assert "local filesystem" in line and "postgresql://" in line
+        one_error_line(cli("lock", "status", "--dir", str(mnt)), 1)
+        with pytest.raises(StorageError):
+            Lock(mnt / "agentstate.db.lock").acquire(0)
+        ops = list(fs.ops)
+    assert ops and not {8, 9, 35} & set(ops)  # no MKNOD, MKDIR or CREATE reached the filesystem
 
 
 # --- fork safety --------------------------------------------------------------------------------
