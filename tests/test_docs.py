@@ -89,6 +89,8 @@ def test_newcomer_readme_first_line_then_quickstart(tmp_path: Path) -> None:
     assert "repaired: restored state.json from the backup" in out
     assert "exit code 4" in out  # both files bad
     assert "({'model': 'x'}, {'model': 'y'})" in out  # the Python step's plan values
+    assert "     2  assistant  Day 1: Alfama. Day 2: Belem." in out  # step 6: sessions show
+    assert '"item_count":2' in out and "1 of 1 session(s)" in out
     scratches = [p for p in scratch.iterdir() if p.is_dir()]
     assert len(scratches) == 1  # everything happened in the scratch directory
     assert list(scratches[0].glob(".agentstate/state.json.corrupt-*"))  # evidence kept
@@ -110,6 +112,11 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     assert "\nhello\n" in r.stdout  # show note
     assert "- note (was \"hello\")" in r.stdout  # rm says what it removed
     assert "nothing to repair" in r.stdout
+    # the Sessions section
+    assert "exit 5 (the session moved on" in r.stdout and "exit 1 (an empty message" in r.stdout
+    assert "exit 6 (no such session)" in r.stdout and "imported 4 item(s) into session chat-1-copy" in r.stdout
+    assert '"title":"Plan three days in Lisbon"' in r.stdout
+    assert "[(2, 'assistant'), (3, 'user')]\nHello 1\n" in r.stdout
 
 
 def test_readme_python_example_runs(tmp_path: Path) -> None:
