@@ -81,6 +81,15 @@ def check_resources(resources: Any, what: str = "resources") -> dict[str, Any]:
     return resources
 
 
+def _check_call(store: Any, expect_serial: Any = None) -> None:
+    """InvalidInput for a store that is not one, or an expect_serial that is not an integer."""
+    if not (hasattr(store, "read") and hasattr(store, "transaction")):
+        raise InvalidInput(f"store must be a StateStore, not {type(store).__name__}",
+                           hint="agentstate.StateStore(path_or_url)")
+    if expect_serial is not None and type(expect_serial) is not int:
+        raise InvalidInput(f"expect_serial must be an integer, not {expect_serial!r:.40}")
+
+
 def _desired(spec: Any, resources: Any) -> dict[str, Any] | None:
     """The desired resources of ``apply``/``plan``: from a spec, or from ``resources=``, or None (keep)."""
     if spec is not None and resources is not None:
@@ -258,6 +267,7 @@ def plan(
     deletes: Iterable[str] = (),
 ) -> Plan:
     """What ``apply`` would change. Reads without a lock; writes nothing."""
+    _check_call(store)
     desired = _desired(spec, resources)
     sets, deletes = _edits(sets, deletes)
     state = store.read()
@@ -311,6 +321,7 @@ def apply(
     than ``expect_serial``), the answer comes from that consistent snapshot without taking the
     lock or touching any file. Otherwise, under the lock: load, diff again, save.
     """
+    _check_call(store, expect_serial)
     resources = _desired(spec, resources)
     sets, deletes = _edits(sets, deletes)
     snapshot = store.read(quiet=True)
@@ -337,6 +348,7 @@ def remove(
     on_wait: Callable[[Any], None] | None = None,
 ) -> Plan:
     """Delete resources; NotFound (and nothing removed) if any address is missing."""
+    _check_call(store, expect_serial)
     if isinstance(addresses, (str, bytes)):
         raise InvalidInput("addresses must be a list of addresses, not one string")
     addresses = [codec.check_address(a) for a in addresses]

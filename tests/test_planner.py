@@ -56,6 +56,10 @@ def test_apply_takes_a_plain_mapping_by_keyword(store: agentstate.StateStore) ->
     lambda s: agentstate.plan(s, "notadict"),
     lambda s: agentstate.remove(s, "abc"),
     lambda s: agentstate.remove(s, [3]),
+    lambda s: agentstate.remove(s, ["a"], expect_serial="1"),
+    lambda s: agentstate.apply(s, sets=[("a", 5)], expect_serial=True),
+    lambda s: agentstate.apply(s.path, {"resources": {}}),
+    lambda s: agentstate.plan(None, {"resources": {}}),
 ])
 def test_a_shape_mix_up_is_refused_and_changes_nothing(store: agentstate.StateStore, call) -> None:
     before = files(store)
