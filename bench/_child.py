@@ -95,14 +95,19 @@ def worker(store_dir: str) -> dict:
             t1 = time.monotonic()
             st.resources["counter"] += 1
         txns.append((t0, t1, time.monotonic()))
-    return {"pid": os.getpid(), "txns": txns}
+    # Report, then stay idle until every worker has reported: no interpreter exits while others run.
+    sys.stdout.write(json.dumps({"pid": os.getpid(), "txns": txns}) + "\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+    return None
 
 
 def main(argv: list[str]) -> None:
     if argv[0] == "mem":
         out = mem(argv[1], argv[2], argv[3])
     elif argv[0] == "worker":
-        out = worker(argv[1])
+        worker(argv[1])
+        return
     else:
         raise SystemExit(f"unknown child command {argv[0]!r}")
     sys.stdout.write(json.dumps(out) + "\n")

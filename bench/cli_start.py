@@ -50,7 +50,7 @@ def run(cfg: Config) -> list[Row]:
     show = median(t["show"])
     return [
         Row("cli", "cli/show", "agentstate show --json (1 KB store)", show,
-            'python -c "import typer"', median(t["typer"]), "s", "<= 1.5", extra=ex),
+            'python -c "import typer"', median(t["typer"]), "s", "<= 1.3", extra=ex),
         Row("cli", "cli/apply", "agentstate apply --set A=V (1 KB store, end to end)", median(t["apply"]),
             "agentstate show --json", show, "s", note="report only", extra=ex),
         Row("cli", "cli/bare-python", 'python -c "pass"', median(t["python"]),

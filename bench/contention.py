@@ -33,11 +33,15 @@ def _session(store_dir: str, workers: int, duration: float) -> dict:
             p.stdin.write(f"go {start!r} {end!r}\n")
             p.stdin.flush()
         results = []
+        for p in procs:  # each reports when its time is up, then idles until all have reported
+            line = p.stdout.readline()
+            if not line.strip():
+                raise RuntimeError(f"worker failed ({p.wait()}): {p.stderr.read()[-2000:]}")
+            results.append(json.loads(line))
         for p in procs:
-            out, err = p.communicate(timeout=duration + 120)
+            _, err = p.communicate(timeout=60)  # closes stdin: the worker exits
             if p.returncode != 0:
                 raise RuntimeError(f"worker failed ({p.returncode}): {err[-2000:]}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
     finally:
         for p in procs:
             if p.poll() is None:

@@ -34,7 +34,7 @@ def run(cfg: Config) -> list[Row]:
     floor_what = f"raw write+fsync+rename+dir fsync of the same {len(data)} bytes"
     rows = [
         Row("floor", "floor/transaction/1KB", "transaction (lock, load, +1, save) on a 1 KB state",
-            median(t["transaction"]), floor_what, base, "s", "<= 1.5", extra={"samples": n, "bytes": len(data)}),
+            median(t["transaction"]), floor_what, base, "s", "<= 1.25", extra={"samples": n, "bytes": len(data)}),
         Row("floor", "floor/lock-only/1KB", "lock acquire + release alone (no load, no save)",
             median(t["lock"]), floor_what, base, "s", note="breakdown", extra={"samples": n}),
         Row("floor", "floor/read-only/1KB", "store.read() alone (no lock)",

@@ -7,22 +7,30 @@ import json
 import shutil
 import sys
 import tempfile
+import importlib
 import time
 from pathlib import Path
 
-from . import cli_start, contention, floor, peers, pg, responses, sessions, sizes
 from .common import REPO, Config, Row, finite_positive, fmt_value, machine_info
 
-BENCHMARKS = {
-    "floor": floor.run,
-    "size": sizes.run,
-    "contention": contention.run,
-    "cli": cli_start.run,
-    "peers": peers.run,
-    "pg": pg.run,
-    "sessions": sessions.run,
-    "responses": responses.run,
+# The registry: benchmark name -> module in bench/ whose ``run(cfg: Config) -> list[Row]`` it calls.
+# To add a benchmark, write bench/<module>.py and add one line here (modules are imported only
+# when their benchmark runs, so an optional dependency does not burden the others).
+BENCHMARKS: dict[str, str] = {
+    "floor": "floor",
+    "size": "sizes",
+    "contention": "contention",
+    "cli": "cli_start",
+    "peers": "peers",
+    "pg": "pg",
+    "sessions": "sessions",
+    "responses": "responses",
 }
+
+
+def benchmark(name: str):
+    """The ``run`` function of the registered benchmark ``name``."""
+    return importlib.import_module(f".{BENCHMARKS[name]}", __package__).run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             t0 = time.perf_counter()
             print(f"-- {name} ...", flush=True)
-            got = BENCHMARKS[name](cfg)
+            got = benchmark(name)(cfg)
             timings[name] = time.perf_counter() - t0
             for r in got:
                 if not (finite_positive(r.value) and finite_positive(r.baseline)):
