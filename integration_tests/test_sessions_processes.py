@@ -207,3 +207,42 @@ def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False, stop_at_first: bo
         violations.append(f"integrity_check at the end: {check}")
     return violations, {"acknowledged_appends": acked_total, "committed_unacknowledged": in_flight_kills,
                         "items": verified, "seconds": round(time.monotonic() - start, 1)}
+
+
+def test_sigterm_or_sigint_while_waiting_for_the_lock(tmp_path: Path) -> None:
+    """A cancelled CI job (SIGTERM) or Ctrl-C (SIGINT) during `sessions append`: exit 143/130, one line
+    saying the append was abandoned, nothing stored, no lock left behind."""
+    from agentstate.lock import Lock
+
+    d = tmp_path / "store"
+    store = SessionStore(str(d))
+    store.append("s", [{"type": "first"}])
+    lock_path = str(d / "agentstate.db.lock")
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        lk = Lock(lock_path)
+        lk.acquire(1, "holding for the test")
+        try:
+            p = subprocess.Popen([AGENTSTATE_CLI, "sessions", "append", "s", '{"type":"second"}', "--lock-timeout",
+                                  "60", "--dir", str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # until it has opened the lock file: it is waiting
+                try:
+                    fds = [os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")]
+                except OSError:
+                    fds = []
+                if lock_path in fds:
+                    break
+                time.sleep(0.02)
+            time.sleep(0.1)
+            p.send_signal(sig)
+            out, err = p.communicate(timeout=60)
+        finally:
+            lk.release()
+        assert p.returncode == code, (p.returncode, err)
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "abandoned" in lines[0], err
+        assert [i.data for i in store.items("s")] == [{"type": "first"}]
+        probe = Lock(lock_path)
+        probe.acquire(0, "probe")  # free: nobody kept it
+        probe.release()
+    store.close()

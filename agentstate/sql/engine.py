@@ -262,7 +262,10 @@ class Database:
         try:
             yield
         finally:
-            lk.release()
+            from .. import signals
+
+            with signals.critical(outcome=None):  # a signal never cuts a release short
+                lk.release()
 
     # -- schema ------------------------------------------------------------------------------------------
 
@@ -311,25 +314,41 @@ class Database:
 
     @contextmanager
     def write(self, operation: str = "write", lock_timeout: float | str | None = None) -> Iterator[Tx]:
-        """Writer lock, then ``BEGIN IMMEDIATE``; commit at the end of the block, roll back on an exception."""
+        """Writer lock, then ``BEGIN IMMEDIATE``; commit at the end of the block, roll back on an exception.
+
+        SIGINT/SIGTERM (agentstate.signals): before the COMMIT the transaction is abandoned (rolled back);
+        during the COMMIT the signal is held, so the write is finished; either way the lock is released
+        and Interrupted (exit 130/143) says which."""
         import sqlite3
 
-        with self._locked(operation, lock_timeout):
-            conn = None
+        from .. import signals
+
+        locked = False
+        with signals.guarded():
             try:
-                conn = self._conn(create=True)
-                self._prepare_locked(conn)
-                conn.execute("BEGIN IMMEDIATE")
-                if self._version(conn) != SCHEMA_VERSION:  # changed by a newer agentstate in between
-                    raise too_new(self._version(conn), self.path)
-                yield Tx(conn)
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                self._abort(conn)
-                raise storage_error(e, self.path, f"write ({operation})") from None
-            except BaseException:
-                self._abort(conn)
-                raise
+                with self._locked(operation, lock_timeout):
+                    locked = True
+                    conn = None
+                    try:
+                        conn = self._conn(create=True)
+                        self._prepare_locked(conn)
+                        conn.execute("BEGIN IMMEDIATE")
+                        if self._version(conn) != SCHEMA_VERSION:  # changed by a newer agentstate in between
+                            raise too_new(self._version(conn), self.path)
+                        yield Tx(conn)
+                        with signals.critical():
+                            conn.execute("COMMIT")
+                            signals.note_committed(f"the {operation} is committed to {self.path}")
+                    except sqlite3.Error as e:
+                        self._abort(conn)
+                        raise storage_error(e, self.path, f"write ({operation})") from None
+                    except BaseException:
+                        self._abort(conn)
+                        raise
+            except KeyboardInterrupt as e:
+                committed = getattr(e, "outcome", None) == "committed"
+                raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {self.path}"
+                                          if committed else None, locked=locked) from None
 
     def _abort(self, conn: Any) -> None:
         """Roll back, and start the next write from a fresh connection (SQLite forgets the failure)."""
