@@ -186,6 +186,7 @@ class PgStateStore(StateStore):
                 committed = getattr(e, "outcome", None) == "committed"
                 raise signals.interrupted(
                     e, "write", committed="the new version was committed" if committed else None,
+                    locked=state is not None,  # the state is loaded only once the lock is held
                 ) from None
 
     def _save(self, tx: pg.Tx, snap: _Snapshot, state: State) -> dict[str, Any] | None:  # type: ignore[override]

@@ -159,3 +159,36 @@ def test_server_stopped_and_started_mid_run(pg_server, pg_schema_url):
     final = StateStore(pg_schema_url).read().resources["counter"]
     unknown = sum(1 for e in errors if "may or may not" in e)  # lost during COMMIT: outcome unknown
     assert acked[-1] <= final <= acked[-1] + 1 + unknown
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_cancelled_cli_waiting_for_the_lock_exits_with_one_line(pg_schema_url, sig):
+    """A CI job cancelled while its command waits for the PostgreSQL lock: 143 (SIGTERM) or 130
+    (SIGINT), one line, nothing written; the holder goes on unharmed."""
+    cli = str(Path(sys.executable).parent / "agentstate")
+    holder = spawn("hold", pg_schema_url)
+    try:
+        read_line(holder)
+        p = subprocess.Popen([cli, "apply", "--set", "a=1", "--url", pg_schema_url, "--lock-timeout", "60"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while not StateStore(pg_schema_url).lock_status()["held"] or not _waiting(pg_schema_url):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=20)
+        assert p.returncode == 128 + sig, err
+        assert err.count("\n") == 1 and err.startswith("error: interrupted") and "unchanged" in err
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert StateStore(pg_schema_url).read().resources == {}
+
+
+def _waiting(url: str) -> bool:
+    """A backend of this database waits for an advisory lock."""
+    conninfo, _ = split_url(url)
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                            ).fetchone()[0] > 0
