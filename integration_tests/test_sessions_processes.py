@@ -176,6 +176,8 @@ def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False, stop_at_first: bo
             for b, k in acked.items():
                 if b not in batches:
                     violations.append(f"round {rnd}: acknowledged batch {b} is missing")
+                elif len(batches[b]) != k:
+                    violations.append(f"round {rnd}: acknowledged batch {b} has {len(batches[b])} of {k} items")
             last_acked = max(acked) if acked else -1
             for b, its in batches.items():
                 k = its[0].data["of"]
