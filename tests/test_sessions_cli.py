@@ -208,3 +208,20 @@ def test_lock_timeout_names_the_holder(tmp_path) -> None:
     finally:
         lk.release()
     assert cli.view()["s"][0]["item_count"] == 1
+
+
+def test_doctor_checks_the_database(tmp_path) -> None:
+    d = tmp_path / "store"
+    cli = Cli(str(d))
+    cli("append", "s", "--content", "x")
+    r = runner.invoke(app, ["doctor", "--dir", str(d), "--json"], env={"AGENTSTATE_DIR": None})
+    assert r.exit_code == 0, r.stdout
+    checks = {f["check"]: f for f in json.loads(r.stdout)["findings"]}
+    assert checks["database integrity"]["ok"] and checks["database schema"]["ok"] and checks["database lock"]["ok"]
+    (d / "agentstate.db").write_bytes(b"not a database" * 500)
+    for extra in ("agentstate.db-wal", "agentstate.db-shm"):
+        if (d / extra).exists():
+            (d / extra).unlink()
+    r = runner.invoke(app, ["doctor", "--dir", str(d)], env={"AGENTSTATE_DIR": None})
+    assert r.exit_code == 1 and "BAD" in r.stdout and "agentstate.db" in r.stdout
+    cli("show", "s", code=4)  # a damaged database: exit 4, one line
