@@ -38,9 +38,14 @@ class State:
 
     def __init__(self, resources: dict[str, Any], serial: int, lineage: str, updated_at: str | None = None,
                  format_version: int = codec.FORMAT_VERSION, source: str = "state", changed: bool = False) -> None:
-        object.__setattr__(self, "resources", resources)
-        self._set(serial=serial, lineage=lineage, updated_at=updated_at, format_version=format_version,
-                  source=source, changed=changed)
+        put = object.__setattr__
+        put(self, "resources", resources)
+        put(self, "_serial", serial)
+        put(self, "_lineage", lineage)
+        put(self, "_updated_at", updated_at)
+        put(self, "_format_version", format_version)
+        put(self, "_source", source)
+        put(self, "_changed", changed)
 
     def _set(self, **fields: Any) -> None:
         for k, v in fields.items():
