@@ -19,17 +19,23 @@ The cap (``max_responses=N``): after a save takes the tenant over N stored respo
 ones count: they still serve chains), whole chains (a root and everything descended from it) are
 evicted, least recently used first, never the chain just saved to, until at most N are left or only
 that chain is. A chain is used when one of its responses is saved, or read by ``get``,
-``get_for_chain`` or ``chain`` (``list`` is browsing, not use). Reads record their use in a small
-write transaction only when the chain is not already the tenant's most recently used one (so
-reading one conversation again and again costs no write); when the writer lock is busy for more
-than ``USE_LOCK_WAIT`` seconds (or the store cannot be written), the use is kept in memory and
-recorded by this store's next write or ``close()``: a read never waits long or fails for it.
+``get_for_chain`` or ``chain`` (``list`` is browsing, not use).
+
+How reads record use (the LRU clock lives in the database, shared by every process): a read does
+not write on every call. When the chain it read is not
+already the tenant's most recently used, the use is queued in this ResponseStore and written, in
+read order, by its next save (in the same transaction, before any eviction, so within one process
+the order is exact), by ``close()``, or by a later read once ``USE_FLUSH_INTERVAL`` seconds have
+passed since the last write (at most one small write per second from reads; the lock is waited for
+at most ``USE_LOCK_WAIT`` seconds, else the uses stay queued). So another process's eviction sees a
+read at most about a second late; reading one conversation again and again costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -46,7 +52,8 @@ log = logging.getLogger("agentstate.responses")
 
 DEFAULT_MAX_ITEM_BYTES = 1 << 20
 MAX_CHAIN = 10_000_000  # links; a chain is never longer (a save that would make it so is refused)
-USE_LOCK_WAIT = 0.5  # seconds a read waits for the writer lock to record its use, before deferring
+USE_LOCK_WAIT = 0.5  # seconds a read waits for the writer lock to record queued uses, before keeping them
+USE_FLUSH_INTERVAL = 1.0  # seconds: reads write their queued uses at most this often
 _NO_CURSOR = 2**63 - 1
 _CURSOR_KIND = "responses"
 
@@ -59,8 +66,23 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, bytearray, memoryview)) else value
 
 
-def _loads(body: Any) -> Any:
-    return orjson.loads(body)
+def _loads(body: Any, tenant: str, rid: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise StateCorrupted(
+            f"the stored body of response {rid!r} (tenant {tenant!r}) is not valid JSON: {e}",
+            hint="run `agentstate doctor`; the database was changed by something other than agentstate",
+            response_id=rid, tenant=tenant,
+        ) from None
+
+
+def _loads_all(rows: list[tuple], tenant: str) -> list[Any]:
+    """The bodies (column 3) of ``rows``, parsed in one call (each is a JSON object's text)."""
+    try:
+        return orjson.loads("[" + ",".join([r[3] for r in rows]) + "]")
+    except orjson.JSONDecodeError:
+        return [_loads(r[3], tenant, r[1]) for r in rows]  # finds the damaged one and names it
 
 
 @dataclass(frozen=True)
@@ -182,6 +204,7 @@ class ResponseStore:
         self._lock_timeout = lock_timeout
         self._db: Any = None
         self._pending: OrderedDict[str, None] = OrderedDict()  # roots read but not yet marked used
+        self._flushed_at = time.monotonic()
 
     def __repr__(self) -> str:
         where = "<postgresql>" if not isinstance(self.target, str) or "://" in self.target else self.target
@@ -202,7 +225,8 @@ class ResponseStore:
         if self._pending:
             try:
                 with self.db.write(operation="responses use", lock_timeout=USE_LOCK_WAIT) as tx:
-                    self._flush_uses(tx)
+                    roots = self._flush_uses(tx)
+                self._flushed(roots)
             except AgentStateError as e:
                 log.info("could not record %d response chain use(s) at close: %s", len(self._pending), e)
         self._db.close()
@@ -281,11 +305,12 @@ class ResponseStore:
                     raise self._conflict(new_rows[0]["id"])
             else:
                 tx.many(q.INSERT, new_rows)
-            self._flush_uses(tx)
+            used = self._flush_uses(tx)
             for root in touched:
                 tx.run(q.TOUCH_CHAIN, tenant=tenant, root_id=root)
             if self.max_responses:
                 evicted = self._evict(tx, keep=touched)
+        self._flushed(used)
         for chain_root, count in evicted:
             log.info("evicted response chain %r (%d response(s)) of tenant %r: over max_responses=%d",
                      chain_root, count, tenant, self.max_responses)
@@ -354,7 +379,7 @@ class ResponseStore:
             raise self._not_found(rid, deleted=row is not None)
         body, _deleted_at, root, last_used, newest = row
         self._used(root, last_used, newest)
-        return _loads(body)
+        return _loads(body, self.tenant, rid)
 
     def chain(self, response_id: str) -> list[dict[str, Any]]:
         """[root, ..., response_id], oldest first, soft-deleted links included, in one query.
@@ -368,11 +393,13 @@ class ResponseStore:
             rows = tx.run(q.CHAIN, tenant=self.tenant, id=rid, max_links=MAX_CHAIN)
         if not rows:
             raise self._not_found(rid)
+        rows = walk_order(rows)
         problem = chain_problem(rows)
         if problem:
             raise _damaged(self.tenant, rid, problem)
-        self._used(rows[0][1], rows[0][7], rows[0][8])
-        return [_loads(r[3]) for r in rows]
+        start = rows[-1]
+        self._used(start[4], start[6], start[7])
+        return _loads_all(rows, self.tenant)
 
     def info(self, response_id: str) -> ResponseInfo:
         """The store's facts about a response (soft-deleted included); does not count as a use."""
@@ -398,7 +425,7 @@ class ResponseStore:
         more = len(rows) > limit
         rows = rows[:limit]
         items = [
-            StoredResponse(_loads(body), ResponseInfo(id=rid, tenant=self.tenant, previous_response_id=prev,
+            StoredResponse(_loads(body, self.tenant, rid), ResponseInfo(id=rid, tenant=self.tenant, previous_response_id=prev,
                                                       root_id=root, depth=int(depth), created_at=_text(created)))
             for _seq, rid, prev, root, depth, created, body in rows
         ]
@@ -408,32 +435,55 @@ class ResponseStore:
     # -- use of chains (the LRU clock) ---------------------------------------------------------------------
 
     def _used(self, root: str, last_used: Any, newest: Any) -> None:
-        """A read of chain ``root``: make it the tenant's most recently used, unless it already is."""
+        """A read of chain ``root``: queue its use unless it already is the tenant's most recently used
+        (and nothing is queued before it); write the queue if the last write is a while ago."""
         if last_used is not None and newest is not None and last_used >= newest and not self._pending:
             return
         self._pending[root] = None
         self._pending.move_to_end(root)
+        if time.monotonic() - self._flushed_at < USE_FLUSH_INTERVAL:
+            return
         try:
             with self.db.write(operation="responses use", lock_timeout=USE_LOCK_WAIT) as tx:
-                self._flush_uses(tx)
+                roots = self._flush_uses(tx)
+            self._flushed(roots)
         except (StateLocked, StorageError) as e:
-            log.debug("use of response chain %r deferred to the next write: %s", root, e)
+            self._flushed_at = time.monotonic()  # try again a while later
+            log.debug("use of response chain(s) %s stays queued: %s", list(self._pending), e)
 
-    def _flush_uses(self, tx: Any) -> None:
-        """Inside a write: record the uses reads left pending, oldest first."""
+    def _flush_uses(self, tx: Any) -> list[str]:
+        """Inside a write: record the queued uses, in read order; returns them, for ``_flushed``
+        once the transaction committed (a rolled-back write keeps them queued)."""
         from .sql import q_responses as q
 
-        while self._pending:
-            root = next(iter(self._pending))
+        roots = list(self._pending)
+        for root in roots:
             tx.run(q.MARK_USED, tenant=self.tenant, root_id=root)
-            del self._pending[root]
+        return roots
+
+    def _flushed(self, roots: list[str]) -> None:
+        for root in roots:
+            self._pending.pop(root, None)
+        self._flushed_at = time.monotonic()
+
+
+def walk_order(rows: list[tuple]) -> list[tuple]:
+    """The rows of the chain walk (n, id, previous_id, body, root_id, depth, last_used, newest),
+    root first. They arrive in walk order (n = 0, 1, ...), so the sort only checks that."""
+    rows.sort(key=_walk_step)
+    rows.reverse()
+    return rows
+
+
+def _walk_step(row: tuple) -> int:
+    return row[0]
 
 
 def chain_problem(rows: list[tuple]) -> str | None:
-    """Why the rows of the chain walk (n, id, previous_id, body, deleted_at, root_id, depth), root
-    first, are not one whole chain; None when they are."""
+    """Why the rows of the chain walk, root first (``walk_order``), are not one whole chain; None when
+    they are. The last row (the walk's start) carries the recorded root_id and depth."""
     start = rows[-1]
-    depth = int(start[6])
+    depth, root = int(start[5]), start[4]
     ids = [r[1] for r in rows]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
@@ -448,8 +498,6 @@ def chain_problem(rows: list[tuple]) -> str | None:
         return f"response {top[1]!r} names previous_response_id {top[2]!r}, which is missing"
     if len(rows) != depth + 1:
         return f"the chain has {len(rows)} links but its recorded depth is {depth}"
-    root = top[1]
-    for r in rows:
-        if r[5] != root:
-            return f"response {r[1]!r} records root {r[5]!r}, not {root!r}"
+    if top[1] != root:
+        return f"the chain's root is {top[1]!r}, but response {start[1]!r} records root {root!r}"
     return None

@@ -47,7 +47,7 @@ def check_responses(target: str | os.PathLike[str] | None = None) -> list[dict[s
 
 
 def _check(tx: Any) -> list[dict[str, Any]]:
-    from .responses import MAX_CHAIN, chain_problem
+    from .responses import MAX_CHAIN, chain_problem, walk_order
     from .sql import q_responses as q
 
     findings: list[dict[str, Any]] = []
@@ -67,7 +67,7 @@ def _check(tx: Any) -> list[dict[str, Any]]:
         reported: set[str] = set()
         for rid, _prev, depth, root, _pdepth, _proot in tx.run(q.BAD_FACTS, tenant=tenant, limit=LIMIT):
             walk = tx.run(q.WALK, tenant=tenant, id=rid, max_links=min(count + 1, MAX_CHAIN))
-            problem = chain_problem(walk) if walk else None
+            problem = chain_problem(walk_order(walk)) if walk else None
             if problem and "cycle" in problem:
                 loop = frozenset(r[1] for r in walk)
                 if reported & loop:

@@ -23,6 +23,7 @@ EXPECTED = (
                            "contention")]
     + [f"sessions/{r}" for r in ("append-flat", "append-vs-floor", "context20", "list50", "contention",
                                  "sdk-add_items", "sdk-get_items20")]
+    + [f"responses/{r}" for r in ("chain-1000", "chain-10000", "chain-10000-full", "chain-10000-query", "save")]
 )
 GOALS = {
     "floor/transaction/1KB": "<= 1.5",

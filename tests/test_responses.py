@@ -284,3 +284,15 @@ def test_missing_store_reads_as_empty(tmp_path) -> None:
         s.get("a")
     assert s.list().items == [] and s.list().total == 0
     assert not (tmp_path / "none").exists()  # reads create nothing
+
+
+def test_a_damaged_body_is_state_corrupted(store_target: str) -> None:
+    s = ResponseStore(store_target)
+    s.save_many([_r("a"), _r("b", "a"), _r("c", "b")])
+    raw(store_target, "UPDATE responses SET body = '{broken' WHERE id = 'b'")
+    for call in (s.get, s.get_for_chain):
+        with pytest.raises(StateCorrupted, match="'b'"):
+            call("b")
+    with pytest.raises(StateCorrupted, match="'b'"):
+        s.chain("c")
+    assert s.get("a") == _r("a")

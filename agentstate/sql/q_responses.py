@@ -40,29 +40,29 @@ GET = Stmt(
               WHERE r.tenant = :tenant AND r.id = :id""",
 )
 
-# The chain ending at :id in ONE query: walk previous_id links from :id towards the root.
+# The chain ending at :id in ONE query: walk previous_seq links from :id towards the root.
 # The walk stops after depth + 1 steps (depth as recorded on :id, capped by :max_links), so a
 # cycle or a wrong depth in a damaged database ends it; the caller checks that the rows form a
-# whole chain (depth + 1 distinct rows, the last a root) and raises StateCorrupted otherwise.
-# The anchor also fetches the chain's last_used and the tenant's newest (carried along), so a read
-# learns in the same statement whether it must record a use.
-# Rows: (n, id, previous_id, body, deleted_at, root_id, depth, last_used, newest), root first.
+# whole chain (depth + 1 distinct rows, the last a root, the root :id records) and raises
+# StateCorrupted otherwise. The anchor row (n = 0) also carries :id's root_id and depth, the
+# chain's last_used and the tenant's newest (so a read learns in the same statement whether it
+# must record a use); the other rows carry NULL there. Rows come in walk order (n = 0, 1, ...):
+# no ORDER BY (a sort of every body costs a fifth of the query); the caller sorts by n, which is
+# free on rows already in order.
+# Rows: (n, id, previous_id, body, root_id, depth, last_used, newest).
 CHAIN = Stmt(
-    both="""WITH RECURSIVE walk(n, bound, previous_seq, id, previous_id, body, deleted_at, root_id, depth,
-                                last_used, newest) AS (
+    both="""WITH RECURSIVE walk(n, bound, previous_seq, id, previous_id, body, root_id, depth, last_used, newest) AS (
                 SELECT 0, CASE WHEN s.depth < :max_links THEN s.depth + 1 ELSE :max_links END,
-                       s.previous_seq, s.id, s.previous_id, s.body, s.deleted_at, s.root_id, s.depth,
+                       s.previous_seq, s.id, s.previous_id, s.body, s.root_id, s.depth,
                        (SELECT c.last_used FROM response_chains c WHERE c.tenant = :tenant AND c.root_id = s.root_id),
                        (SELECT MAX(m.last_used) FROM response_chains m WHERE m.tenant = :tenant)
                 FROM responses s WHERE s.tenant = :tenant AND s.id = :id
                 UNION ALL
-                SELECT w.n + 1, w.bound, r.previous_seq, r.id, r.previous_id, r.body, r.deleted_at, r.root_id,
-                       r.depth, w.last_used, w.newest
+                SELECT w.n + 1, w.bound, r.previous_seq, r.id, r.previous_id, r.body, NULL, NULL, NULL, NULL
                 FROM walk w JOIN responses r ON r.seq = w.previous_seq AND r.tenant = :tenant
                 WHERE w.n < w.bound
             )
-            SELECT n, id, previous_id, body, deleted_at, root_id, depth, last_used, newest
-            FROM walk ORDER BY n DESC""",
+            SELECT n, id, previous_id, body, root_id, depth, last_used, newest FROM walk""",
 )
 
 # The store's facts about one response: (previous_id, root_id, depth, created_at, deleted_at).
