@@ -255,10 +255,7 @@ class Database:
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
         fileio.ensure_dir(self.files, self.directory)
         lk = self.lock()
-        try:
-            lk.acquire(timeout, operation)
-        except OSError as e:
-            raise fileio.io_error("open the lock file", self.lock_path, e) from None
+        lk.acquire(timeout, operation)  # StateLocked, or StorageError naming the problem (never a bare OSError)
         try:
             yield
         finally:
