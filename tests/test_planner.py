@@ -114,3 +114,46 @@ def test_parse_assignment_refuses_broken_json(raw: str) -> None:
     assert planner.looks_like_json(raw)
     with pytest.raises(InvalidInput):
         planner.parse_assignment(f"k={raw}")
+
+
+# -- duplicate keys, property-based: refused exactly when some object repeats a key ---------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_keys = st.text(alphabet=st.sampled_from('ab:"\\\\ é\u2028{}[],'), min_size=0, max_size=4)
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10), _keys)
+
+
+def _pairs_tree(children):
+    return st.one_of(st.lists(children, max_size=4).map(lambda xs: ("list", xs)),
+                     st.lists(st.tuples(_keys, children), max_size=4).map(lambda ps: ("obj", ps)))
+
+
+_trees = st.recursive(_scalars.map(lambda v: ("scalar", v)), _pairs_tree, max_leaves=20)
+
+
+def _render(node, ensure_ascii: bool) -> tuple[str, bool]:
+    """JSON text of a tree whose objects are pair lists (keys may repeat), and whether a key repeats."""
+    import json
+
+    kind, v = node
+    if kind == "scalar":
+        return json.dumps(v, ensure_ascii=ensure_ascii), False
+    if kind == "list":
+        parts = [_render(x, ensure_ascii) for x in v]
+        return "[" + ", ".join(p for p, _ in parts) + "]", any(d for _, d in parts)
+    parts = [(json.dumps(k, ensure_ascii=ensure_ascii), _render(x, ensure_ascii)) for k, x in v]
+    dup = len({k for k, _ in v}) != len(v) or any(d for _, (_, d) in parts)
+    return "{" + ", ".join(f"{k} : {p}" for k, (p, _) in parts) + "}", dup
+
+
+@settings(max_examples=300, deadline=None)
+@given(tree=_trees, ensure_ascii=st.booleans())
+def test_duplicate_keys_refused_exactly_when_present(tree, ensure_ascii: bool) -> None:
+    text, dup = _render(tree, ensure_ascii)
+    if dup:
+        with pytest.raises(InvalidInput, match="twice"):
+            planner.parse_json(text.encode(), "input")
+    else:
+        planner.parse_json(text.encode(), "input")
