@@ -347,3 +347,49 @@ def test_a_store_object_outlives_a_server_restart(pg_server, pg_schema_url):
     sessions.append("s", [{"role": "user", "content": "two"}])
     assert [i.data["content"] for i in sessions.items("s")] == ["one", "two"]
     assert store.read().serial == 2
+
+
+def test_disk_full_on_the_server_is_one_clear_error_and_nothing_changes(pg_server, pg_schema_url):
+    """A real ENOSPC on the server: the state table (and its TOAST table) moved to a tablespace on a 1 MB tmpfs."""
+    import os
+
+    assert os.geteuid() == 0, "this test mounts a tmpfs (CI runs as root)"
+    from pathlib import Path
+
+    space = "small_" + uuid.uuid4().hex[:8]
+    mnt = Path(pg_server.base) / space  # where the server's user can reach it
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M,mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        if pg_server.user is not None:
+            os.chown(mnt, *pg_server.user)
+        store = StateStore(pg_schema_url)
+        with store.transaction() as st:
+            st.resources["a"] = 1
+        with psycopg.connect(pg_server.url, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLESPACE {space} LOCATION '{mnt}'")
+        sql(pg_schema_url, f"ALTER TABLE state_documents SET TABLESPACE {space}")
+        sql(pg_schema_url, "ALTER TABLE state_documents ALTER COLUMN data SET STORAGE EXTERNAL")  # no compression
+        before = stored(pg_schema_url)
+        big = os.urandom(1_500_000).hex()  # 3 MB of text: more than the tablespace holds
+        with pytest.raises(StorageError) as ei:
+            with store.transaction() as st:
+                st.resources["big"] = big
+        assert ei.value.exit_code == 1
+        assert "out of resources" in str(ei.value) and "free disk space" in str(ei.value)
+        assert "No space left on device" in str(ei.value)  # the server's own ENOSPC
+        assert "\n" not in str(ei.value)
+        assert stored(pg_schema_url) == before
+        with store.transaction() as st:  # a write that fits still works
+            st.resources["a"] = 2
+        assert store.read().serial == 2
+        store.close()
+    finally:
+        try:
+            sql(pg_schema_url, "ALTER TABLE state_documents SET TABLESPACE pg_default")
+            with psycopg.connect(pg_server.url, autocommit=True) as conn:
+                conn.execute(f"DROP TABLESPACE IF EXISTS {space}")
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+            mnt.rmdir()
+
