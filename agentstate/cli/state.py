@@ -40,20 +40,19 @@ def _read_spec(spec: str) -> bytes:
 VALUE_WIDTH = 120
 
 
+def _changes(p: Any) -> list[str]:
+    """Each change with its values, as Terraform's plan shows them: + created, ~ updated, - deleted."""
+    values = p.values
+    lines = [f"+ {a} = {compact(values[a][1], VALUE_WIDTH)}" for a in p.created]
+    lines += [f"~ {a}: {compact(values[a][0], VALUE_WIDTH)} -> {compact(values[a][1], VALUE_WIDTH)}"
+              for a in p.updated]
+    lines += [f"- {a} (was {compact(values[a][0], VALUE_WIDTH)})" for a in p.deleted]
+    return lines
+
+
 def _print_plan(p: Any, verb: str) -> None:
-    """Each change with its values (old -> new), as Terraform's plan shows them, then a summary."""
-    values = getattr(p, "values", None) or {}
-    for a in p.created:
-        new = values.get(a, (None, None))[1] if a in values else None
-        out(f"+ {a}" + (f" = {compact(new, VALUE_WIDTH)}" if a in values else ""))
-    for a in p.updated:
-        if a in values:
-            old, new = values[a]
-            out(f"~ {a}: {compact(old, VALUE_WIDTH)} -> {compact(new, VALUE_WIDTH)}")
-        else:
-            out(f"~ {a}")
-    for a in p.deleted:
-        out(f"- {a}" + (f" (was {compact(values[a][0], VALUE_WIDTH)})" if a in values else ""))
+    for line in _changes(p):
+        out(line)
     counts = f"{len(p.created)} created, {len(p.updated)} updated, {len(p.deleted)} deleted"
     if verb == "plan":
         out(f"Plan: {counts} (state at serial {p.serial})." if p.changed else f"No changes (serial {p.serial}).")
@@ -179,9 +178,8 @@ def rm(
         if o.json:
             emit_json(p.to_dict())
             return
-        values = getattr(p, "values", None) or {}
-        for a in p.deleted:
-            out(f"- {a}" + (f" (was {compact(values[a][0], VALUE_WIDTH)})" if a in values else ""))
+        for line in _changes(p):
+            out(line)
         n = len(p.deleted)
         out(f"Removed {n} resource{'s' if n != 1 else ''}; serial {p.serial}.")
 
