@@ -758,7 +758,7 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
 
     me = _me(operation, cn.key, purpose)
     for attempt in (1, 2):
-        with cn.errors(f"starting {operation}"):
+        with cn.errors(f"starting a write ({operation})"):
             conn = cn.conn()
         try:
             got = _begin_locked(cn, conn, purpose, timeout, me)
@@ -766,11 +766,11 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
         except psycopg.OperationalError as e:
             _rollback(cn, conn)
             if attempt == 2 or not (conn.broken or conn.closed):
-                raise server_error(e, doing=operation, where=cn.where) from None
+                raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
             log.info("connection to %s was lost since its last use; reconnecting", cn.where)
         except psycopg.Error as e:
             _rollback(cn, conn)
-            raise server_error(e, doing=operation, where=cn.where) from None
+            raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
         except BaseException:
             _rollback(cn, conn)
             raise
@@ -794,7 +794,7 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
         if isinstance(e, psycopg.errors.LockNotAvailable):  # a row lock held by a program other than agentstate
             raise StateLocked(f"timed out after {timeout:g}s waiting for a row lock of {what}: {_first_line(e)}",
                               hint="a session other than agentstate's holds it; see pg_locks") from None
-        raise server_error(e, doing=operation, where=cn.where, committing=committing) from None
+        raise server_error(e, doing=f"writing ({operation})", where=cn.where, committing=committing) from None
     except BaseException:
         _rollback(cn, conn)
         raise
