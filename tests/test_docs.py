@@ -91,6 +91,8 @@ def test_newcomer_readme_first_line_then_quickstart(tmp_path: Path) -> None:
     assert "({'model': 'x'}, {'model': 'y'})" in out  # the Python step's plan values
     assert "     2  assistant  Day 1: Alfama. Day 2: Belem." in out  # step 6: sessions show
     assert '"item_count":2' in out and "1 of 1 session(s)" in out
+    assert "     2  resp_2  Day 2: Belem." in out  # step 7: responses chain
+    assert '{"id":"resp_2","previous_response_id":"resp_1",' in out and "resp_0" in r.stderr
     scratches = [p for p in scratch.iterdir() if p.is_dir()]
     assert len(scratches) == 1  # everything happened in the scratch directory
     assert list(scratches[0].glob(".agentstate/state.json.corrupt-*"))  # evidence kept
@@ -117,6 +119,11 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     assert "exit 6 (no such session)" in r.stdout and "imported 4 item(s) into session chat-1-copy" in r.stdout
     assert '"title":"Plan three days in Lisbon"' in r.stdout
     assert "[(2, 'assistant'), (3, 'user')]\nHello 1\n" in r.stdout
+    # the Responses section
+    assert "exit 5 (resp_1 exists" in r.stdout and "exit 6 (no resp_8" in r.stdout and "exit 6 (deleted)" in r.stdout
+    assert "     2  resp_2  Day 2: Belem." in r.stdout and '"total":1}' in r.stdout
+    assert '"evicted":["resp_1"]' in r.stdout and "exit 6 (evicted with its whole chain)" in r.stdout
+    assert "['r1', 'r2'] {'total_tokens': 18446744073709551615}\nr1 1\n" in r.stdout
 
 
 def test_readme_python_example_runs(tmp_path: Path) -> None:
