@@ -92,7 +92,7 @@ TITLES = {
     "peers": "Peers: a durable read-modify-write of one resource (ratio = peer / agentstate)",
     "pg": "PostgreSQL backend: a local server, against its own UPDATE/INSERT floor and the local store",
     "sessions": "Sessions: appends at any history size, reads at 1,000,000 items, listing, 10 appending processes, "
-                "and the Agents SDK's SQLiteSession as a peer (ratio = agentstate / peer)",
+                "and the Agents SDK's SQLiteSession as a peer (sdk rows: ratio = agentstate / SDK)",
 }
 
 
