@@ -102,3 +102,31 @@ def test_max_responses_evicts_whole_chains(store_target: str) -> None:
     assert cli(store_target, "responses", "get", "a2").returncode == 6
     r = cli(store_target, "responses", "list", "--json", "--max-responses", "3")
     assert [x["id"] for x in json.loads(r.stdout)["responses"]] == ["b2", "b1"]
+
+
+def test_doctor_reports_a_broken_link_and_a_cycle(store_target: str) -> None:
+    for body in ('{"id": "a"}', '{"id": "b", "previous_response_id": "a"}', '{"id": "c", "previous_response_id": "b"}',
+                 '{"id": "x"}', '{"id": "y", "previous_response_id": "x"}'):
+        assert cli(store_target, "responses", "save", "-", stdin=body).returncode == 0
+    r = cli(store_target, "doctor", "--json")
+    chains = [f for f in json.loads(r.stdout)["findings"] if f["check"] == "responses chains"]
+    assert r.returncode == 0 and len(chains) == 1 and chains[0]["ok"], r.stdout
+    from responses_raw import raw
+
+    seq_c = raw(store_target, "SELECT seq FROM responses WHERE id = 'c'")[0][0]
+    raw(store_target, "UPDATE responses SET previous_id = 'c', previous_seq = :s WHERE id = 'a'", s=seq_c)  # a loop
+    raw(store_target, "DELETE FROM responses WHERE id = 'x'")  # y's link now leads nowhere
+    r = cli(store_target, "doctor")
+    assert r.returncode == 1, r.stdout + r.stderr
+    bad = [line for line in r.stdout.splitlines() if line.startswith("BAD") and "responses chains" in line]
+    assert any("cycle" in line for line in bad) and any("broken chain link" in line and "'y'" in line for line in bad)
+    r = cli(store_target, "responses", "chain", "c")
+    assert r.returncode == 4 and "cycle" in r.stderr
+    _one_error_line(r)
+
+
+def test_help_lists_the_responses_commands(tmp_path: Path) -> None:
+    r = cli(str(tmp_path / "s"), "responses", "--help")
+    assert r.returncode == 0 and all(c in r.stdout for c in ("save", "get", "chain", "list", "rm"))
+    r = subprocess.run([sys.executable, "-m", "agentstate", "--help"], capture_output=True, text=True, timeout=60)
+    assert "responses" in r.stdout
