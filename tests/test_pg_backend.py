@@ -393,3 +393,23 @@ def test_disk_full_on_the_server_is_one_clear_error_and_nothing_changes(pg_serve
             subprocess.run(["umount", "-l", str(mnt)], check=False)
             mnt.rmdir()
 
+
+
+def test_force_unlock_without_the_privilege_is_refused_and_the_holder_keeps_the_lock(pg_schema_url):
+    """A role that may not end the holder's session (here: the holder is a superuser) gets exit 3."""
+    role = "app_" + uuid.uuid4().hex[:8]
+    schema = split_url(pg_schema_url)[1]
+    StateStore(pg_schema_url).read()  # the schema exists
+    sql(pg_schema_url, f"CREATE ROLE {role} LOGIN")
+    sql(pg_schema_url, f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
+    sql(pg_schema_url, f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "{schema}" TO {role}')
+    as_app = pg_schema_url.replace("agentstate@", f"{role}@", 1)
+    holder = StateStore(pg_schema_url)
+    with holder.transaction(operation="superuser-job") as st:
+        st.resources["a"] = 1
+        lock_id = StateStore(as_app).lock_status()["holder"]["lock_id"]
+        with pytest.raises(StateLocked, match="cannot end the holder's session") as ei:
+            StateStore(as_app).force_unlock(lock_id)
+        assert ei.value.exit_code == 3 and "superuser-job" in str(ei.value)
+        assert StateStore(pg_schema_url).lock_status()["holder"]["lock_id"] == lock_id
+    assert StateStore(as_app).read().resources == {"a": 1}  # the holder's commit went through

@@ -508,7 +508,10 @@ def force_unlock(connector: Connector, purpose: int, lock_id: str) -> dict[str, 
             )
         try:
             with conn.transaction():
-                ended = conn.execute("SELECT pg_terminate_backend(%s, 5000)", (holder["backend_pid"],)).fetchone()[0]
+                # PostgreSQL 14+ waits (up to 5 s) until the backend is gone; older servers only signal it.
+                text = ("SELECT pg_terminate_backend(%s, 5000)" if conn.info.server_version >= 140000
+                        else "SELECT pg_terminate_backend(%s)")
+                ended = conn.execute(text, (holder["backend_pid"],)).fetchone()[0]
         except pe.InsufficientPrivilege as e:
             raise StateLocked(
                 f"cannot end the holder's session: {_first_line(e)}; it still holds the lock: {describe_holder(holder)}",
