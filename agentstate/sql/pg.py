@@ -514,7 +514,8 @@ def force_unlock(connector: Connector, purpose: int, lock_id: str) -> dict[str, 
                 ended = conn.execute(text, (holder["backend_pid"],)).fetchone()[0]
         except pe.InsufficientPrivilege as e:
             raise StateLocked(
-                f"cannot end the holder's session: {_first_line(e)}; it still holds the lock: {describe_holder(holder)}",
+                f"cannot end the holder's session: {_first_line(e)}; "
+                f"it still holds the lock: {describe_holder(holder)}",
                 hint="ask an administrator to run pg_terminate_backend, or stop that process", holder=holder,
             ) from None
     if not ended:
