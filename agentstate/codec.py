@@ -17,9 +17,9 @@ Values are strict JSON: NaN and Infinity are refused, integers must fit in
 from __future__ import annotations
 
 import gc
-import hashlib
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,28 @@ def _may_hold_big_int(data: bytes) -> bool:
             return True
     return False
 _NULL = re.compile(rb"null")
+SMALL_HASH_BYTES = 1 << 16
+_small_hashes = [0]
+
+
+def sha256(data: bytes | memoryview = b"", size: int | None = None) -> Any:
+    """A SHA-256 object. OpenSSL's (hashlib) is 3x faster and releases the GIL, but loading it costs
+    several milliseconds, a good part of a short command's start-up (`agentstate show` on a small
+    store). So the first few small hashes of a process use the builtin one; after that, or for
+    ``size`` (default ``len(data)``) of 64 KiB and more, hashlib's."""
+    if "hashlib" not in sys.modules and (len(data) if size is None else size) < SMALL_HASH_BYTES:
+        _small_hashes[0] += 1
+        if _small_hashes[0] <= 8:
+            try:
+                from _sha256 import sha256 as small
+            except ImportError:  # pragma: no cover - other Pythons
+                pass
+            else:
+                return small(data)
+    from hashlib import sha256 as big
+
+    return big(data)
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -258,7 +280,7 @@ class Digest:
 
     def __init__(self, head: bytes, resources_bytes: bytes | memoryview) -> None:
         self.head, self.body = head, resources_bytes
-        self._h = hashlib.sha256(head)
+        self._h = sha256(head, len(head) + len(resources_bytes))
         self._thread = None
         if len(resources_bytes) >= THREAD_HASH_BYTES:
             import threading
@@ -318,7 +340,7 @@ def _newer(version: Any, unverified: bool = False) -> None:
 
 def _digest_ok(data: bytes) -> bool:
     digest = data[len(PREFIX) : _DIGEST_END]
-    return hashlib.sha256(memoryview(data)[HEADER_LEN:]).hexdigest().encode("ascii") == digest
+    return sha256(memoryview(data)[HEADER_LEN:]).hexdigest().encode("ascii") == digest
 
 
 def _exact_ints(data: bytes) -> None:
@@ -369,7 +391,7 @@ def decode_document(data: bytes) -> Decoded:
         if data[_DIGEST_END:HEADER_LEN] != b'",':
             raise CorruptDocument("malformed checksum field")
         digest = data[len(PREFIX) : _DIGEST_END]
-        if hashlib.sha256(memoryview(data)[HEADER_LEN:]).hexdigest().encode("ascii") != digest:
+        if sha256(memoryview(data)[HEADER_LEN:]).hexdigest().encode("ascii") != digest:
             raise CorruptDocument("checksum mismatch (torn or altered file)")
         try:
             doc = loads(data)
