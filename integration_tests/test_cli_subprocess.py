@@ -424,10 +424,13 @@ def test_machine_reads_do_not_import_rich_or_psutil(store: Path, args: list[str]
     r = subprocess.run([sys.executable, "-X", "importtime", CLI, *args, "--dir", str(store)], capture_output=True,
                        timeout=60, env=env())
     assert r.returncode == 0, r.stderr
-    modules = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.decode().splitlines()
-               if line.startswith("import time:")}
+    full = {line.split("|")[-1].strip() for line in r.stderr.decode().splitlines() if line.startswith("import time:")}
+    modules = {m.split(".")[0] for m in full}
     assert "typer" in modules and "agentstate" in modules  # the trace is real
-    assert "rich" not in modules and "psutil" not in modules, sorted(modules)
+    assert not modules & {"rich", "psutil", "sqlite3", "_sqlite3", "psycopg"}, sorted(modules)
+    assert "agentstate.planner" not in full and "agentstate.lock" not in full
+    assert not any(m.startswith("agentstate.cli.") and m not in ("agentstate.cli.common", "agentstate.cli.state")
+                   for m in full), sorted(full)  # only the command's own group is imported
 
 
 def test_apply_json_does_not_import_rich(store: Path) -> None:
