@@ -704,6 +704,13 @@ def test_bad_tenant_setting_is_exit_2(store: Path) -> None:
     with pytest.raises(UsageError, match="--tenant"):
         opts.tenant
     assert Opts({}).tenant == "default"
+    before = snapshot(store)
+    line = assert_one_error_line(run(["sessions", "list", "--tenant", "../etc", "--dir", str(store)]), 2)
+    assert line.startswith("error: --tenant:")
+    line = assert_one_error_line(run(["sessions", "list", "--dir", str(store)], env={"AGENTSTATE_TENANT": "a b"}), 2)
+    assert line.startswith("error: AGENTSTATE_TENANT:")
+    assert run(["list", "--dir", str(store)], env={"AGENTSTATE_TENANT": "a b"}).exit_code == 0  # not used here
+    assert snapshot(store) == before
 
 
 def test_unknown_command_suggests(store: Path) -> None:
