@@ -200,6 +200,8 @@ class ResponseStore:
             from .store import default_dir
 
             target = default_dir()
+        if not isinstance(target, (str, os.PathLike)):
+            raise InvalidInput(f"a store is a directory or a postgresql:// URL, not {type(target).__name__}")
         self.target = target if is_url(target) else os.fspath(target)
         self._lock_timeout = lock_timeout
         self._db: Any = None
@@ -425,8 +427,9 @@ class ResponseStore:
         more = len(rows) > limit
         rows = rows[:limit]
         items = [
-            StoredResponse(_loads(body, self.tenant, rid), ResponseInfo(id=rid, tenant=self.tenant, previous_response_id=prev,
-                                                      root_id=root, depth=int(depth), created_at=_text(created)))
+            StoredResponse(_loads(body, self.tenant, rid),
+                           ResponseInfo(id=rid, tenant=self.tenant, previous_response_id=prev, root_id=root,
+                                        depth=int(depth), created_at=_text(created)))
             for _seq, rid, prev, root, depth, created, body in rows
         ]
         next_cursor = encode_cursor(_CURSOR_KIND, [int(rows[-1][0])]) if more and rows else None

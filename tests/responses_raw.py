@@ -44,7 +44,8 @@ def raw(target: str, sql: str, **params: Any) -> list[tuple]:
 
 def rows(target: str) -> list[tuple]:
     try:
-        return raw(target, "SELECT tenant, id, previous_id, root_id, depth, body, deleted_at FROM responses ORDER BY seq")
+        return raw(target, "SELECT tenant, id, previous_id, root_id, depth, body, deleted_at FROM responses "
+                           "ORDER BY seq")
     except Exception as e:  # no database or no table yet: nothing stored
         if isinstance(e, FileNotFoundError) or "no such table" in str(e) or "does not exist" in str(e):
             return []

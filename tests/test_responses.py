@@ -23,7 +23,8 @@ def _r(rid: str, prev: str | None = None, **extra) -> dict:
 
 def test_get_returns_exactly_what_was_saved(store_target: str) -> None:
     s = ResponseStore(store_target)
-    resp = {"z": 1, "id": "resp_1", "a": [2**64 - 1, -(2**63), 0.1, -0.0, 1e300], "nested": {"b": None, "a": "é\u2603"},
+    resp = {"z": 1, "id": "resp_1", "a": [2**64 - 1, -(2**63), 0.1, -0.0, 1e300],
+            "nested": {"b": None, "a": "é\u2603"},
             "previous_response_id": None, "output": [{"type": "message", "content": [{"text": "hi"}]}]}
     info = s.save(resp)
     got = s.get("resp_1")
@@ -264,7 +265,8 @@ def test_cycle_and_missing_link_in_a_damaged_database(store_target: str) -> None
     assert all(f["ok"] for f in check_responses(store_target))
     # A cycle: a's link points at c (as if the database had been edited), so c -> b -> a -> c ...
     seq_c = raw(store_target, "SELECT seq FROM responses WHERE id = 'c'")[0][0]
-    _damage(store_target, "UPDATE responses SET previous_id = 'c', previous_seq = :s, depth = 3 WHERE id = 'a'", s=seq_c)
+    _damage(store_target, "UPDATE responses SET previous_id = 'c', previous_seq = :s, depth = 3 WHERE id = 'a'",
+            s=seq_c)
     with pytest.raises(StateCorrupted, match="cycle") as e:
         s.chain("d")
     assert e.value.exit_code == 4
