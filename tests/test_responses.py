@@ -219,7 +219,7 @@ def test_cap_evicts_least_recently_used_whole_chains(store_target: str, caplog) 
     assert len(_ids(store_target, "other")) == 10
 
 
-def test_reads_count_as_use_and_repeated_reads_stay_cheap(store_target: str) -> None:
+def test_reads_count_as_use(store_target: str) -> None:
     s = ResponseStore(store_target, max_responses=2)
     s.save(_r("x"))
     s.save(_r("y"))
@@ -298,3 +298,28 @@ def test_a_damaged_body_is_state_corrupted(store_target: str) -> None:
     with pytest.raises(StateCorrupted, match="'b'"):
         s.chain("c")
     assert s.get("a") == _r("a")
+
+
+def test_a_read_in_another_process_counts_once_recorded(store_target: str) -> None:
+    """Reads queue their use: another store (process) sees it after close(), or after a later read
+    once a second has passed; until then its eviction may not."""
+    import time
+
+    from agentstate.responses import USE_FLUSH_INTERVAL
+
+    writer = ResponseStore(store_target, max_responses=2)
+    writer.save(_r("x"))
+    writer.save(_r("y"))
+    reader = ResponseStore(store_target)
+    reader.get("x")
+    reader.close()  # records the use
+    writer.save(_r("z"))  # evicts y (least recently used), not x
+    assert _ids(store_target) == {"x", "z"}
+    reader = ResponseStore(store_target)
+    reader.chain("x")  # queued
+    time.sleep(USE_FLUSH_INTERVAL + 0.1)
+    reader.get("x")  # a read a second later writes the queue
+    writer.save(_r("w"))  # evicts z, not x
+    assert _ids(store_target) == {"x", "w"}
+    reader.close()
+    writer.close()
