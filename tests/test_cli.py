@@ -623,8 +623,9 @@ def test_global_options_before_and_after_the_command(store: Path, tmp_path: Path
     assert run(["--dir", str(tmp_path / "elsewhere"), "list", "--dir", str(store)]).stdout == "a\nb\nc\n"
     r = run(["--dir", str(store), "--lock-timeout", "5s", "apply", "--set", "g=1", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["created"] == ["g"]
-    assert "--lock-timeout" in assert_one_error_line(run(["--lock-timeout", "soon", "apply", "--set", "g=2",
-                                                          "--dir", str(store)]), 2)
+    for cmd in (["apply", "--set", "g=2"], ["show"]):  # a bad option is refused even where it is not used
+        line = assert_one_error_line(run(["--lock-timeout", "soon", *cmd, "--dir", str(store)]), 2)
+        assert line.startswith("error: --lock-timeout:"), line
 
 
 def test_verbosity_flags(store: Path) -> None:

@@ -327,6 +327,8 @@ class Opts:
             if fmt.lower() not in ("text", "json"):
                 raise UsageError(f"{where} must be text or json, not {fmt!r}")
             self.log_format = fmt.lower()
+        if self._given.get("g_lock_timeout") is not None:  # an option given is checked even where unused
+            self.lock_timeout()
         dir_opt, url_opt = self._given.get("g_dir"), self._given.get("g_url")
         if dir_opt is not None and not dir_opt:
             raise UsageError("--dir must not be empty (leave it out for ./.agentstate)")
