@@ -293,11 +293,13 @@ def _checkpoint() -> None:
 
 
 def _alarm_usable() -> bool:
-    """The timer can interrupt a blocking flock only in the main thread, and only if nobody else
-    uses SIGALRM or ITIMER_REAL (we would break their timer)."""
+    """The timer can interrupt a blocking flock only in the main thread (Linux sends ITIMER_REAL's
+    SIGALRM to the thread-group leader), only if that thread does not block SIGALRM, and only if nobody
+    else uses SIGALRM or ITIMER_REAL (we would break their timer)."""
     return (threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
-            and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0))
+            and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+            and signal.SIGALRM not in signal.pthread_sigmask(signal.SIG_BLOCK, ()))
 
 
 def _wait(fd: int, deadline: float) -> bool:
@@ -324,7 +326,9 @@ def _wait(fd: int, deadline: float) -> bool:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 _checkpoint()
             return True
-        except _Expired:
+        except _Expired as e:
+            if e.__context__ is not None:  # it rang while another exception (Ctrl-C) was on its way out
+                raise e.__context__ from None
             return _try(fd)  # the alarm may have rung just after the flock succeeded: ask again
     finally:
         signal.signal(signal.SIGALRM, previous)

@@ -338,6 +338,23 @@ def test_someone_elses_alarm_is_left_alone(tmp_path, other):
         signal.signal(signal.SIGALRM, previous)
 
 
+def test_a_blocked_sigalrm_falls_back_to_polling(tmp_path, other):
+    path = tmp_path / "state.json.lock"
+    o = other(path)
+    safety = threading.Timer(5, o.stop)  # a wait the timer cannot interrupt would end here, too late
+    safety.start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StateLocked):
+            Lock(path).acquire(0.3)
+        assert time.monotonic() - t0 < 2
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+        safety.cancel()
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 def test_ctrl_c_while_waiting_leaves_nothing_behind(tmp_path, other):
     path = tmp_path / "state.json.lock"
     other(path)
