@@ -1,0 +1,173 @@
+"""The advisory write locks of agentstate/sql/pg.py: the published holder record, taking the lock within
+``lock_timeout``, naming the holder through pg_locks, lock status and force-unlock (see pg.py's docstring)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+from .._version import __version__
+from ..errors import ConflictError, NotFound, StateLocked
+from .pg_conn import LOCK_MIGRATE, Connector, _first_line, _iso, _timeout_ms, redact
+
+log = logging.getLogger("agentstate.pg")
+
+# Advisory lock purposes (the second key of pg_advisory_xact_lock(int4, int4)).
+LOCK_STATE, LOCK_DB = 1, 2
+LOCK_NAMES = {LOCK_STATE: "state", LOCK_DB: "sessions and responses", LOCK_MIGRATE: "migrations"}
+
+
+_HOLDER_COLUMNS = "lock_id, host, pid, operation, version, since"
+
+_PUBLISH = (
+    "INSERT INTO lock_holders (backend_pid, lock_key, " + _HOLDER_COLUMNS + ")"
+    " VALUES (pg_backend_pid(), %(purpose)s, %(lock_id)s, %(host)s, %(pid)s, %(operation)s, %(version)s, now())"
+    " ON CONFLICT (backend_pid) DO UPDATE SET lock_key = EXCLUDED.lock_key, lock_id = EXCLUDED.lock_id,"
+    " host = EXCLUDED.host, pid = EXCLUDED.pid, operation = EXCLUDED.operation, version = EXCLUDED.version,"
+    " since = EXCLUDED.since"
+)
+
+# The backend holding an advisory lock (granted, in this database) and what it published.
+_HOLDER = (
+    "SELECT l.pid, h.lock_id, h.host, h.pid, h.operation, h.version, coalesce(h.since, a.xact_start),"
+    " a.application_name, host(a.client_addr), a.usename"
+    " FROM pg_locks l"
+    " LEFT JOIN lock_holders h ON h.backend_pid = l.pid AND h.lock_key = %(purpose)s"
+    " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %(key)s::oid AND l.objid = %(purpose)s::oid"
+    " AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def _holder_dict(row: tuple | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    backend_pid, lock_id, host, pid, operation, version, since, app, client, user = row
+    return {
+        "lock_id": lock_id,
+        "pid": pid,
+        "hostname": host,
+        "operation": operation,
+        "acquired_at": _iso(since),
+        "version": version,
+        "backend_pid": backend_pid,
+        "client_addr": client,
+        "user": user,
+        "application_name": app,
+    }
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "an unknown holder"
+    if holder.get("pid") is None:
+        return f"PostgreSQL backend {holder['backend_pid']} ({holder.get('application_name') or 'not agentstate'})"
+    return (f"PID {holder['pid']} on {holder['hostname']} (operation {holder['operation']!r}, "
+            f"since {holder['acquired_at']}, lock ID {holder['lock_id']})")
+
+
+def read_holder(conn: Any, key: int, purpose: int) -> dict[str, Any] | None:
+    with conn.transaction():
+        return _holder_dict(conn.execute(_HOLDER, {"key": key, "purpose": purpose}).fetchone())
+
+
+def _me(operation: str, key: int, purpose: int) -> dict[str, Any]:
+    return {"purpose": purpose, "lock_id": str(uuid.uuid4()), "host": socket.gethostname(), "pid": os.getpid(),
+            "operation": operation, "version": __version__, "_lock": key}
+
+
+def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: dict[str, Any]) -> bool:
+    """One round trip: publish the holder record (its own autocommit statement), BEGIN, set
+    lock_timeout, try the advisory lock. True if it was taken."""
+    with conn.pipeline() as p:
+        conn.execute(_PUBLISH, me)
+        p.sync()  # the record commits on its own, visible to waiters at once
+        conn.execute("BEGIN")
+        if timeout > 0:
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (_timeout_ms(timeout),))
+        cur = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (cn.key, purpose))
+        return bool(cur.fetchone()[0])
+
+
+def _wait_locked(cn: Connector, conn: Any, purpose: int, timeout: float, on_wait: Any, what: str) -> None:
+    """The lock was busy: tell ``on_wait`` who holds it, then wait up to ``timeout`` (lock_timeout, set
+    by _begin_locked). On timeout: roll back, name the holder, StateLocked."""
+    from psycopg import errors as pe
+
+    if timeout > 0:
+        if on_wait is not None:
+            on_wait(_holder_dict(conn.execute(_HOLDER, {"key": cn.key, "purpose": purpose}).fetchone()))
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (cn.key, purpose))
+            return
+        except pe.LockNotAvailable:
+            pass
+    conn.execute("ROLLBACK")
+    raise locked_error(what, timeout, read_holder(conn, cn.key, purpose))
+
+
+def locked_error(what: str, timeout: float, holder: dict[str, Any] | None) -> StateLocked:
+    hint = ("wait and retry with a longer --lock-timeout; if that process is stuck, stop it "
+            "(its lock is freed the instant its connection ends)")
+    if holder and holder.get("lock_id"):
+        hint += f", or run `agentstate force-unlock {holder['lock_id']} --url URL` to end its session"
+    return StateLocked(f"timed out after {timeout:g}s waiting for the lock: {what} is locked by "
+                       f"{describe_holder(holder)}", hint=hint, holder=holder)
+
+
+def lock_status(connector: Connector, purpose: int) -> dict[str, Any]:
+    conn = connector.conn()
+    with connector.errors("reading the lock status"):
+        holder = read_holder(conn, connector.key, purpose)
+    return {
+        "url": redact(connector.url),
+        "schema": connector.schema,
+        "lock": LOCK_NAMES[purpose],
+        "mode": "postgresql advisory lock",
+        "held": holder is not None,
+        "holder": holder,
+        "last_holder": None,
+        "holder_alive": True if holder else None,
+        "stale": False,
+        "stale_reason": None,
+    }
+
+
+def force_unlock(connector: Connector, purpose: int, lock_id: str) -> dict[str, Any]:
+    """End the session of the holder whose lock ID is ``lock_id`` (pg_terminate_backend).
+
+    NotFound if the lock is free; ConflictError if another holder has it; StateLocked if this role
+    may not end that session (it is then still held)."""
+    from psycopg import errors as pe
+
+    conn = connector.conn()
+    with connector.errors("force-unlocking"):
+        holder = read_holder(conn, connector.key, purpose)
+        if holder is None:
+            raise NotFound(f"the {LOCK_NAMES[purpose]} lock is not held", hint="nothing to unlock")
+        if holder.get("lock_id") != lock_id:
+            raise ConflictError(
+                f"lock ID {lock_id} is not the current holder's; the lock is held by {describe_holder(holder)}",
+                hint="check `agentstate lock status --url URL`", holder=holder,
+            )
+        try:
+            with conn.transaction():
+                # PostgreSQL 14+ waits (up to 5 s) until the backend is gone; older servers only signal it.
+                text = ("SELECT pg_terminate_backend(%s, 5000)" if conn.info.server_version >= 140000
+                        else "SELECT pg_terminate_backend(%s)")
+                ended = conn.execute(text, (holder["backend_pid"],)).fetchone()[0]
+        except pe.InsufficientPrivilege as e:
+            raise StateLocked(
+                f"cannot end the holder's session: {_first_line(e)}; "
+                f"it still holds the lock: {describe_holder(holder)}",
+                hint="ask an administrator to run pg_terminate_backend, or stop that process", holder=holder,
+            ) from None
+    if not ended:
+        raise StateLocked(f"the holder's session did not end in time: {describe_holder(holder)}",
+                          hint="retry, or stop that process", holder=holder)
+    log.warning("lock force-unlocked: ended PostgreSQL backend %s of %s", holder["backend_pid"],
+                describe_holder(holder))
+    return holder
