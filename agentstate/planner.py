@@ -277,6 +277,17 @@ def plan(
     return p
 
 
+def get(store: StateStore, address: str) -> Any:
+    """The value of the resource at ``address`` (read without a lock); NotFound if there is none."""
+    _check_call(store)
+    codec.check_address(address)
+    resources = store.read().resources
+    if address not in resources:
+        raise NotFound(f"no resource at {address!r}", hint="`agentstate list` shows the addresses",
+                       addresses=[address])
+    return resources[address]
+
+
 def _not_found(missing: list[str]) -> NotFound:
     return NotFound(
         f"no resource at {', '.join(map(repr, missing))}; nothing was removed",

@@ -157,3 +157,12 @@ def test_duplicate_keys_refused_exactly_when_present(tree, ensure_ascii: bool) -
             planner.parse_json(text.encode(), "input")
     else:
         planner.parse_json(text.encode(), "input")
+
+
+def test_get(store: agentstate.StateStore) -> None:
+    assert planner.get(store, "b") == {"x": [1, 2]}
+    with pytest.raises(agentstate.NotFound) as info:
+        planner.get(store, "zz")
+    assert info.value.exit_code == 6 and info.value.to_dict()["addresses"] == ["zz"]
+    with pytest.raises(InvalidInput):
+        planner.get(store, "")

@@ -106,17 +106,10 @@ def show(address: Annotated[str | None, typer.Argument(help="Show only this reso
     """Show the state (or one resource's value: a string as plain text, anything else as JSON). Takes no lock."""
 
     def body(o: Opts) -> None:
-        from ..errors import NotFound
-
         if address is not None:
-            from ..codec import check_address
+            from ..planner import get
 
-            check_address(address)
-        state = o.store().read()
-        if address is not None:
-            if address not in state.resources:
-                raise NotFound(f"no resource at {address!r}", hint="`agentstate list` shows the addresses")
-            value = state.resources[address]
+            value = get(o.store(), address)
             if o.json:
                 emit_json(value)
             elif isinstance(value, str):
@@ -128,6 +121,7 @@ def show(address: Annotated[str | None, typer.Argument(help="Show only this reso
             else:
                 out(dumps_pretty(value))
             return
+        state = o.store().read()
         if o.json:
             doc = state.to_dict()
             if state.source == "new":  # no store yet: there is no lineage until the first write
