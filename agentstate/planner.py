@@ -139,6 +139,14 @@ def parse_assignment(item: str) -> tuple[str, Any]:
         raise InvalidInput(f"value of {address!r} is not valid UTF-8") from None
     if not looks_like_json(raw):
         return address, raw
+    word = raw.strip(" \t\r\n")
+    if word.lower().lstrip("+-") in ("nan", "infinity", "inf"):
+        raise InvalidInput(f"value of {address!r} is {word}, which JSON cannot hold (no NaN or Infinity)",
+                           hint=f"to store the text, quote it: --set '{address}=\"{word}\"'")
+    if word.lower() in ("true", "false", "null", "none") and word not in ("true", "false", "null"):
+        json_word = {"none": "null"}.get(word.lower(), word.lower())
+        raise InvalidInput(f"value of {address!r} is {word}, which is not JSON (JSON writes {json_word})",
+                           hint=f"write {json_word}, or quote it to store the text: --set '{address}=\"{word}\"'")
     try:
         value = parse_json(raw, f"value of {address!r}")
     except InvalidInput as e:

@@ -373,7 +373,7 @@ class Opts:
         if value is None:
             return None
         try:
-            return parse_duration(value, where)
+            return parse_duration(value, "duration")
         except InvalidInput as e:
             raise UsageError(f"{where}: {e.message}") from None
 
