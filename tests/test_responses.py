@@ -70,6 +70,8 @@ def test_duplicate_id_is_a_conflict_and_changes_nothing(store_target: str) -> No
     assert e.value.exit_code == 5
     with pytest.raises(ConflictError):
         s.save_many([_r("x"), _r("x")])  # a duplicate inside one batch: the whole batch refused
+    with pytest.raises(ConflictError, match="'a'"):
+        s.save_many([_r("y"), _r("a", v=3)])  # one stored id in a batch: the whole batch refused
     assert rows(store_target) == before
     assert s.get("a") == _r("a", v=1)
 
