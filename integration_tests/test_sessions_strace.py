@@ -38,6 +38,8 @@ from agentstate_integration import (
 
 from agentstate import NotFound, SessionStore
 
+STRACE_BIN = shutil.which("strace") or "/usr/bin/strace"
+
 TRACE = "openat,write,pwrite64,fsync,fdatasync,ftruncate,close,unlink"
 DB = "agentstate.db"
 
@@ -161,3 +163,72 @@ def test_every_write_and_fsync_fault(template: Path, plan: list, tmp_path: Path)
                         cases, len(violations))
     assert not violations, "\n".join(violations)
     assert cases >= 4
+
+
+CHILD = r"""
+import os, sys, time
+from agentstate import SessionStore, StorageError
+s = SessionStore(sys.argv[1])
+s.get("s")  # connection open
+if sys.argv[2] == "append":
+    try:
+        s.append("s", [{"type": "doomed"}])
+        print("appended", flush=True)
+    except StorageError as e:
+        print("failed", flush=True)
+print("pid", os.getpid(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_failed_wal_fsync_then_every_process_killed(tmp_path: Path) -> None:
+    """EIO on the WAL's fsync at COMMIT in a long-lived process, while another process keeps the database
+    open (so closing does not remove the WAL); then both are SIGKILLed before anyone writes again. The
+    append was reported as failed, so it must not appear when the next process opens the database (the
+    WAL's unpublished commit frames are written over before the lock is released)."""
+    import os
+    import signal
+    import sys
+
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    template = tmp_path / "template"
+    SessionStore(str(template)).append("s", [{"type": "one"}])
+
+    def start(d: Path, mode: str, inject: list[str], trace: Path | None = None):
+        args = [STRACE_BIN, "-f", "-qq", "-y", "-o", str(trace or os.devnull), "-e", "trace=fdatasync,fsync",
+                "--seccomp-bpf"]
+        for spec in inject:
+            args += ["-e", f"inject={spec}"]
+        p = subprocess.Popen(args + [sys.executable, str(child), str(d), mode], stdout=subprocess.PIPE, text=True)
+        result = p.stdout.readline().strip() if mode == "append" else ""
+        pid = int(p.stdout.readline().split()[1])
+        return p, pid, result
+
+    def kill(p, pid) -> None:
+        os.kill(pid, signal.SIGKILL)
+        p.wait(timeout=60)
+
+    # which fsyncs of the WAL does the appender make (with the other process holding the database open)?
+    d = tmp_path / "discover"
+    shutil.copytree(template, d)
+    holder = start(d, "hold", [])
+    trace = tmp_path / "trace.txt"
+    a = start(d, "append", [], trace)
+    assert a[2] == "appended"
+    kill(*a[:2])
+    kill(*holder[:2])
+    calls = main_thread(parse_strace(trace.read_text()))
+    wal = [(c.name, occurrence(calls, i)) for i, c in enumerate(calls) if (c.fd_path(0) or "").endswith("-wal")]
+    assert wal, [c.line for c in calls]
+    for name, when in wal:
+        d = tmp_path / f"case-{name}-{when}"
+        shutil.copytree(template, d)
+        holder = start(d, "hold", [])
+        a = start(d, "append", [f"{name}:error=EIO:when={when}"])
+        kill(*a[:2])
+        kill(*holder[:2])
+        items = [i["data"] for i in _items(d)]
+        assert a[2] == "failed", (name, when, a[2])
+        assert items == [{"type": "one"}], (name, when, items)
+        assert _integrity(d) == ["ok"]

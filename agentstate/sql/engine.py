@@ -326,6 +326,7 @@ class Database:
                 with self._locked(operation, lock_timeout):
                     locked = True
                     conn = None
+                    committing = False
                     try:
                         conn = self._conn(create=True)
                         self._prepare_locked(conn)
@@ -333,11 +334,14 @@ class Database:
                         if self._version(conn) != SCHEMA_VERSION:  # changed by a newer agentstate in between
                             raise too_new(self._version(conn), self.path)
                         yield Tx(conn)
+                        committing = True
                         with signals.critical():
                             conn.execute("COMMIT")
                             signals.note_committed(f"the {operation} is committed to {self.path}")
                     except sqlite3.Error as e:
                         self._abort(conn)
+                        if committing:
+                            self._bury_failed_commit()
                         raise storage_error(e, self.path, f"write ({operation})") from None
                     except BaseException:
                         self._abort(conn)
@@ -346,6 +350,28 @@ class Database:
                 committed = getattr(e, "outcome", None) == "committed"
                 raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {self.path}"
                                           if committed else None, locked=locked) from None
+
+    def _bury_failed_commit(self) -> None:
+        """After a COMMIT failed (e.g. EIO on the WAL's fsync), still under the writer lock.
+
+        SQLite publishes a commit in the WAL index only after the fsync, so nobody sees the failed
+        transaction; but its frames, commit marker included, may sit in the WAL past the last
+        published frame. If every process then died before anyone wrote again, the next open would
+        rebuild the index from the WAL file and find them: a write reported as failed would appear.
+        A no-op transaction (user_version rewritten as it is) writes over them, so that can't happen.
+        """
+        import sqlite3
+
+        conn = None
+        try:
+            conn = self._conn(create=True)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"PRAGMA user_version = {self._version(conn):d}")
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            log.warning("after a failed commit, %s could not be written over either; run `agentstate doctor`",
+                        self.path, exc_info=log.isEnabledFor(logging.DEBUG))
+            self._abort(conn)
 
     def _abort(self, conn: Any) -> None:
         """Roll back, and start the next write from a fresh connection (SQLite forgets the failure)."""
