@@ -168,6 +168,10 @@ def render(report_dir: Path, runs: dict[str, dict]) -> str:
         "  `state.json.restore-*`), and the roll-back reported \"unchanged\" even when its own fsync",
         "  failed. It is now fail-stop: nothing is rolled back and the error says the outcome is unknown",
         "  (a later fsync proves nothing about the earlier writes); the directory-fsync fault checks it.",
+        "- A SIGINT/SIGTERM that struck right after the temp file's `openat`, its `close`, or the backup's",
+        "  `linkat` had returned (before Python bound the result) left `state.json.tmp-*` or",
+        "  `state.json.bak.tmp-*` behind. Found by the signal-at-every-syscall test; the commit now",
+        "  removes its temp names on any exception before the rename.",
         "",
     ]
     return "\n".join(lines)
