@@ -69,7 +69,7 @@ class PgStateStore(StateStore):
             raise InvalidInput(f"{path!r} is not a postgresql:// URL")
         self.connector = pg.Connector(path)
         self.url = path
-        self.path = pg.redact(path)
+        self.path = path  # as given (the CLI and doctor pass it on); repr() hides a password
         self.schema = self.connector.schema
         self.state_path = f"{self.connector.where} schema {self.schema}: state_documents.data"
         self.backup_path = f"{self.connector.where} schema {self.schema}: state_documents.previous"
@@ -82,7 +82,7 @@ class PgStateStore(StateStore):
         self.lock_mode = "postgresql"
 
     def __repr__(self) -> str:
-        return f"StateStore({self.path!r})"
+        return f"StateStore({pg.redact(self.path)!r})"
 
     # -- reading -------------------------------------------------------------------------
 
@@ -227,10 +227,13 @@ class PgStateStore(StateStore):
         return pg.force_unlock(self.connector, pg.LOCK_STATE, lock_id)
 
     def check(self) -> list[dict[str, Any]]:
-        """Doctor's findings: the server and schema, the current and previous versions, the lock."""
-        findings = pg.check(self.connector)
-        if not findings or not findings[0]["ok"] or "does not exist" in findings[0]["detail"]:
-            return findings
+        """Doctor's findings: the current and previous versions and the state lock ("store" instead, when
+        the schema does not exist yet or the server cannot be read). The schema itself, its version and
+        the sessions lock are the database's findings (``agentstate.sql.check(url)``)."""
+        base = pg.check(self.connector, purposes=(pg.LOCK_STATE,))
+        if not base or not base[0]["ok"] or "does not exist" in base[0]["detail"]:
+            return [{**f, "check": "store"} for f in base[:1]]
+        findings = base[1:]  # the lock
 
         def add(check: str, ok: bool, detail: str, **extra: Any) -> None:
             findings.append({"check": check, "ok": ok, "detail": detail, **extra})

@@ -83,7 +83,8 @@ def put(target: Any, current: Any = _KEEP, previous: Any = _KEEP) -> None:
     if is_pg(target):
         import agentstate
 
-        agentstate.StateStore(target).read()  # the schema exists (created on first use)
+        with agentstate.StateStore(target).transaction():  # the schema exists (created by the first write)
+            pass
         conn, schema = _pg(target)
         with conn:
             for column, value in (("data", current), ("previous", previous)):

@@ -399,7 +399,8 @@ def test_force_unlock_without_the_privilege_is_refused_and_the_holder_keeps_the_
     """A role that may not end the holder's session (here: the holder is a superuser) gets exit 3."""
     role = "app_" + uuid.uuid4().hex[:8]
     schema = split_url(pg_schema_url)[1]
-    StateStore(pg_schema_url).read()  # the schema exists
+    with StateStore(pg_schema_url).transaction():  # the schema exists (created by the first write)
+        pass
     sql(pg_schema_url, f"CREATE ROLE {role} LOGIN")
     sql(pg_schema_url, f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
     sql(pg_schema_url, f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "{schema}" TO {role}')
@@ -413,3 +414,22 @@ def test_force_unlock_without_the_privilege_is_refused_and_the_holder_keeps_the_
         assert ei.value.exit_code == 3 and "superuser-job" in str(ei.value)
         assert StateStore(pg_schema_url).lock_status()["holder"]["lock_id"] == lock_id
     assert StateStore(as_app).read().resources == {"a": 1}  # the holder's commit went through
+
+
+def test_reading_never_creates_the_schema(pg_schema_url):
+    """As read() of a missing directory creates nothing: reads of a missing schema see an empty store."""
+    schema = split_url(pg_schema_url)[1]
+    assert StateStore(pg_schema_url).read().source == "new"
+    assert StateStore(pg_schema_url).lock_status()["held"] is False
+    with pytest.raises(NotFound):
+        StateStore(pg_schema_url).force_unlock("x")
+    sessions = SessionStore(pg_schema_url)
+    assert sessions.list().items == []
+    with pytest.raises(NotFound):
+        sessions.get("s")
+    assert sql(pg_schema_url, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)) == [(0,)]
+    findings = StateStore(pg_schema_url).check()
+    assert findings and all(f["ok"] for f in findings)
+    assert sql(pg_schema_url, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)) == [(0,)]
+    sessions.append("s", [{"role": "user", "content": "hi"}])  # the first write creates it
+    assert sessions.get("s").item_count == 1

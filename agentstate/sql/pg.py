@@ -141,6 +141,27 @@ class Tx:
                 cur.executemany(text, rows)
 
 
+class _EmptyTx:
+    """Reads of a schema that does not exist yet: no tables, so no rows (as SQLite's engine does)."""
+
+    dialect = "postgres"
+
+    def run(self, stmt: Any, **params: Any) -> list[tuple]:
+        return []
+
+    def one(self, stmt: Any, **params: Any) -> None:
+        return None
+
+    def value(self, stmt: Any, **params: Any) -> None:
+        return None
+
+    def execute(self, stmt: Any, **params: Any) -> int:
+        return 0
+
+    def many(self, stmt: Any, rows: Any) -> None:
+        raise RuntimeError("many() in a read transaction")
+
+
 class Database:
     """The PostgreSQL side of ``agentstate.sql.open_database(url)``."""
 
@@ -176,8 +197,11 @@ class Database:
         cn = self.connector
         for attempt in (1, 2):
             with cn.errors("reading"):
-                conn = cn.conn()
+                conn = cn.conn(write=False)
                 try:
+                    if cn.absent and conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+                        yield _EmptyTx()  # nothing stored yet, and a read creates nothing
+                        return
                     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     break
                 except psycopg.OperationalError:  # dead since its last use: reconnect once
@@ -241,8 +265,9 @@ def open_pg(url: str, *, lock_timeout: float | str | None = None) -> Database:
     return Database(url, lock_timeout=lock_timeout)
 
 
-def check(cn: Connector) -> list[dict[str, Any]]:
-    """Doctor's findings for the PostgreSQL schema: reachable, schema version, locks held."""
+def check(cn: Connector, purposes: tuple[int, ...] = (LOCK_DB,)) -> list[dict[str, Any]]:
+    """Doctor's findings for the PostgreSQL schema: reachable, schema version, the ``purposes`` locks
+    (by default the sessions/responses one; the state store reports its own). Never writes."""
     from .schema import SCHEMA_VERSION
 
     findings: list[dict[str, Any]] = []
@@ -261,9 +286,9 @@ def check(cn: Connector) -> list[dict[str, Any]]:
             ok = version == SCHEMA_VERSION
             add("database", ok, f"schema {cn.schema} on {cn.where}: version {version}"
                 + ("" if ok else f" (this agentstate knows {SCHEMA_VERSION})"), schema_version=version)
-            for purpose in (LOCK_STATE, LOCK_DB):
+            for purpose in purposes:
                 holder = read_holder(conn, probe.key, purpose)
-                add(f"{LOCK_NAMES[purpose]} lock", True,
+                add("database lock" if purpose == LOCK_DB else "lock", True,
                     "free" if holder is None else f"held by {describe_holder(holder)}")
     except AgentStateError as e:
         add("database", False, str(e))

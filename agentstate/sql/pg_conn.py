@@ -166,6 +166,7 @@ class Connector:
         self._all: list[Any] = []
         self._all_lock = threading.Lock()
         self._pid = os.getpid()
+        self.absent = False  # the schema did not exist when last checked (reads then see an empty store)
 
     def __repr__(self) -> str:
         return f"<{self.where} schema {self.schema}>"
@@ -174,8 +175,10 @@ class Connector:
     def _conn(self) -> Any:
         return getattr(self._local, "conn", None)
 
-    def conn(self) -> Any:
-        """This thread's connection, opened (and the schema migrated) on first use, replaced if broken."""
+    def conn(self, write: bool = True) -> Any:
+        """This thread's connection, opened on first use, replaced if broken. The schema is checked when
+        the connection opens (a newer one: FormatTooNew; an older one: migrated); a schema that does not
+        exist yet is created only for a write (``write``): reading never creates anything."""
         if self._pid != os.getpid():  # a forked child never uses (nor closes) its parent's connections
             with self._all_lock:
                 _orphans.extend(self._all)
@@ -191,6 +194,10 @@ class Connector:
             self._local.conn = c
             with self._all_lock:
                 self._all.append(c)
+        if write and self.absent:
+            migrate(c, self.schema, self.where)
+            _migrated.add((self.conninfo, self.schema))
+            self.absent = False
         return c
 
     def _connect(self) -> Any:
@@ -214,8 +221,18 @@ class Connector:
         try:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
             if self.migrate and (self.conninfo, self.schema) not in _migrated:
-                migrate(conn, self.schema, self.where)
-                _migrated.add((self.conninfo, self.schema))
+                from .schema import SCHEMA_VERSION
+
+                try:
+                    found = schema_version(conn)
+                except psycopg.Error as e:
+                    raise server_error(e, doing="reading the schema version", where=self.where) from None
+                if found is None:
+                    self.absent = True  # created by the first write
+                else:
+                    if found != SCHEMA_VERSION:
+                        migrate(conn, self.schema, self.where)  # FormatTooNew if newer
+                    _migrated.add((self.conninfo, self.schema))
         except BaseException:
             conn.close()
             raise
@@ -255,15 +272,20 @@ class Connector:
             raise server_error(e, doing=doing, where=self.where) from None
 
     def query(self, doing: str, text: str, params: Any = None) -> list[tuple]:
-        """One autocommit read; a connection found dead (the server restarted since its last use) is
-        replaced and the read retried once."""
+        """One autocommit read ([] while the schema does not exist); a connection found dead (the server
+        restarted since its last use) is replaced and the read retried once."""
         import psycopg
+        from psycopg import errors as pe
 
         for attempt in (1, 2):
             with self.errors(doing):
-                conn = self.conn()
+                conn = self.conn(write=False)
                 try:
                     return conn.execute(text, params).fetchall()
+                except pe.UndefinedTable:
+                    if self.absent:
+                        return []
+                    raise
                 except psycopg.OperationalError:
                     if attempt == 2 or not (conn.broken or conn.closed):
                         raise

@@ -70,8 +70,14 @@ def describe_holder(holder: dict[str, Any] | None) -> str:
 
 
 def read_holder(conn: Any, key: int, purpose: int) -> dict[str, Any] | None:
-    with conn.transaction():
-        return _holder_dict(conn.execute(_HOLDER, {"key": key, "purpose": purpose}).fetchone())
+    """The current holder of the ``purpose`` lock, or None (also while the schema does not exist)."""
+    from psycopg import errors as pe
+
+    try:
+        with conn.transaction():
+            return _holder_dict(conn.execute(_HOLDER, {"key": key, "purpose": purpose}).fetchone())
+    except pe.UndefinedTable:
+        return None
 
 
 def _me(operation: str, key: int, purpose: int) -> dict[str, Any]:
@@ -119,8 +125,8 @@ def locked_error(what: str, timeout: float, holder: dict[str, Any] | None) -> St
 
 
 def lock_status(connector: Connector, purpose: int) -> dict[str, Any]:
-    conn = connector.conn()
     with connector.errors("reading the lock status"):
+        conn = connector.conn(write=False)
         holder = read_holder(conn, connector.key, purpose)
     return {
         "url": redact(connector.url),
@@ -143,8 +149,8 @@ def force_unlock(connector: Connector, purpose: int, lock_id: str) -> dict[str, 
     may not end that session (it is then still held)."""
     from psycopg import errors as pe
 
-    conn = connector.conn()
     with connector.errors("force-unlocking"):
+        conn = connector.conn(write=False)
         holder = read_holder(conn, connector.key, purpose)
         if holder is None:
             raise NotFound(f"the {LOCK_NAMES[purpose]} lock is not held", hint="nothing to unlock")
