@@ -71,7 +71,11 @@ def force_unlock(
         if o.json:
             emit_json({"unlocked": True, "holder": holder})
         else:
-            out(f"unlocked: cleared the stale record of PID {holder['pid']} on {holder['hostname']} "
-                f"(lock ID {lock_id}); no process held the lock")
+            if holder.get("backend_pid") is not None:  # PostgreSQL: the holder's session was ended
+                out(f"unlocked: ended the PostgreSQL session of PID {holder['pid']} on {holder['hostname']} "
+                    f"(lock ID {lock_id}); its uncommitted change was rolled back")
+            else:
+                out(f"unlocked: cleared the stale record of PID {holder['pid']} on {holder['hostname']} "
+                    f"(lock ID {lock_id}); no process held the lock")
 
     run(body)
