@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from stat import S_ISREG
 from typing import Any
 
 from ._version import __version__
@@ -264,6 +265,14 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _record(fd: int) -> Holder | None:
+    """The record in the open lock file; None if blank, garbled or unreadable (it only informs people)."""
+    try:
+        return Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
+    except OSError:
+        return None
+
+
 def _close(fd: int) -> None:
     _fds.discard(fd)
     os.close(fd)
@@ -408,7 +417,7 @@ class Lock:
         body = me.to_bytes()
         size = max(-(-(len(body) + 1) // RECORD_BLOCK) * RECORD_BLOCK, st.st_size)
         try:
-            previous = Holder.parse(os.pread(fd, st.st_size, 0)) if st.st_size else None
+            previous = _record(fd) if st.st_size else None
             write_all_at(self.files, fd, body + b" " * (size - len(body) - 1) + b"\n", 0)
         except BaseException as e:
             self._blank_unlock_close(fd, size)
@@ -456,13 +465,11 @@ class Lock:
     def read_holder(self) -> Holder | None:
         """The record in the lock file now (None: blank, missing or garbled). Not proof of anything."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW | os.O_NONBLOCK)  # a FIFO never blocks us
         except OSError:
             return None
         try:
-            return Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
-        except OSError:
-            return None
+            return _record(fd)
         finally:
             os.close(fd)
 
@@ -476,7 +483,7 @@ class Lock:
         check_filesystem(self.path)
         held, record = False, None
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW | os.O_NONBLOCK)  # a FIFO never blocks us
         except FileNotFoundError:
             fd = None
         except OSError as e:
@@ -484,8 +491,9 @@ class Lock:
         if fd is not None:
             _fds.add(fd)
             try:
+                self._same_inode(fd)  # a regular file?
                 held = not self._flock(fd, fcntl.LOCK_SH)  # while we hold it shared, nobody can take it
-                record = Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
+                record = _record(fd)
             finally:
                 _close(fd)
         alive = record.alive() if record else None
@@ -529,7 +537,7 @@ class Lock:
                 raise NotFound(f"no lock file at {self.path}: nothing to unlock") from None
             try:
                 if not self._flock(fd, fcntl.LOCK_EX):
-                    record = Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
+                    record = _record(fd)
                     who = record.describe() if record else "a process that has not written its record yet"
                     stop = f"stop PID {record.pid} on {record.hostname}" if record else "stop the process holding it"
                     raise StateLocked(
@@ -541,7 +549,7 @@ class Lock:
                 st = self._same_inode(fd)
                 if st is None:
                     continue  # replaced meanwhile (finally closes fd): look at the new one
-                record = Holder.parse(os.pread(fd, max(st.st_size, RECORD_BLOCK), 0))
+                record = _record(fd)
                 if record is None:
                     raise NotFound(f"the lock {self.path} is free and holds no record: nothing to unlock")
                 if record.lock_id != lock_id:
@@ -582,8 +590,12 @@ class Lock:
             raise io_error("lock", self.path, e) from None
 
     def _same_inode(self, fd: int) -> os.stat_result | None:
-        """fstat of ``fd`` if the path still names that inode, else None."""
+        """fstat of ``fd`` if the path still names that inode, else None. StorageError if it is no
+        regular file."""
         st = os.fstat(fd)
+        if not S_ISREG(st.st_mode):
+            raise StorageError(f"cannot lock {self.path}: it is not a regular file", path=self.path,
+                               hint="move it away: agentstate creates its lock file itself")
         try:
             now = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
@@ -593,7 +605,7 @@ class Lock:
     def _announce(self, fd: int, on_wait: Callable[[Holder | None], None] | None) -> None:
         if on_wait is None and not log.isEnabledFor(logging.INFO):
             return  # nobody to tell: skip reading the record (a hot path under contention)
-        holder = Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
+        holder = _record(fd)
         log.info("waiting for lock %s held by %s", self.path,
                  holder.describe() if holder else "a process that has not written its record yet")
         if on_wait is not None:
@@ -602,7 +614,7 @@ class Lock:
     def _timed_out(self, fd: int, timeout: float) -> None:
         holder = None
         for _ in range(3):  # a new holder may be between taking the lock and writing its record
-            holder = Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
+            holder = _record(fd)
             if holder is not None:
                 break
             time.sleep(0.005)

@@ -225,6 +225,18 @@ def test_symlink_at_the_lock_path_is_refused(tmp_path):
     assert target.read_bytes() == b"keep"
 
 
+def test_a_directory_or_fifo_at_the_lock_path_is_one_clear_error(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "state.json.lock").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    for path in (tmp_path / "d" / "state.json.lock", tmp_path / "fifo"):
+        for call in (lambda: Lock(path).acquire(0), lambda: Lock(path).status(), lambda: Lock(path).force_unlock("x")):
+            with pytest.raises(StorageError) as e:
+                call()
+            assert str(path) in e.value.message and e.value.exit_code == 1
+    assert (tmp_path / "d" / "state.json.lock").is_dir() and not lockmod._fds
+
+
 def test_filesystem_type_is_read_from_mountinfo(tmp_path):
     fs = lockmod._filesystem(str(tmp_path))
     r = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,TARGET", "--target", str(tmp_path)], capture_output=True,
