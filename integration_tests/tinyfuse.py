@@ -4,8 +4,8 @@
         ...                            # fs.ops lists the opcodes the kernel sent
 
 It speaks the kernel's /dev/fuse protocol directly (no libfuse, no package): INIT and GETATTR are
-answered, a LOOKUP finds nothing (ENOENT), every other request gets ENOSYS (so anything that tries to create a file fails, and is
-seen in ``ops``). Unmounted (lazily) and its connection aborted on exit.
+answered, a LOOKUP finds nothing (ENOENT), every other request gets ENOSYS (so anything that tries to
+create a file fails, and is seen in ``ops``). Unmounted (lazily) and its connection closed on exit.
 """
 
 from __future__ import annotations

@@ -141,7 +141,8 @@ def test_holder_parse_keeps_unknown_fields():
 
 
 @pytest.mark.parametrize("data", [None, b"", b"  \n", blank(), b"{", b"[]", b"null", b'{"pid":1}',
-                                  b'{"lock_id":"x","pid":"12","hostname":"h"}', b'{"lock_id":"x","pid":true,"hostname":"h"}',
+                                  b'{"lock_id":"x","pid":"12","hostname":"h"}',
+                                  b'{"lock_id":"x","pid":true,"hostname":"h"}',
                                   b"\xff\xfe"])
 def test_holder_parse_rejects_blank_and_garbage(data):
     assert Holder.parse(data) is None
