@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from agentstate_integration import STRACE, parse_strace, run_strace
+from agentstate_integration import STRACE, parse_strace, rounds, run_strace
 from tinyfuse import TYPE as FUSE_TYPE
 from tinyfuse import TinyFuse
 
@@ -139,7 +139,7 @@ for _ in range(int(sys.argv[2])):
 
 
 def test_processes_increment_counter_exactly(tmp_path):
-    n, m = 10, 50
+    n, m = 10, rounds(50, 300)
     d = tmp_path / "store"
     procs = [
         subprocess.Popen([sys.executable, "-c", WORKER, str(d), str(m), f"w{i}"], env=_env(), stderr=subprocess.PIPE)
@@ -398,7 +398,7 @@ def test_record_is_blank_whenever_the_lock_changes_hands(tmp_path):
     observer = subprocess.Popen([sys.executable, "-c", OBSERVER, str(path)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
     cyclers = [subprocess.Popen([STRACE, "-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64", sys.executable, "-c",
-                                 CYCLER, str(path), "300"], env=_env()) for _ in range(2)]
+                                 CYCLER, str(path), str(rounds(300, 3000))], env=_env()) for _ in range(2)]
     for c in cyclers:
         assert c.wait(120) == 0
     out, _ = observer.communicate("", timeout=30)
