@@ -508,19 +508,30 @@ class Lock:
         }
 
     def _next_step(self, held: bool, record: Holder | None, alive: bool | None) -> str | None:
-        if not held:
+        if held:
             if record is None:
-                return None
-            tail = f" --dir {shlex.quote(os.path.dirname(self.path) or '.')}" if self._status_command() else ""
-            return (f"nothing to do: the lock is free and the next writer overwrites this record; to clear it "
-                    f"now: agentstate force-unlock {record.lock_id}{tail}")
+                return "a process is taking the lock right now (no record written yet): wait and look again"
+            return f"wait for it to finish, or {self._stop(record)}: its lock is freed the instant it exits"
         if record is None:
-            return "a process is taking the lock right now (no record written yet): wait and look again"
+            return None
+        text = "nothing to do: the lock is free and the next writer overwrites this record"
+        if self._status_command():
+            directory = shlex.quote(os.path.dirname(self.path) or ".")
+            text += f"; to clear it now: agentstate force-unlock {record.lock_id} --dir {directory}"
+        return text
+
+    def _stop(self, record: Holder | None) -> str:
+        """How to end the holder, said so that it cannot hit the wrong process."""
+        if record is None:
+            return "stop the process holding it"
+        alive = record.alive()
+        if alive is None:
+            return (f"stop PID {record.pid} on {record.hostname} where it runs (another host or PID namespace, "
+                    "e.g. a container: that PID means another process here)")
         if alive is False:
-            return (f"the kernel says the lock is held, but PID {record.pid} is gone: a process that inherited "
-                    f"its lock descriptor holds it; stop that process (`fuser -v {shlex.quote(self.path)}`)")
-        return (f"wait for PID {record.pid} on {record.hostname} to finish, or stop it: "
-                "its lock is freed the instant it exits")
+            return (f"stop the process that inherited the lock descriptor of PID {record.pid} (gone); "
+                    f"`fuser -v {shlex.quote(self.path)}` lists it")
+        return f"stop PID {record.pid} on {record.hostname}"
 
     def force_unlock(self, lock_id: str, *, force: bool = False) -> Holder:
         """Clear a stale holder record (one left with no process holding the lock); returns it.
@@ -539,10 +550,9 @@ class Lock:
                 if not self._flock(fd, fcntl.LOCK_EX):
                     record = _record(fd)
                     who = record.describe() if record else "a process that has not written its record yet"
-                    stop = f"stop PID {record.pid} on {record.hostname}" if record else "stop the process holding it"
                     raise StateLocked(
                         f"refusing to unlock {self.path}: the kernel says it is held by {who}, so it is not stale",
-                        hint=f"wait for it to finish, or {stop}: its lock is freed the instant it exits "
+                        hint=f"wait for it to finish, or {self._stop(record)}: its lock is freed the instant it exits "
                              "(a held lock is never removed, with or without --force)",
                         holder=record.to_dict() if record else None,
                     )
@@ -620,11 +630,10 @@ class Lock:
             time.sleep(0.005)
         who = holder.describe() if holder else "a process that has not written its holder record yet"
         log.info("timed out after %gs waiting for lock %s held by %s", timeout, self.path, who)
-        stop = f"stop PID {holder.pid} on {holder.hostname}" if holder else "stop the process holding it"
         see = self._status_command()
         raise StateLocked(
             f"timed out after {timeout:g}s waiting for the lock {self.path}: it is held by {who}",
-            hint=f"retry with a longer --lock-timeout, or {stop} (its lock is freed the instant it exits)"
+            hint=f"retry with a longer --lock-timeout, or {self._stop(holder)} (its lock is freed the instant it exits)"
                  + (f"; `{see}` shows the holder" if see else ""),
             holder=holder.to_dict() if holder else None,
         )

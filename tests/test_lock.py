@@ -431,6 +431,10 @@ def test_status_asks_the_kernel_and_writes_nothing(tmp_path, other):
     assert st["stale"] is True and st["holder_alive"] is False
     assert f"agentstate force-unlock {o.lock_id} --dir {tmp_path}" in st["next"]
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+    db = tmp_path / "agentstate.db.lock"  # another lock file: the CLI's force-unlock is the store's only
+    other(db).kill()
+    st = Lock(db).status()
+    assert st["stale"] is True and "next writer overwrites" in st["next"] and "force-unlock" not in st["next"]
 
 
 def test_stale_record_is_overwritten_with_a_warning(tmp_path, other, caplog):
