@@ -40,12 +40,15 @@ class OsFiles:
             return None
         try:
             # One read of the whole size: no chunk list to join (a second copy of a large state).
-            data = os.read(fd, max(os.fstat(fd).st_size, 1 << 16))
+            want = max(os.fstat(fd).st_size + 1, 1 << 16)
+            data = os.read(fd, want)
+            if len(data) < want:  # a short read of a regular file is its end: no second read
+                return data
             chunks = [data]
             while data:
                 data = os.read(fd, 1 << 20)
                 chunks.append(data)
-            return chunks[0] if len(chunks) == 2 else b"".join(chunks)
+            return b"".join(chunks)
         finally:
             os.close(fd)
 
@@ -147,6 +150,9 @@ def write_all_at(files: OsFiles, fd: int, data: bytes, offset: int) -> None:
         if n <= 0:
             raise OSError(errno.EIO, "pwrite returned no progress")
         view, offset = view[n:], offset + n
+
+
+SMALL_JOIN = 1 << 16
 
 
 def temp_name(path: str, kind: str = "tmp") -> str:
@@ -335,6 +341,8 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
     mode = 0o600 if mode is None else mode
     tmp: str | None = temp_name(path)
     bak_tmp = temp_name(path, "bak.tmp")
+    if not isinstance(data, (bytes, bytearray, memoryview)) and sum(map(len, data)) <= SMALL_JOIN:
+        data = b"".join(data)  # one write(2) instead of one per part; large ones are not copied
     kept_at = None
     try:
         _write_new(files, tmp, data, mode)  # steps 1-2
