@@ -47,6 +47,8 @@ _DIGIT_RUN = b"0" * 20
 
 
 def _may_hold_big_int(data: bytes) -> bool:
+    if len(data) < 20:
+        return False
     step = 1 << 20
     for start in range(0, len(data), step):
         if _DIGIT_RUN in data[max(0, start - 19) : start + step].translate(_DIGIT_CLASS):
@@ -372,13 +374,18 @@ def header_version(data: bytes) -> int | None:
     return int(m.group(1)) if m else None
 
 
+_V2_AT = b'"format_version":%d,' % FORMAT_VERSION
+_V2_FIELDS = frozenset({"checksum", "format_version", "serial", "lineage", "updated_at", "resources"})
+
+
 def decode_document(data: bytes) -> Decoded:
     """Verify and decode a state file's bytes. CorruptDocument or FormatTooNew on failure.
 
     A newer format is recognised from the header before the checksum is judged."""
     if not data:
         raise CorruptDocument("empty file")
-    claimed = header_version(data)
+    # The usual case, format 2 as written by us, is recognised without the regex.
+    claimed = FORMAT_VERSION if data.startswith(_V2_AT, HEADER_LEN) else header_version(data)
     if claimed is not None and claimed > FORMAT_VERSION:
         if data.startswith(PREFIX) and not _digest_ok(data):
             m = _HEADER_VERSION.match(data, 0, 512)
@@ -404,7 +411,7 @@ def decode_document(data: bytes) -> Decoded:
         _exact_ints(data)
         if type(version) is not int or version != FORMAT_VERSION:  # not 2.0, not a bool
             raise CorruptDocument(f"wrong shape: unknown format_version {version!r}")
-        if set(doc) != {"checksum", "format_version", "serial", "lineage", "updated_at", "resources"}:
+        if doc.keys() != _V2_FIELDS:
             raise CorruptDocument(f"wrong shape: fields {sorted(doc)}")
         updated_at = _want(doc, "updated_at", str)
         resources_bytes = None
