@@ -511,6 +511,9 @@ class Lock:
         if held:
             if record is None:
                 return "a process is taking the lock right now (no record written yet): wait and look again"
+            if alive:
+                return (f"wait for PID {record.pid} on {record.hostname} to finish, or stop it: its lock is freed "
+                        "the instant it exits")
             return f"wait for it to finish, or {self._stop(record)}: its lock is freed the instant it exits"
         if record is None:
             return None
