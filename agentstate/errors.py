@@ -41,7 +41,9 @@ class InvalidInput(AgentStateError, ValueError):
 
 
 class StorageError(AgentStateError, OSError):
-    """An I/O operation on the store failed (ENOSPC, EIO, EACCES, ...). Stored data is as it was."""
+    """An I/O operation on the store failed (ENOSPC, EIO, EACCES, ...). The message says what is known:
+    the stored state is unchanged, or (a failed directory fsync after the rename, ``outcome`` "unknown")
+    the new version may or may not survive a crash."""
 
     code = "io_error"
 
