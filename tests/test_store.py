@@ -677,3 +677,89 @@ def test_bulk_address_check_finds_one_bad_address_among_many(tmp_path, bad, valu
             s.resources.update({f"new.b{i:05d}": value for i in range(3000)})
             s.resources[bad] = 1
     assert files_in(tmp_path / "s") == before
+
+
+# -- SIGINT / SIGTERM inside a transaction (library use; the CLI's are in integration_tests/test_signals.py) ---
+
+
+def test_sigterm_in_the_block_abandons_the_write_and_restores_the_handlers(tmp_path):
+    import signal
+
+    from agentstate import Interrupted
+
+    store = StateStore(tmp_path / "s")
+    with store.transaction() as s:
+        s.resources["a"] = 1
+    before = files_in(tmp_path / "s")
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a plain Python program
+    try:
+        with pytest.raises(Interrupted) as ei:
+            with store.transaction() as s:
+                s.resources["a"] = 2
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # the handler runs at the next bytecode
+                    pass
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored after the transaction
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    e = ei.value
+    assert e.exit_code == 143 and e.outcome == "abandoned" and e.to_dict()["signal"] == signal.SIGTERM
+    assert "interrupted by SIGTERM" in e.message and "unchanged" in e.message and "lock is released" in e.message
+    assert files_in(tmp_path / "s") == before and temps(tmp_path / "s") == []
+    with store.transaction(lock_timeout=0):
+        pass
+
+
+def test_a_signal_during_the_rename_is_held_until_the_directory_fsync(tmp_path):
+    import signal
+
+    from agentstate import Interrupted
+
+    class SignalOnRename(OsFiles):
+        armed = False
+
+        def rename(self, src: str, dst: str) -> None:
+            super().rename(src, dst)
+            if self.armed and dst.endswith("state.json"):
+                os.kill(os.getpid(), signal.SIGINT)
+                self.after = True
+
+        def fsync_dir(self, path: str) -> None:
+            self.fsynced_after_rename = getattr(self, "after", False)
+            super().fsync_dir(path)
+
+    files = SignalOnRename()
+    store = StateStore(tmp_path / "s", files=files)
+    with store.transaction() as s:
+        s.resources["a"] = 1
+    files.after, files.armed = False, True
+    with pytest.raises(Interrupted) as ei:
+        with store.transaction() as s:
+            s.resources["a"] = 2
+    e = ei.value
+    assert e.exit_code == 130 and e.outcome == "committed" and files.fsynced_after_rename
+    assert "after the write completed" in e.message and "serial 2" in e.message
+    assert StateStore(tmp_path / "s").read().resources == {"a": 2} and temps(tmp_path / "s") == []
+    assert s.serial == 2  # the State reports the committed version
+
+
+def test_a_handler_the_program_installed_is_called_and_an_ignored_signal_stays_ignored(tmp_path):
+    import signal
+
+    seen = []
+    old_term = signal.signal(signal.SIGTERM, lambda n, f: seen.append(n))
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        store = StateStore(tmp_path / "s")
+        with store.transaction() as s:
+            s.resources["a"] = 1
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+        assert seen == [signal.SIGTERM]
+        assert store.read().resources == {"a": 1}
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
