@@ -393,6 +393,7 @@ class Lock:
         start = time.monotonic()
         deadline = start + timeout
         check_filesystem(self.path)
+        me = Holder.mine(operation)  # built before any wait: less to do once the lock is handed over
         waited = False
         while True:
             fd = self._open(create=True)
@@ -413,7 +414,7 @@ class Lock:
                 _close(fd)  # closing drops the flock, if we got it
                 raise
             _close(fd)
-        me = Holder.mine(operation)
+        me.acquired_at = _now_iso()
         body = me.to_bytes()
         size = max(-(-(len(body) + 1) // RECORD_BLOCK) * RECORD_BLOCK, st.st_size)
         try:
