@@ -14,7 +14,7 @@ gives the layout.
 Waiting: in the main thread, a blocking ``flock`` interrupted by a one-shot ``ITIMER_REAL``
 (SIGALRM) at the deadline, so a release hands the lock over at once and nothing outlives the
 call; elsewhere (other threads, or a program that uses SIGALRM itself), ``LOCK_NB`` attempts
-with a back-off capped at 2 ms. No helper thread, no descriptor outlives a call.
+with a back-off capped at 1 ms. No helper thread, no descriptor outlives a call.
 
 Where flock does not work (ENOLCK, EOPNOTSUPP, EINVAL, ENOSYS), or on a filesystem whose flock
 is not shared between the hosts that may mount it (``UNSHARED_FLOCK``), the lock refuses with
@@ -53,7 +53,7 @@ __all__ = ["DEFAULT_TIMEOUT", "UNSHARED_FLOCK", "Holder", "Lock", "parse_duratio
 
 DEFAULT_TIMEOUT = 30.0
 RECORD_BLOCK = 512  # the record is padded to a multiple of this (and never shorter than the file)
-POLL_CAP = 0.002  # longest pause between LOCK_NB attempts when the timer cannot be used
+POLL_CAP = 0.001  # longest pause between LOCK_NB attempts when the timer cannot be used
 # Filesystem types (from /proc/self/mountinfo) refused up front: several hosts may mount them, and
 # their flock is local to each client (cifs, 9p, FUSE without lock forwarding, virtiofs and guest
 # shared folders) or depends on mount options and leases that can lapse silently (NFS).
