@@ -231,7 +231,8 @@ def test_a_directory_or_fifo_at_the_lock_path_is_one_clear_error(tmp_path):
     (tmp_path / "d" / "state.json.lock").mkdir()
     os.mkfifo(tmp_path / "fifo")
     for path in (tmp_path / "d" / "state.json.lock", tmp_path / "fifo"):
-        for call in (lambda: Lock(path).acquire(0), lambda: Lock(path).status(), lambda: Lock(path).force_unlock("x")):
+        lk = Lock(path)
+        for call in (lambda: lk.acquire(0), lk.status, lambda: lk.force_unlock("x")):  # noqa: B023 - called now
             with pytest.raises(StorageError) as e:
                 call()
             assert str(path) in e.value.message and e.value.exit_code == 1
@@ -396,7 +397,7 @@ def test_timed_out_waiters_leave_no_thread_and_no_descriptor(tmp_path, other, wh
             with pytest.raises(StateLocked):
                 Lock(path).acquire(0.02)
         after = (threads(), open_fds(), set(lockmod._fds), threading.active_count())
-        box["left"] = [a - b for a, b in zip(after[:3], before[:3])]  # threads, descriptors: new and still there
+        box["left"] = [a - b for a, b in zip(after[:3], before[:3], strict=True)]  # threads, descriptors: new and still there
         box["counts"] = (before[3], after[3])
 
     if where == "main":
