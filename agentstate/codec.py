@@ -374,6 +374,27 @@ def header_version(data: bytes) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _judge_newer(data: bytes, claimed: int) -> None:
+    """The header claims a newer format: FormatTooNew, unless the bytes show damage instead.
+
+    A newer format is a JSON document whose header and top-level ``format_version`` agree; its
+    checksum is not judged (a newer format may hash differently). Damage, not a newer format: the
+    bytes are not such a JSON document, or they have our SHA-256 prefix and verify once the version
+    is put back to 2 (a flipped version digit)."""
+    m = _HEADER_VERSION.match(data, 0, 512)
+    mismatch = data.startswith(PREFIX) and not _digest_ok(data)
+    if mismatch and m and _digest_ok(data[: m.start(1)] + b"%d" % FORMAT_VERSION + data[m.end(1) :]):
+        raise CorruptDocument("checksum mismatch (damaged format_version)")
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise CorruptDocument(f"not valid JSON: {e}") from None
+    version = doc.get("format_version") if isinstance(doc, dict) else None
+    if type(version) is not int or version != claimed:
+        raise CorruptDocument(f"wrong shape: the header says format_version {claimed}, the document {version!r}")
+    _newer(claimed, unverified=mismatch)
+
+
 _V2_AT = b'"format_version":%d,' % FORMAT_VERSION
 _V2_FIELDS = frozenset({"checksum", "format_version", "serial", "lineage", "updated_at", "resources"})
 
@@ -387,13 +408,7 @@ def decode_document(data: bytes) -> Decoded:
     # The usual case, format 2 as written by us, is recognised without the regex.
     claimed = FORMAT_VERSION if data.startswith(_V2_AT, HEADER_LEN) else header_version(data)
     if claimed is not None and claimed > FORMAT_VERSION:
-        if data.startswith(PREFIX) and not _digest_ok(data):
-            m = _HEADER_VERSION.match(data, 0, 512)
-            if m and _digest_ok(data[: m.start(1)] + b"%d" % FORMAT_VERSION + data[m.end(1) :]):
-                # Not a newer format: a format-2 file whose version digit was damaged (a bit flip).
-                raise CorruptDocument("checksum mismatch (damaged format_version)")
-            _newer(claimed, unverified=True)
-        _newer(claimed)
+        _judge_newer(data, claimed)
     if data.startswith(PREFIX):
         if data[_DIGEST_END:HEADER_LEN] != b'",':
             raise CorruptDocument("malformed checksum field")

@@ -265,7 +265,7 @@ NEWER = [
     checksummed(body_of({"format_version": 3, "serial": 1, "lineage": "l", "updated_at": "t", "resources": {}})),
     # a newer format that hashes differently: recognised as newer before the checksum is judged
     checksummed(body_of({"format_version": 3, "serial": 1, "lineage": "l", "updated_at": "t", "resources": {}}))
-    .replace(b"sha256:", b"sha256:f", 1)[:-2] + b"\n",
+    .replace(b"sha256:", b"sha256:f", 1),
     b'{"checksum":"blake3:' + b"ab" * 32 + b'","format_version":3,"serial":1,"lineage":"l","resources":{}}\n',
     b'{"checksum":"sha256:' + b"0" * 64 + b'","format_version":12,"body":"zstd:KLUv/QBYAQA="}\n',
     # a newer format laid out like format 2 but hashed another way: not a damaged format-2 file
@@ -377,3 +377,15 @@ def test_check_address():
         with pytest.raises(InvalidInput, match=why):
             codec.check_address(bad)
     assert codec.check_address("a" * 256)
+
+
+@pytest.mark.parametrize("data", [
+    # the header claims a newer format but the bytes are not a JSON document: damage, not newer
+    b'{"checksum":"sha256:' + b"0" * 64 + b'","format_version":3,"serial#:0,"resources":{}}\n',
+    b'{"format_version":3,"serial":1,"lineage":"l","resources":{}',
+    # header and document disagree
+    b'{"format_version":3,"serial":1,"format_version":2}',
+])
+def test_a_header_claiming_a_newer_format_over_damaged_bytes_is_corrupt(data):
+    with pytest.raises(CorruptDocument):
+        codec.decode_document(data)
