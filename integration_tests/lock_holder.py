@@ -9,7 +9,8 @@ Prints the holder record as one JSON line on stdout once it holds the lock, then
 ``--transaction`` holds it inside ``StateStore(DIR).transaction()`` (incrementing ``counter``).
 ``--fork`` forks once the lock is held; the child calls ``release()`` then exits
 (``--child-exit exit``: sys.exit; ``release``: release() then os._exit; ``sleep``: release()
-and sleeps 60 s, printing ``child PID`` on stdout first). The parent prints ``forked CHILDPID``
+and sleeps 60 s, printing ``child PID`` on stdout first). The parent prints ``forked CHILDPID STATUS``
+(STATUS: the child's exit code, 0 for ``sleep``)
 after the child has released (or started sleeping), then holds as usual.
 """
 
@@ -87,9 +88,10 @@ def fork_child(lk, how: str) -> None:
     os.close(w)
     os.read(r, 1)
     os.close(r)
+    status = 0
     if how != "sleep":
-        os.waitpid(pid, 0)
-    print(f"forked {pid}", flush=True)
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    print(f"forked {pid} {status}", flush=True)
 
 
 if __name__ == "__main__":
