@@ -35,8 +35,9 @@ TESTS = [
      "in three while holding the lock; same check (cases = rounds)"),
     ("strace_faults", "integration_tests/test_strace_faults.py",
      "`strace -e inject=` errors into each write, fsync, open, rename and link of a real save "
-     "(ENOSPC, EIO, EACCES, EROFS, EPERM): one `error:` line, exit 1, files byte-identical, "
-     "no temp files; link EPERM falls back to a copy (cases = injected faults)"),
+     "(ENOSPC, EIO, EACCES, EROFS, EPERM): one `error:` line, exit 1, no temp files; before the "
+     "rename files byte-identical and \"unchanged\", a failed directory fsync fail-stop (\"outcome "
+     "unknown\", no roll-back); link EPERM falls back to a copy (cases = injected faults)"),
     ("syscall_order", "integration_tests/test_syscall_order.py",
      "strace -y trace of a save: temp fsynced before rename, directory fsynced after the last "
      "rename and before success, state.json never opened for writing or renamed away, backup by "
