@@ -20,11 +20,27 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 PG_USER = "agentstate-pg"
+
+_WATCHDOG = """
+import os, shutil, subprocess, sys, time
+pid, base, *stop = sys.argv[1:]
+while os.path.exists(base):
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        pass  # alive, and not ours to signal
+    except ProcessLookupError:
+        subprocess.run(stop, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+        break
+    time.sleep(1)
+"""
 ROLE = "agentstate"
 DATABASE = "agentstate"
 
@@ -44,6 +60,14 @@ def pg_bindir() -> str:
         "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (`apt-get install -y postgresql`, "
         "as .ci/run does) or set PG_BINDIR"
     )
+
+
+def _system_python() -> str:
+    """A Python the server's user may run (the venv may sit in a directory it cannot enter)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return sys.executable
 
 
 def _free_port() -> int:
@@ -129,11 +153,29 @@ class PgServer:
                 "log_min_messages = warning\nlog_min_error_statement = panic\n"
             )
         server.start()
-        import psycopg
+        try:
+            server._watch()
+            import psycopg
 
-        with psycopg.connect(server.admin_url, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {DATABASE}")
+            with psycopg.connect(server.admin_url, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {DATABASE}")
+        except BaseException:
+            server.destroy()
+            raise
         return server
+
+    def _watch(self) -> None:
+        """A watchdog process: if this process dies without destroy() (SIGKILL), it stops the server and
+        removes its directory, so no throwaway server outlives its test run."""
+        kw: dict = {}
+        if self.user is not None:
+            kw = {"user": self.user[0], "group": self.user[1], "extra_groups": []}
+        subprocess.Popen(
+            [_system_python(), "-c", _WATCHDOG, str(os.getpid()), self.base,
+             os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-m", "immediate", "-w", "stop"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, cwd="/", **kw,
+        )
 
     def start(self) -> None:
         for _ in range(3):
