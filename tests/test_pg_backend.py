@@ -433,3 +433,19 @@ def test_reading_never_creates_the_schema(pg_schema_url):
     assert sql(pg_schema_url, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)) == [(0,)]
     sessions.append("s", [{"role": "user", "content": "hi"}])  # the first write creates it
     assert sessions.get("s").item_count == 1
+
+
+def test_a_schema_dropped_while_in_use_is_one_error_then_recreated(pg_schema_url):
+    store = StateStore(pg_schema_url)
+    with store.transaction() as st:
+        st.resources["a"] = 1
+    schema = split_url(pg_schema_url)[1]
+    sql(pg_schema_url, f'DROP SCHEMA "{schema}" CASCADE')
+    with pytest.raises(StorageError) as ei:
+        with store.transaction() as st:
+            st.resources["a"] = 2
+    assert "\n" not in str(ei.value)
+    assert store.read().source == "new"  # the same object sees the empty store...
+    with store.transaction() as st:  # ...and its next write creates the schema again
+        st.resources["b"] = 1
+    assert store.read().resources == {"b": 1}

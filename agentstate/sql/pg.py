@@ -213,6 +213,7 @@ class Database:
             conn.execute("COMMIT")
         except psycopg.Error as e:
             _rollback(cn, conn)
+            cn.after_error(e)
             raise server_error(e, doing="reading", where=cn.where) from None
         except BaseException:
             _rollback(cn, conn)
@@ -336,6 +337,7 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
             log.info("connection to %s was lost since its last use; reconnecting", cn.where)
         except psycopg.Error as e:
             _rollback(cn, conn)
+            cn.after_error(e)
             raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
         except BaseException:
             _rollback(cn, conn)
@@ -357,6 +359,7 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
                 conn.execute("COMMIT")
     except psycopg.Error as e:
         _rollback(cn, conn)
+        cn.after_error(e)
         if isinstance(e, psycopg.errors.LockNotAvailable):  # a row lock held by a program other than agentstate
             raise StateLocked(f"timed out after {timeout:g}s waiting for a row lock of {what}: {_first_line(e)}",
                               hint="a session other than agentstate's holds it; see pg_locks") from None

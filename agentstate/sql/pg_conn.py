@@ -267,9 +267,19 @@ class Connector:
         try:
             yield
         except psycopg.Error as e:
-            if self._conn is not None and (self._conn.broken or self._conn.closed):
-                self.close()
+            self.after_error(e)
             raise server_error(e, doing=doing, where=self.where) from None
+
+    def after_error(self, e: BaseException) -> None:
+        """Drop a broken connection; if the schema or a table vanished (dropped while in use), forget that
+        it was up to date, so that the next connection checks it again (and a write re-creates it)."""
+        from psycopg import errors as pe
+
+        if isinstance(e, (pe.UndefinedTable, pe.InvalidSchemaName)):
+            _migrated.discard((self.conninfo, self.schema))
+            self.close()
+        elif self._conn is not None and (self._conn.broken or self._conn.closed):
+            self.close()
 
     def query(self, doing: str, text: str, params: Any = None) -> list[tuple]:
         """One autocommit read ([] while the schema does not exist); a connection found dead (the server
