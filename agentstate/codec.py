@@ -44,12 +44,15 @@ _DUMPS_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 # parse (a regex costs more than the parse); a false positive only costs an exact re-parse.
 _DIGIT_CLASS = bytes(48 if c in b"-0123456789" else 32 for c in range(256))
 _DIGIT_RUN = b"0" * 20
+_SCAN_CHUNK = 8 << 20  # the translated copy is made in pieces of this size at most
 
 
 def _may_hold_big_int(data: bytes) -> bool:
     if len(data) < 20:
         return False
-    step = 1 << 20
+    if len(data) <= _SCAN_CHUNK:  # one translate of the whole: no slice copy
+        return _DIGIT_RUN in data.translate(_DIGIT_CLASS)
+    step = _SCAN_CHUNK
     for start in range(0, len(data), step):
         if _DIGIT_RUN in data[max(0, start - 19) : start + step].translate(_DIGIT_CLASS):
             return True
