@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import EXIT_CODES, Command, Group, Opts, UsageError, WriteCommand, emit_json, out, printable, run
+from .common import EXIT_CODES, Command, Group, Opts, UsageError, WriteCommand, emit_json, fancy, out, printable, run
 
 app = typer.Typer()
 sessions_app = typer.Typer(
@@ -54,6 +54,41 @@ def _print_items(items: list[Any]) -> None:
     for it in items:
         kind = it.role or str(it.data.get("type") or "item")
         out(printable(f"{it.seq:>6}  {kind:<10} {_summary(it.data)}"))
+
+
+def _rich_show(info: Any, items: list[Any]) -> None:
+    """At a terminal: the session's facts, then its items as a table."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    title = escape(info.title) if info.title is not None else "[dim](untitled)[/]"
+    console.print(f"[bold]{escape(info.id)}[/]  {title}  [dim]{info.item_count} items, "
+                  f"updated {info.updated_at}[/]")
+    if not items:
+        console.print("[dim]no items[/]")
+        return
+    table = Table("seq", "role / type", "content")
+    for it in items:
+        table.add_row(str(it.seq), escape(it.role or str(it.data.get("type") or "item")), escape(_summary(it.data)))
+    console.print(table)
+
+
+def _rich_list(page: Any) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    if page.items:
+        table = Table("id", "items", "updated", "title")
+        for info in page.items:
+            table.add_row(escape(info.id), str(info.item_count), info.updated_at,
+                          escape(info.title) if info.title is not None else "[dim](untitled)[/]")
+        console.print(table)
+    console.print(f"[dim]{len(page.items)} of {page.total} session(s)[/]"
+                  + (f"; next page: --cursor {page.next_cursor}" if page.next_cursor else ""))
 
 
 def _info_line(info: Any) -> str:
@@ -149,6 +184,9 @@ def show(
         if o.json:
             emit_json({"session": info.to_dict(), "items": [i.to_dict() for i in items]})
             return
+        if fancy():
+            _rich_show(info, items)
+            return
         out(_info_line(info))
         _print_items(items)
 
@@ -168,6 +206,9 @@ def list_sessions(
         if o.json:
             emit_json({"sessions": [s.to_dict() for s in page.items], "next_cursor": page.next_cursor,
                        "total": page.total})
+            return
+        if fancy():
+            _rich_list(page)
             return
         for info in page.items:
             out(_info_line(info))
