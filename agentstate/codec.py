@@ -221,7 +221,15 @@ def loads(data: bytes | memoryview) -> Any:
         return orjson.loads(data)
     gc.disable()
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
+        if not gc.get_freeze_count():
+            # Hand the new objects straight to the oldest generation (freeze then unfreeze: two list
+            # splices, no traversal), so the young-generation collections that would follow do not
+            # walk them either; a full collection still sees them. Skipped when the program froze
+            # objects itself (gc.freeze before fork): unfreezing would undo that.
+            gc.freeze()
+            gc.unfreeze()
+        return value
     finally:
         gc.enable()
 
