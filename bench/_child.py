@@ -102,11 +102,49 @@ def worker(store_dir: str) -> dict:
     return None
 
 
+def raw_worker(directory: str) -> None:
+    """The worker loop with no agentstate: a bare flock on a lock file, read the state, and the
+    floor's durable replace of the same bytes. What ten processes can do on this machine at all."""
+    import fcntl
+
+    from .common import raw_commit
+
+    print("ready", flush=True)
+    line = sys.stdin.readline().split()
+    start, end = float(line[1]), float(line[2])
+    while time.monotonic() < start:
+        time.sleep(min(0.001, max(0.0, start - time.monotonic())))
+    txns = []
+    lock = os.path.join(directory, "raw.lock")
+    state = os.path.join(directory, "raw.json")
+    while True:
+        t0 = time.monotonic()
+        if t0 >= end:
+            break
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            t1 = time.monotonic()
+            with open(state, "rb") as f:
+                data = f.read()
+            raw_commit(directory, "raw.json", data)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        txns.append((t0, t1, time.monotonic()))
+    sys.stdout.write(json.dumps({"pid": os.getpid(), "txns": txns}) + "\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "mem":
         out = mem(argv[1], argv[2], argv[3])
     elif argv[0] == "worker":
         worker(argv[1])
+        return
+    elif argv[0] == "rawworker":
+        raw_worker(argv[1])
         return
     else:
         raise SystemExit(f"unknown child command {argv[0]!r}")

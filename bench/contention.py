@@ -12,11 +12,11 @@ from .common import KB, REPO, Config, Row, child_env, median, seed_store
 WORKERS = 10
 
 
-def _session(store_dir: str, workers: int, duration: float) -> dict:
+def _session(store_dir: str, workers: int, duration: float, kind: str = "worker") -> dict:
     """Start ``workers`` processes, wait until all are ready (the barrier), run them for ``duration``."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "bench._child", "worker", store_dir],
+            [sys.executable, "-m", "bench._child", kind, store_dir],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             cwd=REPO, env=child_env(),
         )
@@ -67,11 +67,15 @@ def run(cfg: Config) -> list[Row]:
     store = seed_store(cfg.workdir / "contention", KB)
     duration = 1.5 if cfg.quick else 3.0
     rounds = 1 if cfg.quick else 3
-    alone, many = [], []
+    alone, many, raw_alone, raw_many = [], [], [], []
+    with open(f"{store.path}/raw.json", "wb") as f:
+        f.write(open(store.state_path, "rb").read())
     expected = store.read().resources["counter"]
     for _ in range(rounds):  # interleaved: alone, contended, alone, contended ...
         alone.append(_session(store.path, 1, duration))
         many.append(_session(store.path, WORKERS, duration))
+        raw_alone.append(_session(store.path, 1, duration, "rawworker"))
+        raw_many.append(_session(store.path, WORKERS, duration, "rawworker"))
     expected += sum(s["committed"] for s in alone + many)
     got = store.read().resources["counter"]
     if got != expected:
@@ -88,10 +92,15 @@ def run(cfg: Config) -> list[Row]:
         "per_process_max": max(s["per_process_max"] for s in many),
     }
     alone_latency = median([s["median_latency"] for s in alone])
+    raw_one = median([s["throughput"] for s in raw_alone])
+    raw_ten = median([s["throughput"] for s in raw_many])
     return [
         Row("contention", "contention/throughput", f"commits/s, {WORKERS} processes on one counter", many_tp,
             "commits/s, one writer alone", one_tp, "ops/s", ">= 0.9", extra=ex),
         Row("contention", "contention/worst-wait", f"worst wait to enter a transaction, {WORKERS} processes",
             worst, "median transaction, one writer alone", alone_latency, "s",
             note="no goal; ~(workers-1) transactions is a fair queue", extra=ex),
+        Row("contention", "contention/raw-floor", f"commits/s, {WORKERS} processes: bare flock + durable replace",
+            raw_ten, "commits/s, one such process alone", raw_one, "ops/s",
+            note="what the machine allows: no agentstate", extra={"rounds": rounds, "duration_s": duration}),
     ]

@@ -129,7 +129,7 @@ def markdown(results: dict[str, Any]) -> str:
                          f"commits per process in one round: {ex['per_process_min']} to {ex['per_process_max']}.")
         parts.append("")
     parts.append(_peers_paragraph(rows))
-    parts.append(_missed_section(goals))
+    parts.append(_missed_section(goals, rows))
     parts.append(TAIL)
     return "\n".join(parts)
 
@@ -203,7 +203,7 @@ REASONS = {
 }
 
 
-def _missed_section(goals: list[dict[str, Any]]) -> str:
+def _missed_section(goals: list[dict[str, Any]], goals_all: list[dict[str, Any]] = ()) -> str:
     missed = [r for r in goals if r["met"] is False]
     out = ["## Where goals are missed in this run, and why", ""]
     if not missed:
@@ -211,6 +211,11 @@ def _missed_section(goals: list[dict[str, Any]]) -> str:
     for r in missed:
         reason = next((text for prefix, text in sorted(REASONS.items(), key=lambda kv: -len(kv[0]))
                        if r["name"].startswith(prefix)), "No explanation recorded for this row.")
+        if r["name"] == "contention/throughput":
+            raw = next((x for x in goals_all if x["name"] == "contention/raw-floor"), None)
+            if raw:
+                reason += (f" On this machine the same hand-off with no agentstate at all (a bare flock and the "
+                           f"floor's durable replace, `contention/raw-floor`) reached {raw['ratio']:.2f}x.")
         out.append(f"- **`{r['name']}`** ({r['ratio']:.2f}x, goal {r['goal']}): {reason}")
     out.append("")
     return "\n".join(out)

@@ -15,7 +15,7 @@ EXPECTED = (
     ["floor/transaction/1KB", "floor/lock-only/1KB", "floor/read-only/1KB", "size/first-save"]
     + [f"size/{op}/{s}" for s in QUICK_SIZES for op in ("load", "transaction", "save")]
     + [f"size/mem-{op}{vs}/1MB" for op in ("load", "transaction", "save") for vs in ("", "-vs-raw")]
-    + ["contention/throughput", "contention/worst-wait"]
+    + ["contention/raw-floor", "contention/throughput", "contention/worst-wait"]
     + ["cli/show", "cli/apply", "cli/bare-python"]
     + [f"peers/{p}/{s}" for s in QUICK_SIZES[:3]
        for p in ("sqlite-doc", "sqlite-rows", "tinydb", "json-replace", "raw-floor")]
