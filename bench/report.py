@@ -302,7 +302,10 @@ against raw orjson is the overhead agentstate adds.
 for a fixed wall time, against one process doing the same alone. Every process signals that
 it has started and then blocks on its stdin; the timed window opens when all have started
 and counts commits completed inside it. When its time is up each process reports and then
-idles until all have reported: no interpreter starts or exits inside the window. The worst wait is the longest time from entering
+idles until all have reported: no interpreter starts or exits inside the window.
+`contention/raw-floor` runs the same ten-against-one comparison with no agentstate at all
+(a bare `flock` on a lock file, read the file, the floor's durable replace of the same bytes):
+how far ten processes can go on this machine and disk, for comparison. The worst wait is the longest time from entering
 `with` to the start of the block (lock wait plus load). The final counter is checked against
 the number of commits (no lost updates).
 
