@@ -162,8 +162,9 @@ class PgStateStore(StateStore):
         with signals.guarded():
             try:
                 with pg.locked_transaction(self.connector, operation, pg.LOCK_STATE, timeout, on_wait,
-                                           f"state ({self.schema})") as tx:
-                    snap = self._load(tx.one(q_state.READ_FOR_UPDATE))
+                                           f"state ({self.schema})", first=q_state.READ_FOR_UPDATE) as tx:
+                    rows = tx.first_rows
+                    snap = self._load(rows[0] if rows else None)
                     state = snap.state
                     check_serial(state, expect_serial)
                     if expect_lineage is not None and snap.lineage != expect_lineage:

@@ -104,6 +104,7 @@ class Tx:
         self._doing = doing
         self._texts: dict[int, str] = {}
         self.deferred: list[tuple[str, dict[str, Any]]] = []
+        self.first_rows: list[tuple] | None = None
 
     def defer(self, stmt: Any, **params: Any) -> None:
         """Run ``stmt`` at commit, sent with the COMMIT in one round trip (for a write whose result
@@ -311,11 +312,14 @@ def _rollback(cn: Connector, conn: Any) -> None:
 
 @contextmanager
 def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: float, on_wait: Any,
-                       what: str) -> Iterator[Tx]:
+                       what: str, first: str | None = None) -> Iterator[Tx]:
     """One PostgreSQL transaction holding the ``purpose`` advisory lock: the holder record published
     (autocommit), BEGIN, the lock (all in one round trip when it is free), the block, then the
     statements the block deferred and COMMIT (one round trip). Any exception rolls back (a lost
     connection: the server rolls back); psycopg errors become one AgentStateError.
+
+    ``first``: a read to run as soon as the lock is held (its rows in ``tx.first_rows``); with no
+    ``on_wait`` to tell, it is sent with the lock request, so a state transaction is two round trips.
 
     A connection found dead at the start (the server restarted since its last use) is replaced and
     the start retried once: nothing had been sent yet."""
@@ -328,7 +332,8 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
         with cn.errors(f"starting a write ({operation})"):
             conn = cn.conn()
         try:
-            got = _begin_locked(cn, conn, purpose, timeout, me)
+            got, rows = _begin_locked(cn, conn, purpose, timeout, me, what,
+                                      wait=timeout > 0 and on_wait is None, first=first)
             break
         except psycopg.OperationalError as e:
             _rollback(cn, conn)
@@ -347,6 +352,8 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
         if not got:
             _wait_locked(cn, conn, purpose, timeout, on_wait, what)
         tx = Tx(conn, cn, operation)
+        if first is not None:
+            tx.first_rows = rows if rows is not None else conn.execute(first).fetchall()
         yield tx
         committing = True
         with signals.critical():  # a signal during COMMIT is held: the outcome is then known

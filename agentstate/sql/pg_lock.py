@@ -85,17 +85,34 @@ def _me(operation: str, key: int, purpose: int) -> dict[str, Any]:
             "operation": operation, "version": __version__, "_lock": key}
 
 
-def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: dict[str, Any]) -> bool:
+def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: dict[str, Any], what: str,
+                  wait: bool, first: str | None) -> tuple[bool, list[tuple] | None]:
     """One round trip: publish the holder record (its own autocommit statement), BEGIN, set
-    lock_timeout, try the advisory lock. True if it was taken."""
-    with conn.pipeline() as p:
-        conn.execute(_PUBLISH, me)
-        p.sync()  # the record commits on its own, visible to waiters at once
-        conn.execute("BEGIN")
-        if timeout > 0:
-            conn.execute("SELECT set_config('lock_timeout', %s, true)", (_timeout_ms(timeout),))
-        cur = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (cn.key, purpose))
-        return bool(cur.fetchone()[0])
+    lock_timeout, then take the advisory lock. ``wait``: wait for it (up to ``timeout``; StateLocked
+    naming the holder after that) and run ``first`` right after it in the same round trip, as its own
+    statement (so with a snapshot taken once the lock is held). Else only try it: (taken?, None).
+    Returns (taken, rows of ``first`` or None)."""
+    from psycopg import errors as pe
+
+    try:
+        with conn.pipeline() as p:
+            conn.execute(_PUBLISH, me)
+            p.sync()  # the record commits on its own, visible to waiters at once
+            conn.execute("BEGIN")
+            if timeout > 0:
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (_timeout_ms(timeout),))
+            if wait:
+                cur = conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (cn.key, purpose))
+                after = conn.execute(first) if first else None
+            else:
+                cur = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (cn.key, purpose))
+                after = None
+    except pe.LockNotAvailable:
+        conn.execute("ROLLBACK")
+        raise locked_error(what, timeout, read_holder(conn, cn.key, purpose)) from None
+    if wait:
+        return True, after.fetchall() if after is not None else None
+    return bool(cur.fetchone()[0]), None
 
 
 def _wait_locked(cn: Connector, conn: Any, purpose: int, timeout: float, on_wait: Any, what: str) -> None:
