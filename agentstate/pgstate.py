@@ -162,7 +162,7 @@ class PgStateStore(StateStore):
         with signals.guarded():
             try:
                 with pg.locked_transaction(self.connector, operation, pg.LOCK_STATE, timeout, on_wait,
-                                           f"state ({self.schema})", first=q_state.READ_FOR_UPDATE) as tx:
+                                           f"state ({self.schema})", first=q_state.READ) as tx:
                     rows = tx.first_rows
                     snap = self._load(rows[0] if rows else None)
                     state = snap.state

@@ -3,15 +3,14 @@ state document is a file (agentstate/store.py). Tables in schema.py (version 1, 
 
 ``state_documents`` has one row, ``name = 'state'``, created by the migration: ``data`` holds the
 document's bytes exactly as state.json would (the checksummed codec), ``previous`` the version before
-it, as state.json.bak would. A writer holds the state advisory lock (agentstate/sql/pg.py) and also
-locks the row, so a program that edits the row without agentstate still serializes with writers.
+it, as state.json.bak would. Writers serialize on the state advisory lock (agentstate/sql/pg_lock.py);
+the read runs as its own statement once the lock is held, so it sees the last committed version. (No
+row lock: it would cost a WAL flush even for a transaction that changes nothing.)
 """
 
 from __future__ import annotations
 
 READ = "SELECT data, previous FROM state_documents WHERE name = 'state'"
-
-READ_FOR_UPDATE = READ + " FOR UPDATE"
 
 # keep_previous: when saving a recovery from ``previous`` (data was damaged), previous stays the good
 # version it is, as state.json.bak does on disk; otherwise the current version becomes the previous one.
