@@ -210,7 +210,7 @@ def _missed_section(goals: list[dict[str, Any]], goals_all: list[dict[str, Any]]
         out.append("Every goal was met in this run.")
     for r in missed:
         reason = next((text for prefix, text in sorted(REASONS.items(), key=lambda kv: -len(kv[0]))
-                       if r["name"].startswith(prefix)), "No explanation recorded for this row.")
+                       if r["name"].startswith(prefix)), "see this benchmark's table and notes above.")
         if r["name"] == "contention/throughput":
             raw = next((x for x in goals_all if x["name"] == "contention/raw-floor"), None)
             if raw:
