@@ -152,4 +152,5 @@ def test_readme_sharing_section_runs_against_a_server(tmp_path: Path, pg_schema_
     assert r.returncode == 0, r.stdout + r.stderr
     assert '"serial":2' in r.stdout and '"run.current":{"id":43' in r.stdout
     assert "free" in r.stdout
+    assert '"content":"deploy the agents"' in r.stdout
     assert not (tmp_path / ".agentstate").exists()  # all of it went to the server
