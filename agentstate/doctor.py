@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OK, BAD, UNRECOVERABLE = 0, 1, 4
+REPAIRABLE = frozenset({"state", "backup", "temp files"})  # what --repair can fix
+DATABASE = ("database", "session", "responses")  # prefixes of the agentstate.db checks
 
 
 @dataclass
@@ -60,8 +62,11 @@ class Report:
         if self.unrecoverable:
             lines.append("no valid version is left: restore state.json from a copy, or move the files aside "
                          "to start anew")
-        elif not self.repaired:
+        elif not self.repaired and any(f["check"] in REPAIRABLE for f in self.bad):
             lines.append("run `agentstate doctor --repair` to restore from the backup and clean up")
+        if any(f["check"].startswith(DATABASE) for f in self.bad):
+            lines.append("the database findings are not repaired automatically: keep a copy of agentstate.db, "
+                         "then export what still reads (`agentstate sessions export`) or restore it from a copy")
         return lines
 
     def to_dict(self) -> dict[str, Any]:
