@@ -101,6 +101,8 @@ def server_error(e: BaseException, *, doing: str, where: str, committing: bool =
     if isinstance(e, psycopg.OperationalError) or sqlstate.startswith(("08", "57P")):
         if "FATAL:" in msg:  # the server's own words, without libpq's "connection to server at ... failed"
             msg = msg.split("FATAL:", 1)[1].strip()
+        elif doing == "connecting" and "failed: " in msg:  # libpq's "connection to server at ... failed: why"
+            msg = msg.rsplit("failed: ", 1)[1].strip() or msg
         low = msg.lower()
         if (sqlstate in ("28P01", "28000") or "authentication failed" in low or "password" in low
                 or "not permitted to log in" in low or "pg_hba.conf" in low
