@@ -45,7 +45,11 @@ def check_schema(name: Any) -> str:
 
 def split_url(url: str) -> tuple[str, str]:
     """(the URL to connect with, the schema name): ``?schema=`` is ours, not libpq's."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)  # ports are libpq's to check (it also takes host1:port1,host2:port2)
+    except ValueError as e:
+        raise InvalidInput(f"the PostgreSQL URL is not valid: {e}",
+                           hint="write it as postgresql://user[:password]@host[:port]/database[?schema=NAME]") from None
     query = parse_qsl(parts.query, keep_blank_values=True)
     schemas = [v for k, v in query if k == "schema"]
     rest = [(k, v) for k, v in query if k != "schema"]
@@ -375,8 +379,11 @@ def migrate(conn: Any, schema: str, where: str) -> list[int]:
 
 def redact(url: str) -> str:
     """The URL without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://<unreadable URL>"
+    if "@" not in parts.netloc or ":" not in parts.netloc.rsplit("@", 1)[0]:
         return url
     netloc = parts.netloc.rsplit("@", 1)
     user = netloc[0].split(":", 1)[0]
