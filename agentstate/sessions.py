@@ -402,10 +402,10 @@ class SessionStore:
         after = 0 if after is None else _check_seq(after, "after")
         limit = _ALL if limit is None else _check_seq(limit, "limit")
         with self.db.read() as tx:
-            self._row(tx, sid)
-            if limit == 0:
-                return []
-            return self._items(tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=after, limit=limit))
+            rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=after, limit=limit) if limit else []
+            if not rows:  # no items: is there a session at all? (one query less in the common case)
+                self._row(tx, sid)
+            return self._items(rows)
 
     def context(self, session_id: str, limit: int = 20) -> list[Item]:
         """The last ``limit`` items, oldest first (what a model's context window gets)."""
@@ -414,10 +414,9 @@ class SessionStore:
         sid = check_name(session_id, "session id")
         _check_seq(limit, "limit")
         with self.db.read() as tx:
-            self._row(tx, sid)
-            if limit == 0:
-                return []
-            rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=limit)
+            rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=limit) if limit else []
+            if not rows:  # no items: is there a session at all? (one query less in the common case)
+                self._row(tx, sid)
         rows.reverse()
         return self._items(rows)
 
