@@ -140,12 +140,23 @@ def encode_item(value: Any, max_bytes: int = MAX_ITEM_BYTES, where: str = "item"
 
 
 def _title_from(items: list[dict[str, Any]]) -> str | None:
+    """The first user message's text cut at TITLE_CHARS (NUL characters dropped: no backend stores them)."""
     for item in items:
         if item.get("role") == "user":
             text = _text_of(item.get("content"))
+            if text and "\x00" in text:
+                text = text.replace("\x00", "")
             if text and text.strip():
                 return text[:TITLE_CHARS]
     return None
+
+
+def _check_title(title: Any) -> str | None:
+    if title is not None and not isinstance(title, str):
+        raise InvalidInput(f"title must be a string (got {type(title).__name__})")
+    if title is not None and "\x00" in title:
+        raise InvalidInput("title must not contain NUL characters")
+    return title
 
 
 def _check_seq(value: Any, what: str) -> int:
@@ -249,8 +260,7 @@ class SessionStore:
         from .sql import q_sessions as q
 
         sid = str(uuid.uuid4()) if session_id is None else check_name(session_id, "session id")
-        if title is not None and not isinstance(title, str):
-            raise InvalidInput(f"title must be a string (got {type(title).__name__})")
+        _check_title(title)
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidInput(f"metadata must be a JSON object (got {type(metadata).__name__})")
         meta = None if metadata is None else encode_value(metadata).decode()
@@ -274,9 +284,9 @@ class SessionStore:
         if expect_seq is not None:
             _check_seq(expect_seq, "expect_seq")
         if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 256
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 256 or "\x00" in idempotency_key
         ):
-            raise InvalidInput("idempotency_key must be a string of 1 to 256 characters")
+            raise InvalidInput("idempotency_key must be a string of 1 to 256 characters (no NUL)")
         now = _utcnow()
         records = [(str(uuid.uuid4()), now, data.decode()) for data in encoded]
         return self._append(sid, records, datas, expect_seq=expect_seq, key=idempotency_key, create=create,
@@ -491,7 +501,7 @@ class SessionStore:
                 if not (isinstance(value, dict) and isinstance(value.get("data"), dict)):
                     raise InvalidInput(f"line {n}: not an exported item (an object with \"data\")")
                 data, iid, created = value["data"], value.get("id"), value.get("created_at")
-                if not isinstance(iid, str) or not iid:
+                if not isinstance(iid, str) or not 0 < len(iid) <= 256 or "\x00" in iid:
                     iid = str(uuid.uuid4())
                 if not isinstance(created, str) or not _is_timestamp(created):
                     created = now
@@ -505,8 +515,10 @@ class SessionStore:
         sid = check_name(sid, "session id")
         title = (header or {}).get("title")
         meta = (header or {}).get("metadata")
-        if title is not None and not isinstance(title, str):
-            raise InvalidInput("the header's title is not a string")
+        try:
+            _check_title(title)
+        except InvalidInput as e:
+            raise InvalidInput(f"the header's {e.message}") from None
         if meta is not None and not isinstance(meta, dict):
             raise InvalidInput("the header's metadata is not an object")
         created_at = (header or {}).get("created_at")

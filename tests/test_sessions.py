@@ -510,3 +510,18 @@ def test_prune_with_an_enormous_age_prunes_nothing(store: SessionStore) -> None:
     store.append("s", [U])
     assert store.prune(10**12) == []
     assert store.list().total == 1
+
+
+def test_nul_characters(store: SessionStore) -> None:
+    """Found by the model test: a NUL in a user message went into the title, which PostgreSQL's TEXT
+    cannot hold. Items keep it (JSON escapes it); the derived title drops it; a given title refuses it."""
+    store.append("s", [{"role": "user", "content": "a\x00b"}])
+    assert store.items("s")[0].data == {"role": "user", "content": "a\x00b"}
+    assert store.get("s").title == "ab"
+    store.append("t", [{"role": "user", "content": "\x00"}, {"role": "user", "content": "next"}])
+    assert store.get("t").title == "next"
+    with pytest.raises(InvalidInput):
+        store.create("u", title="x\x00")
+    with pytest.raises(InvalidInput):
+        store.append("s", [U], idempotency_key="k\x00")
+    assert store.get("s").item_count == 1
