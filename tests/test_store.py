@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backend_view import fingerprint, is_pg, stored
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentstate import ConflictError, StateCorrupted, StateStore, StorageError, codec, fileio
 from agentstate.fileio import OsFiles
-from backend_view import fingerprint, is_pg, stored
 
 SLOW = os.environ.get("AGENTSTATE_SLOW") == "1"
 TEMP_PREFIXES = fileio.temp_prefixes("state.json")
