@@ -147,6 +147,7 @@ def test_server_stopped_and_started_mid_run(pg_server, pg_schema_url):
     finally:
         writer.kill()
         writer.wait()
+    lines += [x.strip() for x in writer.stdout.read().splitlines()]  # what it acknowledged before the kill
     errors = [x for x in lines if x.startswith("err")]
     assert errors
     for e in errors:

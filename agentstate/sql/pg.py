@@ -61,7 +61,7 @@ from .pg_lock import (  # noqa: F401
     LOCK_NAMES,
     LOCK_STATE,
     _begin_locked,
-    _me,
+    _record_for,
     _wait_locked,
     describe_holder,
     force_unlock,
@@ -327,11 +327,11 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
 
     from .. import signals
 
-    me = _me(operation, cn.key, purpose)
     for attempt in (1, 2):
         with cn.errors(f"starting a write ({operation})"):
             conn = cn.conn()
         try:
+            me = _record_for(cn, conn, purpose, operation)
             got, rows = _begin_locked(cn, conn, purpose, timeout, me, what,
                                       wait=timeout > 0 and on_wait is None, first=first)
             break

@@ -32,7 +32,7 @@ _PUBLISH = (
 
 # The backend holding an advisory lock (granted, in this database) and what it published.
 _HOLDER = (
-    "SELECT l.pid, h.lock_id, h.host, h.pid, h.operation, h.version, coalesce(h.since, a.xact_start),"
+    "SELECT l.pid, h.lock_id, h.host, h.pid, h.operation, h.version, coalesce(a.xact_start, h.since),"
     " a.application_name, host(a.client_addr), a.usename"
     " FROM pg_locks l"
     " LEFT JOIN lock_holders h ON h.backend_pid = l.pid AND h.lock_key = %(purpose)s"
@@ -85,9 +85,29 @@ def _me(operation: str, key: int, purpose: int) -> dict[str, Any]:
             "operation": operation, "version": __version__, "_lock": key}
 
 
-def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: dict[str, Any], what: str,
+def _record_for(cn: Connector, conn: Any, purpose: int, operation: str) -> dict[str, Any] | None:
+    """The holder record to publish before this transaction, or None if this connection already
+    published the same one. A record names a session (its lock ID is the connection's), so it is
+    written once per connection and operation; "since" is read from the holder's xact_start."""
+    local = cn._local
+    if getattr(local, "record_conn", None) is not conn:
+        local.record_conn, local.record, local.published = conn, None, None
+    if local.record is None:
+        local.record = _me(operation, cn.key, purpose)
+    if local.published == (purpose, operation):
+        return None
+    local.record = {**local.record, "purpose": purpose, "operation": operation}
+    return local.record
+
+
+def _published(cn: Connector, record: dict[str, Any] | None) -> None:
+    if record is not None:
+        cn._local.published = (record["purpose"], record["operation"])
+
+
+def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: dict[str, Any] | None, what: str,
                   wait: bool, first: str | None) -> tuple[bool, list[tuple] | None]:
-    """One round trip: publish the holder record (its own autocommit statement), BEGIN, set
+    """One round trip: publish the holder record ``me`` if any (its own autocommit statement), BEGIN, set
     lock_timeout, then take the advisory lock. ``wait``: wait for it (up to ``timeout``; StateLocked
     naming the holder after that) and run ``first`` right after it in the same round trip, as its own
     statement (so with a snapshot taken once the lock is held). Else only try it: (taken?, None).
@@ -96,8 +116,9 @@ def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: di
 
     try:
         with conn.pipeline() as p:
-            conn.execute(_PUBLISH, me)
-            p.sync()  # the record commits on its own, visible to waiters at once
+            if me is not None:
+                conn.execute(_PUBLISH, me)
+                p.sync()  # the record commits on its own, visible to waiters at once
             conn.execute("BEGIN")
             if timeout > 0:
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (_timeout_ms(timeout),))
@@ -108,8 +129,10 @@ def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: di
                 cur = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (cn.key, purpose))
                 after = None
     except pe.LockNotAvailable:
+        _published(cn, me)
         conn.execute("ROLLBACK")
         raise locked_error(what, timeout, read_holder(conn, cn.key, purpose)) from None
+    _published(cn, me)
     if wait:
         return True, after.fetchall() if after is not None else None
     return bool(cur.fetchone()[0]), None
