@@ -92,37 +92,84 @@ def pg_text(stmt: Any) -> str:
     return _COLON_PARAM.sub(r"%(\1)s", shared.replace("%", "%%"))
 
 
+# A write whose result is always empty (DML without RETURNING) can wait and travel with the next
+# statement (or the COMMIT) in one round trip: its result cannot change what the caller sees.
+_NO_RESULT = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b", re.I)
+_RETURNING = re.compile(r"\bRETURNING\b", re.I)
+
+
 class Tx:
     """A transaction's statements: run() -> rows, one() -> a row or None, value() -> a value or None,
-    execute() -> affected rows, many() -> executemany."""
+    execute() -> affected rows, many() -> executemany.
+
+    In a write transaction, statements that return nothing (INSERT/UPDATE/DELETE without RETURNING,
+    run through run/one/value/many) are queued and sent in one pipeline with the next statement that
+    returns something, or with the COMMIT: the same statements in the same order, fewer round trips.
+    Their errors surface there (and roll the whole transaction back, as any error does)."""
 
     dialect = "postgres"
 
-    def __init__(self, conn: Any, connector: Connector, doing: str) -> None:
+    def __init__(self, conn: Any, connector: Connector, doing: str, *, queue: bool = False) -> None:
         self._conn = conn
         self._connector = connector
         self._doing = doing
-        self._texts: dict[int, str] = {}
-        self.deferred: list[tuple[str, dict[str, Any]]] = []
+        self._queue = queue
+        self._texts: dict[int, tuple[str, bool]] = {}
+        self.deferred: list[tuple[str, Any, bool]] = []  # (text, params or rows, many)
         self.first_rows: list[tuple] | None = None
 
-    def defer(self, stmt: Any, **params: Any) -> None:
-        """Run ``stmt`` at commit, sent with the COMMIT in one round trip (for a write whose result
-        nobody needs)."""
-        self.deferred.append((pg_text(stmt), params))
+    def _text(self, stmt: Any) -> tuple[str, bool]:
+        got = self._texts.get(id(stmt))
+        if got is None:
+            text = pg_text(stmt)
+            quiet = bool(_NO_RESULT.match(text)) and not _RETURNING.search(text)
+            got = self._texts[id(stmt)] = (text, quiet)
+        return got
 
-    def _execute(self, stmt: Any, params: dict[str, Any]) -> Any:
-        text = self._texts.get(id(stmt))
-        if text is None:
-            text = self._texts[id(stmt)] = pg_text(stmt)
-        return self._conn.execute(text, params or None)
+    def defer(self, stmt: Any, **params: Any) -> None:
+        """Run ``stmt`` at commit (or with the next statement), in the same round trip."""
+        self.deferred.append((self._text(stmt)[0], params, False))
+
+    def _send_queued(self) -> None:
+        for text, params, many in self.deferred:
+            if many:
+                with self._conn.cursor() as cur:
+                    cur.executemany(text, params)
+            else:
+                self._conn.execute(text, params or None)
+        self.deferred.clear()
+
+    def _execute(self, text: str, params: dict[str, Any]) -> Any:
+        if not self.deferred:
+            return self._conn.execute(text, params or None)
+        with self._conn.pipeline():
+            self._send_queued()
+            cur = self._conn.execute(text, params or None)
+        return cur
+
+    def commit(self) -> None:
+        """Send what is queued and COMMIT, in one round trip."""
+        if not self.deferred:
+            self._conn.execute("COMMIT")
+            return
+        with self._conn.pipeline():
+            self._send_queued()
+            self._conn.execute("COMMIT")
 
     def run(self, stmt: Any, **params: Any) -> list[tuple]:
-        cur = self._execute(stmt, params)
+        text, quiet = self._text(stmt)
+        if quiet and self._queue:
+            self.deferred.append((text, params, False))
+            return []
+        cur = self._execute(text, params)
         return cur.fetchall() if cur.description is not None else []
 
     def one(self, stmt: Any, **params: Any) -> tuple | None:
-        cur = self._execute(stmt, params)
+        text, quiet = self._text(stmt)
+        if quiet and self._queue:
+            self.deferred.append((text, params, False))
+            return None
+        cur = self._execute(text, params)
         return cur.fetchone() if cur.description is not None else None
 
     def value(self, stmt: Any, **params: Any) -> Any:
@@ -130,16 +177,21 @@ class Tx:
         return None if row is None else row[0]
 
     def execute(self, stmt: Any, **params: Any) -> int:
-        return self._execute(stmt, params).rowcount
+        return self._execute(self._text(stmt)[0], params).rowcount
 
     def many(self, stmt: Any, rows: Any) -> None:
-        text = self._texts.get(id(stmt))
-        if text is None:
-            text = self._texts[id(stmt)] = pg_text(stmt)
+        text, quiet = self._text(stmt)
         rows = list(rows)
-        if rows:
-            with self._conn.cursor() as cur:
-                cur.executemany(text, rows)
+        if not rows:
+            return
+        if quiet and self._queue:
+            self.deferred.append((text, rows, True))
+            return
+        if self.deferred:
+            with self._conn.pipeline():
+                self._send_queued()
+        with self._conn.cursor() as cur:
+            cur.executemany(text, rows)
 
 
 class _EmptyTx:
@@ -351,19 +403,13 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
     try:
         if not got:
             _wait_locked(cn, conn, purpose, timeout, on_wait, what)
-        tx = Tx(conn, cn, operation)
+        tx = Tx(conn, cn, operation, queue=True)
         if first is not None:
             tx.first_rows = rows if rows is not None else conn.execute(first).fetchall()
         yield tx
         committing = True
         with signals.critical():  # a signal during COMMIT is held: the outcome is then known
-            if tx.deferred:
-                with conn.pipeline():
-                    for text, params in tx.deferred:
-                        conn.execute(text, params)
-                    conn.execute("COMMIT")
-            else:
-                conn.execute("COMMIT")
+            tx.commit()
     except psycopg.Error as e:
         _rollback(cn, conn)
         cn.after_error(e)
