@@ -333,9 +333,9 @@ lock) is timed alongside as `raw-floor`. No peer keeps a backup, verifies a chec
 fsync on, the server's defaults; or `AGENTSTATE_BENCH_PG_URL`), over TCP on 127.0.0.1. The
 server's floor is what any durable write to it costs: one autocommit `UPDATE` of a 1 KB
 `bytea` row (for the state transaction) or one autocommit `INSERT` of a short text row (for
-the session append), on one open connection. A state transaction is three round trips (publish
-the holder record + `BEGIN` + try the advisory lock; read the row `FOR UPDATE`; write + `COMMIT`)
-where the floor is one; a session append is five (lock, read the session, insert the items,
-update the session, commit). Both are also shown against the same call on a local store
-directory. Contention is the contention benchmark above with a `postgresql://` URL.
+the session append), on one open connection. A state transaction is two round trips where the
+floor is one (`BEGIN` + the advisory lock + the read of the row; then the write + `COMMIT`), a
+session append three (the lock; the session's row; the items, the session's update and `COMMIT`).
+Both are also shown against the same call on a local store directory. Contention is the
+contention benchmark above with a `postgresql://` URL.
 """
