@@ -77,8 +77,8 @@ if TYPE_CHECKING:
         StorageError,
     )
     from .page import Page
-    from .responses import ResponseInfo, ResponseStore
     from .planner import Plan, apply, plan, remove
+    from .responses import ResponseInfo, ResponseStore
     from .sessions import Item, SessionInfo, SessionStore
     from .store import State, StateStore
 

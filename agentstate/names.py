@@ -27,3 +27,11 @@ def check_name(value: Any, what: str = "name") -> str:
 
 def check_tenant(value: Any) -> str:
     return check_name(DEFAULT_TENANT if value is None else value, "tenant")
+
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(target: Any) -> bool:
+    """Whether a store location is a PostgreSQL URL (anything else is a directory)."""
+    return isinstance(target, str) and target[:13].lower().startswith(URL_SCHEMES)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import InvalidInput
 
@@ -68,6 +69,6 @@ def decode_cursor(kind: str, cursor: Any, types: tuple[type, ...]) -> list[Any]:
     if type(value) is not list or len(value) != len(types) + 1 or value[0] != kind:
         raise bad
     position = value[1:]
-    if any(type(v) is not t for v, t in zip(position, types)):
+    if any(type(v) is not t for v, t in zip(position, types, strict=True)):
         raise bad
     return position

@@ -18,6 +18,7 @@ from . import codec, fileio, signals
 from .duration import parse_duration
 from .errors import ConflictError, StateCorrupted, StorageError
 from .fileio import OsFiles
+from .names import is_url
 
 log = logging.getLogger("agentstate.store")
 
@@ -133,7 +134,7 @@ class StateStore:
     A ``postgresql://`` (or ``postgres://``) URL gives the PostgreSQL store (agentstate/pgstate.py)."""
 
     def __new__(cls, path: Any = None, *args: Any, **kwargs: Any) -> StateStore:
-        if cls is StateStore and isinstance(path, str) and path.lower().startswith(("postgresql://", "postgres://")):
+        if cls is StateStore and is_url(path):
             from .pgstate import PgStateStore
 
             return super().__new__(PgStateStore)

@@ -21,8 +21,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from agentstate_integration import AGENTSTATE_CLI, main_thread, occurrence, parse_strace, run_strace, \
-    write_report_record
+from agentstate_integration import (
+    AGENTSTATE_CLI,
+    main_thread,
+    occurrence,
+    parse_strace,
+    run_strace,
+    write_report_record,
+)
 
 from agentstate import ResponseStore
 from agentstate.responses_check import check_responses

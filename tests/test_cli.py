@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 
 import pytest
+from backend_view import fingerprint, is_pg
 from typer.testing import CliRunner
 
 import agentstate
 from agentstate.cli import app
-from backend_view import fingerprint, is_pg
 
 runner = CliRunner()
 
@@ -703,7 +703,7 @@ def test_bad_tenant_setting_is_exit_2(store: Path) -> None:
 
     opts = Opts({"g_tenant": "../etc"})
     with pytest.raises(UsageError, match="--tenant"):
-        opts.tenant
+        _ = opts.tenant
     assert Opts({}).tenant == "default"
     before = snapshot(store)
     line = assert_one_error_line(run(["sessions", "list", "--tenant", "../etc", "--dir", str(store)]), 2)

@@ -11,6 +11,8 @@ import uuid
 
 import psycopg
 import pytest
+from backend_view import put, stored
+from pgserver import schema_url
 
 from agentstate import (
     ConflictError,
@@ -26,8 +28,6 @@ from agentstate import (
 )
 from agentstate.pgstate import PgStateStore
 from agentstate.sql.pg import redact, split_url
-from backend_view import put, stored
-from pgserver import schema_url
 
 CLI = [sys.executable, "-m", "agentstate"]
 

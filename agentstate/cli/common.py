@@ -37,6 +37,8 @@ except ImportError:  # pragma: no cover - older typer is built on click itself
     import click  # type: ignore[no-redef]
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from ..names import is_url
+
 EXIT_CODES = (
     "Exit codes: 0 success; 1 error (bad input, I/O failure); 2 usage error (a bad option, argument or "
     "environment variable); 3 lock not acquired within the timeout (or held by a live process); "
@@ -334,6 +336,9 @@ class Opts:
             raise UsageError("--dir must not be empty (leave it out for ./.agentstate)")
         if url_opt is not None and not url_opt:
             raise UsageError("--url must not be empty")
+        if url_opt is not None and dir_opt is None and not is_url(url_opt):
+            raise UsageError(f"--url takes a postgresql:// or postgres:// URL, not {_redacted(url_opt)!r} "
+                             "(a directory goes to --dir)")
         if dir_opt is not None and url_opt is not None:
             raise UsageError("--dir and --url cannot be used together: a store is a directory or a URL")
         if dir_opt is not None:
@@ -345,6 +350,9 @@ class Opts:
             if env_dir and env_url:
                 raise UsageError("AGENTSTATE_DIR and AGENTSTATE_URL are both set: unset one "
                                  "(or pass --dir or --url to choose)")
+            if env_url and not is_url(env_url):
+                raise UsageError(f"AGENTSTATE_URL takes a postgresql:// or postgres:// URL, not {_redacted(env_url)!r} "
+                                 "(a directory goes to AGENTSTATE_DIR)")
             self.dir, self.url = env_dir, env_url
 
     @property

@@ -23,9 +23,9 @@ def _lock_root(ctx: typer.Context) -> None:
 def _describe(record: dict[str, Any] | None) -> str:
     if not record:
         return "an unknown holder"
-    from ..lock import Holder
-
     import orjson
+
+    from ..lock import Holder
 
     h = Holder.parse(orjson.dumps(record))
     return h.describe() if h else "an unknown holder"

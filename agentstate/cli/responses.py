@@ -12,8 +12,19 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import EXIT_CODES, Command, Group, Opts, UsageError, WriteCommand, dumps_pretty, emit_json, out, \
-    printable, run
+from .common import (
+    EXIT_CODES,
+    Command,
+    Group,
+    Opts,
+    UsageError,
+    WriteCommand,
+    dumps_pretty,
+    emit_json,
+    out,
+    printable,
+    run,
+)
 
 app = typer.Typer()
 responses_app = typer.Typer(

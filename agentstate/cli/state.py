@@ -7,8 +7,21 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import EXIT_CODES, Command, Opts, UsageError, WriteCommand, compact, dumps_pretty, emit_json, fancy, \
-    on_wait, out, printable, run
+from .common import (
+    EXIT_CODES,
+    Command,
+    Opts,
+    UsageError,
+    WriteCommand,
+    compact,
+    dumps_pretty,
+    emit_json,
+    fancy,
+    on_wait,
+    out,
+    printable,
+    run,
+)
 
 app = typer.Typer()
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
+from ..names import is_url  # noqa: F401 - re-exported: where a store lives
 
 if TYPE_CHECKING:
     from .engine import Database
@@ -59,8 +60,6 @@ class Stmt:
         return self.sqlite if dialect == "sqlite" else self.postgres
 
 
-def is_url(target: Any) -> bool:
-    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
 
 
 def open_database(target: str | os.PathLike[str] | None = None, *, lock_timeout: float | str | None = None) -> Database:

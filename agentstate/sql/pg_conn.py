@@ -17,10 +17,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._version import __version__
 from ..errors import AgentStateError, FormatTooNew, InvalidInput, StorageError
+from ..names import URL_SCHEMES as SCHEMES  # noqa: F401 - re-exported for pg.py
+from ..names import is_url  # noqa: F401 - re-exported for pg.py
 
 log = logging.getLogger("agentstate.pg")
 
-SCHEMES = ("postgresql://", "postgres://")
 SCHEMA_ENV = "AGENTSTATE_PG_SCHEMA"
 DEFAULT_SCHEMA = "agentstate"
 EXTRA_HINT = "install the PostgreSQL driver: pip install 'agentstate[postgres]'"
@@ -30,8 +31,6 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 LOCK_MIGRATE = 3
 
 
-def is_url(target: Any) -> bool:
-    return isinstance(target, str) and target.lower().startswith(SCHEMES)
 
 
 def check_schema(name: Any) -> str:
