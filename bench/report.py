@@ -162,10 +162,12 @@ The same durable read-modify-write of one resource in a {label} document (median
 | the floor: raw durable replace (no lock, no backup, no checksum) | {fmt_value(floor["value"], "s")} | {floor_x:.2f}x |
 | agentstate | {fmt_value(ours, "s")} | {ours_x:.2f}x |
 
-So agentstate takes {ours_x:.1f}x SQLite's time here, of which the floor alone accounts for
-{floor_x:.1f}x. The difference is the protocol, not Python: a SQLite WAL commit appends to one
-already-open file and fsyncs it once, with no directory change. agentstate's protocol
-(docs/format.md, section 3) is the design card's: the new version goes to a temp file that is
+So agentstate takes {ours_x:.1f}x SQLite's time here. The floor alone, a bare durable replace
+with no Python library in the way, is already {floor_x:.1f}x: that part is the protocol. A SQLite
+WAL commit appends to one already-open file and fsyncs it once, with no directory change; the
+rest, agentstate over the floor, is the lock, the load and verify, and the backup's link and
+rename (the `floor/*` rows break it down). agentstate's protocol (docs/format.md, section 3) is
+the design card's: the new version goes to a temp file that is
 fsynced, the old one is kept as the backup (a link and a rename), the temp file is renamed over
 `state.json`, and the directory is fsynced: two fsyncs, one of them a filesystem-journal
 commit for the renames. That buys a state file any program can read as plain JSON, replaced
@@ -189,8 +191,8 @@ REASONS = {
     "size/first-save": "On top of dumps and the I/O: the NaN scan (orjson writes NaN as null), the bulk address "
     "checks (a pass over the addresses for their length, single-byte scans of the encoding for escapes) and the "
     "SHA-256 (in a thread, overlapping the checks; with two busy cores the overlap is lost).",
-    "size/save": "The same checks as the first save, on a save whose addresses did not change they are skipped; "
-    "what remains is the NaN scan and the SHA-256, plus the backup link and rename.",
+    "size/save": "Unlike the first save, a save whose addresses did not change skips the address checks; what "
+    "remains on top of dumps and the I/O is the NaN scan, the SHA-256, and the backup's link and rename.",
     "size/transaction": "Load and save together: see the load and save rows.",
     "size/mem-": "Parsed JSON as Python objects is about 8x its text, so no loader that returns dicts (raw "
     "`orjson.loads` included) meets 3x the file; the `-vs-raw` rows show what agentstate adds (a few percent).",
