@@ -18,13 +18,10 @@ responses. The fork server never opens the database itself, so no child inherits
 from __future__ import annotations
 
 import os
-import sys
+
+from forkserver import main, say, serve, wait_for_go
 
 from agentstate.responses import ResponseStore
-
-
-def say(line: str) -> None:
-    os.write(1, (line + "\n").encode())
 
 
 def _response(name: str, b: int) -> dict:
@@ -36,8 +33,7 @@ def _response(name: str, b: int) -> dict:
 
 def burst(directory: str, writer: str, n: int) -> None:
     store = ResponseStore(directory)
-    say("ready")
-    sys.stdin.readline()
+    wait_for_go()
     for b in range(n):
         store.save(_response(writer, b))
     store.close()
@@ -72,27 +68,8 @@ def forkserver(directory: str, cap: int, unsafe: bool = False) -> None:
     from agentstate import lock, sql  # noqa: F401
     from agentstate.sql import engine, q_responses  # noqa: F401
 
-    say("server-ready")
-    for line in sys.stdin:
-        parts = line.split()
-        if not parts or parts[0] != "go":
-            continue
-        rnd = int(parts[1])
-        pid = os.fork()
-        if pid == 0:
-            try:
-                child(directory, rnd, cap, unsafe)
-            finally:
-                os._exit(1)
-        _, status = os.waitpid(pid, 0)
-        say(f"dead {rnd} {status}")
+    serve(lambda rnd: child(directory, rnd, cap, unsafe))
 
 
 if __name__ == "__main__":
-    mode = sys.argv[1]
-    if mode == "burst":
-        burst(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-    elif mode == "forkserver":
-        forkserver(sys.argv[2], int(sys.argv[3]), "--unsafe" in sys.argv[4:])
-    else:
-        raise SystemExit(f"unknown mode {mode}")
+    main(lambda a: burst(a[0], a[1], int(a[2])), lambda a: forkserver(a[0], int(a[1]), "--unsafe" in a[2:]))

@@ -18,19 +18,15 @@ the database itself, so no child inherits a connection.
 from __future__ import annotations
 
 import os
-import sys
+
+from forkserver import main, say, serve, wait_for_go
 
 from agentstate.sessions import SessionStore
 
 
-def say(line: str) -> None:
-    os.write(1, (line + "\n").encode())
-
-
 def burst(directory: str, session: str, writer: str, n: int) -> None:
     store = SessionStore(directory)
-    say("ready")
-    sys.stdin.readline()
+    wait_for_go()
     for i in range(n):
         store.append(session, [{"type": "note", "writer": writer, "i": i}])
     store.close()
@@ -61,27 +57,8 @@ def forkserver(directory: str, session: str, unsafe: bool = False) -> None:
     from agentstate import lock, sql  # noqa: F401
     from agentstate.sql import engine, q_sessions  # noqa: F401
 
-    say("server-ready")
-    for line in sys.stdin:
-        parts = line.split()
-        if not parts or parts[0] != "go":
-            continue
-        rnd = int(parts[1])
-        pid = os.fork()
-        if pid == 0:
-            try:
-                child(directory, session, rnd, unsafe)
-            finally:
-                os._exit(1)
-        _, status = os.waitpid(pid, 0)
-        say(f"dead {rnd} {status}")
+    serve(lambda rnd: child(directory, session, rnd, unsafe))
 
 
 if __name__ == "__main__":
-    mode = sys.argv[1]
-    if mode == "burst":
-        burst(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
-    elif mode == "forkserver":
-        forkserver(sys.argv[2], sys.argv[3], "--unsafe" in sys.argv[4:])
-    else:
-        raise SystemExit(f"unknown mode {mode}")
+    main(lambda a: burst(a[0], a[1], a[2], int(a[3])), lambda a: forkserver(a[0], a[1], "--unsafe" in a[2:]))

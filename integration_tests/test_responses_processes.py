@@ -12,32 +12,19 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import random
-import signal
 import sqlite3
-import subprocess
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from agentstate_integration import PYTHON, rounds, write_report_record
+from procs import ForkServer, integrity, run_burst, seeded_rng
 
 from agentstate import ResponseStore
 from agentstate.responses_check import check_responses
 
 SAVER = str(Path(__file__).with_name("response_saver.py"))
 CAP = 30
-
-
-def _integrity(directory: Path) -> list[str]:
-    conn = sqlite3.connect(f"file:{directory / 'agentstate.db'}?mode=ro", uri=True)
-    try:
-        return [r[0] for r in conn.execute("PRAGMA integrity_check")]
-    finally:
-        conn.close()
 
 
 def _stored(directory: Path) -> list[str]:
@@ -57,21 +44,7 @@ def _stored(directory: Path) -> list[str]:
 def test_10_processes_save_chains_at_once(tmp_path: Path) -> None:
     d = tmp_path / "store"
     writers, per = 10, 50
-    procs = [subprocess.Popen([PYTHON, SAVER, "burst", str(d), f"w{w}", str(per)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(writers)]
-    try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", p.stderr.read()
-        for p in procs:  # release them together
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        for p in procs:
-            out, errs = p.communicate(timeout=300)
-            assert p.returncode == 0 and out.strip() == "done", errs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    run_burst([[PYTHON, SAVER, "burst", str(d), f"w{w}", str(per)] for w in range(writers)])
     ids = _stored(d)
     assert len(ids) == len(set(ids)) == writers * per
     store = ResponseStore(str(d))
@@ -82,39 +55,8 @@ def test_10_processes_save_chains_at_once(tmp_path: Path) -> None:
     page, seen = store.list(limit=10_000), set()
     assert page.total == writers * per and len({r["id"] for r in page.items} | seen) == writers * per
     store.close()
-    assert _integrity(d) == ["ok"]
+    assert integrity(d) == ["ok"]
     assert all(f["ok"] for f in check_responses(str(d)))
-
-
-class _Server:
-    def __init__(self, directory: Path, cap: int, unsafe: bool = False) -> None:
-        self.proc = subprocess.Popen([PYTHON, SAVER, "forkserver", str(directory), str(cap),
-                                      *(["--unsafe"] if unsafe else [])], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put("EOF")
-
-    def next(self, timeout: float = 60) -> str:
-        line = self.lines.get(timeout=timeout)
-        assert line != "EOF", self.proc.stderr.read()
-        return line
-
-    def send(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
 
 
 def _by_round(ids: list[str]) -> dict[int, set[int]]:
@@ -141,9 +83,8 @@ def test_kill_loop_catches_a_non_atomic_batch(tmp_path: Path) -> None:
 
 
 def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False) -> tuple[list[str], dict]:
-    rng = random.Random(int(os.environ.get("AGENTSTATE_SEED", "0")) or None)
-    server = _Server(d, CAP, unsafe)
-    assert server.next() == "server-ready"
+    rng = seeded_rng()
+    server = ForkServer([PYTHON, SAVER, "forkserver", str(d), str(CAP), *(["--unsafe"] if unsafe else [])])
     store = ResponseStore(str(d))
     violations: list[str] = []
     kept: dict[int, set[int]] = {}  # earlier rounds' chains as they were left
@@ -151,20 +92,8 @@ def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False) -> tuple[list[str
     start = time.monotonic()
     try:
         for rnd in range(n_rounds):
-            server.send(f"go {rnd}")
-            line = server.next()
-            assert line.startswith(f"ready {rnd} "), line
-            pid = int(line.split()[2])
-            time.sleep(rng.uniform(0, 0.2))  # a first save in a fresh child takes ~0.1 s
-            os.kill(pid, signal.SIGKILL)
-            acked: set[int] = set()
-            while True:
-                line = server.next()
-                if line.startswith("dead "):
-                    break
-                _, r, *bs = line.split()
-                assert int(r) == rnd
-                acked.update(int(b) for b in bs)
+            acks = server.kill_round(rnd, rng.uniform(0, 0.2))  # a first save in a fresh child takes ~0.1 s
+            acked = {int(b) for bs in acks for b in bs}
             acked_total += len(acked)
             now = _by_round(_stored(d))
             mine = now.get(rnd, set())
@@ -194,15 +123,15 @@ def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False) -> tuple[list[str
                 violations.append(f"round {rnd}: {total} responses in {len(now)} chains, over the cap {CAP}")
             if mine:
                 kept[rnd] = mine
-            if rnd % 10 == 0 and d.joinpath("agentstate.db").exists() and _integrity(d) != ["ok"]:
-                violations.append(f"round {rnd}: integrity_check {_integrity(d)}")
+            if rnd % 10 == 0 and integrity(d) != ["ok"]:
+                violations.append(f"round {rnd}: integrity_check {integrity(d)}")
             if violations:
                 break
     finally:
         server.stop()
         store.close()
-    if _integrity(d) != ["ok"]:
-        violations.append(f"integrity_check at the end: {_integrity(d)}")
+    if integrity(d) != ["ok"]:
+        violations.append(f"integrity_check at the end: {integrity(d)}")
     bad = [f for f in check_responses(str(d)) if not f["ok"]]
     if bad:
         violations.append(f"doctor's chain check: {bad}")

@@ -29,6 +29,7 @@ from agentstate_integration import (
     run_strace,
     write_report_record,
 )
+from procs import integrity
 
 from agentstate import ResponseStore
 from agentstate.responses_check import check_responses
@@ -46,14 +47,6 @@ def _stored(directory: Path) -> list[tuple]:
     conn = sqlite3.connect(f"file:{directory / DB}?mode=ro", uri=True)
     try:
         return conn.execute("SELECT tenant, id, previous_id, body, deleted_at FROM responses ORDER BY seq").fetchall()
-    finally:
-        conn.close()
-
-
-def _integrity(directory: Path) -> list[str]:
-    conn = sqlite3.connect(f"file:{directory / DB}?mode=ro", uri=True)
-    try:
-        return [r[0] for r in conn.execute("PRAGMA integrity_check")]
     finally:
         conn.close()
 
@@ -108,8 +101,8 @@ def test_enospc_on_write_and_eio_on_fsync(template: Path, tmp_path: Path) -> Non
             violations.append(f"{label}: exit {r.returncode}, stderr {r.stderr!r}")
         if _stored(d) != before:
             violations.append(f"{label}: the failed save changed what is stored: {[x[1] for x in _stored(d)]}")
-        if _integrity(d) != ["ok"]:
-            violations.append(f"{label}: integrity_check {_integrity(d)}")
+        if integrity(d) != ["ok"]:
+            violations.append(f"{label}: integrity_check {integrity(d)}")
         if not all(f["ok"] for f in check_responses(str(d))):
             violations.append(f"{label}: doctor's chain check {check_responses(str(d))}")
         again = subprocess.run(_cli(d, body), capture_output=True, text=True, timeout=60)

@@ -11,49 +11,24 @@
 from __future__ import annotations
 
 import os
-import queue
-import random
 import signal
-import sqlite3
 import subprocess
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from agentstate_integration import AGENTSTATE_CLI, PYTHON, rounds, write_report_record
+from procs import ForkServer, integrity, run_burst, seeded_rng
 
 from agentstate import NotFound, SessionStore
 
 APPENDER = str(Path(__file__).with_name("session_appender.py"))
 
 
-def _integrity(directory: Path) -> list[str]:
-    conn = sqlite3.connect(directory / "agentstate.db")
-    try:
-        return [r[0] for r in conn.execute("PRAGMA integrity_check")]
-    finally:
-        conn.close()
-
-
 def test_100_processes_append_to_one_session(tmp_path: Path) -> None:
     d = tmp_path / "store"
     writers, per = 100, 10
-    procs = [subprocess.Popen([PYTHON, APPENDER, "burst", str(d), "s", f"w{w}", str(per)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(writers)]
-    try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", p.stderr.read()
-        for p in procs:  # release them together
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        for p in procs:
-            out, errs = p.communicate(timeout=300)
-            assert p.returncode == 0 and out.strip() == "done", errs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    run_burst([[PYTHON, APPENDER, "burst", str(d), "s", f"w{w}", str(per)] for w in range(writers)])
     store = SessionStore(str(d))
     items = store.items("s")
     assert [i.seq for i in items] == list(range(1, writers * per + 1))
@@ -66,7 +41,7 @@ def test_100_processes_append_to_one_session(tmp_path: Path) -> None:
         assert seen == list(range(per)), (w, seen)
     assert len({i.id for i in items}) == len(items)
     store.close()
-    assert _integrity(d) == ["ok"]
+    assert integrity(d) == ["ok"]
 
 
 def test_cli_appenders_at_once(tmp_path: Path) -> None:
@@ -85,38 +60,6 @@ def test_cli_appenders_at_once(tmp_path: Path) -> None:
     store.close()
 
 
-class _Server:
-    def __init__(self, directory: Path, unsafe: bool = False) -> None:
-        extra = ["--unsafe"] if unsafe else []
-        self.proc = subprocess.Popen([PYTHON, APPENDER, "forkserver", str(directory), "s", *extra],
-                                     stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put("EOF")
-
-    def next(self, timeout: float = 60) -> str:
-        line = self.lines.get(timeout=timeout)
-        assert line != "EOF", self.proc.stderr.read()
-        return line
-
-    def send(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-
-
 def test_kill_loop(tmp_path: Path) -> None:
     n_rounds = rounds(200, 1000)
     violations, stats = _kill_rounds(tmp_path / "store", n_rounds)
@@ -132,9 +75,8 @@ def test_kill_loop_catches_a_non_atomic_appender(tmp_path: Path) -> None:
 
 
 def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False, stop_at_first: bool = True) -> tuple[list[str], dict]:
-    rng = random.Random(int(os.environ.get("AGENTSTATE_SEED", "0")) or None)
-    server = _Server(d, unsafe)
-    assert server.next() == "server-ready"
+    rng = seeded_rng()
+    server = ForkServer([PYTHON, APPENDER, "forkserver", str(d), "s", *(["--unsafe"] if unsafe else [])])
     store = SessionStore(str(d))
     violations: list[str] = []
     verified = 0  # seqs 1..verified checked
@@ -143,21 +85,7 @@ def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False, stop_at_first: bo
     start = time.monotonic()
     try:
         for rnd in range(n_rounds):
-            server.send(f"go {rnd}")
-            line = server.next()
-            assert line.startswith(f"ready {rnd} "), line
-            pid = int(line.split()[2])
-            time.sleep(rng.uniform(0, 0.03))
-            os.kill(pid, signal.SIGKILL)
-            acked: dict[int, int] = {}
-            while True:
-                line = server.next()
-                if line.startswith("dead "):
-                    assert int(line.split()[1]) == rnd
-                    break
-                _, r, b, k = line.split()
-                assert int(r) == rnd
-                acked[int(b)] = int(k)
+            acked = {int(b): int(k) for b, k in server.kill_round(rnd, rng.uniform(0, 0.03))}
             acked_total += len(acked)
             # what the round left in the session
             try:
@@ -196,7 +124,7 @@ def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False, stop_at_first: bo
             if verified and store.get("s").item_count != verified:
                 violations.append(f"round {rnd}: item_count {store.get('s').item_count} != {verified}")
             if rnd % 10 == 0 or rnd == n_rounds - 1:
-                check = _integrity(d)
+                check = integrity(d)
                 if check != ["ok"]:
                     violations.append(f"round {rnd}: integrity_check {check}")
             if violations and stop_at_first:
@@ -204,7 +132,7 @@ def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False, stop_at_first: bo
     finally:
         server.stop()
         store.close()
-    check = _integrity(d)
+    check = integrity(d)
     if check != ["ok"]:
         violations.append(f"integrity_check at the end: {check}")
     return violations, {"acknowledged_appends": acked_total, "committed_unacknowledged": in_flight_kills,

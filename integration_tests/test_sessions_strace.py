@@ -21,7 +21,6 @@ with the next seq (no gap). Each run's trace must show exactly the intended call
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from agentstate_integration import (
     run_strace,
     write_report_record,
 )
+from procs import integrity
 
 from agentstate import NotFound, SessionStore
 
@@ -57,14 +57,6 @@ def _items(directory: Path) -> list[dict]:
         return []
     finally:
         store.close()
-
-
-def _integrity(directory: Path) -> list[str]:
-    conn = sqlite3.connect(directory / DB)
-    try:
-        return [r[0] for r in conn.execute("PRAGMA integrity_check")]
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module", params=["existing", "fresh"])
@@ -150,8 +142,8 @@ def test_every_write_and_fsync_fault(template: Path, plan: list, tmp_path: Path)
                 violations.append(f"{label}: the acknowledged append is not there")
         if "Traceback" in r.stderr:
             violations.append(f"{label}: traceback")
-        if _integrity(d) != ["ok"]:
-            violations.append(f"{label}: integrity_check {_integrity(d)}")
+        if integrity(d) != ["ok"]:
+            violations.append(f"{label}: integrity_check {integrity(d)}")
         after = subprocess.run(_cli(d, "four"), capture_output=True, text=True, timeout=60)
         if after.returncode != 0:
             violations.append(f"{label}: the next append failed: {after.stderr!r}")
@@ -231,4 +223,4 @@ def test_failed_wal_fsync_then_every_process_killed(tmp_path: Path) -> None:
         items = [i["data"] for i in _items(d)]
         assert a[2] == "failed", (name, when, a[2])
         assert items == [{"type": "one"}], (name, when, items)
-        assert _integrity(d) == ["ok"]
+        assert integrity(d) == ["ok"]
