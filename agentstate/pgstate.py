@@ -23,9 +23,9 @@ from typing import Any
 
 from . import codec
 from .duration import parse_duration
-from .errors import ConflictError, InvalidInput, StateCorrupted
+from .errors import InvalidInput
 from .sql import pg, q_state
-from .store import State, StateStore, _salvaged_serial, _utcnow, check_serial
+from .store import State, StateStore, _salvaged_serial, _utcnow, check_expected
 
 log = logging.getLogger("agentstate.store")
 
@@ -84,6 +84,9 @@ class PgStateStore(StateStore):
     def __repr__(self) -> str:
         return f"StateStore({pg.redact(self.path)!r})"
 
+    _MISSING = "missing while a previous version exists"
+    _LEFT_AS_THEY_ARE = "the rows were left as they are; restore the document from a copy, or reset it to start anew"
+
     # -- reading -------------------------------------------------------------------------
 
     def read(self, *, quiet: bool = False) -> State:
@@ -106,28 +109,8 @@ class PgStateStore(StateStore):
             import uuid
 
             return _Snapshot(State(resources={}, serial=0, lineage=str(uuid.uuid4()), source="new"), b"{}", None)
-        if data is None:
-            problems.append((self.state_path, "missing while a previous version exists"))
-        if previous is None:
-            problems.append((self.backup_path, "missing"))
-        else:
-            try:
-                doc = codec.decode_document(previous)
-            except codec.CorruptDocument as e:
-                problems.append((self.backup_path, str(e)))
-            else:
-                if not quiet:
-                    for where, reason in problems:
-                        log.error("corruption detected in %s: %s", where, reason)
-                    log.warning("fallback used: serving serial %d from %s; the next write (or `agentstate doctor "
-                                "--repair`) restores the current version", doc.serial, self.backup_path)
-                return self._snapshot(doc, "backup", data)
-        tried = "; ".join(f"{p}: {r}" for p, r in problems)
-        raise StateCorrupted(
-            f"no valid state: {tried}",
-            hint="the rows were left as they are; restore the document from a copy, or reset it to start anew",
-            tried=problems,
-        )
+        doc = self._backup_doc(data is None, previous, problems, quiet=quiet)
+        return self._snapshot(doc, "backup", data)
 
     @staticmethod
     def _snapshot(doc: codec.Decoded, source: str, damaged: bytes | None) -> _Snapshot:
@@ -166,12 +149,7 @@ class PgStateStore(StateStore):
                     rows = tx.first_rows
                     snap = self._load(rows[0] if rows else None)
                     state = snap.state
-                    check_serial(state, expect_serial)
-                    if expect_lineage is not None and snap.lineage != expect_lineage:
-                        raise ConflictError(
-                            f"state has lineage {snap.lineage}, expected {expect_lineage}",
-                            hint="this is a different store", lineage=snap.lineage,
-                        )
+                    check_expected(state, expect_serial, expect_lineage)
                     if snap.source == "state":
                         snap.order = tuple(state.resources)
                         snap.keys = frozenset(snap.order)

@@ -124,6 +124,18 @@ def check_serial(state: State, expect_serial: int | None) -> None:
         )
 
 
+def check_expected(state: State, expect_serial: int | None, expect_lineage: str | None) -> None:
+    """A transaction's preconditions: ConflictError unless ``state`` is at ``expect_serial`` and of
+    ``expect_lineage`` (None: anything goes)."""
+    check_serial(state, expect_serial)
+    if expect_lineage is not None and state.lineage != expect_lineage:
+        raise ConflictError(
+            f"state has lineage {state.lineage}, expected {expect_lineage}",
+            hint="this is a different store",
+            lineage=state.lineage,
+        )
+
+
 def default_dir() -> str:
     return os.environ.get("AGENTSTATE_DIR") or DEFAULT_DIR
 
@@ -196,8 +208,19 @@ class StateStore:
             state = State(resources={}, serial=0, lineage=str(uuid.uuid4()), source="new")
             return _Loaded(state, b"{}", fileio.Previous(False, False), problems, serial=0,
                            lineage=state.lineage, source="new")
-        if primary is None:
-            problems.append((self.state_path, "missing while a backup exists"))
+        doc = self._backup_doc(primary is None, backup, problems, quiet=quiet)
+        return self._loaded(doc, "backup", None, fileio.Previous(primary is not None, False, primary), problems)
+
+    # What the fallback says (the PostgreSQL store words it for its rows).
+    _MISSING = "missing while a backup exists"
+    _LEFT_AS_THEY_ARE = "the files were left as they are; restore one from a copy, or move them aside to start anew"
+
+    def _backup_doc(self, primary_missing: bool, backup: bytes | None, problems: list[tuple[str, str]], *,
+                    quiet: bool) -> codec.Decoded:
+        """The backup's document once the current version is missing or did not verify (``problems`` says
+        why), the fallback logged; StateCorrupted naming every problem when the backup does not verify either."""
+        if primary_missing:
+            problems.append((self.state_path, self._MISSING))
         if backup is None:
             problems.append((self.backup_path, "missing"))
         else:
@@ -214,14 +237,9 @@ class StateStore:
                         "--repair`) restores %s",
                         doc.serial, self.backup_path, self.state_path,
                     )
-                previous = fileio.Previous(primary is not None, False, primary)
-                return self._loaded(doc, "backup", None, previous, problems)
+                return doc
         tried = "; ".join(f"{p}: {r}" for p, r in problems)
-        raise StateCorrupted(
-            f"no valid state: {tried}",
-            hint="the files were left as they are; restore one from a copy, or move them aside to start anew",
-            tried=problems,
-        )
+        raise StateCorrupted(f"no valid state: {tried}", hint=self._LEFT_AS_THEY_ARE, tried=problems)
 
     @staticmethod
     def _loaded(doc: codec.Decoded, source: str, raw: bytes | None, previous: fileio.Previous,
@@ -270,13 +288,7 @@ class StateStore:
                     if loaded.source == "backup":  # a writer died, or worse: clean up as doctor --repair does
                         fileio.remove_temps(self.files, self.path, STATE_NAME)
                     state = loaded.state
-                    check_serial(state, expect_serial)
-                    if expect_lineage is not None and loaded.lineage != expect_lineage:
-                        raise ConflictError(
-                            f"state has lineage {loaded.lineage}, expected {expect_lineage}",
-                            hint="this is a different store",
-                            lineage=loaded.lineage,
-                        )
+                    check_expected(state, expect_serial, expect_lineage)
                     if loaded.source == "state":
                         loaded.order = tuple(state.resources)
                     yield state
