@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -465,6 +465,28 @@ def dumps_pretty(value: Any) -> str:
     import orjson
 
     return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+
+
+def emit(o: Opts, value: Any, text: str) -> None:
+    """``value`` as JSON with --json, else the line ``text`` (undecodable bytes shown as escapes)."""
+    if o.json:
+        emit_json(value)
+    else:
+        out(_printable(text))
+
+
+# --limit and --cursor of the list commands, and how they render a page (.items, .next_cursor, .total).
+LimitOpt = Annotated[int, typer.Option("--limit", metavar="N", help="At most N on the page (1-10000).")]
+CursorOpt = Annotated[str | None, typer.Option("--cursor", metavar="C", help="The next_cursor of a previous page.")]
+
+
+def page_json(page: Any, key: str) -> dict[str, Any]:
+    return {key: [x.to_dict() for x in page.items], "next_cursor": page.next_cursor, "total": page.total}
+
+
+def page_footer(page: Any, noun: str) -> str:
+    shown = f"{len(page.items)} of {page.total} {noun}(s)"
+    return shown + (f"; next page: --cursor {page.next_cursor}" if page.next_cursor else "")
 
 
 def on_wait(holder: Any) -> None:

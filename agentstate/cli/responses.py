@@ -15,13 +15,18 @@ import typer
 from .common import (
     EXIT_CODES,
     Command,
+    CursorOpt,
     Group,
+    LimitOpt,
     Opts,
     UsageError,
     WriteCommand,
     dumps_pretty,
+    emit,
     emit_json,
     out,
+    page_footer,
+    page_json,
     printable,
     run,
 )
@@ -139,10 +144,7 @@ def get(
         store = _store(o, max_responses)
         response = store.get_for_chain(response_id) if include_deleted else store.get(response_id)
         store.close()
-        if o.json:
-            emit_json(response)
-        else:
-            out(printable(dumps_pretty(response)))
+        emit(o, response, dumps_pretty(response))
 
     run(body)
 
@@ -169,9 +171,8 @@ def chain(
 
 @responses_app.command("list", cls=Command, epilog=EXIT_CODES)
 def list_responses(
-    limit: Annotated[int, typer.Option("--limit", metavar="N", help="At most N responses (1-10000).")] = 50,
-    cursor: Annotated[str | None, typer.Option("--cursor", metavar="C", help="The next_cursor of a previous page.")
-                      ] = None,
+    limit: LimitOpt = 50,
+    cursor: CursorOpt = None,
     max_responses: MaxOpt = 0,
 ) -> None:
     """List responses, newest first (soft-deleted ones are left out)."""
@@ -179,14 +180,12 @@ def list_responses(
     def body(o: Opts) -> None:
         page = _store(o, max_responses).list(limit=limit, cursor=cursor)
         if o.json:
-            emit_json({"responses": [r.to_dict() for r in page.items], "next_cursor": page.next_cursor,
-                       "total": page.total})
+            emit_json(page_json(page, "responses"))
             return
         for r in page.items:
             prev = f"after {r.previous_response_id}" if r.previous_response_id else "root"
             out(printable(f"{r.id}  {r.created_at}  {prev}  {_summary(r)}"))
-        shown = f"{len(page.items)} of {page.total} response(s)"
-        out(shown + (f"; next page: --cursor {page.next_cursor}" if page.next_cursor else ""))
+        out(page_footer(page, "response"))
 
     run(body)
 
@@ -200,9 +199,6 @@ def rm(
 
     def body(o: Opts) -> None:
         _store(o, max_responses, writing=True).delete(response_id)
-        if o.json:
-            emit_json({"deleted": response_id})
-        else:
-            out(printable(f"deleted {response_id} (it still serves the chains through it)"))
+        emit(o, {"deleted": response_id}, f"deleted {response_id} (it still serves the chains through it)")
 
     run(body)

@@ -10,7 +10,24 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import EXIT_CODES, Command, Group, Opts, UsageError, WriteCommand, emit_json, fancy, out, printable, run
+from .common import (
+    EXIT_CODES,
+    Command,
+    CursorOpt,
+    Group,
+    LimitOpt,
+    Opts,
+    UsageError,
+    WriteCommand,
+    emit,
+    emit_json,
+    fancy,
+    out,
+    page_footer,
+    page_json,
+    printable,
+    run,
+)
 
 app = typer.Typer()
 sessions_app = typer.Typer(
@@ -195,25 +212,22 @@ def show(
 
 @sessions_app.command("list", cls=Command, epilog=EXIT_CODES)
 def list_sessions(
-    limit: Annotated[int, typer.Option("--limit", metavar="N", help="At most N sessions (1-10000).")] = 50,
-    cursor: Annotated[str | None, typer.Option("--cursor", metavar="C", help="The next_cursor of a previous page.")
-                      ] = None,
+    limit: LimitOpt = 50,
+    cursor: CursorOpt = None,
 ) -> None:
     """List sessions, most recently updated first."""
 
     def body(o: Opts) -> None:
         page = _store(o).list(limit=limit, cursor=cursor)
         if o.json:
-            emit_json({"sessions": [s.to_dict() for s in page.items], "next_cursor": page.next_cursor,
-                       "total": page.total})
+            emit_json(page_json(page, "sessions"))
             return
         if fancy():
             _rich_list(page)
             return
         for info in page.items:
             out(_info_line(info))
-        shown = f"{len(page.items)} of {page.total} session(s)"
-        out(shown + (f"; next page: --cursor {page.next_cursor}" if page.next_cursor else ""))
+        out(page_footer(page, "session"))
 
     run(body)
 
@@ -224,10 +238,7 @@ def rm(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
 
     def body(o: Opts) -> None:
         _store(o, True).delete(session_id)
-        if o.json:
-            emit_json({"deleted": session_id})
-        else:
-            out(printable(f"removed session {session_id}"))
+        emit(o, {"deleted": session_id}, f"removed session {session_id}")
 
     run(body)
 
@@ -241,12 +252,8 @@ def prune(
 
     def body(o: Opts) -> None:
         ids = _store(o, True).prune(older_than)
-        if o.json:
-            emit_json({"pruned": ids, "count": len(ids)})
-        else:
-            out(f"pruned {len(ids)} session(s)")
-            for sid in ids:
-                out(printable(f"- {sid}"))
+        emit(o, {"pruned": ids, "count": len(ids)},
+             "\n".join([f"pruned {len(ids)} session(s)"] + [f"- {sid}" for sid in ids]))
 
     run(body)
 
@@ -288,9 +295,6 @@ def import_(
             except OSError as e:
                 raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
         info = _store(o, True).import_lines(data.splitlines(), new_id)
-        if o.json:
-            emit_json(info.to_dict())
-        else:
-            out(printable(f"imported {info.item_count} item(s) into session {info.id}"))
+        emit(o, info.to_dict(), f"imported {info.item_count} item(s) into session {info.id}")
 
     run(body)
