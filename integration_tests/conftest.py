@@ -10,8 +10,9 @@ Names meant for other test files:
 * ``SLOW`` / ``rounds(normal, slow)``: AGENTSTATE_SLOW=1 selects the long variants
 * ``write_report_record(name, cases, violations, **extra)``: JSON record for docs/reliability.md
 * ``leftover_temps(dir)``, ``load_state_alone(state_path)``, ``store_files(dir)``, ``make_seeded_store(dir)``,
-  ``check_after_kill(dir, acked)``
-* ``parse_strace(text)`` -> list of ``Syscall``; ``run_strace(cmd, ...)``
+  ``check_after_kill(dir, acked)``, ``next_save_problems(dir, value)``
+* ``parse_strace(text)`` -> list of ``Syscall``; ``run_strace(cmd, ...)``; ``WRITE_PATH_TRACE`` and
+  ``write_path(calls, dir)``: the syscalls of a state write, from the lock file's open to the acknowledgement
 * fixture ``seeded_store``: a store directory whose state.json (counter=2, serial 2) and
   state.json.bak (counter=1, serial 1) are both valid and different
 """
@@ -126,6 +127,21 @@ def check_after_kill(directory: str | os.PathLike[str], acked: int, key: str = "
         violations.append(f"the store loads {key}={full.resources.get(key)!r} from {full.source}, "
                           f"state.json alone holds {value!r}")
     return value, violations
+
+
+def next_save_problems(directory: str | os.PathLike[str], value: int, lock_timeout: float = 10) -> list[str]:
+    """The next writer after a disturbed one: a transaction setting counter=``value`` must land in state.json
+    and leave no temp file behind. Returns what went wrong (nothing: [])."""
+    directory = Path(directory)
+    with StateStore(directory, lock_timeout=lock_timeout).transaction() as state:
+        state.resources["counter"] = value
+    problems = []
+    if leftover_temps(directory):
+        problems.append(f"temp files left after the next save: {leftover_temps(directory)}")
+    alone = load_state_alone(directory / STATE)
+    if alone is None or alone.resources.get("counter") != value:
+        problems.append(f"the next save did not land: state.json holds {alone and alone.resources}")
+    return problems
 
 
 @pytest.fixture
@@ -278,6 +294,21 @@ def occurrence(calls: list[Syscall], index: int) -> int:
     """1-based count of ``calls[index].name`` among ``calls[: index + 1]`` (strace's ``when=`` number)."""
     name = calls[index].name
     return sum(1 for c in calls[: index + 1] if c.name == name)
+
+
+# What a state write does to files (traced to find the points where a kill, signal or fault goes).
+WRITE_PATH_TRACE = ("openat,flock,write,pwrite64,ftruncate,fsync,fdatasync,close,rename,renameat,renameat2,link,linkat,"
+                    "unlink,unlinkat")
+
+
+def write_path(calls: list[Syscall], directory: str | os.PathLike[str]) -> list[tuple[Syscall, int]]:
+    """The main thread's calls of one state write, each with its ``when=`` number: from the open of the
+    store's lock file to the first write to stdout (the acknowledgement), both included."""
+    calls = main_thread(calls)
+    lock = f"{os.path.realpath(directory)}/{STATE}.lock"
+    start = next(i for i, c in enumerate(calls) if c.name == "openat" and c.paths()[0] == lock)
+    end = next(i for i, c in enumerate(calls) if c.name == "write" and c.args[0].startswith("1<"))
+    return [(calls[i], occurrence(calls, i)) for i in range(start, end + 1)]
 
 
 def run_strace(

@@ -34,22 +34,21 @@ from agentstate_integration import (
     BACKUP,
     PYTHON,
     STATE,
+    WRITE_PATH_TRACE,
     WRITER,
-    leftover_temps,
     load_state_alone,
     main_thread,
     make_seeded_store,
-    occurrence,
+    next_save_problems,
     parse_strace,
     run_strace,
     store_files,
+    write_path,
     write_report_record,
 )
 
 from agentstate.store import StateStore
 
-KILL_SET = "openat,flock,write,pwrite64,ftruncate,fsync,fdatasync,close,rename,renameat,renameat2,link,linkat," \
-           "unlink,unlinkat"
 FD_CALLS = ("flock", "write", "pwrite64", "ftruncate", "fsync", "fdatasync", "close")
 
 _results: dict[str, dict[str, int]] = {}
@@ -87,13 +86,10 @@ def kill_points(scenario: str, work: Path) -> list[KillPoint]:
     directory = work / "store"
     _prepare(scenario, directory)
     trace = work / "record.txt"
-    proc = run_strace(_writer(directory), trace, trace=KILL_SET)
+    proc = run_strace(_writer(directory), trace, trace=WRITE_PATH_TRACE)
     assert proc.returncode == 0 and proc.stdout.startswith("ok "), proc.stderr
-    calls = main_thread(parse_strace(trace.read_text()))
     real = os.path.realpath(directory)
-    start = next(i for i, c in enumerate(calls) if c.name == "openat" and c.paths()[0] == f"{real}/{STATE}.lock")
-    end = next(i for i, c in enumerate(calls) if c.name == "write" and c.args[0].startswith("1<"))
-    return [KillPoint(calls[i].name, occurrence(calls, i), _shape(calls[i], real)) for i in range(start, end + 1)]
+    return [KillPoint(c.name, when, _shape(c, real)) for c, when in write_path(parse_strace(trace.read_text()), real)]
 
 
 def _kill_at(scenario: str, point: KillPoint, work: Path) -> tuple[str, list[str]]:
@@ -137,13 +133,7 @@ def _kill_at(scenario: str, point: KillPoint, work: Path) -> tuple[str, list[str
     loaded = store.read()
     if loaded.resources != (old if outcome == "old" else {"counter": 3}) or loaded.source not in ("state", "new"):
         v.append(f"{where}: the store loads {loaded.resources} from {loaded.source}, state.json alone is {outcome}")
-    # The next writer cleans up after the killed one and saves normally.
-    with store.transaction(lock_timeout=10) as state:
-        state.resources["counter"] = 4
-    if leftover_temps(directory):
-        v.append(f"{where}: temp files left after the next save: {leftover_temps(directory)}")
-    if load_state_alone(directory / STATE).resources != {"counter": 4}:
-        v.append(f"{where}: the next save did not land")
+    v += [f"{where}: {p}" for p in next_save_problems(directory, 4)]  # the next writer cleans up and saves
     bad = [f for f in store.check() if not f["ok"]]
     if bad:
         v.append(f"{where}: doctor finds problems after the next save: {bad}")

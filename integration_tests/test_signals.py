@@ -31,22 +31,21 @@ import pytest
 from agentstate_integration import (
     AGENTSTATE_CLI,
     STATE,
+    WRITE_PATH_TRACE,
     leftover_temps,
     load_state_alone,
-    main_thread,
     make_seeded_store,
-    occurrence,
+    next_save_problems,
     parse_strace,
     rounds,
     run_strace,
     store_files,
+    write_path,
     write_report_record,
 )
 
 from agentstate.store import StateStore
 
-TRACE = "openat,flock,write,pwrite64,ftruncate,fsync,fdatasync,close,rename,renameat,renameat2,link,linkat,unlink," \
-        "unlinkat"
 SIGS = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("SIGINT", 130)}
 _cases: dict[str, int] = {}
 
@@ -99,12 +98,7 @@ def _judge(where: str, sig: int, proc_rc: int, stderr: str, directory: Path, bef
         v.append(f"{where}: says abandoned, but state.json changed (holds {got})")
     if outcome == "completed" and "is at serial" not in line:
         v.append(f"{where}: a completed write does not name its serial: {line}")
-    # The next writer works from what is there.
-    store = StateStore(directory, lock_timeout=10)
-    with store.transaction() as st:
-        st.resources["counter"] = 99
-    if load_state_alone(directory / STATE).resources.get("counter") != 99 or leftover_temps(directory):
-        v.append(f"{where}: the next save did not land cleanly")
+    v += [f"{where}: {p}" for p in next_save_problems(directory, 99)]  # the next writer works from what is there
     return outcome, v
 
 
@@ -115,13 +109,9 @@ def _points(work: Path) -> list[tuple[str, int, str]]:
     work.mkdir(parents=True)
     directory = make_seeded_store(work / "store")
     trace = work / "record.txt"
-    proc = run_strace(_apply(directory), trace, trace=TRACE)
+    proc = run_strace(_apply(directory), trace, trace=WRITE_PATH_TRACE)
     assert proc.returncode == 0, proc.stderr
-    calls = main_thread(parse_strace(trace.read_text()))
-    real = os.path.realpath(directory)
-    start = next(i for i, c in enumerate(calls) if c.name == "openat" and c.paths()[0] == f"{real}/{STATE}.lock")
-    end = next(i for i, c in enumerate(calls) if c.name == "write" and c.args[0].startswith("1<"))
-    return [(calls[i].name, occurrence(calls, i), calls[i].line[:120]) for i in range(start, end + 1)]
+    return [(c.name, when, c.line[:120]) for c, when in write_path(parse_strace(trace.read_text()), directory)]
 
 
 def _signal_at(point: tuple[str, int, str], sig: int, work: Path) -> tuple[str, list[str]]:

@@ -43,6 +43,7 @@ from agentstate_integration import (
     load_state_alone,
     main_thread,
     make_seeded_store,
+    next_save_problems,
     occurrence,
     parse_strace,
     run_strace,
@@ -208,14 +209,9 @@ def _run_fault(f: Fault, template: Path, work: Path) -> list[str]:
     proc = run_strace(_cli(directory), trace, trace=",".join(names), inject=f.inject)
     violations = _check(f, directory, trace, proc, before)
     # Whatever happened, the next writer must find a valid store and be able to save.
-    store = StateStore(directory)
-    if store.read().source != "state":
+    if StateStore(directory).read().source != "state":
         violations.append("the store does not load from state.json afterwards")
-    with store.transaction() as state:
-        state.resources["counter"] = 4
-    if load_state_alone(directory / STATE).resources != {"counter": 4} or leftover_temps(directory):
-        violations.append("a normal save after the fault did not work cleanly")
-    return violations
+    return violations + next_save_problems(directory, 4)
 
 
 def test_injected_faults(faults: list[Fault], template: Path, tmp_path: Path) -> None:
