@@ -414,22 +414,26 @@ class Lock:
                 _close(fd)  # closing drops the flock, if we got it
                 raise
             _close(fd)
-        me.acquired_at = _now_iso()
-        body = me.to_bytes()
-        size = max(-(-(len(body) + 1) // RECORD_BLOCK) * RECORD_BLOCK, st.st_size)
+        # From here until this object owns the descriptor, any exception (an OSError, or a signal's
+        # KeyboardInterrupt at any bytecode) blanks, unlocks and closes: never a record left behind.
+        size = max(RECORD_BLOCK, st.st_size)
         try:
+            me.acquired_at = _now_iso()
+            body = me.to_bytes()
+            size = max(-(-(len(body) + 1) // RECORD_BLOCK) * RECORD_BLOCK, st.st_size)
             previous = _record(fd) if st.st_size else None
             write_all_at(self.files, fd, body + b" " * (size - len(body) - 1) + b"\n", 0)
+            self._owner_pid, self._acquired = me.pid, time.monotonic()
+            self._fd, self._size, self.holder = fd, size, me
         except BaseException as e:
-            self._blank_unlock_close(fd, size)
+            if self._fd != fd:
+                self._blank_unlock_close(fd, size)
             if isinstance(e, OSError):
                 raise io_error("write the holder record to", self.path, e) from None
             raise
         if previous is not None:
             log.warning("stale lock record overwritten: %s ended without releasing the lock (the kernel freed it)",
                         previous.describe())
-        self._fd, self._size, self.holder = fd, size, me
-        self._owner_pid, self._acquired = me.pid, time.monotonic()
         if waited:
             log.info("lock %s acquired by PID %d after waiting %.1f ms (%s, lock ID %s)",
                      self.path, me.pid, (self._acquired - start) * 1000, operation, me.lock_id)

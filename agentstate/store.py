@@ -279,9 +279,9 @@ class StateStore:
             try:
                 fileio.ensure_dir(self.files, self.path)
                 lk = self.lock()
-                lk.acquire(timeout, operation, on_wait)  # StateLocked, or StorageError naming the problem
-                locked = True
-                try:
+                try:  # acquire inside: a signal right after it returns still ends in release()
+                    lk.acquire(timeout, operation, on_wait)  # StateLocked, or StorageError naming the problem
+                    locked = True
                     # Everything is re-read and re-verified under the lock: nothing from an earlier
                     # transaction (or an earlier failed fsync) is trusted.
                     loaded = self._load()

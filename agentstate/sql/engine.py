@@ -255,8 +255,8 @@ class Database:
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
         fileio.ensure_dir(self.files, self.directory)
         lk = self.lock()
-        lk.acquire(timeout, operation)  # StateLocked, or StorageError naming the problem (never a bare OSError)
-        try:
+        try:  # acquire inside: a signal right after it returns still ends in release() (a no-op if not held)
+            lk.acquire(timeout, operation)  # StateLocked, or StorageError naming the problem (never a bare OSError)
             yield
         finally:
             from .. import signals
