@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import uuid
 
 import psycopg
 import pytest
 from backend_view import put, stored
 from pgserver import schema_url
+from state_holder import StateHolder
 
 from agentstate import (
     ConflictError,
@@ -147,23 +147,7 @@ def test_migrate_command_creates_the_schema_explicitly(pg_schema_url):
 
 def test_lock_timeout_names_the_holder_and_force_unlock_ends_its_session(pg_schema_url):
     store = StateStore(pg_schema_url)
-    holding, release = threading.Event(), threading.Event()
-    errors: list[BaseException] = []
-
-    def holder() -> None:
-        try:
-            with StateStore(pg_schema_url).transaction(operation="deploy") as st:
-                st.resources["held"] = True
-                holding.set()
-                release.wait(10)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-            holding.set()
-
-    t = threading.Thread(target=holder)
-    t.start()
-    try:
-        assert holding.wait(10)
+    with StateHolder(pg_schema_url, "deploy", hold_for=10) as holder:
         waits: list = []
         with pytest.raises(StateLocked) as ei:
             with store.transaction(lock_timeout=0.3, on_wait=waits.append):
@@ -183,13 +167,10 @@ def test_lock_timeout_names_the_holder_and_force_unlock_ends_its_session(pg_sche
         with pytest.raises(ConflictError):
             store.force_unlock("not-" + h["lock_id"])
         assert store.force_unlock(h["lock_id"])["lock_id"] == h["lock_id"]
-        release.set()
-        t.join(10)
-        assert len(errors) == 1 and isinstance(errors[0], StorageError)  # its commit found the session ended
-        assert "\n" not in str(errors[0])
-    finally:
-        release.set()
-        t.join(10)
+        holder.release()
+        # its commit found the session ended
+        assert len(holder.errors) == 1 and isinstance(holder.errors[0], StorageError)
+        assert "\n" not in str(holder.errors[0])
     assert store.read().resources == {}  # nothing of the ended holder's transaction
     assert not store.lock_status()["held"]
     with pytest.raises(NotFound):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 
+from state_holder import StateHolder
 from typer.testing import CliRunner
 
-from agentstate import StateStore, StorageError
+from agentstate import StorageError
 from agentstate.cli import app
 
 runner = CliRunner()
@@ -37,23 +37,7 @@ def test_url_from_the_environment_and_exclusive_with_dir(pg_schema_url, tmp_path
 
 
 def test_lock_status_timeout_and_force_unlock_on_postgres(pg_schema_url):
-    holding, release = threading.Event(), threading.Event()
-    failed: list[BaseException] = []
-
-    def hold() -> None:
-        try:
-            with StateStore(pg_schema_url).transaction(operation="long-agent-run") as st:
-                st.resources["x"] = 1
-                holding.set()
-                release.wait(20)
-        except BaseException as e:  # noqa: BLE001
-            failed.append(e)
-            holding.set()
-
-    t = threading.Thread(target=hold)
-    t.start()
-    try:
-        assert holding.wait(10)
+    with StateHolder(pg_schema_url, "long-agent-run") as holder:
         st = json.loads(run(["lock", "status", "--url", pg_schema_url, "--json"]).stdout)
         assert st["held"] and st["holder"]["operation"] == "long-agent-run" and st["holder"]["pid"] == os.getpid()
         lock_id = st["holder"]["lock_id"]
@@ -70,12 +54,8 @@ def test_lock_status_timeout_and_force_unlock_on_postgres(pg_schema_url):
         r = run(["force-unlock", lock_id, "--url", pg_schema_url])
         assert r.exit_code == 0, r.stderr
         assert "ended the PostgreSQL session" in r.stdout and lock_id in r.stdout
-        release.set()
-        t.join(20)
-        assert len(failed) == 1 and isinstance(failed[0], StorageError)
-    finally:
-        release.set()
-        t.join(20)
+        holder.release()
+        assert len(holder.errors) == 1 and isinstance(holder.errors[0], StorageError)
     assert json.loads(run(["lock", "status", "--url", pg_schema_url, "--json"]).stdout)["held"] is False
     one_error_line(run(["force-unlock", lock_id, "--url", pg_schema_url]), 6)
     assert run(["apply", "--set", "z=1", "--url", pg_schema_url, "--lock-timeout", "0"]).exit_code == 0
