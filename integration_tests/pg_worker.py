@@ -16,14 +16,12 @@ Lines are written with one write(2) each, unbuffered: a printed "ok" is an ackno
 from __future__ import annotations
 
 import os
-import sys
 import time
 
+from worker import main
+from worker import say as _say
+
 from agentstate import AgentStateError, SessionStore, StateStore
-
-
-def _say(line: str) -> None:
-    os.write(1, (line + "\n").encode())
 
 
 def incr(url: str, n: int) -> None:
@@ -71,14 +69,5 @@ def loop(url: str) -> None:
 
 
 if __name__ == "__main__":
-    cmd, url, *rest = sys.argv[1:]
-    if cmd == "incr":
-        incr(url, int(rest[0]))
-    elif cmd == "append":
-        append(url, rest[0], int(rest[1]), rest[2])
-    elif cmd == "hold":
-        hold(url)
-    elif cmd == "loop":
-        loop(url)
-    else:
-        raise SystemExit(f"unknown command {cmd}")
+    main(incr=lambda a: incr(a[0], int(a[1])), append=lambda a: append(a[0], a[1], int(a[2]), a[3]),
+         hold=lambda a: hold(a[0]), loop=lambda a: loop(a[0]))

@@ -2,7 +2,7 @@
 
 * ``integrity(directory)``: ``PRAGMA integrity_check`` of the directory's agentstate.db, read-only
 * ``run_burst(commands)``: start workers that print "ready", release them together, wait for "done"
-* ``ForkServer(command)``: a ``forkserver`` worker driven line by line (see forkserver.py);
+* ``ForkServer(command)``: a ``forkserver`` worker driven line by line (see worker.py);
   ``kill_round(rnd, delay)`` starts a child, SIGKILLs it after ``delay`` seconds and returns its acks
 * ``seeded_rng()``: a random.Random seeded from AGENTSTATE_SEED (random when unset or 0)
 """

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from forkserver import main, say, serve, wait_for_go
+from worker import main, say, serve, wait_for_go
 
 from agentstate.responses import ResponseStore
 
@@ -72,4 +72,5 @@ def forkserver(directory: str, cap: int, unsafe: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(lambda a: burst(a[0], a[1], int(a[2])), lambda a: forkserver(a[0], int(a[1]), "--unsafe" in a[2:]))
+    main(burst=lambda a: burst(a[0], a[1], int(a[2])),
+         forkserver=lambda a: forkserver(a[0], int(a[1]), "--unsafe" in a[2:]))

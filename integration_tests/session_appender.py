@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from forkserver import main, say, serve, wait_for_go
+from worker import main, say, serve, wait_for_go
 
 from agentstate.sessions import SessionStore
 
@@ -61,4 +61,5 @@ def forkserver(directory: str, session: str, unsafe: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(lambda a: burst(a[0], a[1], a[2], int(a[3])), lambda a: forkserver(a[0], a[1], "--unsafe" in a[2:]))
+    main(burst=lambda a: burst(a[0], a[1], a[2], int(a[3])),
+         forkserver=lambda a: forkserver(a[0], a[1], "--unsafe" in a[2:]))

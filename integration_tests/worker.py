@@ -1,11 +1,12 @@
-"""Worker-side protocol shared by response_saver.py and session_appender.py (the other side is procs.py).
+"""Worker-side protocol of the integration tests' worker processes (response_saver.py, session_appender.py,
+pg_worker.py; the test side is procs.py).
 
 * ``say(line)``: one write(2) to stdout, so an acknowledgement is never half printed when the worker is killed
 * ``wait_for_go()``: print "ready" and wait for one line on stdin (a burst worker's start)
 * ``serve(child)``: print "server-ready"; for each "go R" line on stdin fork a child running ``child(R)``
   and, when it has died, print "dead R <wait status>". The server never opens the database itself
   (the caller preloads modules before calling it), so no child inherits a connection.
-* ``main(burst, forkserver)``: ``sys.argv[1]`` picks the mode; the rest of argv goes to it
+* ``main(**modes)``: ``sys.argv[1]`` names the mode; its function gets the rest of argv as a list
 """
 
 from __future__ import annotations
@@ -41,11 +42,8 @@ def serve(child: Callable[[int], None]) -> None:
         say(f"dead {rnd} {status}")
 
 
-def main(burst: Callable[[list[str]], None], forkserver: Callable[[list[str]], None]) -> None:
+def main(**modes: Callable[[list[str]], None]) -> None:
     mode, args = sys.argv[1], sys.argv[2:]
-    if mode == "burst":
-        burst(args)
-    elif mode == "forkserver":
-        forkserver(args)
-    else:
+    if mode not in modes:
         raise SystemExit(f"unknown mode {mode}")
+    modes[mode](args)
