@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 QUICK_SIZES = ["1KB", "64KB", "256KB", "1MB"]
 EXPECTED = (
-    ["floor/transaction/1KB", "floor/lock-only/1KB", "floor/read-only/1KB", "size/first-save"]
+    ["floor/transaction/1KB", "floor/lock-only/1KB", "floor/read-only/1KB", "floor/lean/1KB", "size/first-save"]
     + [f"size/{op}/{s}" for s in QUICK_SIZES for op in ("load", "transaction", "save")]
     + [f"size/mem-{op}{vs}/1MB" for op in ("load", "transaction", "save") for vs in ("", "-vs-raw")]
     + ["contention/raw-floor", "contention/throughput", "contention/worst-wait"]
