@@ -190,7 +190,6 @@ def fmt_value(v: float, unit: str) -> str:
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.pop("AGENTSTATE_LOCK_MODE", None)
     env.pop("AGENTSTATE_LOG_LEVEL", None)
     return env
 
