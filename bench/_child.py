@@ -80,12 +80,10 @@ def worker(store_dir: str) -> dict:
     """Wait for "go START END" on stdin, then loop +1 transactions until END (time.monotonic)."""
     from agentstate import StateStore
 
+    from .common import await_go
+
     store = StateStore(store_dir, lock_timeout=120)
-    print("ready", flush=True)
-    line = sys.stdin.readline().split()
-    start, end = float(line[1]), float(line[2])
-    while time.monotonic() < start:
-        time.sleep(min(0.001, max(0.0, start - time.monotonic())))
+    _, end = await_go()
     txns = []
     while True:
         t0 = time.monotonic()
@@ -107,13 +105,9 @@ def raw_worker(directory: str) -> None:
     floor's durable replace of the same bytes. What ten processes can do on this machine at all."""
     import fcntl
 
-    from .common import raw_commit
+    from .common import await_go, raw_commit
 
-    print("ready", flush=True)
-    line = sys.stdin.readline().split()
-    start, end = float(line[1]), float(line[2])
-    while time.monotonic() < start:
-        time.sleep(min(0.001, max(0.0, start - time.monotonic())))
+    _, end = await_go()
     txns = []
     lock = os.path.join(directory, "raw.lock")
     state = os.path.join(directory, "raw.json")

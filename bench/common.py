@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -10,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,40 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("AGENTSTATE_LOG_LEVEL", None)
     return env
+
+
+@contextlib.contextmanager
+def workers_started(argvs: list[list[str]], duration: float) -> Iterator[tuple[list[subprocess.Popen], float, float]]:
+    """Start one worker process per argv, wait until each says "ready" (the barrier), then send all
+    of them "go START END" (time.monotonic, START 50 ms ahead); kill any still running on the way out."""
+    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=REPO, env=child_env()) for argv in argvs]
+    try:
+        for p in procs:
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"worker did not start: {line!r} {p.stderr.read()[-2000:]}")
+        start = time.monotonic() + 0.05
+        end = start + duration
+        for p in procs:
+            p.stdin.write(f"go {start!r} {end!r}\n")
+            p.stdin.flush()
+        yield procs, start, end
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def await_go() -> tuple[float, float]:
+    """The worker's side of workers_started: say "ready", read "go START END", sleep until START."""
+    print("ready", flush=True)
+    _, start, end = sys.stdin.readline().split()
+    start, end = float(start), float(end)
+    while time.monotonic() < start:
+        time.sleep(min(0.001, max(0.0, start - time.monotonic())))
+    return start, end
 
 
 def agentstate_cmd() -> list[str]:

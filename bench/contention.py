@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 
-from .common import KB, REPO, Config, Row, child_env, median, seed_store
+from .common import KB, Config, Row, median, seed_store, workers_started
 
 WORKERS = 10
 
 
 def _session(store_dir: str, workers: int, duration: float, kind: str = "worker") -> dict:
     """Start ``workers`` processes, wait until all are ready (the barrier), run them for ``duration``."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "bench._child", kind, store_dir],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=REPO, env=child_env(),
-        )
-        for _ in range(workers)
-    ]
-    try:
-        for p in procs:
-            line = p.stdout.readline()
-            if line.strip() != "ready":
-                raise RuntimeError(f"worker did not start: {line!r} {p.stderr.read()[-2000:]}")
-        start = time.monotonic() + 0.05
-        end = start + duration
-        for p in procs:
-            p.stdin.write(f"go {start!r} {end!r}\n")
-            p.stdin.flush()
+    argvs = [[sys.executable, "-m", "bench._child", kind, store_dir]] * workers
+    with workers_started(argvs, duration) as (procs, start, end):
         results = []
         for p in procs:  # each reports when its time is up, then idles until all have reported
             line = p.stdout.readline()
@@ -42,11 +24,6 @@ def _session(store_dir: str, workers: int, duration: float, kind: str = "worker"
             _, err = p.communicate(timeout=60)  # closes stdin: the worker exits
             if p.returncode != 0:
                 raise RuntimeError(f"worker failed ({p.returncode}): {err[-2000:]}")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     txns = [t for r in results for t in r["txns"]]
     done = [t for t in txns if start <= t[2] <= end]
     waits = [t1 - t0 for t0, t1, _ in txns]

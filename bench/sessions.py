@@ -23,13 +23,12 @@ Run as a child for the contention case: ``python -m bench.sessions worker DIR``.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, Config, Row, child_env, interleaved, median
+from .common import Config, Row, await_go, interleaved, median, workers_started
 
 WORKERS = 10
 ITEM = {"role": "user", "content": "What is the weather like in Lisbon tomorrow morning?"}
@@ -141,30 +140,14 @@ def _listing(cfg: Config, many: int) -> list[Row]:
 
 
 def _contend(store_dir: str, workers: int, duration: float) -> dict:
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.sessions", "worker", store_dir, f"w{w}"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=REPO, env=child_env()) for w in range(workers)]
-    try:
-        for p in procs:
-            line = p.stdout.readline()
-            if line.strip() != "ready":
-                raise RuntimeError(f"worker did not start: {line!r} {p.stderr.read()[-2000:]}")
-        start = time.time() + 0.05
-        end = start + duration
-        for p in procs:
-            p.stdin.write(f"go {start!r} {end!r}\n")
-            p.stdin.flush()
+    argvs = [[sys.executable, "-m", "bench.sessions", "worker", store_dir, f"w{w}"] for w in range(workers)]
+    with workers_started(argvs, duration) as (procs, start, end):
         results = []
         for p in procs:
             out, err = p.communicate(timeout=duration + 120)
             if p.returncode != 0:
                 raise RuntimeError(f"worker failed ({p.returncode}): {err[-2000:]}")
             results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     done = [t for r in results for t in r["ends"] if start <= t <= end]
     return {"throughput": len(done) / duration, "committed": sum(len(r["ends"]) for r in results)}
 
@@ -197,16 +180,12 @@ def worker(store_dir: str, name: str) -> None:
 
     store = SessionStore(store_dir)
     store.get("s")  # connection and schema check before the start line
-    print("ready", flush=True)
-    _, start, end = sys.stdin.readline().split()
-    start, end = float(start), float(end)
-    while time.time() < start:
-        time.sleep(0.001)
+    _, end = await_go()
     ends = []
     i = 0
-    while time.time() < end:
+    while time.monotonic() < end:
         store.append("s", [{"type": "note", "w": name, "i": i}])
-        ends.append(time.time())
+        ends.append(time.monotonic())
         i += 1
     print(json.dumps({"ends": ends}), flush=True)
 
