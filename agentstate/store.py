@@ -16,7 +16,7 @@ from typing import Any
 
 from . import codec, fileio, signals
 from .duration import parse_duration
-from .errors import ConflictError, StateCorrupted, StorageError
+from .errors import ConflictError, InvalidInput, StateCorrupted, StorageError
 from .fileio import OsFiles
 from .names import is_url
 
@@ -63,16 +63,12 @@ class State:
         if name == "resources":
             object.__setattr__(self, name, value)
             return
-        from .errors import InvalidInput
-
         if name in _FIELDS:
             raise InvalidInput(f"State.{name} is read-only: a transaction changes resources only; "
                                "serial, lineage and updated_at are set by the save")
         raise InvalidInput(f"State has no attribute {name!r} to set; a transaction changes resources only")
 
     def __delattr__(self, name: str) -> None:
-        from .errors import InvalidInput
-
         raise InvalidInput(f"State.{name} cannot be deleted")
 
     def __eq__(self, other: object) -> bool:
@@ -306,8 +302,6 @@ class StateStore:
     def _save(self, loaded: _Loaded, state: State) -> bool:
         """Write the caller's resources as the next version, if they changed; True if written."""
         if not isinstance(state.resources, dict):
-            from .errors import InvalidInput
-
             raise InvalidInput("resources must be a JSON object (a dict)")
         resources = state.resources
         resources_bytes = codec.encode_raw(resources)
