@@ -66,9 +66,6 @@ class OsFiles:
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
         return os.pwrite(fd, data, offset)
 
-    def truncate(self, fd: int, length: int) -> None:
-        os.ftruncate(fd, length)
-
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 
