@@ -14,7 +14,7 @@ loss:
 Design choice for the lock (documented here as the brief asks): the lock needs a real
 ``fcntl.flock`` on a real fd, so everything that is not a state file of the modelled
 directory is passed through to the real ``OsFiles``: the lock file ``state.json.lock``
-(``open_rw``/``pwrite``/``truncate``/``fsync``/``close`` on its real fd), ``mkdir`` and
+(``open_rw``/``pwrite``/``fsync``/``close`` on its real fd), ``mkdir`` and
 ``fsync_dir`` of other directories. The modelled directory exists for real (it holds only
 the lock file), so the whole ``StateStore.transaction()`` runs unmodified on top of this
 layer. Modelled fds are numbered from 1,000,000 so they never collide with real ones.
@@ -267,14 +267,6 @@ class CrashFS(OsFiles):
         buf[offset : offset + len(data)] = data
         self._done(f"pwrite {len(data)}B ino{self.fds[fd][0]}")
         return len(data)
-
-    def truncate(self, fd: int, length: int) -> None:
-        if fd not in self.fds:
-            return super().truncate(fd, length)
-        buf = self.inodes[self.fds[fd][0]].data
-        del buf[length:]
-        buf.extend(bytes(length - len(buf)))
-        self._done(f"truncate ino{self.fds[fd][0]} {length}")
 
     def fsync(self, fd: int) -> None:
         if fd not in self.fds:
