@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,27 @@ class Stmt:
         return self.sqlite if dialect == "sqlite" else self.postgres
 
 
+class EmptyTx:
+    """Reads of a database (or schema) that does not exist yet: no tables, so no rows. Both engines'
+    ``read()`` yield one rather than create anything."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+
+    def run(self, stmt: Stmt, **params: Any) -> list[tuple]:
+        return []
+
+    def one(self, stmt: Stmt, **params: Any) -> None:
+        return None
+
+    def value(self, stmt: Stmt, **params: Any) -> None:
+        return None
+
+    def execute(self, stmt: Stmt, **params: Any) -> int:
+        return 0
+
+    def many(self, stmt: Stmt, rows: Iterable[dict[str, Any]]) -> None:
+        raise RuntimeError("many() in a read transaction")
 
 
 def open_database(target: str | os.PathLike[str] | None = None, *, lock_timeout: float | str | None = None) -> Database:

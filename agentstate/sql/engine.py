@@ -28,7 +28,7 @@ from typing import Any
 from .. import fileio
 from ..duration import parse_duration
 from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
-from . import Stmt
+from . import EmptyTx, Stmt
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
 log = logging.getLogger("agentstate.sql")
@@ -63,27 +63,6 @@ class Tx:
 
     def many(self, stmt: Stmt, rows: Iterable[dict[str, Any]]) -> None:
         self._conn.executemany(stmt.sqlite, rows)
-
-
-class _EmptyTx:
-    """Reads of a database that does not exist yet: no tables, so no rows."""
-
-    dialect = "sqlite"
-
-    def run(self, stmt: Stmt, **params: Any) -> list[tuple]:
-        return []
-
-    def one(self, stmt: Stmt, **params: Any) -> None:
-        return None
-
-    def value(self, stmt: Stmt, **params: Any) -> None:
-        return None
-
-    def execute(self, stmt: Stmt, **params: Any) -> int:
-        return 0
-
-    def many(self, stmt: Stmt, rows: Iterable[dict[str, Any]]) -> None:
-        raise RuntimeError("many() in a read transaction")
 
 
 def storage_error(e: BaseException, path: str, action: str) -> AgentStateError:
@@ -387,7 +366,7 @@ class Database:
         self._drop_conn()
 
     @contextmanager
-    def read(self) -> Iterator[Tx | _EmptyTx]:
+    def read(self) -> Iterator[Tx | EmptyTx]:
         """A consistent snapshot, no lock. A database not created yet reads as empty."""
         import sqlite3
 
@@ -395,7 +374,7 @@ class Database:
         try:
             conn = self._conn(create=False)
             if conn is None:
-                yield _EmptyTx()
+                yield EmptyTx("sqlite")
                 return
             conn.execute("BEGIN")
             version = self._version(conn)
@@ -404,7 +383,7 @@ class Database:
                 if version > SCHEMA_VERSION:
                     raise too_new(version, self.path)
                 if version == 0:
-                    yield _EmptyTx()
+                    yield EmptyTx("sqlite")
                     return
                 self.migrate()
                 conn = self._conn(create=True)

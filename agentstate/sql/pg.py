@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import AgentStateError, StateLocked
+from . import EmptyTx
 from .pg_conn import (  # noqa: F401 - also the names other modules use as pg.<name>
     DEFAULT_SCHEMA,
     EXTRA_HINT,
@@ -194,27 +195,6 @@ class Tx:
             cur.executemany(text, rows)
 
 
-class _EmptyTx:
-    """Reads of a schema that does not exist yet: no tables, so no rows (as SQLite's engine does)."""
-
-    dialect = "postgres"
-
-    def run(self, stmt: Any, **params: Any) -> list[tuple]:
-        return []
-
-    def one(self, stmt: Any, **params: Any) -> None:
-        return None
-
-    def value(self, stmt: Any, **params: Any) -> None:
-        return None
-
-    def execute(self, stmt: Any, **params: Any) -> int:
-        return 0
-
-    def many(self, stmt: Any, rows: Any) -> None:
-        raise RuntimeError("many() in a read transaction")
-
-
 class Database:
     """The PostgreSQL side of ``agentstate.sql.open_database(url)``."""
 
@@ -253,7 +233,7 @@ class Database:
                 conn = cn.conn(write=False)
                 try:
                     if cn.absent and conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
-                        yield _EmptyTx()  # nothing stored yet, and a read creates nothing
+                        yield EmptyTx("postgres")  # nothing stored yet, and a read creates nothing
                         return
                     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     break
