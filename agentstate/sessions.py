@@ -242,6 +242,13 @@ class SessionStore:
             raise _not_found(session_id)
         return row
 
+    def _insert(self, tx: Any, sid: str, title: str | None, metadata: str | None, now: str) -> None:
+        """A new session row, counted in session_counts (as every insert must be)."""
+        from .sql import q_sessions as q
+
+        tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=metadata, now=now)
+        tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
+
     def _encode_all(self, items: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
         if isinstance(items, dict):
             items = [items]
@@ -268,8 +275,7 @@ class SessionStore:
         with self.db.write("sessions create", self.lock_timeout) as tx:
             if tx.one(q.GET_SESSION, tenant=self.tenant, id=sid) is not None:
                 raise ConflictError(f"session {sid!r} already exists", session_id=sid)
-            tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=meta, now=now)
-            tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
+            self._insert(tx, sid, title, meta, now)
         return SessionInfo(sid, self.tenant, title, metadata, now, now, 0)
 
     def append(self, session_id: str, items: Any, *, expect_seq: int | None = None,
@@ -308,8 +314,7 @@ class SessionStore:
                     raise ConflictError(f"session {sid!r} already exists", hint="import it with --id NEW_ID",
                                         session_id=sid)
                 ititle, imeta, icreated = new_session
-                tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=ititle, metadata=imeta, now=icreated)
-                tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
+                self._insert(tx, sid, ititle, imeta, icreated)
                 last = 0
             elif row is None:
                 if not create:
@@ -317,8 +322,7 @@ class SessionStore:
                 if expect_seq not in (None, 0):
                     raise ConflictError(f"session {sid!r} does not exist yet (last seq 0), expected seq {expect_seq}",
                                         hint="re-read the session and retry", last_seq=0)
-                tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=None, metadata=None, now=now)
-                tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
+                self._insert(tx, sid, None, None, now)
                 last = 0
             else:
                 last = int(row[6])
