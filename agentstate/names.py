@@ -35,3 +35,23 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 def is_url(target: Any) -> bool:
     """Whether a store location is a PostgreSQL URL (anything else is a directory)."""
     return isinstance(target, str) and target[:13].lower().startswith(URL_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (for messages, logs and reprs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://<unreadable URL>"
+    if "@" not in parts.netloc or ":" not in parts.netloc.rsplit("@", 1)[0]:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def shown(target: object) -> str:
+    """A store location as it may be shown: a directory as given, a URL without its password."""
+    return redact_url(target) if is_url(target) else str(target)

@@ -61,9 +61,7 @@ class PgStateStore(StateStore):
         path: str | None = None,
         *,
         lock_timeout: float | str | None = None,
-        stale_after: float | str = 300.0,
         files: Any = None,
-        lock_mode: str | None = None,
     ) -> None:
         if not pg.is_url(path):
             raise InvalidInput(f"{path!r} is not a postgresql:// URL")
@@ -77,9 +75,7 @@ class PgStateStore(StateStore):
         if lock_timeout is None:
             lock_timeout = os.environ.get("AGENTSTATE_LOCK_TIMEOUT") or 30.0
         self.lock_timeout = parse_duration(lock_timeout, "lock timeout")
-        self.stale_after = parse_duration(stale_after, "stale threshold")
         self.files = None
-        self.lock_mode = "postgresql"
 
     def __repr__(self) -> str:
         return f"StateStore({pg.redact(self.path)!r})"

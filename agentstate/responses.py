@@ -45,7 +45,7 @@ import orjson
 
 from .codec import encode_value
 from .errors import AgentStateError, ConflictError, InvalidInput, NotFound, StateCorrupted, StateLocked, StorageError
-from .names import check_name, check_tenant
+from .names import check_name, check_tenant, shown
 from .page import Page, check_limit, decode_cursor, encode_cursor
 
 log = logging.getLogger("agentstate.responses")
@@ -209,8 +209,7 @@ class ResponseStore:
         self._flushed_at = time.monotonic()
 
     def __repr__(self) -> str:
-        where = "<postgresql>" if not isinstance(self.target, str) or "://" in self.target else self.target
-        return f"ResponseStore({where!r}, tenant={self.tenant!r}, max_responses={self.max_responses})"
+        return f"ResponseStore({shown(self.target)!r}, tenant={self.tenant!r}, max_responses={self.max_responses})"
 
     @property
     def db(self) -> Any:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import ConflictError, InvalidInput, NotFound
-from .names import check_name, check_tenant
+from .names import check_name, check_tenant, shown
 from .page import Page, check_limit, decode_cursor, encode_cursor
 
 MAX_ITEM_BYTES = 1 << 20
@@ -198,7 +198,7 @@ class SessionStore:
         self._db: Any = None
 
     def __repr__(self) -> str:
-        return f"SessionStore({self.target!r}, tenant={self.tenant!r})"
+        return f"SessionStore({shown(self.target)!r}, tenant={self.tenant!r})"
 
     @property
     def db(self) -> Any:

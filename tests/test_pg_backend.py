@@ -14,6 +14,7 @@ from backend_view import put, stored
 from pgserver import schema_url
 from state_holder import StateHolder
 
+import agentstate
 from agentstate import (
     ConflictError,
     FormatTooNew,
@@ -26,6 +27,7 @@ from agentstate import (
     StorageError,
     codec,
 )
+from agentstate.integrations.openai_agents import AgentStateSession
 from agentstate.pgstate import PgStateStore
 from agentstate.sql.pg import redact, split_url
 
@@ -437,3 +439,10 @@ def test_a_malformed_url_is_one_clear_error(url):
     proc = subprocess.run([*CLI, "show", "--url", url], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_repr_shows_a_password() -> None:
+    url = "postgresql://alice:s3cret@db.example:5432/app?schema=team"
+    for obj in (agentstate.StateStore(url), agentstate.SessionStore(url), agentstate.ResponseStore(url)):
+        assert "s3cret" not in repr(obj) and "alice:***@db.example" in repr(obj), repr(obj)
+    assert "s3cret" not in repr(AgentStateSession("s1", dir=url))

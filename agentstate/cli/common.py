@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - older typer is built on click itself
     import click  # type: ignore[no-redef]
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from ..names import is_url
+from ..names import is_url, redact_url
 
 EXIT_CODES = (
     "Exit codes: 0 success; 1 error (bad input, I/O failure); 2 usage error (a bad option, argument or "
@@ -337,7 +337,7 @@ class Opts:
         if url_opt is not None and not url_opt:
             raise UsageError("--url must not be empty")
         if url_opt is not None and dir_opt is None and not is_url(url_opt):
-            raise UsageError(f"--url takes a postgresql:// or postgres:// URL, not {_redacted(url_opt)!r} "
+            raise UsageError(f"--url takes a postgresql:// or postgres:// URL, not {redact_url(url_opt)!r} "
                              "(a directory goes to --dir)")
         if dir_opt is not None and url_opt is not None:
             raise UsageError("--dir and --url cannot be used together: a store is a directory or a URL")
@@ -351,7 +351,7 @@ class Opts:
                 raise UsageError("AGENTSTATE_DIR and AGENTSTATE_URL are both set: unset one "
                                  "(or pass --dir or --url to choose)")
             if env_url and not is_url(env_url):
-                raise UsageError(f"AGENTSTATE_URL takes a postgresql:// or postgres:// URL, not {_redacted(env_url)!r} "
+                raise UsageError(f"AGENTSTATE_URL takes a postgresql:// or postgres:// URL, not {redact_url(env_url)!r} "
                                  "(a directory goes to AGENTSTATE_DIR)")
             self.dir, self.url = env_dir, env_url
 
@@ -516,7 +516,7 @@ def run(body: Callable[[Opts], int | None]) -> None:
 
             logging.getLogger("agentstate.cli").debug(
                 "%s: store %s", click.get_current_context().command_path,
-                _redacted(opts.url) if opts.url is not None else (opts.dir or "./.agentstate (default)"))
+                redact_url(opts.url) if opts.url is not None else (opts.dir or "./.agentstate (default)"))
         code = body(opts) or 0
     except UsageError as e:
         _fail(opts, "usage", str(e), 2, {})
@@ -549,11 +549,6 @@ def run(body: Callable[[Opts], int | None]) -> None:
     raise typer.Exit(code)
 
 
-def _redacted(url: str) -> str:
-    """A URL without its password (for logs)."""
-    import re
-
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def _traceback(opts: Opts) -> None:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .._version import __version__
 from ..errors import AgentStateError, FormatTooNew, InvalidInput, StorageError
 from ..names import URL_SCHEMES as SCHEMES  # noqa: F401 - re-exported for pg.py
-from ..names import is_url  # noqa: F401 - re-exported for pg.py
+from ..names import is_url, redact_url  # noqa: F401 - is_url re-exported for pg.py
 
 log = logging.getLogger("agentstate.pg")
 
@@ -376,14 +376,4 @@ def migrate(conn: Any, schema: str, where: str) -> list[int]:
         raise server_error(e, doing="creating or upgrading the agentstate schema", where=where) from None
 
 
-def redact(url: str) -> str:
-    """The URL without its password."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "postgresql://<unreadable URL>"
-    if "@" not in parts.netloc or ":" not in parts.netloc.rsplit("@", 1)[0]:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+redact = redact_url  # the URL without its password (agentstate.names)
