@@ -5,11 +5,10 @@ the kernel releases it the instant the holder exits, however it exits. The lock 
 created once (0600, ``O_NOFOLLOW``) and never unlinked or replaced: not on release, not by
 ``force_unlock``, not ever while anybody may hold it, so every process locks the same inode.
 
-The holder record (who holds it: lock ID, PID, host, boot ID, PID namespace, process start,
-operation, version, acquired-at) is for error messages, ``lock status`` and doctor, never
-for deciding who holds the lock. It is written in place after acquiring (no fsync: after a
-crash nobody holds the lock anyway) and blanked before unlocking. docs/format.md section 5
-gives the layout.
+The holder record (agentstate.lock_record: who holds it, for error messages, ``lock status`` and
+doctor, never for deciding who holds the lock) is written in place after acquiring (no fsync:
+after a crash nobody holds the lock anyway) and blanked before unlocking. docs/format.md
+section 5 gives the layout.
 
 Waiting: in the main thread, a blocking ``flock`` interrupted by a one-shot ``ITIMER_REAL``
 (SIGALRM) at the deadline, so a release hands the lock over at once and nothing outlives the
@@ -17,8 +16,8 @@ call; elsewhere (other threads, or a program that uses SIGALRM itself), ``LOCK_N
 with a back-off capped at 1 ms. No helper thread, no descriptor outlives a call.
 
 Where flock does not work (ENOLCK, EOPNOTSUPP, EINVAL, ENOSYS), or on a filesystem whose flock
-is not shared between the hosts that may mount it (``UNSHARED_FLOCK``), the lock refuses with
-one StorageError line: a store there could be written by two hosts at once.
+is not shared between the hosts that may mount it (``UNSHARED_FLOCK``, agentstate.lock_fs), the
+lock refuses with one StorageError line: a store there could be written by two hosts at once.
 
 Fork safety: a forked child closes its copies of every lock descriptor (a copy would keep the
 flock alive after its parent died) and never unlocks or blanks its parent's lock.
@@ -30,220 +29,32 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import shlex
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from stat import S_ISREG
 from typing import Any
 
-from ._version import __version__
 from .duration import parse_duration
 from .errors import ConflictError, NotFound, StateLocked, StorageError
 from .fileio import OsFiles, io_error, write_all_at
+from .lock_fs import UNSHARED_FLOCK, check_filesystem
+from .lock_fs import filesystem as _filesystem
+from .lock_fs import unsupported as _unsupported
+from .lock_record import RECORD_BLOCK, Holder, blank, now_iso, padded, process_start, read_record, record_size
 
 log = logging.getLogger("agentstate.lock")
 
-__all__ = ["DEFAULT_TIMEOUT", "UNSHARED_FLOCK", "Holder", "Lock", "parse_duration"]
+__all__ = ["DEFAULT_TIMEOUT", "RECORD_BLOCK", "UNSHARED_FLOCK", "Holder", "Lock", "check_filesystem",
+           "parse_duration", "process_start"]
 
 DEFAULT_TIMEOUT = 30.0
-RECORD_BLOCK = 512  # the record is padded to a multiple of this (and never shorter than the file)
 POLL_CAP = 0.001  # longest pause between LOCK_NB attempts when the timer cannot be used
-# Filesystem types (from /proc/self/mountinfo) refused up front: several hosts may mount them, and
-# their flock is local to each client (cifs, 9p, FUSE without lock forwarding, virtiofs and guest
-# shared folders) or depends on mount options and leases that can lapse silently (NFS).
-UNSHARED_FLOCK = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "vboxsf", "fuse"})
 _CONTENDED = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-# --- who we are ----------------------------------------------------------------------------------
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii") as f:
-            return f.read().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def process_start(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot); None if gone or a zombie."""
-    stat = _read_text(f"/proc/{pid}/stat")
-    fields = stat.rsplit(")", 1)[-1].split() if stat else []
-    if len(fields) < 20 or fields[0] in ("Z", "X", "x"):
-        return None
-    return fields[19]
-
-
-def _pid_namespace() -> str | None:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-_identity: tuple[int, str, str | None, str | None, str | None] | None = None
-
-
-def _me() -> tuple[int, str, str | None, str | None, str | None]:
-    """(pid, hostname, boot ID, PID namespace, process start) of this process, read once per PID."""
-    global _identity
-    pid = os.getpid()
-    if _identity is None or _identity[0] != pid:  # a forked child is another process
-        boot = _read_text("/proc/sys/kernel/random/boot_id")
-        _identity = (pid, socket.gethostname(), boot, _pid_namespace(), process_start(pid))
-    return _identity
-
-
-def _now_iso() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-
-
-def _uuid4() -> str:
-    """str(uuid.uuid4()), at a fifth of its cost (it is on every acquire)."""
-    b = bytearray(os.urandom(16))
-    b[6], b[8] = b[6] & 0x0F | 0x40, b[8] & 0x3F | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _age(iso: str) -> str:
-    try:
-        s = (datetime.now(UTC) - datetime.fromisoformat(iso.replace("Z", "+00:00"))).total_seconds()
-    except ValueError:
-        return ""
-    return f" ({s:.1f}s ago)" if s < 10 else f" ({s:.0f}s ago)"
-
-
-# --- the holder record -----------------------------------------------------------------------------
-
-
-@dataclass
-class Holder:
-    """The holder record written into the lock file (one JSON object)."""
-
-    lock_id: str
-    pid: int
-    hostname: str
-    operation: str
-    acquired_at: str
-    version: str = __version__
-    boot_id: str | None = None
-    pid_namespace: str | None = None
-    process_start: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown fields, kept when parsing
-
-    @classmethod
-    def mine(cls, operation: str) -> Holder:
-        pid, host, boot, ns, start = _me()
-        return cls(_uuid4(), pid, host, operation, _now_iso(), __version__, boot, ns, start)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in _FIELDS}
-
-    def to_bytes(self) -> bytes:
-        import orjson
-
-        return orjson.dumps(self.to_dict())
-
-    @classmethod
-    def parse(cls, data: bytes | str | None) -> Holder | None:
-        """The record in ``data``; None if it is blank (a free lock) or not a holder record."""
-        if not data or not data.strip():
-            return None
-        import orjson
-
-        try:
-            d = orjson.loads(data)
-            pid = d["pid"]
-            if type(pid) is not int:
-                return None
-            opt = {k: None if d.get(k) is None else str(d[k]) for k in ("boot_id", "pid_namespace", "process_start")}
-            return cls(str(d["lock_id"]), pid, str(d["hostname"]), str(d.get("operation", "?")),
-                       str(d.get("acquired_at", "")), str(d.get("version", "?")), **opt,
-                       extra={k: v for k, v in d.items() if k not in _FIELDS})
-        except Exception:  # noqa: BLE001 - any garbage means "no record"
-            return None
-
-    def alive(self) -> bool | None:
-        """Whether the holder process still runs: True/False when it ran under this kernel (same boot
-        ID) in this PID namespace, else None (unknown: another host, boot or namespace)."""
-        _, _, boot, ns, _ = _me()
-        if not boot or not ns or self.boot_id != boot or self.pid_namespace != ns:
-            return None
-        start = process_start(self.pid)
-        return start is not None and (self.process_start is None or start == self.process_start)
-
-    def describe(self) -> str:
-        return (f"PID {self.pid} on {self.hostname} ({self.operation}, since {self.acquired_at}"
-                f"{_age(self.acquired_at)}, lock ID {self.lock_id})")
-
-
-_FIELDS = tuple(f for f in Holder.__dataclass_fields__ if f != "extra")
-
-
-# --- the filesystem --------------------------------------------------------------------------------
-
-_fs_cache: dict[int, tuple[str, str]] = {}  # st_dev -> (filesystem type, mount point)
-_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-def _filesystem(directory: str) -> tuple[str, str] | None:
-    """(type, mount point) of the filesystem holding ``directory``, from /proc/self/mountinfo."""
-    try:
-        dev = os.stat(directory).st_dev
-    except OSError:
-        return None
-    if dev in _fs_cache:
-        return _fs_cache[dev]
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    real = os.path.realpath(directory)
-    want = f"{os.major(dev)}:{os.minor(dev)}"
-    best: tuple[bool, int, str, str] | None = None
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        parts, tail = left.split(), right.split()
-        if not sep or len(parts) < 5 or not tail:
-            continue
-        point = _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), parts[4])
-        if not (real == point or real.startswith(point.rstrip("/") + "/")):
-            continue
-        key = (parts[2] == want, len(point), tail[0], point)  # same device first, then the deepest mount
-        if best is None or key[:2] >= best[:2]:
-            best = key
-    if best is None:
-        return None
-    _fs_cache[dev] = best[2], best[3]
-    return _fs_cache[dev]
-
-
-def _unsupported(path: str, fs: tuple[str, str] | None, why: str) -> StorageError:
-    where = f"the {fs[0]} filesystem at {fs[1]}" if fs else "its filesystem"
-    return StorageError(
-        f"cannot lock {path}: {where} {why}; agentstate never writes without its lock: keep the store "
-        "in a directory on a local filesystem, or use the PostgreSQL backend (--url postgresql://...)",
-        path=path, filesystem=fs[0] if fs else None,
-    )
-
-
-def check_filesystem(path: str) -> None:
-    """StorageError if the filesystem holding ``path`` is one whose flock other hosts do not see."""
-    fs = _filesystem(os.path.dirname(path) or ".")
-    if fs and (fs[0] in UNSHARED_FLOCK or fs[0].startswith("fuse.")):
-        raise _unsupported(path, fs, "does not share flock locks between the hosts that mount it")
 
 
 # --- descriptors, and what a forked child does with them --------------------------------------------
@@ -264,13 +75,6 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-
-def _record(fd: int) -> Holder | None:
-    """The record in the open lock file; None if blank, garbled or unreadable (it only informs people)."""
-    try:
-        return Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
-    except OSError:
-        return None
 
 
 def _close(fd: int) -> None:
@@ -418,11 +222,11 @@ class Lock:
         # KeyboardInterrupt at any bytecode) blanks, unlocks and closes: never a record left behind.
         size = max(RECORD_BLOCK, st.st_size)
         try:
-            me.acquired_at = _now_iso()
+            me.acquired_at = now_iso()
             body = me.to_bytes()
-            size = max(-(-(len(body) + 1) // RECORD_BLOCK) * RECORD_BLOCK, st.st_size)
-            previous = _record(fd) if st.st_size else None
-            write_all_at(self.files, fd, body + b" " * (size - len(body) - 1) + b"\n", 0)
+            size = record_size(body, st.st_size)
+            previous = read_record(fd) if st.st_size else None
+            write_all_at(self.files, fd, padded(body, size), 0)
             self._owner_pid, self._acquired = me.pid, time.monotonic()
             self._fd, self._size, self.holder = fd, size, me
         except BaseException as e:
@@ -458,7 +262,7 @@ class Lock:
         """The release order: the record is blank before anyone else can hold the lock."""
         try:
             try:
-                write_all_at(self.files, fd, b" " * (size - 1) + b"\n", 0)
+                write_all_at(self.files, fd, blank(size), 0)
             except OSError as e:  # the next holder overwrites it; the kernel says it is free
                 log.warning("could not blank the holder record in %s: %s", self.path, e)
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -474,7 +278,7 @@ class Lock:
         except OSError:
             return None
         try:
-            return _record(fd)
+            return read_record(fd)
         finally:
             os.close(fd)
 
@@ -498,7 +302,7 @@ class Lock:
             try:
                 self._same_inode(fd)  # a regular file?
                 held = not self._flock(fd, fcntl.LOCK_SH)  # while we hold it shared, nobody can take it
-                record = _record(fd)
+                record = read_record(fd)
             finally:
                 _close(fd)
         alive = record.alive() if record else None
@@ -556,7 +360,7 @@ class Lock:
                 raise NotFound(f"no lock file at {self.path}: nothing to unlock") from None
             try:
                 if not self._flock(fd, fcntl.LOCK_EX):
-                    record = _record(fd)
+                    record = read_record(fd)
                     who = record.describe() if record else "a process that has not written its record yet"
                     raise StateLocked(
                         f"refusing to unlock {self.path}: the kernel says it is held by {who}, so it is not stale",
@@ -567,7 +371,7 @@ class Lock:
                 st = self._same_inode(fd)
                 if st is None:
                     continue  # replaced meanwhile (finally closes fd): look at the new one
-                record = _record(fd)
+                record = read_record(fd)
                 if record is None:
                     raise NotFound(f"the lock {self.path} is free and holds no record: nothing to unlock")
                 if record.lock_id != lock_id:
@@ -576,7 +380,7 @@ class Lock:
                         hint="check `agentstate lock status`", holder=record.to_dict(),
                     )
                 try:
-                    write_all_at(self.files, fd, b" " * (max(st.st_size, RECORD_BLOCK) - 1) + b"\n", 0)
+                    write_all_at(self.files, fd, blank(max(st.st_size, RECORD_BLOCK)), 0)
                 except OSError as e:
                     raise io_error("clear the holder record in", self.path, e) from None
                 log.warning("stale lock record cleared from %s: %s had ended without releasing the lock",
@@ -623,7 +427,7 @@ class Lock:
     def _announce(self, fd: int, on_wait: Callable[[Holder | None], None] | None) -> None:
         if on_wait is None and not log.isEnabledFor(logging.INFO):
             return  # nobody to tell: skip reading the record (a hot path under contention)
-        holder = _record(fd)
+        holder = read_record(fd)
         log.info("waiting for lock %s held by %s", self.path,
                  holder.describe() if holder else "a process that has not written its record yet")
         if on_wait is not None:
@@ -632,7 +436,7 @@ class Lock:
     def _timed_out(self, fd: int, timeout: float) -> None:
         holder = None
         for _ in range(3):  # a new holder may be between taking the lock and writing its record
-            holder = _record(fd)
+            holder = read_record(fd)
             if holder is not None:
                 break
             time.sleep(0.005)
