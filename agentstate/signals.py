@@ -88,6 +88,13 @@ def _install() -> bool:
     return done
 
 
+def block() -> None:
+    """Block SIGINT and SIGTERM for the rest of the process (the CLI's last step, once its outcome is
+    reported: interpreter shutdown restores the default handlers, which would turn a late signal into a kill)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
 def _uninstall() -> None:
     for sig, prev in list(_previous.items()):
         if _sig.getsignal(sig) is _handler:

@@ -59,3 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         err = signals.outside(e)
         sys.stderr.write(f"error: {err}\n")
         sys.exit(err.exit_code)
+    finally:
+        # The outcome is decided and reported. Interpreter shutdown puts the default handlers back, so a
+        # signal landing from here on would kill the process and replace the documented exit code with a
+        # bare "killed by signal": block both; a pending one is discarded when the process exits.
+        signals.block()
