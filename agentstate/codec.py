@@ -11,7 +11,9 @@ anywhere (a value, the serial, the trailing newline) is caught without
 re-serialising anything.
 
 Values are strict JSON: NaN and Infinity are refused, integers must fit in
-64 bits (signed, or unsigned up to 2**64-1) and are kept exact, keys are strings.
+64 bits (signed, or unsigned up to 2**64-1) and are kept exact, keys are strings,
+and JSON text given by a user (``parse_json``: state values, specs, session items,
+metadata, responses) never names a key twice in one object.
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ def _no_constants(name: str) -> Any:
 
 
 def parse_json(data: bytes | str, what: str = "input") -> Any:
-    """Parse strict JSON given by a user. Integers are exact; anything doubtful is InvalidInput."""
+    """Parse strict JSON given by a user. Integers are exact; a key given twice in one object (which
+    a parser would silently collapse) and anything else doubtful is InvalidInput."""
     if isinstance(data, str):
         try:
             data = data.encode("utf-8")
@@ -204,7 +207,64 @@ def parse_json(data: bytes | str, what: str = "input") -> Any:
         except (ValueError, RecursionError) as e:
             raise InvalidInput(f"{what} is not valid JSON: {e}") from None
         _check_ints(value)
+    check_unique_keys(data, value, what)
     return value
+
+
+# -- duplicate keys -----------------------------------------------------------------------------------
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _count_keys(value: Any) -> int:
+    n, stack = 0, [value]
+    while stack:
+        x = stack.pop()
+        if type(x) is dict:
+            n += len(x)
+            stack.extend(x.values())
+        elif type(x) is list:
+            stack.extend(x)
+    return n
+
+
+def check_unique_keys(data: bytes | str, value: Any, what: str) -> None:
+    """InvalidInput if an object in ``data`` (valid JSON that parsed to ``value``) names a key twice.
+
+    A JSON parser keeps the last of two equal keys; agentstate refuses them. Each ``:`` outside a
+    string ends one key, so the text holds as many keys as the parsed value unless one was repeated.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if b":" not in raw:
+        return
+    keys = _count_keys(value)
+    if raw.count(b":") == keys:  # no ':' inside a string and no key lost: the common, fast case
+        return
+    inside_strings = b"".join(_STRING.findall(raw)).count(b":")
+    if raw.count(b":") - inside_strings == keys:
+        return
+    raise InvalidInput(f"{what} is not valid: {_duplicate(raw)}", hint="each key may appear once in an object")
+
+
+def _duplicate(raw: bytes) -> str:
+    import json
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for k, v in items:
+            if k in seen:
+                shown = repr(k) if len(repr(k)) <= 60 else repr(k)[:57] + "..."
+                raise KeyError(shown)
+            seen[k] = v
+        return seen
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except KeyError as e:
+        return f"the key {e.args[0]} appears twice in one object"
+    except (ValueError, RecursionError):
+        pass
+    return "a key appears twice in one object"
 
 
 GC_PAUSE_BYTES = 1 << 16

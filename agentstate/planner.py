@@ -8,7 +8,6 @@ The desired state is given as a spec, the same shape as the CLI's spec file,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,10 +41,11 @@ class Plan:
 
 
 def parse_json(data: bytes | str, what: str) -> Any:
-    """Strict JSON from a user (codec.parse_json), and no object with a key given twice."""
-    value = codec.parse_json(data, what)
-    check_unique_keys(data, value, what)
-    return value
+    """Strict JSON from a user: codec.parse_json (which also refuses an object with a key given twice)."""
+    return codec.parse_json(data, what)
+
+
+check_unique_keys = codec.check_unique_keys  # where it lived before it served sessions and responses too
 
 
 def parse_spec(data: bytes | str, what: str = "spec") -> dict[str, Any]:
@@ -158,62 +158,6 @@ def parse_assignment(item: str) -> tuple[str, Any]:
         ) from None
     codec.encode_value(value)
     return address, value
-
-
-# -- duplicate keys -----------------------------------------------------------------------------------
-
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-
-
-def _count_keys(value: Any) -> int:
-    n, stack = 0, [value]
-    while stack:
-        x = stack.pop()
-        if type(x) is dict:
-            n += len(x)
-            stack.extend(x.values())
-        elif type(x) is list:
-            stack.extend(x)
-    return n
-
-
-def check_unique_keys(data: bytes | str, value: Any, what: str) -> None:
-    """InvalidInput if an object in ``data`` (valid JSON that parsed to ``value``) names a key twice.
-
-    A JSON parser keeps the last of two equal keys; agentstate refuses them. Each ``:`` outside a
-    string ends one key, so the text holds as many keys as the parsed value unless one was repeated.
-    """
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if b":" not in raw:
-        return
-    keys = _count_keys(value)
-    if raw.count(b":") == keys:  # no ':' inside a string and no key lost: the common, fast case
-        return
-    inside_strings = b"".join(_STRING.findall(raw)).count(b":")
-    if raw.count(b":") - inside_strings == keys:
-        return
-    raise InvalidInput(f"{what} is not valid: {_duplicate(raw)}", hint="each key may appear once in an object")
-
-
-def _duplicate(raw: bytes) -> str:
-    import json
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
-        for k, v in items:
-            if k in seen:
-                shown = repr(k) if len(repr(k)) <= 60 else repr(k)[:57] + "..."
-                raise KeyError(shown)
-            seen[k] = v
-        return seen
-
-    try:
-        json.loads(raw, object_pairs_hook=pairs)
-    except KeyError as e:
-        return f"the key {e.args[0]} appears twice in one object"
-    except (ValueError, RecursionError):
-        pass
-    return "a key appears twice in one object"
 
 
 def _kind(v: Any) -> str:
