@@ -80,13 +80,15 @@ def diagnose(store: Any) -> Report:
 
 
 def database_findings(store: Any) -> list[dict[str, Any]]:
-    """The checks of the store's agentstate.db (sessions, responses): integrity, schema version, lock."""
+    """The checks of the store's agentstate.db (sessions, responses): integrity, schema version, lock, chains,
+    stored values."""
     from .errors import AgentStateError
     from .responses_check import check_responses
     from .sql import check
+    from .values_check import check_values
 
-    try:
-        return check(store.path) + check_responses(store.path)  # the latter: broken chain links, cycles
+    try:  # check_responses: broken chain links, cycles; check_values: stored JSON that does not decode
+        return check(store.path) + check_responses(store.path) + check_values(store.path)
     except AgentStateError as e:
         return [{"check": "database", "ok": False, "detail": str(e)}]
 

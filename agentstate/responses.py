@@ -80,9 +80,12 @@ def _loads(body: Any, tenant: str, rid: str) -> Any:
 def _loads_all(rows: list[tuple], tenant: str) -> list[Any]:
     """The bodies (column 3) of ``rows``, parsed in one call (each is a JSON object's text)."""
     try:
-        return orjson.loads("[" + ",".join([r[3] for r in rows]) + "]")
+        values = orjson.loads("[" + ",".join([_text(r[3]) for r in rows]) + "]")
+        if len(values) == len(rows):  # a damaged body such as '1,2' parses as two: look at each
+            return values
     except orjson.JSONDecodeError:
-        return [_loads(r[3], tenant, r[1]) for r in rows]  # finds the damaged one and names it
+        pass
+    return [_loads(r[3], tenant, r[1]) for r in rows]  # finds the damaged one and names it
 
 
 @dataclass(frozen=True)
@@ -419,9 +422,18 @@ class ResponseStore:
         from .sql import q_responses as q
 
         limit = check_limit(limit)
-        before = _NO_CURSOR if cursor is None else decode_cursor(_CURSOR_KIND, cursor, (int,))[0]
+        # The cursor is the (created_at, id) of the page's last response: the caller's own row, seen on
+        # that page, so it tells nothing about other tenants (a global seq would count their saves).
+        after = None if cursor is None else decode_cursor(_CURSOR_KIND, cursor, (str, str))
         with self.db.read() as tx:
-            rows = tx.run(q.LIST_PAGE, tenant=self.tenant, before=before, limit=limit + 1)
+            before = _NO_CURSOR
+            if after is not None:
+                anchor = tx.one(q.LIST_ANCHOR, tenant=self.tenant, created_at=after[0], id=after[1])
+                before = None if anchor is None else int(anchor[0])
+            if before is None:  # that response was evicted meanwhile: go on with those created before it
+                rows = tx.run(q.LIST_OLDER, tenant=self.tenant, created_at=after[0], limit=limit + 1)
+            else:
+                rows = tx.run(q.LIST_PAGE, tenant=self.tenant, before=before, limit=limit + 1)
             total = int(tx.value(q.COUNT_LIVE, tenant=self.tenant) or 0)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -431,7 +443,7 @@ class ResponseStore:
                                         depth=int(depth), created_at=_text(created)))
             for _seq, rid, prev, root, depth, created, body in rows
         ]
-        next_cursor = encode_cursor(_CURSOR_KIND, [int(rows[-1][0])]) if more and rows else None
+        next_cursor = encode_cursor(_CURSOR_KIND, [items[-1].created_at, items[-1].id]) if more and items else None
         return Page(items=items, next_cursor=next_cursor, total=total)
 
     # -- use of chains (the LRU clock) ---------------------------------------------------------------------

@@ -170,6 +170,14 @@ def _not_found(session_id: str) -> NotFound:
                     session_id=session_id)
 
 
+def _damaged(message: str, **details: Any) -> Exception:
+    """A stored value that does not decode: corruption by something other than agentstate (exit 4)."""
+    from .errors import StateCorrupted
+
+    return StateCorrupted(message, hint="run `agentstate doctor`; the database was changed by something other than "
+                          "agentstate", **details)
+
+
 # -- the store ---------------------------------------------------------------------------------------------
 
 
@@ -225,14 +233,27 @@ class SessionStore:
         import orjson
 
         sid, title, metadata, created_at, updated_at, item_count, _last = row
-        return SessionInfo(sid, self.tenant, title, None if metadata is None else orjson.loads(metadata),
-                           created_at, updated_at, int(item_count))
+        try:
+            meta = None if metadata is None else orjson.loads(metadata)
+        except orjson.JSONDecodeError as e:
+            raise _damaged(f"the stored metadata of session {sid!r} (tenant {self.tenant!r}) is not valid JSON: {e}",
+                           tenant=self.tenant, session_id=sid) from None
+        return SessionInfo(sid, self.tenant, title, meta, created_at, updated_at, int(item_count))
 
-    @staticmethod
-    def _items(rows: Iterable[tuple]) -> list[Item]:
+    def _items(self, rows: Iterable[tuple], sid: str) -> list[Item]:
         import orjson
 
-        return [Item(int(seq), iid, created_at, orjson.loads(data)) for seq, iid, created_at, data in rows]
+        try:
+            return [Item(int(seq), iid, created_at, orjson.loads(data)) for seq, iid, created_at, data in rows]
+        except orjson.JSONDecodeError:
+            pass
+        for seq, _iid, _created_at, data in rows:  # name the damaged one
+            try:
+                orjson.loads(data)
+            except orjson.JSONDecodeError as e:
+                raise _damaged(f"the stored item {int(seq)} of session {sid!r} (tenant {self.tenant!r}) is not "
+                               f"valid JSON: {e}", tenant=self.tenant, session_id=sid, seq=int(seq)) from None
+        raise AssertionError("unreachable")
 
     def _row(self, tx: Any, session_id: str) -> tuple:
         from .sql import q_sessions as q
@@ -357,7 +378,7 @@ class SessionStore:
             return []
         rows = tx.run(q.ITEMS_RANGE, tenant=self.tenant, session_id=sid, first=first_seq,
                       last=first_seq + len(ids) - 1)
-        return [it for it in self._items(rows) if it.id == ids[it.seq - first_seq]]
+        return [it for it in self._items(rows, sid) if it.id == ids[it.seq - first_seq]]
 
     def pop(self, session_id: str) -> Item | None:
         """Remove and return the last item (its seq is free again), or None when the session is empty."""
@@ -368,10 +389,10 @@ class SessionStore:
             last = int(self._row(tx, sid)[6])
             if last == 0:
                 return None
-            rows = tx.run(q.GET_ITEM, tenant=self.tenant, session_id=sid, seq=last)
-            tx.run(q.DELETE_ITEM, tenant=self.tenant, session_id=sid, seq=last)
+            item = self._items(tx.run(q.GET_ITEM, tenant=self.tenant, session_id=sid, seq=last), sid)[0]  # before
+            tx.run(q.DELETE_ITEM, tenant=self.tenant, session_id=sid, seq=last)  # a damaged one is refused
             tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last - 1, now=_utcnow(), title=None)
-        return self._items(rows)[0]
+        return item
 
     def delete(self, session_id: str) -> None:
         """Delete the session and all its items in one transaction (NotFound if it does not exist)."""
@@ -419,7 +440,7 @@ class SessionStore:
             rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=after, limit=limit) if limit else []
             if not rows:  # no items: is there a session at all? (one query less in the common case)
                 self._row(tx, sid)
-            return self._items(rows)
+            return self._items(rows, sid)
 
     def context(self, session_id: str, limit: int = 20) -> list[Item]:
         """The last ``limit`` items, oldest first (what a model's context window gets)."""
@@ -432,7 +453,7 @@ class SessionStore:
             if not rows:  # no items: is there a session at all? (one query less in the common case)
                 self._row(tx, sid)
         rows.reverse()
-        return self._items(rows)
+        return self._items(rows, sid)
 
     def show(self, session_id: str, last: int | None = None) -> tuple[SessionInfo, list[Item]]:
         """The session and its items (all, or the last ``last``), from one snapshot."""
@@ -450,7 +471,7 @@ class SessionStore:
             else:
                 rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=last)
                 rows.reverse()
-        return info, self._items(rows)
+        return info, self._items(rows, sid)
 
     def list(self, limit: int = 50, cursor: str | None = None) -> Page[SessionInfo]:
         """Sessions most recently updated first. Paging with ``next_cursor`` never repeats or skips a
