@@ -6,7 +6,10 @@
 
 A cursor is the position after the page's last item, as URL-safe base64 of a small JSON array
 tagged with the listing's kind, so a cursor from one listing handed to another (or edited)
-is refused with ``InvalidInput`` instead of silently paging somewhere else.
+is refused with ``InvalidInput`` instead of silently paging somewhere else. The position is made
+of that last item's own values (sessions: updated_at and id; responses: created_at and id),
+never of a store-wide counter: a cursor tells its holder nothing beyond the rows it was shown
+(a global sequence would let a tenant count the other tenants' writes between two pages).
 """
 
 from __future__ import annotations

@@ -78,6 +78,20 @@ LIST_PAGE = Stmt(
               ORDER BY seq DESC LIMIT :limit""",
 )
 
+# A list cursor is the (created_at, id) of the last response of a page, never a seq (seqs are global:
+# two cursors would tell how many responses other tenants saved in between). The next page starts
+# below that response's seq, found here: (seq,), or no row if it was evicted meanwhile ...
+LIST_ANCHOR = Stmt(
+    both="SELECT seq FROM responses WHERE tenant = :tenant AND id = :id AND created_at = :created_at",
+)
+
+# ... and then the page holds the responses created strictly before it (newest first, as LIST_PAGE).
+LIST_OLDER = Stmt(
+    both="""SELECT seq, id, previous_id, root_id, depth, created_at, body FROM responses
+              WHERE tenant = :tenant AND deleted_at IS NULL AND created_at < :created_at
+              ORDER BY seq DESC LIMIT :limit""",
+)
+
 COUNT_LIVE = Stmt(
     both="SELECT COUNT(*) FROM responses WHERE tenant = :tenant AND deleted_at IS NULL",
 )
