@@ -78,8 +78,12 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _close(fd: int) -> None:
-    _fds.discard(fd)
-    os.close(fd)
+    """Forget, then close: closed once forgotten, even if a signal's KeyboardInterrupt comes in between
+    (callers that must not leave a lock held retry while ``fd in _fds``)."""
+    try:
+        _fds.discard(fd)
+    finally:
+        os.close(fd)
 
 
 def _try(fd: int, op: int = fcntl.LOCK_EX) -> bool:
@@ -199,9 +203,16 @@ class Lock:
         check_filesystem(self.path)
         me = Holder.mine(operation)  # built before any wait: less to do once the lock is handed over
         waited = False
-        while True:
-            fd = self._open(create=True)
-            try:
+        # One try from the first open to the return: any exception on the way (an OSError, or a signal's
+        # KeyboardInterrupt at any bytecode: in the wait, right after the flock, while the record is
+        # written, in the log lines) leaves nothing behind. ``fd`` is the descriptor this call holds and
+        # has not closed (-1: none); ``written`` is set before the record is written, so the record is
+        # blanked whenever it may be ours; a lock already handed over to this object is released. So an
+        # acquire that raises never leaves the lock held, in this process or any other.
+        fd, size, written = -1, RECORD_BLOCK, False
+        try:
+            while True:
+                fd = self._open(create=True)
                 if not self._flock(fd, fcntl.LOCK_EX):
                     if not waited:
                         waited = True
@@ -214,47 +225,67 @@ class Lock:
                 # The path was unlinked or replaced while we waited (by hand: agentstate never does):
                 # a lock on the old inode excludes nobody who opens the path now. Start again.
                 log.warning("lock file %s was replaced while waiting for it; locking the new one", self.path)
-            except BaseException:
-                _close(fd)  # closing drops the flock, if we got it
-                raise
-            _close(fd)
-        # From here until this object owns the descriptor, any exception (an OSError, or a signal's
-        # KeyboardInterrupt at any bytecode) blanks, unlocks and closes: never a record left behind.
-        size = max(RECORD_BLOCK, st.st_size)
-        try:
+                replaced, fd = fd, -1
+                _close(replaced)  # closing drops the flock on the old inode
+            size = max(RECORD_BLOCK, st.st_size)
             me.acquired_at = now_iso()
             body = me.to_bytes()
             size = record_size(body, st.st_size)
             previous = read_record(fd) if st.st_size else None
+            written = True
             write_all_at(self.files, fd, padded(body, size), 0)
             self._owner_pid, self._acquired = me.pid, time.monotonic()
             self._fd, self._size, self.holder = fd, size, me
+            if previous is not None:
+                log.warning("stale lock record overwritten: %s ended without releasing the lock (the kernel freed "
+                            "it)", previous.describe())
+            if waited:
+                log.info("lock %s acquired by PID %d after waiting %.1f ms (%s, lock ID %s)",
+                         self.path, me.pid, (self._acquired - start) * 1000, operation, me.lock_id)
+            else:
+                log.info("lock %s acquired by PID %d (%s, lock ID %s)", self.path, me.pid, operation, me.lock_id)
+            return me
         except BaseException as e:
-            if self._fd != fd:
-                self._blank_unlock_close(fd, size)
+            while True:  # a second signal while giving back: give back again (the first is on its way out)
+                try:
+                    self._abandon(fd, size, written)
+                    break
+                except BaseException:
+                    pass
             if isinstance(e, OSError):
-                raise io_error("write the holder record to", self.path, e) from None
+                raise io_error("write the holder record to" if written else "lock", self.path, e) from None
             raise
-        if previous is not None:
-            log.warning("stale lock record overwritten: %s ended without releasing the lock (the kernel freed it)",
-                        previous.describe())
-        if waited:
-            log.info("lock %s acquired by PID %d after waiting %.1f ms (%s, lock ID %s)",
-                     self.path, me.pid, (self._acquired - start) * 1000, operation, me.lock_id)
-        else:
-            log.info("lock %s acquired by PID %d (%s, lock ID %s)", self.path, me.pid, operation, me.lock_id)
-        return me
+
+    def _abandon(self, fd: int, size: int, written: bool) -> None:
+        """An acquire that raises: give back whatever it took (see acquire)."""
+        if self._fd == fd and self.holder is not None and fd >= 0:
+            self.release()  # handed over already: undo it all
+        elif fd >= 0 and fd in _fds:  # still open here (closing drops the flock, if we got it)
+            if written:
+                self._blank_unlock_close(fd, size)
+            else:
+                _close(fd)
 
     def release(self) -> None:
-        """Blank the record, unlock, close. In a forked child: only forget (never unlock the parent's lock)."""
-        holder, fd = self.holder, self._fd
+        """Blank the record, unlock, close. In a forked child: only forget (never unlock the parent's lock).
+
+        A signal (KeyboardInterrupt) raised inside still releases; one raised on the way in, before the
+        first line runs, leaves the lock held and ``held`` True, as before the call: call it again."""
+        holder, fd, owner = self.holder, self._fd, self._owner_pid
         if holder is None:
             return
-        self.holder, self._fd = None, None
-        if os.getpid() != self._owner_pid:
-            return  # the child's copy of the descriptor was closed at fork
         assert fd is not None
-        self._blank_unlock_close(fd, self._size)
+        try:
+            if os.getpid() != owner:
+                return  # the child's copy of the descriptor was closed at fork
+            self._blank_unlock_close(fd, self._size)
+        finally:
+            self.holder, self._fd = None, None
+            while fd in _fds and os.getpid() == owner:  # a signal came before the close: never leave it held
+                try:
+                    self._blank_unlock_close(fd, self._size)
+                except BaseException:
+                    pass  # another signal: close again (the first one is on its way out)
         log.info("lock %s released by PID %d after holding it %.1f ms (lock ID %s)",
                  self.path, holder.pid, (time.monotonic() - self._acquired) * 1000, holder.lock_id)
 
@@ -398,8 +429,13 @@ class Lock:
             if not create and isinstance(e, FileNotFoundError):
                 raise
             raise io_error("open the lock file", self.path, e) from None
-        _fds.add(fd)
-        return fd
+        try:  # until the caller has it, an exception (a signal) closes it here
+            _fds.add(fd)
+            return fd
+        except BaseException:
+            _fds.discard(fd)
+            os.close(fd)
+            raise
 
     def _flock(self, fd: int, op: int, deadline: float | None = None) -> bool:
         """One attempt (``deadline`` None) or wait until ``deadline``; False if not granted."""

@@ -1,0 +1,190 @@
+"""A signal anywhere in ``Lock.acquire`` (issue 15 item 12): an acquire that raises never leaves the lock
+held. A KeyboardInterrupt between the wait loop and the ``try`` (around ``size = max(...)``) reported "not
+acquired" but left the descriptor flocked, so this process and every other one then saw a lock held by
+"a process that has not written its record".
+
+Deterministic: a trace function raises KeyboardInterrupt at the k-th line executed inside the lock modules
+during one acquire, for every k until an acquire completes; after each, this process (on a fresh
+descriptor) and another process can take the lock, and the record is blank. Then the same with real
+SIGINTs sent at random moments to a process looping acquire/release."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import agentstate.fileio
+import agentstate.lock
+import agentstate.lock_record
+from agentstate.lock import Lock
+
+FILES = {agentstate.lock.__file__, agentstate.lock_record.__file__, agentstate.fileio.__file__}
+
+
+def free_here(path: str) -> bool:
+    """The kernel's answer on a new open file description (a flock held by this process conflicts too)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def free_elsewhere(path: str) -> bool:
+    code = "import sys; from agentstate.lock import Lock; lk = Lock(sys.argv[1]); lk.acquire(0); lk.release(); print('ok')"
+    r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60)
+    return r.returncode == 0 and r.stdout == "ok\n"
+
+
+class InterruptAt:
+    """Raise KeyboardInterrupt at the ``k``-th line event in the lock modules (once)."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.seen, self.where = k, 0, None
+
+    def local(self, frame, event, arg):
+        if event == "line" and self.where is None:
+            self.seen += 1
+            if self.seen == self.k:
+                self.where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno} {frame.f_code.co_name}"
+                raise KeyboardInterrupt
+        return self.local
+
+    def __call__(self, frame, event, arg):
+        return self.local if frame.f_code.co_filename in FILES and self.where is None else None
+
+
+def test_an_interrupt_at_size_max_after_the_wait_leaves_the_lock_free(tmp_path: Path, monkeypatch) -> None:
+    """The reported spot: between the wait loop and the try (``size = max(RECORD_BLOCK, st.st_size)``)."""
+    path = str(tmp_path / "state.json.lock")
+
+    def interrupted_max(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agentstate.lock, "max", interrupted_max, raising=False)
+    lk = Lock(path)
+    with pytest.raises(KeyboardInterrupt):
+        lk.acquire(0)
+    monkeypatch.undo()
+    assert not lk.held and agentstate.lock._fds == set()
+    assert free_here(path) and free_elsewhere(path)
+    lk.acquire(0)
+    lk.release()
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["blank", "stale-record"])
+def test_an_interrupt_at_any_line_of_acquire_leaves_the_lock_free(tmp_path: Path, stale: bool) -> None:
+    path = str(tmp_path / "state.json.lock")
+    first = Lock(path)
+    first.acquire(0)
+    first.release()
+    interrupted = []
+    for k in range(1, 10_000):
+        if stale:  # a record left by a holder that died: the acquire reads it and overwrites it
+            other = Lock(path)
+            other.acquire(0)
+            record = os.pread(other._fd, 4096, 0)
+            other.release()
+            with open(path, "r+b") as f:
+                f.write(record)
+        lk, trace = Lock(path), InterruptAt(k)
+        sys.settrace(trace)
+        try:
+            lk.acquire(0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        if trace.where is None:  # every line had its interrupt: this acquire ran to the end
+            assert lk.held
+            lk.release()
+            break
+        interrupted.append(trace.where)
+        assert not lk.held, trace.where
+        assert free_here(path), f"flock left held after an interrupt at {trace.where}"
+        assert agentstate.lock._fds == set(), trace.where
+        if k % 7 == 0 or "acquire" in trace.where:
+            assert free_elsewhere(path), trace.where
+        if not stale:
+            assert Lock(path).read_holder() is None, trace.where
+    assert len(interrupted) > 20 and any("acquire" in w for w in interrupted), interrupted
+    assert free_here(path) and free_elsewhere(path)
+
+
+LOOPER = textwrap.dedent("""
+    import fcntl, os, signal, sys, traceback
+    from agentstate.lock import Lock
+    path = sys.argv[1]
+    lk, rounds, interrupted, last = Lock(path), 0, 0, ""
+    lk.acquire(0)  # warm: every lazy import done (a SIGINT inside orjson's first import can crash a retry)
+    lk.release()
+    armed = False
+
+    def on_sigint(signum, frame):
+        if armed:  # a SIGINT during acquire or release: what Python's default handler does
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    print("ready", flush=True)
+    while not os.path.exists(path + ".stop"):
+        rounds += 1
+        try:
+            armed = True
+            lk.acquire(5)
+            lk.release()
+            armed = False
+        except KeyboardInterrupt:
+            armed = False
+            interrupted += 1
+            last = traceback.format_exc()
+            if lk.held:  # interrupted on the way into release(), before its first line: still held, say so
+                lk.release()
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("leak: held=%s after %s" % (lk.held, last.replace(chr(10), " | ")), flush=True)
+            break
+        finally:
+            os.close(fd)
+        if lk.held:
+            print("leak: the object says held, the kernel says free", flush=True)
+            break
+    print(rounds, interrupted, flush=True)
+""")
+
+
+def test_sigint_at_random_moments_of_acquire_never_leaves_it_held(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.json.lock")
+    script = tmp_path / "looper.py"
+    script.write_text(LOOPER)
+    proc = subprocess.Popen([sys.executable, str(script), path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        rng = random.Random(int(os.environ.get("AGENTSTATE_TEST_SEED", "15")))
+        for _ in range(400):
+            time.sleep(rng.uniform(0, 0.003))
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGINT)
+    finally:
+        Path(path + ".stop").touch()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "leak" not in out, out
+    rounds, interrupted = map(int, out.split())
+    assert rounds > 50 and interrupted > 50, out
+    assert free_here(path) and free_elsewhere(path)
