@@ -5,14 +5,23 @@ acquired-at) written in place at the start of the lock file, padded with spaces 
 ``RECORD_BLOCK`` and ended by a newline; blanked (spaces, then the newline) on release. Read by
 error messages, ``lock status`` and doctor. docs/format.md section 5 gives the layout.
 
-Identity: boot ID, PID namespace and process start (field 22 of /proc/PID/stat) let ``alive``
-tell, under this kernel and PID namespace, whether the recorded process still runs.
+Identity: boot ID, PID namespace and process start let ``alive`` tell, under this kernel and PID
+namespace, whether the recorded process still runs. Another process's start time and liveness
+come from psutil (so ``lock status`` tells a dead holder from a live one on macOS too), imported
+only when a record is judged (status, errors, doctor: psutil costs ~20 ms to import, more than
+an acquire). A writer's own start time is read without psutil: on Linux the same number from
+/proc/self/stat (field 22, clock ticks since boot: what records have always held; psutil's
+create_time is boot time + ticks / CLK_TCK, converted back exactly), elsewhere psutil's
+create_time. The boot ID and PID namespace have no psutil equivalent: on Linux they stay
+/proc/sys/kernel/random/boot_id and /proc/self/ns/pid; elsewhere the boot time stands for the
+boot ID and there are no PID namespaces (one constant).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,16 +45,50 @@ def _read_text(path: str) -> str | None:
         return None
 
 
+_LINUX = sys.platform.startswith("linux")
+NO_PID_NAMESPACES = "none"  # the pid_namespace of a record written where the kernel has none (not Linux)
+
+
 def process_start(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot); None if gone or a zombie."""
-    stat = _read_text(f"/proc/{pid}/stat")
-    fields = stat.rsplit(")", 1)[-1].split() if stat else []
-    if len(fields) < 20 or fields[0] in ("Z", "X", "x"):
+    """When process ``pid`` started, as records hold it (Linux: clock ticks since boot, field 22 of
+    /proc/PID/stat; elsewhere: seconds since the epoch, 6 decimals), through psutil; None if it is
+    gone or a zombie."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        if p.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        created = p.create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
-    return fields[19]
+    except psutil.AccessDenied:  # it runs (another user's, where the system hides its details)
+        return ""
+    if _LINUX:  # psutil: boot time + ticks / CLK_TCK; back to the ticks /proc gives (and records hold)
+        return str(round((created - psutil.boot_time()) * os.sysconf("SC_CLK_TCK")))
+    return f"{created:.6f}"
+
+
+def _own_start(pid: int) -> str | None:
+    """This process's start, as process_start gives it, without importing psutil on Linux."""
+    if not _LINUX:
+        return process_start(pid)
+    stat = _read_text("/proc/self/stat")
+    fields = stat.rsplit(")", 1)[-1].split() if stat else []
+    return fields[19] if len(fields) >= 20 else None
+
+
+def _boot_id() -> str | None:
+    if _LINUX:
+        return _read_text("/proc/sys/kernel/random/boot_id")
+    import psutil
+
+    return f"boot-time:{psutil.boot_time():.0f}"
 
 
 def _pid_namespace() -> str | None:
+    if not _LINUX:
+        return NO_PID_NAMESPACES
     try:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
@@ -60,8 +103,7 @@ def _me() -> tuple[int, str, str | None, str | None, str | None]:
     global _identity
     pid = os.getpid()
     if _identity is None or _identity[0] != pid:  # a forked child is another process
-        boot = _read_text("/proc/sys/kernel/random/boot_id")
-        _identity = (pid, socket.gethostname(), boot, _pid_namespace(), process_start(pid))
+        _identity = (pid, socket.gethostname(), _boot_id(), _pid_namespace(), _own_start(pid))
     return _identity
 
 
@@ -143,7 +185,7 @@ class Holder:
         if not boot or not ns or self.boot_id != boot or self.pid_namespace != ns:
             return None
         start = process_start(self.pid)
-        return start is not None and (self.process_start is None or start == self.process_start)
+        return start is not None and (self.process_start is None or start in ("", self.process_start))
 
     def describe(self) -> str:
         return (f"PID {self.pid} on {self.hostname} ({self.operation}, since {self.acquired_at}"
