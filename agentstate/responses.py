@@ -311,6 +311,8 @@ class ResponseStore:
                 tx.many(q.INSERT, new_rows)
             for rid in _deleted & set(batch_ids):  # import_lines: soft-deleted when exported
                 tx.run(q.SOFT_DELETE, tenant=tenant, id=rid, now=now)
+            if _deleted:
+                infos = [replace(i, deleted_at=now) if i.id in _deleted else i for i in infos]
             used = self._flush_uses(tx)
             for root in touched:
                 tx.run(q.TOUCH_CHAIN, tenant=tenant, root_id=root)
