@@ -36,8 +36,9 @@ app = typer.Typer()
 responses_app = typer.Typer(
     cls=Group,
     help="OpenAI Responses-API objects in the store's agentstate.db, chained by previous_response_id: save, get, "
-    "rebuild a chain (oldest first), list, soft-delete. With --max-responses N, a save that takes the tenant "
-    "over N evicts whole least recently used chains (never a part of one).\n\n" + EXIT_CODES,
+    "rebuild a chain (oldest first), list, soft-delete, prune whole chains, export and import. With --max-responses "
+    "N, a save that takes the tenant over N evicts whole least recently used chains (never a part of one). With "
+    "--json a stored response sits under \"data\".\n\n" + EXIT_CODES,
     no_args_is_help=False,
 )
 app.add_typer(responses_app, name="responses")

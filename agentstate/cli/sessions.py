@@ -35,7 +35,8 @@ app = typer.Typer()
 sessions_app = typer.Typer(
     cls=Group,
     help="Conversation histories (sessions) in the store's agentstate.db: append from many processes at once, "
-    "read back the last N items, list, prune, export and import.\n\n" + EXIT_CODES,
+    "pop the last item, read back the last N items, list, remove, prune, export and import. With --json a "
+    "stored item sits under \"data\".\n\n" + EXIT_CODES,
     no_args_is_help=False,
 )
 app.add_typer(sessions_app, name="sessions")
