@@ -119,12 +119,15 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     # the Sessions section
     assert "exit 5 (the session moved on" in r.stdout and "exit 1 (an empty message" in r.stdout
     assert "exit 6 (no such session)" in r.stdout and "imported 4 item(s) into session chat-1-copy" in r.stdout
+    assert '"session_id":"chat-1-copy","items":[{"seq":4,' in r.stdout and "exit 6 (no chat-9" in r.stdout
+    assert '{"deleted":["chat-1-copy"]}' in r.stdout and "would prune 1 session(s)" in r.stdout
     assert '"title":"Plan three days in Lisbon"' in r.stdout
     assert "[(2, 'assistant'), (3, 'user')]\nHello 1\n" in r.stdout
     # the Responses section
     assert "exit 5 (resp_1 exists" in r.stdout and "exit 6 (no resp_8" in r.stdout and "exit 6 (deleted)" in r.stdout
     assert "     2  resp_2  Day 2: Belem." in r.stdout and '"total":1}' in r.stdout
     assert '"evicted":["resp_1"]' in r.stdout and "exit 6 (evicted with its whole chain)" in r.stdout
+    assert '{"saved":[{"id":"other_1","tenant":"bob",' in r.stdout and "pruned 0 response(s)" in r.stdout
     assert "['r1', 'r2'] {'total_tokens': 18446744073709551615}\nr1 1\n" in r.stdout
 
 
