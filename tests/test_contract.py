@@ -161,7 +161,8 @@ def test_the_stored_payload_is_under_data_everywhere(store_target: str) -> None:
 
 
 @pytest.mark.parametrize("args", [["show"], ["list"], ["apply", "--set", "a=1"], ["plan", "--set", "a=1"],
-                                  ["rm", "a"], ["lock", "status"], ["doctor"]])
+                                  ["rm", "a"], ["lock", "status"], ["doctor"], ["force-unlock", "x"],
+                                  ["migrate"]])
 def test_tenant_is_refused_on_state_commands(tmp_path: Path, args: list[str]) -> None:
     d = str(tmp_path / "s")
     line = one_error(run(d, *args, "--tenant", "alice"), 2)

@@ -390,16 +390,20 @@ class Opts:
         except InvalidInput as e:
             raise UsageError(f"{where}: {e.message}") from None
 
+    def refuse_tenant(self) -> None:
+        """A command of the whole store (the state document, its locks, the schema) refuses --tenant."""
+        if self._given.get("g_tenant") is not None:
+            where = click.get_current_context().command_path
+            raise UsageError(f"--tenant does not apply to `{where}`: the state document is shared by the whole "
+                             "store (tenants separate sessions and responses only); leave --tenant out")
+
     def store(self, *, writing: bool = False):
         """The StateStore at --url or --dir; a writer's lock timeout is checked here (a reader takes no lock).
         --tenant is refused: the state document (and its lock) belong to the whole store; AGENTSTATE_TENANT
         is not read here."""
         from ..store import StateStore
 
-        if self._given.get("g_tenant") is not None:
-            where = click.get_current_context().command_path
-            raise UsageError(f"--tenant does not apply to `{where}`: the state document is shared by the whole "
-                             "store (tenants separate sessions and responses only); leave --tenant out")
+        self.refuse_tenant()
         timeout = self.lock_timeout() if writing else None
         return StateStore(self.target, lock_timeout=30.0 if timeout is None else timeout)
 

@@ -19,6 +19,7 @@ def migrate() -> None:
     def body(o: Opts) -> None:
         from ..sql.pg import run_migrations
 
+        o.refuse_tenant()
         if o.url is None:
             where = "--dir" if o.dir is not None else "a directory store"
             raise UsageError(f"migrate is for PostgreSQL (--url or AGENTSTATE_URL), not {where}: a directory's "
