@@ -21,7 +21,7 @@ def hint_for(e: AgentStateError) -> str | None:
     if msg.startswith("--set"):
         return SET_RULE
     if "64-bit" not in msg:
-        return "fix the input and retry; the stored state is unchanged"
+        return "fix the input and retry; nothing was changed"
     return None
 
 

@@ -179,7 +179,9 @@ class Lock:
         self.release()
 
     def _status_command(self) -> str | None:
-        if os.path.basename(self.path) != "state.json.lock":
+        """The command that shows this lock: `lock status` shows both of a store's (the state document's
+        and the sessions/responses database's)."""
+        if os.path.basename(self.path) not in ("state.json.lock", "agentstate.db.lock"):
             return None
         return f"agentstate lock status --dir {shlex.quote(os.path.dirname(self.path) or '.')}"
 
@@ -358,7 +360,7 @@ class Lock:
         if record is None:
             return None
         text = "nothing to do: the lock is free and the next writer overwrites this record"
-        if self._status_command():
+        if os.path.basename(self.path) == "state.json.lock":  # force-unlock clears the state document's record
             directory = shlex.quote(os.path.dirname(self.path) or ".")
             text += f"; to clear it now: agentstate force-unlock {record.lock_id} --dir {directory}"
         return text

@@ -86,8 +86,8 @@ def _check_call(store: Any, expect_serial: Any = None) -> None:
     if not (hasattr(store, "read") and hasattr(store, "transaction")):
         raise InvalidInput(f"store must be a StateStore, not {type(store).__name__}",
                            hint="agentstate.StateStore(path_or_url)")
-    if expect_serial is not None and type(expect_serial) is not int:
-        raise InvalidInput(f"expect_serial must be an integer, not {expect_serial!r:.40}")
+    if expect_serial is not None and (type(expect_serial) is not int or not 0 <= expect_serial <= 2**63 - 1):
+        raise InvalidInput(f"expect_serial must be an integer from 0 to {2**63 - 1}, not {expect_serial!r:.40}")
 
 
 def _desired(spec: Any, resources: Any) -> dict[str, Any] | None:

@@ -37,8 +37,9 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -56,6 +57,7 @@ USE_LOCK_WAIT = 0.5  # seconds a read waits for the writer lock to record queued
 USE_FLUSH_INTERVAL = 1.0  # seconds: reads write their queued uses at most this often
 _NO_CURSOR = 2**63 - 1
 _CURSOR_KIND = "responses"
+EXPORT_TYPE = "agentstate.responses"
 
 
 def _utcnow() -> str:
@@ -141,10 +143,11 @@ class StoredResponse(dict):
         return self.info.previous_response_id
 
     def to_dict(self) -> dict[str, Any]:
-        """For ``list --json``: the facts, and the response as saved under "response"."""
+        """For ``list --json``: the facts, and the response as saved under "data" (the key every stored
+        payload sits under: session items too)."""
         out = self.info.to_dict()
-        del out["evicted"], out["deleted_at"]
-        out["response"] = dict(self)
+        del out["evicted"]
+        out["data"] = dict(self)
         return out
 
 
@@ -168,8 +171,8 @@ def check_response(response: Any, max_item_bytes: int) -> tuple[str, str | None,
 
 
 def _check_count(value: Any, what: str, minimum: int) -> int:
-    if type(value) is not int or value < minimum:
-        raise InvalidInput(f"{what} must be an integer >= {minimum}, not {value!r}")
+    if type(value) is not int or not minimum <= value <= 2**63 - 1:
+        raise InvalidInput(f"{what} must be an integer from {minimum} to {2**63 - 1}, not {value!r:.40}")
     return value
 
 
@@ -252,7 +255,7 @@ class ResponseStore:
         then. With ``max_responses`` set, may evict other whole chains (``.evicted`` says which)."""
         return self.save_many([response])[0]
 
-    def save_many(self, responses: Any) -> list[ResponseInfo]:
+    def save_many(self, responses: Any, *, _deleted: set[str] | frozenset[str] = frozenset()) -> list[ResponseInfo]:
         """Store several responses in one transaction, all or none (e.g. an imported conversation);
         each may name an earlier one of the batch as its previous. Eviction runs once, after the
         batch, and spares every chain the batch saved to."""
@@ -309,6 +312,10 @@ class ResponseStore:
                     raise self._conflict(new_rows[0]["id"])
             else:
                 tx.many(q.INSERT, new_rows)
+            for rid in _deleted & set(batch_ids):  # import_lines: soft-deleted when exported
+                tx.run(q.SOFT_DELETE, tenant=tenant, id=rid, now=now)
+            if _deleted:
+                infos = [replace(i, deleted_at=now) if i.id in _deleted else i for i in infos]
             used = self._flush_uses(tx)
             for root in touched:
                 tx.run(q.TOUCH_CHAIN, tenant=tenant, root_id=root)
@@ -341,15 +348,20 @@ class ResponseStore:
             evicted.append((root, len(gone)))
         return evicted
 
-    def delete(self, response_id: str) -> None:
-        """Soft delete: hidden from ``get`` and ``list``, still part of chains. NotFound if missing or
-        already deleted."""
+    def delete(self, *response_ids: str) -> list[str]:
+        """Soft delete, in one transaction, all or nothing: hidden from ``get`` and ``list``, still part of
+        chains. NotFound (nothing deleted) if any is missing or already deleted. Returns the ids deleted."""
         from .sql import q_responses as q
 
-        rid = check_name(response_id, "response id")
+        if not response_ids:
+            raise InvalidInput("delete needs at least one response id")
+        rids = list(dict.fromkeys(check_name(r, "response id") for r in response_ids))
         with self.db.write(operation="responses delete") as tx:
-            if tx.one(q.SOFT_DELETE, tenant=self.tenant, id=rid, now=_utcnow()) is None:
-                raise self._not_found(rid, deleted=tx.one(q.LINK, tenant=self.tenant, id=rid) is not None)
+            now = _utcnow()
+            for rid in rids:
+                if tx.one(q.SOFT_DELETE, tenant=self.tenant, id=rid, now=now) is None:
+                    raise self._not_found(rid, deleted=tx.one(q.LINK, tenant=self.tenant, id=rid) is not None)
+        return rids
 
     def _conflict(self, rid: str) -> ConflictError:
         return ConflictError(
@@ -360,7 +372,8 @@ class ResponseStore:
 
     def _not_found(self, rid: str, deleted: bool = False) -> NotFound:
         if deleted:
-            return NotFound(f"response {rid!r} was deleted (tenant {self.tenant!r})", response_id=rid)
+            return NotFound(f"response {rid!r} was deleted (tenant {self.tenant!r})", response_id=rid,
+                            hint="`agentstate responses get --include-deleted` (get_for_chain) still reads it")
         return NotFound(f"response {rid!r} not found (tenant {self.tenant!r})", response_id=rid)
 
     # -- reads -----------------------------------------------------------------------------------------
@@ -417,8 +430,10 @@ class ResponseStore:
         return ResponseInfo(id=rid, tenant=self.tenant, previous_response_id=row[0], root_id=row[1],
                             depth=int(row[2]), created_at=_text(row[3]), deleted_at=row[4])
 
-    def list(self, limit: int = 50, cursor: str | None = None) -> Page[StoredResponse]:
-        """Live (not deleted) responses, newest first; ``Page(items, next_cursor, total)``."""
+    def list(self, limit: int = 50, cursor: str | None = None, *,
+             include_deleted: bool = False) -> Page[StoredResponse]:
+        """Live (not deleted) responses, newest first; ``Page(items, next_cursor, total)``.
+        ``include_deleted=True``: soft-deleted ones too (``.info.deleted_at`` set), counted in total."""
         from .sql import q_responses as q
 
         limit = check_limit(limit)
@@ -426,25 +441,112 @@ class ResponseStore:
         # that page, so it tells nothing about other tenants (a global seq would count their saves).
         after = None if cursor is None else decode_cursor(_CURSOR_KIND, cursor, (str, str))
         with self.db.read() as tx:
+            every = 1 if include_deleted else 0
             before = _NO_CURSOR
             if after is not None:
                 anchor = tx.one(q.LIST_ANCHOR, tenant=self.tenant, created_at=after[0], id=after[1])
                 before = None if anchor is None else int(anchor[0])
             if before is None:  # that response was evicted meanwhile: go on with those created before it
-                rows = tx.run(q.LIST_OLDER, tenant=self.tenant, created_at=after[0], limit=limit + 1)
+                rows = tx.run(q.LIST_OLDER, tenant=self.tenant, created_at=after[0], all=every, limit=limit + 1)
             else:
-                rows = tx.run(q.LIST_PAGE, tenant=self.tenant, before=before, limit=limit + 1)
-            total = int(tx.value(q.COUNT_LIVE, tenant=self.tenant) or 0)
+                rows = tx.run(q.LIST_PAGE, tenant=self.tenant, before=before, all=every, limit=limit + 1)
+            total = int(tx.value(q.COUNT_ALL if include_deleted else q.COUNT_LIVE, tenant=self.tenant) or 0)
         more = len(rows) > limit
         rows = rows[:limit]
         items = [
             StoredResponse(_loads(body, self.tenant, rid),
                            ResponseInfo(id=rid, tenant=self.tenant, previous_response_id=prev, root_id=root,
-                                        depth=int(depth), created_at=_text(created)))
-            for _seq, rid, prev, root, depth, created, body in rows
+                                        depth=int(depth), created_at=_text(created),
+                                        deleted_at=None if deleted is None else _text(deleted)))
+            for _seq, rid, prev, root, depth, created, body, deleted in rows
         ]
         next_cursor = encode_cursor(_CURSOR_KIND, [items[-1].created_at, items[-1].id]) if more and items else None
         return Page(items=items, next_cursor=next_cursor, total=total)
+
+    # -- prune, export, import ----------------------------------------------------------------------------
+
+    def prune(self, older_than: float | int | str | None = None, *, deleted: bool = False,
+              dry_run: bool = False) -> list[str]:
+        """Delete whole chains, for good, in one transaction: those whose newest response was saved more
+        than ``older_than`` ago (seconds, or "30d", "12h"...; reads do not count), and with
+        ``deleted=True`` those whose every response is soft-deleted. Never a part of a chain. Returns the
+        ids of the responses deleted (``dry_run=True``: that would be deleted now; nothing is, no lock)."""
+        from .duration import parse_duration
+        from .sql import q_responses as q
+
+        if older_than is None and not deleted:
+            raise InvalidInput("prune needs older_than, deleted=True or both: nothing says what to prune")
+        cutoff = None
+        if older_than is not None:
+            seconds = parse_duration(older_than, "age")
+            try:
+                cutoff = (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(
+                    timespec="microseconds").replace("+00:00", "Z")
+            except (OverflowError, ValueError):  # older than any representable time: nothing is that old
+                cutoff = None
+                if not deleted:
+                    return []
+
+        def roots(tx: Any) -> list[str]:
+            found: dict[str, None] = {}
+            if cutoff is not None:
+                found.update(dict.fromkeys(r[0] for r in tx.run(q.STALE_CHAINS, tenant=self.tenant, cutoff=cutoff)))
+            if deleted:
+                found.update(dict.fromkeys(r[0] for r in tx.run(q.DEAD_CHAINS, tenant=self.tenant)))
+            return sorted(found)
+
+        if dry_run:
+            with self.db.read() as tx:
+                return [r[0] for root in roots(tx) for r in tx.run(q.CHAIN_IDS, tenant=self.tenant, root_id=root)]
+        gone: list[str] = []
+        with self.db.write(operation="responses prune") as tx:
+            for root in roots(tx):
+                gone += [r[0] for r in tx.run(q.EVICT_RESPONSES, tenant=self.tenant, root_id=root)]
+                tx.run(q.EVICT_CHAIN, tenant=self.tenant, root_id=root)
+        return gone
+
+    def export_lines(self) -> Iterator[bytes]:
+        """The tenant's responses as JSON lines, from one snapshot: a header {"type": "agentstate.responses",
+        "version": 1, "tenant": ...}, then one {"id", "previous_response_id", "created_at", "deleted_at",
+        "data"} line per response, oldest first (a previous response before the ones naming it)."""
+        from .sql import q_responses as q
+
+        with self.db.read() as tx:
+            rows = tx.run(q.EXPORT_ALL, tenant=self.tenant)
+        yield orjson.dumps({"type": EXPORT_TYPE, "version": 1, "tenant": self.tenant}) + b"\n"
+        for rid, previous, created, deleted_at, body in rows:
+            head = orjson.dumps({"id": rid, "previous_response_id": previous, "created_at": _text(created),
+                                 "deleted_at": None if deleted_at is None else _text(deleted_at)})
+            yield head[:-1] + b',"data":' + _text(body).encode("utf-8") + b"}\n"  # the body exactly as stored
+
+    def import_lines(self, lines: Iterable[bytes | str]) -> list[ResponseInfo]:
+        """Save exported responses (or JSON lines that are each one response) into this tenant, in one
+        transaction (``save_many``: all or none; an id already stored is ConflictError). Soft-deleted
+        ones stay soft-deleted; times are those of the import."""
+        from .codec import parse_json
+
+        datas: list[Any] = []
+        gone: set[str] = set()
+        exported = False
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            value = parse_json(line, f"line {n}")
+            if not datas and not exported and isinstance(value, dict) and value.get("type") == EXPORT_TYPE:
+                if value.get("version") != 1:
+                    raise InvalidInput(f"line {n}: not a version-1 agentstate responses header")
+                exported = True
+                continue
+            if exported:
+                if not (isinstance(value, dict) and isinstance(value.get("data"), dict)):
+                    raise InvalidInput(f"line {n}: not an exported response (an object with \"data\")")
+                if value.get("deleted_at") is not None:
+                    gone.add(value["data"].get("id"))
+                value = value["data"]
+            datas.append(value)
+        if not datas:
+            raise InvalidInput("nothing to import: no responses")
+        return self.save_many(datas, _deleted=gone)
 
     # -- use of chains (the LRU clock) ---------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from .page import Page, check_limit, decode_cursor, encode_cursor
 MAX_ITEM_BYTES = 1 << 20
 ROLES = ("system", "developer", "user", "assistant", "tool")
 TITLE_CHARS = 50
+MAX_TITLE_CHARS = 200  # a title given or imported is at most this long (InvalidInput beyond)
+MAX_SEQ = 2**63 - 1  # the largest integer both SQL engines store: seqs, limits and expect_seq stay within
 EXPORT_TYPE = "agentstate.session"
 _TEXT_PARTS = ("text", "input_text", "output_text")
 _ALL = 1 << 62  # "no limit" for LIMIT :limit in both dialects
@@ -156,12 +158,14 @@ def _check_title(title: Any) -> str | None:
         raise InvalidInput(f"title must be a string (got {type(title).__name__})")
     if title is not None and "\x00" in title:
         raise InvalidInput("title must not contain NUL characters")
+    if title is not None and len(title) > MAX_TITLE_CHARS:
+        raise InvalidInput(f"title is {len(title)} characters long; at most {MAX_TITLE_CHARS} are allowed")
     return title
 
 
 def _check_seq(value: Any, what: str) -> int:
-    if type(value) is not int or value < 0:
-        raise InvalidInput(f"{what} {value!r} is not valid", hint=f"{what} is an integer >= 0")
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise InvalidInput(f"{what} {value!r:.40} is not valid", hint=f"{what} is an integer from 0 to {MAX_SEQ}")
     return value
 
 
@@ -394,18 +398,24 @@ class SessionStore:
             tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last - 1, now=_utcnow(), title=None)
         return item
 
-    def delete(self, session_id: str) -> None:
-        """Delete the session and all its items in one transaction (NotFound if it does not exist)."""
+    def delete(self, *session_ids: str) -> list[str]:
+        """Delete the sessions and all their items in one transaction, all or nothing: NotFound (and
+        nothing deleted) if any does not exist. Returns the ids deleted (each once, in the order given)."""
         from .sql import q_sessions as q
 
-        sid = check_name(session_id, "session id")
+        if not session_ids:
+            raise InvalidInput("delete needs at least one session id")
+        sids = list(dict.fromkeys(check_name(s, "session id") for s in session_ids))
         with self.db.write("sessions delete", self.lock_timeout) as tx:
-            if tx.execute(q.DELETE_SESSION, tenant=self.tenant, id=sid) == 0:
-                raise _not_found(sid)
-            tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=-1)
+            for sid in sids:
+                if tx.execute(q.DELETE_SESSION, tenant=self.tenant, id=sid) == 0:
+                    raise _not_found(sid)  # rolls back the ones deleted before it
+            tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=-len(sids))
+        return sids
 
-    def prune(self, older_than: float | int | str) -> list[str]:
-        """Delete whole sessions not updated for ``older_than`` (seconds, or "30d", "12h"...); their ids."""
+    def prune(self, older_than: float | int | str, *, dry_run: bool = False) -> list[str]:
+        """Delete whole sessions not updated for ``older_than`` (seconds, or "30d", "12h"...); their ids.
+        ``dry_run=True``: the ids it would delete now, deleting nothing (no lock taken)."""
         from .duration import parse_duration
         from .sql import q_sessions as q
 
@@ -414,6 +424,9 @@ class SessionStore:
             cutoff = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
         except (OverflowError, ValueError):  # older than any representable time: nothing is that old
             return []
+        if dry_run:
+            with self.db.read() as tx:
+                return [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff)]
         with self.db.write("sessions prune", self.lock_timeout) as tx:
             ids = [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff)]
             for sid in ids:

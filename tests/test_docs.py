@@ -95,7 +95,9 @@ def test_newcomer_readme_first_line_then_quickstart(tmp_path: Path) -> None:
     assert '{"id":"resp_2","previous_response_id":"resp_1",' in out and "resp_0" in r.stderr
     scratches = [p for p in scratch.iterdir() if p.is_dir()]
     assert len(scratches) == 1  # everything happened in the scratch directory
-    assert list(scratches[0].glob(".agentstate/state.json.corrupt-*"))  # evidence kept
+    assert "repaired: restored state.json from the backup" in out and "state.json.corrupt-" in out  # evidence kept
+    assert "exit code 4\ndone\n" in out  # step 4 damaged a copy: the quickstart's own store is still whole
+    assert not (scratches[0] / "damaged").exists() and not list(scratches[0].glob(".agentstate/*.corrupt-*"))
     assert (checkout / ".agentstate" / "state.json").exists() and not list(checkout.glob("spec.json"))
 
 
@@ -117,12 +119,15 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     # the Sessions section
     assert "exit 5 (the session moved on" in r.stdout and "exit 1 (an empty message" in r.stdout
     assert "exit 6 (no such session)" in r.stdout and "imported 4 item(s) into session chat-1-copy" in r.stdout
+    assert '"session_id":"chat-1-copy","items":[{"seq":4,' in r.stdout and "exit 6 (no chat-9" in r.stdout
+    assert '{"deleted":["chat-1-copy"]}' in r.stdout and "would prune 1 session(s)" in r.stdout
     assert '"title":"Plan three days in Lisbon"' in r.stdout
     assert "[(2, 'assistant'), (3, 'user')]\nHello 1\n" in r.stdout
     # the Responses section
     assert "exit 5 (resp_1 exists" in r.stdout and "exit 6 (no resp_8" in r.stdout and "exit 6 (deleted)" in r.stdout
     assert "     2  resp_2  Day 2: Belem." in r.stdout and '"total":1}' in r.stdout
     assert '"evicted":["resp_1"]' in r.stdout and "exit 6 (evicted with its whole chain)" in r.stdout
+    assert '{"saved":[{"id":"other_1","tenant":"bob",' in r.stdout and "pruned 0 response(s)" in r.stdout
     assert "['r1', 'r2'] {'total_tokens': 18446744073709551615}\nr1 1\n" in r.stdout
 
 
@@ -140,7 +145,7 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
 def test_readme_sharing_section_runs_against_a_server(tmp_path: Path, pg_schema_url: str) -> None:
     """README's "Sharing a store": the setup block names the extra and AGENTSTATE_URL; the rest runs
     against the suite's PostgreSQL server (tests/pgserver.py) with AGENTSTATE_URL set to it."""
-    setup, *examples = _section_blocks("README.md", "## Sharing a store")
+    setup, _no_docker, *examples = _section_blocks("README.md", "## Sharing a store")
     assert "agentstate[postgres]" in setup and "export AGENTSTATE_URL=postgresql://" in setup
     (tmp_path / "examples").mkdir()
     (tmp_path / "examples" / "agents.json").write_bytes((ROOT / "examples" / "agents.json").read_bytes())
@@ -154,3 +159,41 @@ def test_readme_sharing_section_runs_against_a_server(tmp_path: Path, pg_schema_
     assert "free" in r.stdout
     assert '"content":"deploy the agents"' in r.stdout
     assert not (tmp_path / ".agentstate").exists()  # all of it went to the server
+
+
+def test_readme_postgresql_without_docker_runs(tmp_path: Path) -> None:
+    """README's "Without Docker" block, as a user would run it (the apt-get line aside: the package is
+    installed here, as .ci/run does): initdb and pg_ctl of Debian's package, a server on a Unix socket in
+    its data directory; then agentstate writes and reads through the AGENTSTATE_URL it exported."""
+    import tempfile
+
+    from pgserver import _server_user
+
+    setup, block, *_ = _section_blocks("README.md", "## Sharing a store")
+    assert "docker run" in setup and "apt-get install -y postgresql" in block and "pg_ctl" in block
+    lines = [line for line in block.splitlines() if not line.startswith("sudo apt-get")]
+    home = tempfile.mkdtemp(prefix="agentstate-docs-pg-")  # reachable by the unprivileged user (tmp_path is not)
+    user = _server_user()  # root: the server must run as an unprivileged user, as the README says
+    os.chmod(home, 0o755)
+    if user:
+        os.chown(home, *user)
+    env = {"HOME": home, "PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C.UTF-8"}
+    extra = {"user": user[0], "group": user[1], "extra_groups": []} if user else {}
+    try:
+        r = subprocess.run(["bash", "-c", "set -e\n" + "\n".join(lines) + '\necho "URL=$AGENTSTATE_URL"'],
+                           cwd=home, env=env, capture_output=True, text=True, timeout=120, **extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        url = r.stdout.rsplit("URL=", 1)[1].strip()
+        assert url == f"postgresql://agentstate@/postgres?host={home}/agentstate-pg"
+        cli = [sys.executable, "-m", "agentstate"]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTATE_")}
+        clean["AGENTSTATE_URL"] = url
+        w = subprocess.run([*cli, "apply", "--set", "a=1"], env=clean, capture_output=True, text=True, timeout=60)
+        assert w.returncode == 0, w.stderr
+        show = subprocess.run([*cli, "show", "--json"], env=clean, capture_output=True, text=True, timeout=60)
+        assert show.returncode == 0 and '"resources":{"a":1}' in show.stdout, show.stderr
+        assert not (tmp_path / ".agentstate").exists()
+    finally:
+        subprocess.run(["bash", "-c", lines[0] + "\npg_ctl -m immediate -w stop"], cwd=home, env=env,
+                       capture_output=True, timeout=60, **extra)
+        shutil.rmtree(home, ignore_errors=True)

@@ -273,8 +273,13 @@ def test_another_process_excludes_us_and_the_error_names_it(tmp_path, other, cap
     o2 = other(tmp_path / "agentstate.db.lock")
     with pytest.raises(StateLocked) as e:
         Lock(tmp_path / "agentstate.db.lock").acquire(0)
-    assert "agentstate lock status" not in str(e.value)  # only the store's lock has that command
+    assert f"agentstate lock status --dir {tmp_path}" in str(e.value)  # it shows the database's lock too
     o2.stop()
+    o3 = other(tmp_path / "other.lock")
+    with pytest.raises(StateLocked) as e:
+        Lock(tmp_path / "other.lock").acquire(0)
+    assert "agentstate lock status" not in str(e.value)  # only a store's own locks have that command
+    o3.stop()
 
 
 @pytest.mark.parametrize("where", ["main", "thread"])

@@ -175,7 +175,7 @@ def test_list_pages_newest_first_without_deleted(store_target: str) -> None:
     assert seen == [f"r{i:02d}" for i in reversed(range(20)) if i not in (5, 17)]
     item = s.list(limit=1).items[0]
     assert item == s.get(item.id) and item.created_at.endswith("Z") and "created_at" not in item
-    assert item.to_dict()["response"] == s.get(item.id)
+    assert item.to_dict()["data"] == s.get(item.id)
     for bad in ("garbage", "WyJzZXNzaW9ucyIsNV0", 5):
         with pytest.raises(InvalidInput):
             s.list(cursor=bad)

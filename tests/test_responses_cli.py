@@ -35,13 +35,14 @@ def test_save_get_chain_list_rm(store_target: str, tmp_path: Path) -> None:
     r = cli(store_target, "responses", "save", str(f))
     assert r.returncode == 0 and "saved r1" in r.stdout, r.stderr
     r = cli(store_target, "responses", "save", "-", "--json", stdin='{"id": "r2", "previous_response_id": "r1"}')
-    assert r.returncode == 0 and json.loads(r.stdout)["root_id"] == "r1"
+    assert r.returncode == 0 and json.loads(r.stdout)["saved"][0]["root_id"] == "r1"
     r = cli(store_target, "responses", "get", "r1", "--json")
     assert r.returncode == 0
-    assert r.stdout.strip() == ('{"id":"r1","z":1,"a":18446744073709551615,"output":[{"type":"message",'
-                                '"content":[{"type":"output_text","text":"Hello"}]}]}')  # as saved: order, exact int
+    assert r.stdout.strip().endswith(
+        ',"data":{"id":"r1","z":1,"a":18446744073709551615,"output":[{"type":"message",'
+        '"content":[{"type":"output_text","text":"Hello"}]}]}}')  # as saved: order, exact int
     r = cli(store_target, "responses", "chain", "r2", "--json")
-    assert r.returncode == 0 and [x["id"] for x in json.loads(r.stdout)] == ["r1", "r2"]
+    assert r.returncode == 0 and [x["id"] for x in json.loads(r.stdout)["responses"]] == ["r1", "r2"]
     r = cli(store_target, "responses", "chain", "r2")
     assert r.returncode == 0 and "Hello" in r.stdout
     r = cli(store_target, "responses", "list", "--json", "--limit", "1")
@@ -49,7 +50,7 @@ def test_save_get_chain_list_rm(store_target: str, tmp_path: Path) -> None:
     assert [x["id"] for x in page["responses"]] == ["r2"] and page["total"] == 2 and page["next_cursor"]
     r = cli(store_target, "responses", "list", "--json", "--cursor", page["next_cursor"])
     assert [x["id"] for x in json.loads(r.stdout)["responses"]] == ["r1"]
-    assert json.loads(r.stdout)["responses"][0]["response"]["z"] == 1
+    assert json.loads(r.stdout)["responses"][0]["data"]["z"] == 1
     r = cli(store_target, "responses", "rm", "r1")
     assert r.returncode == 0
     r = cli(store_target, "responses", "rm", "r1")
@@ -58,7 +59,7 @@ def test_save_get_chain_list_rm(store_target: str, tmp_path: Path) -> None:
     r = cli(store_target, "responses", "get", "r1", "--json")
     assert r.returncode == 6 and json.loads(r.stdout)["error"]["exit_code"] == 6
     r = cli(store_target, "responses", "chain", "r2", "--json")  # the deleted link still serves the chain
-    assert r.returncode == 0 and [x["id"] for x in json.loads(r.stdout)] == ["r1", "r2"]
+    assert r.returncode == 0 and [x["id"] for x in json.loads(r.stdout)["responses"]] == ["r1", "r2"]
 
 
 def test_exit_codes_and_nothing_stored_on_errors(store_target: str, tmp_path: Path) -> None:
@@ -98,9 +99,9 @@ def test_max_responses_evicts_whole_chains(store_target: str) -> None:
         assert cli(store_target, "responses", "save", "-", "--max-responses", "3", stdin=body).returncode == 0
     r = cli(store_target, "responses", "save", "-", "--max-responses", "3", "--json",
             stdin='{"id": "b2", "previous_response_id": "b1"}')
-    assert r.returncode == 0 and json.loads(r.stdout)["evicted"] == ["a1"]
+    assert r.returncode == 0 and json.loads(r.stdout)["saved"][0]["evicted"] == ["a1"]
     assert cli(store_target, "responses", "get", "a2").returncode == 6
-    r = cli(store_target, "responses", "list", "--json", "--max-responses", "3")
+    r = cli(store_target, "responses", "list", "--json")
     assert [x["id"] for x in json.loads(r.stdout)["responses"]] == ["b2", "b1"]
 
 

@@ -149,17 +149,17 @@ def test_list_pages_with_cursor(cli: Cli) -> None:
         seen += [s["id"] for s in page["sessions"]]
     assert seen == ["s4", "s3", "s2", "s1", "s0"]
     cli("list", "--cursor", "not-a-cursor", code=1)
-    cli("list", "--limit", "0", code=1)
+    cli("list", "--limit", "0", code=2)
     assert "5 of 5" in cli("list").stdout
 
 
 def test_rm_and_prune(cli: Cli) -> None:
     cli("append", "a", "--content", "x")
     cli("append", "b", "--content", "y")
-    assert cli.json("rm", "a") == {"deleted": "a"}
-    assert cli.json("prune", "--older-than", "30d")["pruned"] == []
-    cli("prune", "--older-than", "soon", code=1)
-    assert cli.json("prune", "--older-than", "0")["pruned"] == ["b"]
+    assert cli.json("rm", "a") == {"deleted": ["a"]}
+    assert cli.json("prune", "--older-than", "30d")["deleted"] == []
+    cli("prune", "--older-than", "soon", code=2)
+    assert cli.json("prune", "--older-than", "0", "--yes")["deleted"] == ["b"]
     assert cli.view() == {}
 
 

@@ -48,9 +48,14 @@ EXIT_CODES = (
 
 ENVIRONMENT = (
     "Environment: AGENTSTATE_DIR (store directory, default ./.agentstate), AGENTSTATE_URL (a postgresql:// "
-    "store instead), AGENTSTATE_TENANT (default: default), AGENTSTATE_LOCK_TIMEOUT (default 30s), "
+    "store instead), AGENTSTATE_PG_SCHEMA (the PostgreSQL schema, default agentstate), AGENTSTATE_TENANT "
+    "(sessions and responses only; default: default), AGENTSTATE_LOCK_TIMEOUT (default 30s), "
     "AGENTSTATE_LOG_LEVEL, AGENTSTATE_LOG_FORMAT."
 )
+
+# The largest integer both SQL engines store (a signed 64-bit BIGINT): every integer option is checked
+# against its own range up front (exit 2), so nothing out of range ever reaches the library or SQL.
+MAX_INT = 2**63 - 1
 
 GLOBAL_PANEL = "Global options (before or after the command)"
 
@@ -66,7 +71,7 @@ _SHARED: tuple[tuple[str, tuple[str, ...], str, str | None, str], ...] = (
     ("g_url", ("--url",), "value", "URL",
      "A postgresql:// store instead of a directory (env AGENTSTATE_URL); not with --dir."),
     ("g_tenant", ("--tenant",), "value", "TENANT", "Tenant for sessions and responses (env AGENTSTATE_TENANT; "
-                                                    "default: default)."),
+                                                    "default: default); refused by state commands."),
     ("g_json", ("--json",), "flag", None, "Machine-readable output on stdout."),
     ("g_verbose", ("-v", "--verbose"), "count", None, "More logging on stderr: -v info, -vv debug."),
     ("g_log_level", ("--log-level",), "value", "LEVEL",
@@ -385,10 +390,20 @@ class Opts:
         except InvalidInput as e:
             raise UsageError(f"{where}: {e.message}") from None
 
+    def refuse_tenant(self) -> None:
+        """A command of the whole store (the state document, its locks, the schema) refuses --tenant."""
+        if self._given.get("g_tenant") is not None:
+            where = click.get_current_context().command_path
+            raise UsageError(f"--tenant does not apply to `{where}`: the state document is shared by the whole "
+                             "store (tenants separate sessions and responses only); leave --tenant out")
+
     def store(self, *, writing: bool = False):
-        """The StateStore at --url or --dir; a writer's lock timeout is checked here (a reader takes no lock)."""
+        """The StateStore at --url or --dir; a writer's lock timeout is checked here (a reader takes no lock).
+        --tenant is refused: the state document (and its lock) belong to the whole store; AGENTSTATE_TENANT
+        is not read here."""
         from ..store import StateStore
 
+        self.refuse_tenant()
         timeout = self.lock_timeout() if writing else None
         return StateStore(self.target, lock_timeout=30.0 if timeout is None else timeout)
 
@@ -475,8 +490,14 @@ def emit(o: Opts, value: Any, text: str) -> None:
         out(_printable(text))
 
 
+def int_option(flag: str, help: str, *, minimum: int = 0, maximum: int = MAX_INT, metavar: str = "N") -> Any:
+    """The one way a command declares an integer option: checked against [minimum, maximum] by the
+    parser (exit 2, naming the option and its range) before anything runs; MAX_INT at most."""
+    return typer.Option(flag, metavar=metavar, min=minimum, max=min(maximum, MAX_INT), help=help)
+
+
 # --limit and --cursor of the list commands, and how they render a page (.items, .next_cursor, .total).
-LimitOpt = Annotated[int, typer.Option("--limit", metavar="N", help="At most N on the page (1-10000).")]
+LimitOpt = Annotated[int, int_option("--limit", "At most N on the page (1-10000).", minimum=1, maximum=10_000)]
 CursorOpt = Annotated[str | None, typer.Option("--cursor", metavar="C", help="The next_cursor of a previous page.")]
 
 
@@ -525,12 +546,12 @@ def run(body: Callable[[Opts], int | None]) -> None:
 
         add_hint(e)
         _traceback(opts)
-        _fail(opts, e.code, str(e), e.exit_code, e.to_dict())
+        _fail(opts, e.code, _in_group(str(e)), e.exit_code, e.to_dict())
     except KeyboardInterrupt as e:  # SIGINT/SIGTERM outside any write (a write turns it into Interrupted)
         from ..signals import outside
 
         err = outside(e)
-        _fail(opts, err.code, str(err), err.exit_code, err.to_dict())
+        _fail(opts, err.code, _in_group(str(err)), err.exit_code, err.to_dict())
     except BrokenPipeError:
         os._exit(1)
     except OSError as e:
@@ -538,8 +559,12 @@ def run(body: Callable[[Opts], int | None]) -> None:
         from ..fileio import describe
 
         where = getattr(e, "filename", None)
-        what = f"cannot access {where}: {describe(e)}" if where else f"I/O error: {describe(e)}"
-        _fail(opts, "io_error", f"{what}; check --dir and its permissions; the stored state is unchanged", 1, {})
+        if where is None and getattr(e, "agentstate_stdout", False):
+            what, check = f"cannot write to stdout: {describe(e)}", "check where the output goes"
+        else:
+            what = f"cannot access {where}: {describe(e)}" if where else f"I/O error: {describe(e)}"
+            check = "check --dir and its permissions"
+        _fail(opts, "io_error", _in_group(f"{what}; {check}; the stored state is unchanged"), 1, {})
     except typer.Exit:
         raise
     except Exception as e:  # never a traceback unless --debug
@@ -549,6 +574,29 @@ def run(body: Callable[[Opts], int | None]) -> None:
     raise typer.Exit(code)
 
 
+
+
+def _in_group(message: str) -> str:
+    """``message`` in the words of the command's group: sessions and responses are not "the stored state"
+    (the state document), so their errors say that nothing was changed."""
+    ctx = click.get_current_context(silent=True)
+    words = (getattr(ctx, "command_path", "") or "").split()
+    if len(words) > 1 and words[1] in ("sessions", "responses"):
+        return message.replace("the stored state is unchanged", "nothing was changed")
+    return message
+
+
+def write_stdout(data: bytes) -> None:
+    """Write ``data`` to stdout; a failure (``> /dev/full``) is reported as about stdout, not the store."""
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        e.agentstate_stdout = True  # type: ignore[attr-defined]
+        raise
 
 
 def _traceback(opts: Opts) -> None:

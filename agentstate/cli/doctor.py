@@ -17,7 +17,14 @@ def doctor(
                                                           "keep the bad file aside, remove stray temp files; "
                                                           "then report what was done.")] = False,
 ) -> None:
-    """Check the state, backup, lock and stray temp files; exit 1 if any is bad (4 if no valid state)."""
+    """Check the store and say what is wrong and how to fix it; exit 0 if all is well, 1 if any check is bad
+    (4 if no valid state document is left). Takes no lock and changes nothing unless --repair.
+
+    It checks: the state document (state.json parses and is valid; its serial and lineage), its backup
+    state.json.bak, the state lock (held, by whom, stale), stray temp files; and the sessions/responses
+    database (agentstate.db or the PostgreSQL schema): that it opens, its permissions (0600), schema
+    version, SQLite integrity_check, the kept session counts, every tenant's response chains (links,
+    depths, roots), and the database's lock."""
 
     def body(o: Opts) -> int:
         from .. import doctor as diagnosis

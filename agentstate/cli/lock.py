@@ -31,26 +31,54 @@ def _describe(record: dict[str, Any] | None) -> str:
     return h.describe() if h else "an unknown holder"
 
 
+def _database_lock(o: Opts, store: Any) -> dict[str, Any]:
+    """The status of the sessions/responses database's lock: agentstate.db.lock beside state.json, or the
+    PostgreSQL advisory lock of the database's writers."""
+    if o.url is not None:
+        from ..sql import open_database
+
+        db = open_database(o.url)
+        try:
+            return db.lock_status()
+        finally:
+            db.close()
+    import os
+
+    from ..lock import Lock
+
+    return Lock(os.path.join(os.path.dirname(store.lock_path), "agentstate.db.lock")).status()
+
+
+def _render(st: dict[str, Any], label: str) -> None:
+    where = st.get("path") or st.get("lock") or ""
+    if not st["held"]:
+        out(f"{label}free ({where})")
+        if st.get("last_holder"):
+            out(f"{label}last holder, which ended without releasing: {_describe(st['last_holder'])}")
+    else:
+        out(f"{label}held by {_describe(st.get('holder'))}")
+        if st.get("holder"):
+            alive = {True: "alive", False: "not running", None: "cannot tell (another host or PID namespace)"}
+            out(f"{label}holder process: {alive.get(st.get('holder_alive'), '?')}")
+    if st.get("next"):
+        out(f"{label}next: {st['next']}")
+
+
 @lock_app.command("status", cls=Command, epilog=EXIT_CODES)
 def lock_status() -> None:
-    """Show whether the lock is free or held (the kernel's answer), by whom, and what to do next."""
+    """Show both locks of the store: the state document's (first, and the top-level keys of --json) and the
+    sessions/responses database's ("database" in --json): free or held (the kernel's answer), by whom,
+    and what to do next."""
 
     def body(o: Opts) -> None:
-        st = o.store().lock_status()
+        store = o.store()
+        st = store.lock_status()
+        db = _database_lock(o, store)
         if o.json:
-            emit_json(st)
+            emit_json({**st, "database": db})
             return
-        if not st["held"]:
-            out(f"free ({st['path']})")
-            if st.get("last_holder"):
-                out(f"last holder, which ended without releasing: {_describe(st['last_holder'])}")
-        else:
-            out(f"held by {_describe(st.get('holder'))}")
-            if st.get("holder"):
-                alive = {True: "alive", False: "not running", None: "cannot tell (another host or PID namespace)"}
-                out(f"holder process: {alive.get(st.get('holder_alive'), '?')}")
-        if st.get("next"):
-            out(f"next: {st['next']}")
+        _render(st, "")
+        _render(db, "database lock (sessions, responses): ")
 
     run(body)
 

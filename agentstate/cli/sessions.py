@@ -1,4 +1,4 @@
-"""Session commands: `agentstate sessions create|append|show|list|rm|prune|export|import`.
+"""Session commands: `agentstate sessions create|append|pop|show|list|rm|prune|export|import`.
 
 Each is one SessionStore call (agentstate.sessions); these parse, call and render.
 """
@@ -22,18 +22,21 @@ from .common import (
     emit,
     emit_json,
     fancy,
+    int_option,
     out,
     page_footer,
     page_json,
     printable,
     run,
+    write_stdout,
 )
 
 app = typer.Typer()
 sessions_app = typer.Typer(
     cls=Group,
     help="Conversation histories (sessions) in the store's agentstate.db: append from many processes at once, "
-    "read back the last N items, list, prune, export and import.\n\n" + EXIT_CODES,
+    "pop the last item, read back the last N items, list, remove, prune, export and import. With --json a "
+    "stored item sits under \"data\".\n\n" + EXIT_CODES,
     no_args_is_help=False,
 )
 app.add_typer(sessions_app, name="sessions")
@@ -44,7 +47,7 @@ TEXT_WIDTH = 100
 @sessions_app.callback(invoke_without_command=True)
 def _sessions_root(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:
-        raise UsageError("missing command (create, append, show, list, rm, prune, export, import); "
+        raise UsageError("missing command (create, append, pop, show, list, rm, prune, export, import); "
                          "see `agentstate sessions --help`")
 
 
@@ -116,7 +119,8 @@ def _info_line(info: Any) -> str:
 @sessions_app.command("create", cls=WriteCommand, epilog=EXIT_CODES)
 def create(
     session_id: Annotated[str | None, typer.Option("--id", help="The session id (default: a new UUID).")] = None,
-    title: Annotated[str | None, typer.Option("--title", help="A title (default: the first user message).")] = None,
+    title: Annotated[str | None, typer.Option(
+        "--title", help="A title of at most 200 characters (default: the first user message).")] = None,
     metadata: Annotated[str | None, typer.Option("--metadata", help="A JSON object kept with the session.")] = None,
 ) -> None:
     """Create an empty session and print its id (an existing id is a conflict, exit 5)."""
@@ -165,8 +169,8 @@ def append(
         metavar="[ITEM_JSON]...", help="Items as JSON objects; - reads JSON lines from stdin.")] = None,
     role: Annotated[str | None, typer.Option("--role", help="Role of the --content message (default user).")] = None,
     content: Annotated[str | None, typer.Option("--content", help="Append a message with this text.")] = None,
-    expect_seq: Annotated[int | None, typer.Option(
-        "--expect-seq", help="Append only if the session's last seq is N (else exit 5).")] = None,
+    expect_seq: Annotated[int | None, int_option(
+        "--expect-seq", "Append only if the session's last seq is N (else exit 5).")] = None,
     idempotency_key: Annotated[str | None, typer.Option(
         "--idempotency-key", help="A retry with the same key stores nothing and prints the first append's items.")
     ] = None,
@@ -192,7 +196,7 @@ def append(
 @sessions_app.command("show", cls=Command, epilog=EXIT_CODES)
 def show(
     session_id: Annotated[str, typer.Argument(metavar="ID")],
-    last: Annotated[int | None, typer.Option("--last", metavar="N", help="Only the last N items.")] = None,
+    last: Annotated[int | None, int_option("--last", "Only the last N items.")] = None,
 ) -> None:
     """Show a session and its items, oldest first."""
 
@@ -232,41 +236,117 @@ def list_sessions(
     run(body)
 
 
-@sessions_app.command("rm", cls=WriteCommand, epilog=EXIT_CODES)
-def rm(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Delete a session and all its items (one transaction)."""
+@sessions_app.command("pop", cls=WriteCommand, epilog=EXIT_CODES)
+def pop(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Remove the session's last item and print it (its seq is free again); nothing if the session is empty."""
 
     def body(o: Opts) -> None:
-        _store(o, True).delete(session_id)
-        emit(o, {"deleted": session_id}, f"removed session {session_id}")
+        item = _store(o, True).pop(session_id)
+        if o.json:
+            emit_json({"session_id": session_id, "items": [item.to_dict()] if item else []})
+        elif item is None:
+            out(printable(f"{session_id} is empty: nothing to pop"))
+        else:
+            out(printable(f"popped seq {item.seq} from {session_id}"))
+            _print_items([item])
 
     run(body)
+
+
+@sessions_app.command("rm", cls=WriteCommand, epilog=EXIT_CODES)
+def rm(session_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="The sessions to delete.")]) -> None:
+    """Delete sessions and all their items, in one transaction: all of them, or none if any is missing (exit 6)."""
+
+    def body(o: Opts) -> None:
+        ids = _store(o, True).delete(*session_ids)
+        emit(o, {"deleted": ids}, "\n".join(printable(f"removed session {sid}") for sid in ids))
+
+    run(body)
+
+
+def check_prune_age(older_than: str, yes: bool, dry_run: bool, what: str) -> None:
+    """An age of 0 would delete every one of the tenant's {what}: refused (exit 2) without --yes."""
+    from ..duration import parse_duration
+    from ..errors import InvalidInput
+
+    try:
+        seconds = parse_duration(older_than, "age")
+    except InvalidInput as e:
+        raise UsageError(f"--older-than: {e.message}") from None
+    if seconds == 0 and not yes and not dry_run:
+        raise UsageError(f"--older-than {older_than} would delete every one of the tenant's {what}; nothing was "
+                         "deleted: add --yes to mean it, or --dry-run to see them")
 
 
 @sessions_app.command("prune", cls=WriteCommand, epilog=EXIT_CODES)
 def prune(
     older_than: Annotated[str, typer.Option("--older-than", metavar="AGE",
                                             help="Delete sessions not updated for AGE: 30d, 12h, 90m or seconds.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Needed with an AGE of 0 (every session of the tenant).")
+                   ] = False,
 ) -> None:
-    """Delete whole sessions not updated for a while."""
+    """Delete whole sessions not updated for a while (--dry-run: only list them)."""
 
     def body(o: Opts) -> None:
-        ids = _store(o, True).prune(older_than)
-        emit(o, {"pruned": ids, "count": len(ids)},
-             "\n".join([f"pruned {len(ids)} session(s)"] + [f"- {sid}" for sid in ids]))
+        check_prune_age(older_than, yes, dry_run, "sessions")
+        ids = _store(o, not dry_run).prune(older_than, dry_run=dry_run)
+        if dry_run:
+            emit(o, {"would_delete": ids, "dry_run": True},
+                 "\n".join([f"would prune {len(ids)} session(s) (dry run: nothing deleted)"]
+                           + [printable(f"- {sid}") for sid in ids]))
+        else:
+            emit(o, {"deleted": ids}, "\n".join([f"pruned {len(ids)} session(s)"] + [printable(f"- {sid}") for sid in ids]))
 
     run(body)
 
 
+OutputOpt = Annotated[str | None, typer.Option(
+    "-o", "--output", metavar="FILE", help="Write to FILE (created 0600, replaced whole once complete) instead of "
+    "stdout.")]
+
+
+def write_lines(lines: Any, output: str | None) -> None:
+    """JSON lines to stdout, or to ``output``: a new 0600 file beside it, fsynced, then renamed over it, so
+    FILE is either the old one or the whole export, never a part."""
+    if output is None:
+        write_stdout(b"".join(lines))  # one snapshot, read before anything is written
+        return
+    import os
+
+    from ..errors import StorageError
+    from ..fileio import describe
+
+    tmp = f"{output}.tmp-{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise StorageError(f"cannot write {output}: {describe(e)}; nothing was written",
+                           hint="check the path and its permissions") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for line in lines:
+                f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, output)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise StorageError(f"cannot write {output}: {describe(e)}; it is unchanged",
+                               hint="check the disk and the path") from None
+        raise
+
+
 @sessions_app.command("export", cls=Command, epilog=EXIT_CODES)
-def export(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Write a session as JSON lines (a header, then one line per item) to stdout."""
+def export(session_id: Annotated[str, typer.Argument(metavar="ID")], output: OutputOpt = None) -> None:
+    """Write a session as JSON lines (a header, then one line per item) to stdout, or to -o FILE."""
 
     def body(o: Opts) -> None:
-        lines = list(_store(o).export_lines(session_id))  # one snapshot, read before anything is written
-        sys.stdout.flush()
-        sys.stdout.buffer.write(b"".join(lines))
-        sys.stdout.flush()
+        write_lines(list(_store(o).export_lines(session_id)), output)
 
     run(body)
 

@@ -17,6 +17,7 @@ from .common import (
     dumps_pretty,
     emit_json,
     fancy,
+    int_option,
     on_wait,
     out,
     printable,
@@ -80,7 +81,7 @@ def apply(
     delete: Annotated[list[str] | None, typer.Option("--delete", help="ADDRESS to delete. Repeatable.",
                                                      metavar="ADDRESS")] = None,
     expect_serial: Annotated[
-        int | None, typer.Option("--expect-serial", help="Refuse (exit 5) unless the state is at this serial.")
+        int | None, int_option("--expect-serial", "Refuse (exit 5) unless the state is at this serial.")
     ] = None,
 ) -> None:
     """Make the state's resources equal SPEC's {"resources": {...}}, and/or --set and --delete single ones."""
@@ -101,14 +102,23 @@ def apply(
 
 
 @app.command(cls=Command, epilog=EXIT_CODES)
-def plan(spec: Annotated[str, typer.Argument(help="JSON spec file, or - for stdin.")]) -> None:
-    """Show what `apply SPEC` would change, with old and new values. Takes no lock and writes nothing."""
+def plan(
+    spec: Annotated[str | None, typer.Argument(help="JSON spec file, or - for stdin.", show_default=False)] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP, metavar="ADDRESS=VALUE")] = None,
+    delete: Annotated[list[str] | None, typer.Option("--delete", help="ADDRESS to delete. Repeatable.",
+                                                     metavar="ADDRESS")] = None,
+) -> None:
+    """Show what `apply` with the same SPEC, --set and --delete would change, with old and new values.
+    Takes no lock and writes nothing."""
 
     def body(o: Opts) -> None:
         from .. import planner as planning
 
-        resources = planning.parse_spec(_read_spec(spec), f"spec {spec}")
-        p = planning.plan(o.store(), resources=resources)
+        if spec is None and not set_ and not delete:
+            raise UsageError("nothing to plan: give a SPEC file (or - for stdin), --set or --delete")
+        resources = planning.parse_spec(_read_spec(spec), f"spec {spec}") if spec is not None else None
+        sets = [planning.parse_assignment(s) for s in set_ or []]
+        p = planning.plan(o.store(), resources=resources, sets=sets, deletes=delete or [])
         emit_json(p.to_dict()) if o.json else _print_plan(p, "plan")
 
     run(body)
@@ -174,7 +184,7 @@ def list_() -> None:
 @app.command(cls=WriteCommand, epilog=EXIT_CODES)
 def rm(
     addresses: Annotated[list[str], typer.Argument(help="Addresses to remove.")],
-    expect_serial: Annotated[int | None, typer.Option("--expect-serial", help="Refuse (exit 5) unless at this serial.")] = None,
+    expect_serial: Annotated[int | None, int_option("--expect-serial", "Refuse (exit 5) unless at this serial.")] = None,
 ) -> None:
     """Remove resources and say what was removed. Exit 6 (and nothing removed) if any address is missing."""
 

@@ -116,9 +116,11 @@ def server_error(e: BaseException, *, doing: str, where: str, committing: bool =
         if "does not exist" in low and "database" in low:
             return StorageError(f"cannot use {where}: {msg}", hint="create the database, or fix its name in the URL")
         if committing:
+            check = ("agentstate sessions show ID" if "(sessions" in doing else
+                     "agentstate responses get ID" if "(responses" in doing else "agentstate show")
             return StorageError(
                 f"the connection to {where} was lost while committing: {msg}",
-                hint="the change may or may not have been saved; check with `agentstate show` before retrying",
+                hint=f"the change may or may not have been saved; check with `{check}` before retrying",
             )
         if doing == "connecting":
             return StorageError(f"cannot connect to {where}: {msg}",

@@ -72,9 +72,10 @@ INFO = Stmt(
 )
 
 # A page of live responses, newest first, strictly older than :before (a seq).
+# (:all = 1: soft-deleted ones too.)
 LIST_PAGE = Stmt(
-    both="""SELECT seq, id, previous_id, root_id, depth, created_at, body FROM responses
-              WHERE tenant = :tenant AND deleted_at IS NULL AND seq < :before
+    both="""SELECT seq, id, previous_id, root_id, depth, created_at, body, deleted_at FROM responses
+              WHERE tenant = :tenant AND (deleted_at IS NULL OR :all = 1) AND seq < :before
               ORDER BY seq DESC LIMIT :limit""",
 )
 
@@ -87,8 +88,8 @@ LIST_ANCHOR = Stmt(
 
 # ... and then the page holds the responses created strictly before it (newest first, as LIST_PAGE).
 LIST_OLDER = Stmt(
-    both="""SELECT seq, id, previous_id, root_id, depth, created_at, body FROM responses
-              WHERE tenant = :tenant AND deleted_at IS NULL AND created_at < :created_at
+    both="""SELECT seq, id, previous_id, root_id, depth, created_at, body, deleted_at FROM responses
+              WHERE tenant = :tenant AND (deleted_at IS NULL OR :all = 1) AND created_at < :created_at
               ORDER BY seq DESC LIMIT :limit""",
 )
 
@@ -206,4 +207,30 @@ MISSING_CHAIN_ROWS = Stmt(
             WHERE r.tenant = :tenant AND NOT EXISTS
                 (SELECT 1 FROM response_chains c WHERE c.tenant = :tenant AND c.root_id = r.root_id)
             ORDER BY r.root_id LIMIT :limit""",
+)
+
+# -- list --include-deleted, prune, export (``ResponseStore.list/prune/export_lines``) ---------------
+
+# Chains (roots) whose newest response was saved before :cutoff (reads do not count: only saves).
+STALE_CHAINS = Stmt(
+    both="""SELECT root_id FROM responses WHERE tenant = :tenant
+              GROUP BY root_id HAVING MAX(created_at) < :cutoff ORDER BY root_id""",
+)
+
+# Chains (roots) every response of which is soft-deleted: no live response can reach them any more.
+DEAD_CHAINS = Stmt(
+    both="""SELECT root_id FROM responses WHERE tenant = :tenant
+              GROUP BY root_id HAVING COUNT(deleted_at) = COUNT(*) ORDER BY root_id""",
+)
+
+# The ids of one chain, oldest first (what prune would delete, for --dry-run).
+CHAIN_IDS = Stmt(
+    both="SELECT id FROM responses WHERE tenant = :tenant AND root_id = :root_id ORDER BY seq",
+)
+
+# Every response of the tenant, oldest first (so a previous response comes before the ones naming it):
+# (id, previous_id, created_at, deleted_at, body).
+EXPORT_ALL = Stmt(
+    both="""SELECT id, previous_id, created_at, deleted_at, body FROM responses
+              WHERE tenant = :tenant ORDER BY seq""",
 )
