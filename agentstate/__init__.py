@@ -25,18 +25,19 @@ _EXPORTS = {
     "StateCorrupted": "errors",
     "StateLocked": "errors",
     "StorageError": "errors",
-    "State": "store",
-    "StateStore": "store",
-    "Plan": "planner",
-    "apply": "planner",
-    "plan": "planner",
-    "remove": "planner",
-    "Item": "sessions",
+    "State": "state.store",
+    "StateStore": "state.store",
+    "open_state": "state.open",
+    "Plan": "state.planner",
+    "apply": "state.planner",
+    "plan": "state.planner",
+    "remove": "state.planner",
+    "Item": "sessions.store",
     "Page": "page",
-    "ResponseInfo": "responses",
-    "ResponseStore": "responses",
-    "SessionInfo": "sessions",
-    "SessionStore": "sessions",
+    "ResponseInfo": "responses.store",
+    "ResponseStore": "responses.store",
+    "SessionInfo": "sessions.store",
+    "SessionStore": "sessions.store",
 }
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "StorageError",
     "__version__",
     "apply",
+    "open_state",
     "plan",
     "remove",
 ]
@@ -77,10 +79,11 @@ if TYPE_CHECKING:
         StorageError,
     )
     from .page import Page
-    from .planner import Plan, apply, plan, remove
-    from .responses import ResponseInfo, ResponseStore
-    from .sessions import Item, SessionInfo, SessionStore
-    from .store import State, StateStore
+    from .responses.store import ResponseInfo, ResponseStore
+    from .sessions.store import Item, SessionInfo, SessionStore
+    from .state.open import open_state
+    from .state.planner import Plan, apply, plan, remove
+    from .state.store import State, StateStore
 
 
 def __getattr__(name: str):

@@ -83,7 +83,7 @@ def database_findings(store: Any) -> list[dict[str, Any]]:
     """The checks of the store's agentstate.db (sessions, responses): integrity, schema version, lock, chains,
     stored values."""
     from .errors import AgentStateError
-    from .responses_check import check_responses
+    from .responses.check import check_responses
     from .sql import check
     from .values_check import check_values
 

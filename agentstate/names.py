@@ -55,3 +55,13 @@ def redact_url(url: str) -> str:
 def shown(target: object) -> str:
     """A store location as it may be shown: a directory as given, a URL without its password."""
     return redact_url(target) if is_url(target) else str(target)
+
+
+DEFAULT_DIR = ".agentstate"
+
+
+def default_dir() -> str:
+    """The store directory when none is given: $AGENTSTATE_DIR, else ./.agentstate."""
+    import os
+
+    return os.environ.get("AGENTSTATE_DIR") or DEFAULT_DIR

@@ -25,7 +25,7 @@ def check_values(target: str | os.PathLike[str] | None = None) -> list[dict[str,
 
     if not is_url(target):
         from .sql.engine import DB_NAME
-        from .store import default_dir
+        from .state.store import default_dir
 
         if not os.path.exists(os.path.join(os.fspath(target) if target is not None else default_dir(), DB_NAME)):
             return []  # no database: nothing stored (the database check says so)

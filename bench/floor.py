@@ -14,7 +14,7 @@ def lean_transaction(directory: str) -> None:
     lock file (inode re-check), write a holder record, read and verify state.json (SHA-256, parse),
     +1, encode with its checksum, temp file + fsync, backup link + rename, rename, directory fsync,
     blank the record, unlock. Every descriptor is opened and closed here, as agentstate does."""
-    from agentstate import codec
+    from agentstate.state import codec
 
     path = os.path.join(directory, "state.json")
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -50,7 +50,7 @@ def _chains(cfg: Config) -> list[Row]:
     import orjson
 
     from agentstate import ResponseStore
-    from agentstate.responses import MAX_CHAIN
+    from agentstate.responses.store import MAX_CHAIN
     from agentstate.sql import q_responses as q
 
     store = ResponseStore(cfg.workdir / "responses-chain")

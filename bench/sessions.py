@@ -38,7 +38,7 @@ def _fill(store: Any, session_id: str, n: int) -> None:
     """A session of ``n`` items written straight through the engine, in one transaction."""
     import orjson
 
-    from agentstate.sessions import _utcnow
+    from agentstate.sessions.store import _utcnow
     from agentstate.sql import q_sessions as q
 
     data = orjson.dumps({"type": "message", "role": "assistant",
@@ -112,7 +112,7 @@ def _appends(cfg: Config, big_n: int) -> list[Row]:
 
 def _listing(cfg: Config, many: int) -> list[Row]:
     from agentstate import SessionStore
-    from agentstate.sessions import _utcnow
+    from agentstate.sessions.store import _utcnow
     from agentstate.sql import q_sessions as q
 
     store = SessionStore(cfg.workdir / "sessions-list")

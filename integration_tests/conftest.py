@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from agentstate.store import State, StateStore
+from agentstate.state.store import State, StateStore
 
 PYTHON = sys.executable
 AGENTSTATE_CLI = str(Path(sys.executable).parent / "agentstate")

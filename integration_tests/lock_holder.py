@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from agentstate import logs
-    from agentstate.store import StateStore
+    from agentstate.state.store import StateStore
 
     logs.configure("info")
     store = StateStore(args.dir)
@@ -43,7 +43,7 @@ def main() -> None:
             announce(store)
             hold(args)
     else:
-        from agentstate.fileio import ensure_dir
+        from agentstate.state.fileio import ensure_dir
 
         ensure_dir(store.files, store.path)
         lk = store.lock()

@@ -21,7 +21,7 @@ import os
 
 from worker import main, say, serve, wait_for_go
 
-from agentstate.responses import ResponseStore
+from agentstate.responses.store import ResponseStore
 
 
 def _response(name: str, b: int) -> dict:
@@ -65,8 +65,9 @@ def forkserver(directory: str, cap: int, unsafe: bool = False) -> None:
 
     import orjson  # noqa: F401
 
-    from agentstate import lock, sql  # noqa: F401
+    from agentstate import sql  # noqa: F401
     from agentstate.sql import engine, q_responses  # noqa: F401
+    from agentstate.state import codec, lock, signals  # noqa: F401
 
     serve(lambda rnd: child(directory, rnd, cap, unsafe))
 

@@ -21,7 +21,7 @@ import os
 
 from worker import main, say, serve, wait_for_go
 
-from agentstate.sessions import SessionStore
+from agentstate.sessions.store import SessionStore
 
 
 def burst(directory: str, session: str, writer: str, n: int) -> None:
@@ -54,8 +54,9 @@ def forkserver(directory: str, session: str, unsafe: bool = False) -> None:
 
     import orjson  # noqa: F401
 
-    from agentstate import lock, sql  # noqa: F401
+    from agentstate import sql  # noqa: F401
     from agentstate.sql import engine, q_sessions  # noqa: F401
+    from agentstate.state import codec, lock, signals  # noqa: F401
 
     serve(lambda rnd: child(directory, session, rnd, unsafe))
 

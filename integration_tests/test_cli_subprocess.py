@@ -27,7 +27,7 @@ SETPRIV = shutil.which("setpriv")
 
 HOLDER = r"""
 import json, sys
-from agentstate.store import StateStore
+from agentstate.state.store import StateStore
 lk = StateStore(sys.argv[1]).lock()
 h = lk.acquire(0, "long-agent-run")
 print(json.dumps(h.to_dict()), flush=True)

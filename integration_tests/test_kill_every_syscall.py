@@ -47,7 +47,7 @@ from agentstate_integration import (
     write_report_record,
 )
 
-from agentstate.store import StateStore
+from agentstate.state.store import StateStore
 
 FD_CALLS = ("flock", "write", "pwrite64", "ftruncate", "fsync", "fdatasync", "close")
 

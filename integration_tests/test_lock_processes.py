@@ -27,9 +27,9 @@ from tinyfuse import TYPE as FUSE_TYPE
 from tinyfuse import TinyFuse
 
 from agentstate import StateStore
-from agentstate.codec import decode_document
 from agentstate.errors import StateLocked, StorageError
-from agentstate.lock import RECORD_BLOCK, Holder, Lock
+from agentstate.state.codec import decode_document
+from agentstate.state.lock import RECORD_BLOCK, Holder, Lock
 
 HERE = Path(__file__).resolve().parent
 HOLDER = str(HERE / "lock_holder.py")
@@ -268,7 +268,7 @@ def test_cli_lock_timeout_from_env_json_error_and_zero(tmp_path, holders):
 LOCK_WAITER = """
 import os, sys
 from agentstate import logs
-from agentstate.lock import Lock
+from agentstate.state.lock import Lock
 logs.configure("info")
 lk = Lock(sys.argv[1])
 lk.acquire(60, "waiter")
@@ -334,7 +334,7 @@ def test_waiter_on_a_replaced_lock_file_never_holds_a_dead_inode(tmp_path, holde
 
 ACQUIRE_RELEASE = """
 import sys
-from agentstate.lock import Lock
+from agentstate.state.lock import Lock
 lk = Lock(sys.argv[1])
 lk.acquire(5, "traced")
 lk.release()
@@ -380,7 +380,7 @@ print(handovers, dirty)
 
 CYCLER = """
 import sys
-from agentstate.lock import Lock
+from agentstate.state.lock import Lock
 lk = Lock(sys.argv[1])
 for _ in range(int(sys.argv[2])):
     lk.acquire(30, "cycler")

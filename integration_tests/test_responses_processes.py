@@ -21,7 +21,7 @@ from agentstate_integration import PYTHON, rounds, write_report_record
 from procs import ForkServer, integrity, run_burst, seeded_rng
 
 from agentstate import ResponseStore
-from agentstate.responses_check import check_responses
+from agentstate.responses.check import check_responses
 
 SAVER = str(Path(__file__).with_name("response_saver.py"))
 CAP = 30

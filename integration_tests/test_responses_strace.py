@@ -32,7 +32,7 @@ from agentstate_integration import (
 from procs import integrity
 
 from agentstate import ResponseStore
-from agentstate.responses_check import check_responses
+from agentstate.responses.check import check_responses
 
 TRACE = "openat,write,pwrite64,fsync,fdatasync,ftruncate,close,unlink"
 DB = "agentstate.db"

@@ -142,7 +142,7 @@ def _kill_rounds(d: Path, n_rounds: int, unsafe: bool = False, stop_at_first: bo
 def test_sigterm_or_sigint_while_waiting_for_the_lock(tmp_path: Path) -> None:
     """A cancelled CI job (SIGTERM) or Ctrl-C (SIGINT) during `sessions append`: exit 143/130, one line
     saying the append was abandoned, nothing stored, no lock left behind."""
-    from agentstate.lock import Lock
+    from agentstate.state.lock import Lock
 
     d = tmp_path / "store"
     store = SessionStore(str(d))

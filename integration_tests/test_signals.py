@@ -44,7 +44,7 @@ from agentstate_integration import (
     write_report_record,
 )
 
-from agentstate.store import StateStore
+from agentstate.state.store import StateStore
 
 SIGS = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("SIGINT", 130)}
 _cases: dict[str, int] = {}

@@ -51,7 +51,7 @@ from agentstate_integration import (
     write_report_record,
 )
 
-from agentstate.store import StateStore
+from agentstate.state.store import StateStore
 
 DISCOVER = "openat,write,pwrite64,fsync,fdatasync,ftruncate,rename,renameat,renameat2,link,linkat,unlink,unlinkat,close"
 

@@ -34,7 +34,7 @@ from agentstate_integration import (
     write_report_record,
 )
 
-from agentstate.store import StateStore
+from agentstate.state.store import StateStore
 
 TRACE = "openat,write,pwrite64,fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,ftruncate,close,flock"
 WRITES = ("write", "pwrite64", "ftruncate", "fsync", "fdatasync")

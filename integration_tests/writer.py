@@ -27,8 +27,8 @@ import signal
 import sys
 import time
 
-from agentstate.fileio import OsFiles
-from agentstate.store import StateStore
+from agentstate.state.fileio import OsFiles
+from agentstate.state.store import StateStore
 
 
 class InPlaceFiles(OsFiles):

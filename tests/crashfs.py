@@ -43,7 +43,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from agentstate.fileio import OsFiles
+from agentstate.state.fileio import OsFiles
 
 FD_BASE = 1_000_000
 

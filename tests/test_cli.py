@@ -582,12 +582,12 @@ def test_store_under_a_file_is_an_io_error(tmp_path: Path) -> None:
 
 
 def test_internal_error_is_one_line_unless_debug(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import agentstate.planner
+    import agentstate.state.planner
 
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(agentstate.planner, "apply", boom)
+    monkeypatch.setattr(agentstate.state.planner, "apply", boom)
     r = run(["apply", "--set", "a=3", "--dir", str(store)])
     line = assert_one_error_line(r, 1)
     assert "kaboom" in line and "--debug" in line
@@ -820,7 +820,7 @@ def test_doctor_repair_reports_what_it_did(store: Path) -> None:
 
 def test_doctor_verdicts_come_from_the_library(store: Path) -> None:
     from agentstate import doctor
-    from agentstate.store import StateStore
+    from agentstate.state.store import StateStore
 
     s = StateStore(store)
     assert doctor.diagnose(s).exit_code == 0

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonsame import same
 
-from agentstate import FormatTooNew, InvalidInput, StateStore, codec
-from agentstate.codec import CorruptDocument
+from agentstate import FormatTooNew, InvalidInput, StateStore
+from agentstate.state import codec
+from agentstate.state.codec import CorruptDocument
 
 SLOW = os.environ.get("AGENTSTATE_SLOW") == "1"
 EXAMPLES = 1000 if SLOW else 60

@@ -105,7 +105,7 @@ def test_every_integer_option_has_a_range_within_bigint() -> None:
 def test_library_limits_refuse_before_sql(tmp_path: Path) -> None:
     from agentstate import ResponseStore, SessionStore, StateStore
     from agentstate.errors import InvalidInput
-    from agentstate.planner import apply
+    from agentstate.state.planner import apply
 
     s = SessionStore(tmp_path)
     s.append("s", [{"role": "user", "content": "x"}])
@@ -193,7 +193,7 @@ def test_lock_status_shows_both_locks(store_target: str) -> None:
 
 
 def test_a_sessions_lock_timeout_names_lock_status(tmp_path: Path) -> None:
-    from agentstate.lock import Lock
+    from agentstate.state.lock import Lock
 
     d = tmp_path / "s"
     ok(str(d), "sessions", "append", "s", "--content", "x")

@@ -30,7 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonsame import same
 
-from agentstate import FormatTooNew, InvalidInput, StateCorrupted, StateStore, codec, planner
+from agentstate import FormatTooNew, InvalidInput, StateCorrupted, StateStore
+from agentstate.state import codec, planner
 
 SLOW = os.environ.get("AGENTSTATE_SLOW") == "1"
 SETTINGS = settings(max_examples=1000 if SLOW else 40, deadline=None,

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from responses_raw import raw
 
-import agentstate.responses as responses_module
+import agentstate.responses.store as responses_module
 from agentstate import ResponseStore, SessionStore
 
 

@@ -1,4 +1,4 @@
-"""agentstate.lock: holder records, liveness, the kernel's flock as the only authority, waiting, status and
+"""agentstate.state.lock: holder records, liveness, the kernel's flock as the only authority, waiting, status and
 force-unlock. Other holders are real processes; nothing of the lock is mocked."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from agentstate import lock as lockmod
 from agentstate.errors import ConflictError, InvalidInput, NotFound, StateLocked, StorageError
-from agentstate.lock import DEFAULT_TIMEOUT, RECORD_BLOCK, Holder, Lock, parse_duration
+from agentstate.state import lock as lockmod
+from agentstate.state.lock import DEFAULT_TIMEOUT, RECORD_BLOCK, Holder, Lock, parse_duration
 
 HOLD = """
 import sys
-from agentstate.lock import Lock
+from agentstate.state.lock import Lock
 lk = Lock(sys.argv[1])
 h = lk.acquire(30, sys.argv[2])
 print(h.lock_id, flush=True)

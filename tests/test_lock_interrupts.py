@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-import agentstate.fileio
-import agentstate.lock
-import agentstate.lock_record
-from agentstate.lock import Lock
+import agentstate.state.fileio
+import agentstate.state.lock
+import agentstate.state.lock_record
+from agentstate.state.lock import Lock
 
-FILES = {agentstate.lock.__file__, agentstate.lock_record.__file__, agentstate.fileio.__file__}
+FILES = {agentstate.state.lock.__file__, agentstate.state.lock_record.__file__, agentstate.state.fileio.__file__}
 
 
 def free_here(path: str) -> bool:
@@ -43,7 +43,7 @@ def free_here(path: str) -> bool:
 
 
 def free_elsewhere(path: str) -> bool:
-    code = "import sys; from agentstate.lock import Lock; lk = Lock(sys.argv[1]); lk.acquire(0); lk.release(); print('ok')"
+    code = "import sys; from agentstate.state.lock import Lock; lk = Lock(sys.argv[1]); lk.acquire(0); lk.release(); print('ok')"
     r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60)
     return r.returncode == 0 and r.stdout == "ok\n"
 
@@ -73,12 +73,12 @@ def test_an_interrupt_at_size_max_after_the_wait_leaves_the_lock_free(tmp_path: 
     def interrupted_max(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(agentstate.lock, "max", interrupted_max, raising=False)
+    monkeypatch.setattr(agentstate.state.lock, "max", interrupted_max, raising=False)
     lk = Lock(path)
     with pytest.raises(KeyboardInterrupt):
         lk.acquire(0)
     monkeypatch.undo()
-    assert not lk.held and agentstate.lock._fds == set()
+    assert not lk.held and agentstate.state.lock._fds == set()
     assert free_here(path) and free_elsewhere(path)
     lk.acquire(0)
     lk.release()
@@ -114,7 +114,7 @@ def test_an_interrupt_at_any_line_of_acquire_leaves_the_lock_free(tmp_path: Path
         interrupted.append(trace.where)
         assert not lk.held, trace.where
         assert free_here(path), f"flock left held after an interrupt at {trace.where}"
-        assert agentstate.lock._fds == set(), trace.where
+        assert agentstate.state.lock._fds == set(), trace.where
         if k % 7 == 0 or "acquire" in trace.where:
             assert free_elsewhere(path), trace.where
         if not stale:
@@ -125,7 +125,7 @@ def test_an_interrupt_at_any_line_of_acquire_leaves_the_lock_free(tmp_path: Path
 
 LOOPER = textwrap.dedent("""
     import fcntl, os, signal, sys, traceback
-    from agentstate.lock import Lock
+    from agentstate.state.lock import Lock
     path = sys.argv[1]
     lk, rounds, interrupted, last = Lock(path), 0, 0, ""
     lk.acquire(0)  # warm: every lazy import done (a SIGINT inside orjson's first import can crash a retry)

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from agentstate import lock_record
-from agentstate.lock import Lock
+from agentstate.state import lock_record
+from agentstate.state.lock import Lock
 
 
 def proc_field_22(pid: int) -> str:
@@ -75,7 +75,7 @@ def test_lock_status_tells_live_dead_and_reused_holders_without_proc(tmp_path, e
 
 
 def test_acquire_does_not_import_psutil_status_does(tmp_path) -> None:
-    code = ("import sys; from agentstate.lock import Lock; lk = Lock(sys.argv[1]); lk.acquire(0); "
+    code = ("import sys; from agentstate.state.lock import Lock; lk = Lock(sys.argv[1]); lk.acquire(0); "
             "a = 'psutil' in sys.modules; lk.release(); lk.acquire(0); s = Lock(sys.argv[1]).status(); "
             "print(a, 'psutil' in sys.modules, s['holder_alive'])")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state.json.lock")], capture_output=True,

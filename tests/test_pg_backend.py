@@ -25,11 +25,11 @@ from agentstate import (
     StateLocked,
     StateStore,
     StorageError,
-    codec,
 )
 from agentstate.integrations.openai_agents import AgentStateSession
-from agentstate.pgstate import PgStateStore
 from agentstate.sql.pg import redact, split_url
+from agentstate.state import codec
+from agentstate.state.pgstore import PgStateStore
 
 CLI = [sys.executable, "-m", "agentstate"]
 

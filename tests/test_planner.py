@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import agentstate
-from agentstate import planner
 from agentstate.errors import AgentStateError, InvalidInput
+from agentstate.state import planner
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 from crashfs import CrashFS, Snapshot, materialise
 
-from agentstate import StateCorrupted, StateStore, StorageError, codec, fileio
+from agentstate import StateCorrupted, StateStore, StorageError
+from agentstate.state import codec, fileio
 
 SLOW = os.environ.get("AGENTSTATE_SLOW") == "1"
 LINEAGE = str(uuid.UUID(int=42))

@@ -10,7 +10,7 @@ from jsonsame import same
 from responses_raw import is_pg, raw, rows
 
 from agentstate import ConflictError, InvalidInput, NotFound, ResponseStore, StateCorrupted
-from agentstate.responses_check import check_responses
+from agentstate.responses.check import check_responses
 
 
 def _r(rid: str, prev: str | None = None, **extra) -> dict:
@@ -307,7 +307,7 @@ def test_a_read_in_another_process_counts_once_recorded(store_target: str) -> No
     once a second has passed; until then its eviction may not."""
     import time
 
-    from agentstate.responses import USE_FLUSH_INTERVAL
+    from agentstate.responses.store import USE_FLUSH_INTERVAL
 
     writer = ResponseStore(store_target, max_responses=2)
     writer.save(_r("x"))

@@ -12,7 +12,7 @@ import pytest
 
 import agentstate
 from agentstate import ConflictError, FormatTooNew, InvalidInput, NotFound, SessionStore
-from agentstate.sessions import Item, SessionInfo
+from agentstate.sessions.store import Item, SessionInfo
 
 U = {"role": "user", "content": "hello"}
 

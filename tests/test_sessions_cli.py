@@ -194,7 +194,7 @@ def test_tenant_option_and_env(cli: Cli) -> None:
 
 
 def test_lock_timeout_names_the_holder(tmp_path) -> None:
-    from agentstate.lock import Lock
+    from agentstate.state.lock import Lock
 
     d = tmp_path / "store"
     cli = Cli(str(d))

@@ -17,8 +17,9 @@ from backend_view import fingerprint, is_pg, stored
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentstate import ConflictError, StateCorrupted, StateStore, StorageError, codec, fileio
-from agentstate.fileio import OsFiles
+from agentstate import ConflictError, StateCorrupted, StateStore, StorageError
+from agentstate.state import codec, fileio
+from agentstate.state.fileio import OsFiles
 
 SLOW = os.environ.get("AGENTSTATE_SLOW") == "1"
 TEMP_PREFIXES = fileio.temp_prefixes("state.json")

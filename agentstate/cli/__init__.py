@@ -50,7 +50,7 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point (the ``agentstate`` console script). Exits with the documented exit code."""
-    from .. import signals
+    from ..state import signals
 
     signals.install()  # SIGINT/SIGTERM: a write finishes or is abandoned cleanly; exit 130/143, one line
     try:

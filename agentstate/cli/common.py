@@ -401,11 +401,11 @@ class Opts:
         """The StateStore at --url or --dir; a writer's lock timeout is checked here (a reader takes no lock).
         --tenant is refused: the state document (and its lock) belong to the whole store; AGENTSTATE_TENANT
         is not read here."""
-        from ..store import StateStore
+        from ..state.open import open_state
 
         self.refuse_tenant()
         timeout = self.lock_timeout() if writing else None
-        return StateStore(self.target, lock_timeout=30.0 if timeout is None else timeout)
+        return open_state(self.target, lock_timeout=30.0 if timeout is None else timeout)
 
 
 def current_opts() -> Opts:
@@ -548,7 +548,7 @@ def run(body: Callable[[Opts], int | None]) -> None:
         _traceback(opts)
         _fail(opts, e.code, _in_group(str(e)), e.exit_code, e.to_dict())
     except KeyboardInterrupt as e:  # SIGINT/SIGTERM outside any write (a write turns it into Interrupted)
-        from ..signals import outside
+        from ..state.signals import outside
 
         err = outside(e)
         _fail(opts, err.code, _in_group(str(err)), err.exit_code, err.to_dict())
@@ -556,7 +556,7 @@ def run(body: Callable[[Opts], int | None]) -> None:
         os._exit(1)
     except OSError as e:
         _traceback(opts)
-        from ..fileio import describe
+        from ..state.fileio import describe
 
         where = getattr(e, "filename", None)
         if where is None and getattr(e, "agentstate_stdout", False):

@@ -25,7 +25,7 @@ def _describe(record: dict[str, Any] | None) -> str:
         return "an unknown holder"
     import orjson
 
-    from ..lock import Holder
+    from ..state.lock import Holder
 
     h = Holder.parse(orjson.dumps(record))
     return h.describe() if h else "an unknown holder"
@@ -44,7 +44,7 @@ def _database_lock(o: Opts, store: Any) -> dict[str, Any]:
             db.close()
     import os
 
-    from ..lock import Lock
+    from ..state.lock import Lock
 
     return Lock(os.path.join(os.path.dirname(store.lock_path), "agentstate.db.lock")).status()
 

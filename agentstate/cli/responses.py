@@ -60,7 +60,7 @@ def _responses_root(ctx: typer.Context) -> None:
 
 
 def _store(o: Opts, max_responses: int = 0, max_item_bytes: int | None = None, writing: bool = False) -> Any:
-    from ..responses import DEFAULT_MAX_ITEM_BYTES, ResponseStore
+    from ..responses.store import DEFAULT_MAX_ITEM_BYTES, ResponseStore
 
     return ResponseStore(o.target, tenant=o.tenant, max_responses=max_responses,
                          max_item_bytes=max_item_bytes or DEFAULT_MAX_ITEM_BYTES,
@@ -84,8 +84,8 @@ def _summary(response: dict[str, Any]) -> str:
 
 
 def _read(file: str) -> Any:
-    from ..codec import parse_json
     from ..errors import InvalidInput
+    from ..state.codec import parse_json
 
     if file == "-":
         data = sys.stdin.buffer.read()
@@ -95,7 +95,7 @@ def _read(file: str) -> Any:
             with open(file, "rb") as f:
                 data = f.read()
         except OSError as e:
-            from ..fileio import describe
+            from ..state.fileio import describe
 
             raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
         what = file
@@ -284,7 +284,7 @@ def import_(
 
     def body(o: Opts) -> None:
         from ..errors import InvalidInput
-        from ..fileio import describe
+        from ..state.fileio import describe
 
         if file == "-":
             data = sys.stdin.buffer.read()

@@ -52,14 +52,14 @@ def _sessions_root(ctx: typer.Context) -> None:
 
 
 def _store(o: Opts, writing: bool = False) -> Any:
-    from ..sessions import SessionStore
+    from ..sessions.store import SessionStore
 
     return SessionStore(o.target, tenant=o.tenant, lock_timeout=o.lock_timeout() if writing else None)
 
 
 def _summary(data: dict[str, Any]) -> str:
     """One line for an item: its text if it is a message, else its type and a compact JSON."""
-    from ..sessions import _text_of
+    from ..sessions.store import _text_of
 
     text = _text_of(data.get("content"))
     if text is None:
@@ -126,7 +126,7 @@ def create(
     """Create an empty session and print its id (an existing id is a conflict, exit 5)."""
 
     def body(o: Opts) -> None:
-        from ..codec import parse_json
+        from ..state.codec import parse_json
 
         meta = None if metadata is None else parse_json(metadata, "--metadata")
         info = _store(o, True).create(session_id, title=title, metadata=meta)
@@ -139,8 +139,8 @@ def create(
 
 
 def _read_items(args: list[str], role: str | None, content: str | None) -> list[Any]:
-    from ..codec import parse_json
     from ..errors import InvalidInput
+    from ..state.codec import parse_json
 
     items: list[Any] = []
     for i, arg in enumerate(args, 1):
@@ -315,7 +315,7 @@ def write_lines(lines: Any, output: str | None) -> None:
     import os
 
     from ..errors import StorageError
-    from ..fileio import describe
+    from ..state.fileio import describe
 
     tmp = f"{output}.tmp-{os.getpid()}"
     try:
@@ -360,7 +360,7 @@ def import_(
 
     def body(o: Opts) -> None:
         from ..errors import InvalidInput
-        from ..fileio import describe
+        from ..state.fileio import describe
 
         if file == "-":
             data = sys.stdin.buffer.read()

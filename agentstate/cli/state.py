@@ -36,7 +36,7 @@ SET_HELP = (
 
 def _read_spec(spec: str) -> bytes:
     from ..errors import InvalidInput
-    from ..fileio import describe
+    from ..state.fileio import describe
 
     if spec == "-":
         return sys.stdin.buffer.read()
@@ -87,7 +87,7 @@ def apply(
     """Make the state's resources equal SPEC's {"resources": {...}}, and/or --set and --delete single ones."""
 
     def body(o: Opts) -> None:
-        from .. import planner as planning
+        from ..state import planner as planning
 
         if spec is None and not set_ and not delete:
             raise UsageError("nothing to apply: give a SPEC file (or - for stdin), --set or --delete")
@@ -112,7 +112,7 @@ def plan(
     Takes no lock and writes nothing."""
 
     def body(o: Opts) -> None:
-        from .. import planner as planning
+        from ..state import planner as planning
 
         if spec is None and not set_ and not delete:
             raise UsageError("nothing to plan: give a SPEC file (or - for stdin), --set or --delete")
@@ -130,7 +130,7 @@ def show(address: Annotated[str | None, typer.Argument(help="Show only this reso
 
     def body(o: Opts) -> None:
         if address is not None:
-            from ..planner import get
+            from ..state.planner import get
 
             value = get(o.store(), address)
             if o.json:
@@ -189,7 +189,7 @@ def rm(
     """Remove resources and say what was removed. Exit 6 (and nothing removed) if any address is missing."""
 
     def body(o: Opts) -> None:
-        from .. import planner as planning
+        from ..state import planner as planning
 
         p = planning.remove(o.store(writing=True), addresses, expect_serial=expect_serial, on_wait=on_wait)
         if o.json:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import NotFound
 from ..names import check_name
-from ..sessions import SessionStore
+from ..sessions.store import SessionStore
 
 __all__ = ["AgentStateSession"]
 

@@ -95,7 +95,7 @@ def open_database(target: str | os.PathLike[str] | None = None, *, lock_timeout:
                 hint="install it with: pip install 'agentstate[postgres]'",
             ) from None
         return pg.Database(target, lock_timeout=lock_timeout)
-    from ..store import default_dir
+    from ..names import default_dir
     from .engine import Database
 
     return Database(os.fspath(target) if target is not None else default_dir(), lock_timeout=lock_timeout)
@@ -109,7 +109,7 @@ def check(target: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
             return db.check()
         finally:
             db.close()
-    from ..store import default_dir
+    from ..names import default_dir
     from .engine import check_sqlite
 
     return check_sqlite(os.fspath(target) if target is not None else default_dir())

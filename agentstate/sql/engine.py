@@ -25,9 +25,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .. import fileio
 from ..duration import parse_duration
 from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
+from ..state import fileio
 from . import EmptyTx, Stmt
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
@@ -225,7 +225,7 @@ class Database:
     # -- the lock ----------------------------------------------------------------------------------------
 
     def lock(self) -> Any:
-        from ..lock import Lock
+        from ..state.lock import Lock
 
         return Lock(self.lock_path, files=self.files)
 
@@ -238,7 +238,7 @@ class Database:
             lk.acquire(timeout, operation)  # StateLocked, or StorageError naming the problem (never a bare OSError)
             yield
         finally:
-            from .. import signals
+            from ..state import signals
 
             with signals.critical(outcome=None):  # a signal never cuts a release short
                 lk.release()
@@ -292,12 +292,12 @@ class Database:
     def write(self, operation: str = "write", lock_timeout: float | str | None = None) -> Iterator[Tx]:
         """Writer lock, then ``BEGIN IMMEDIATE``; commit at the end of the block, roll back on an exception.
 
-        SIGINT/SIGTERM (agentstate.signals): before the COMMIT the transaction is abandoned (rolled back);
+        SIGINT/SIGTERM (agentstate.state.signals): before the COMMIT the transaction is abandoned (rolled back);
         during the COMMIT the signal is held, so the write is finished; either way the lock is released
         and Interrupted (exit 130/143) says which."""
         import sqlite3
 
-        from .. import signals
+        from ..state import signals
 
         locked = False
         with signals.guarded():
@@ -483,7 +483,7 @@ def _check_counts(conn: Any, path: str, add: Any) -> None:
 
 
 def _check_lock(directory: str, add: Any) -> None:
-    from ..lock import Lock
+    from ..state.lock import Lock
 
     lock_path = os.path.join(directory, DB_NAME + LOCK_SUFFIX)
     if not os.path.lexists(lock_path):

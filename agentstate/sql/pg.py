@@ -357,7 +357,7 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
     the start retried once: nothing had been sent yet."""
     import psycopg
 
-    from .. import signals
+    from ..state import signals
 
     for attempt in (1, 2):
         with cn.errors(f"starting a write ({operation})"):

@@ -165,7 +165,7 @@ SOFT_DELETE = Stmt(
               WHERE tenant = :tenant AND id = :id AND deleted_at IS NULL RETURNING seq""",
 )
 
-# -- doctor (``agentstate.responses_check``): per tenant, at most :limit findings each ------------
+# -- doctor (``agentstate.responses.check``): per tenant, at most :limit findings each ------------
 
 TENANTS = Stmt(both="SELECT DISTINCT tenant FROM responses ORDER BY tenant")
 

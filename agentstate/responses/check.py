@@ -16,18 +16,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import AgentStateError
+from ..errors import AgentStateError
 
 CHECK = "responses chains"
 LIMIT = 20
 
 
 def check_responses(target: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    from .sql import is_url, open_database
+    from ..sql import is_url, open_database
 
     if not is_url(target):
-        from .sql.engine import DB_NAME
-        from .store import default_dir
+        from ..names import default_dir
+        from ..sql.engine import DB_NAME
 
         if not os.path.exists(os.path.join(os.fspath(target) if target is not None else default_dir(), DB_NAME)):
             return []  # no database: nothing stored, nothing to check (the database check says so)
@@ -47,8 +47,8 @@ def check_responses(target: str | os.PathLike[str] | None = None) -> list[dict[s
 
 
 def _check(tx: Any) -> list[dict[str, Any]]:
-    from .responses import MAX_CHAIN, chain_problem, walk_order
-    from .sql import q_responses as q
+    from ..sql import q_responses as q
+    from .store import MAX_CHAIN, chain_problem, walk_order
 
     findings: list[dict[str, Any]] = []
     total = 0

@@ -14,16 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..duration import parse_duration
+from ..errors import ConflictError, InvalidInput, StateCorrupted, StorageError
+from ..names import DEFAULT_DIR, default_dir, is_url  # noqa: F401 - re-exported
 from . import codec, fileio, signals
-from .duration import parse_duration
-from .errors import ConflictError, InvalidInput, StateCorrupted, StorageError
 from .fileio import OsFiles
-from .names import is_url
 
 log = logging.getLogger("agentstate.store")
 
 STATE_NAME = "state.json"
-DEFAULT_DIR = ".agentstate"
 
 
 _FIELDS = ("serial", "lineage", "updated_at", "format_version", "source", "changed")
@@ -132,21 +131,21 @@ def check_expected(state: State, expect_serial: int | None, expect_lineage: str 
         )
 
 
-def default_dir() -> str:
-    return os.environ.get("AGENTSTATE_DIR") or DEFAULT_DIR
+class _OpensUrls(type):
+    """``StateStore(url)``: compatibility only, through the one opener (agentstate.state.open.open_state)."""
+
+    def __call__(cls, path: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if cls is StateStore and path is not None and is_url(path):
+            from .open import open_state
+
+            return open_state(path, *args, **kwargs)
+        return super().__call__(path, *args, **kwargs)
 
 
-class StateStore:
+class StateStore(metaclass=_OpensUrls):
     """A store directory. ``StateStore(path)``; path may be a str or a Path.
 
-    A ``postgresql://`` (or ``postgres://``) URL gives the PostgreSQL store (agentstate/pgstate.py)."""
-
-    def __new__(cls, path: Any = None, *args: Any, **kwargs: Any) -> StateStore:
-        if cls is StateStore and is_url(path):
-            from .pgstate import PgStateStore
-
-            return super().__new__(PgStateStore)
-        return super().__new__(cls)
+    A ``postgresql://`` (or ``postgres://``) URL gives the PostgreSQL store (agentstate/state/pgstore.py), built by open_state()."""
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ._version import __version__
+from .._version import __version__
 
 __all__ = ["RECORD_BLOCK", "Holder", "blank", "now_iso", "padded", "process_start", "read_record", "record_size"]
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import StorageError
+from ..errors import StorageError
 
 log = logging.getLogger("agentstate.fileio")
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InvalidInput, NotFound
 from . import codec
-from .errors import InvalidInput, NotFound
 from .store import StateStore, check_serial
 
 _MISSING = object()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from .errors import StorageError
+from ..errors import StorageError
 
 __all__ = ["UNSHARED_FLOCK", "check_filesystem", "filesystem", "unsupported"]
 

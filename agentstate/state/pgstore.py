@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..duration import parse_duration
+from ..errors import InvalidInput
+from ..sql import pg, q_state
 from . import codec
-from .duration import parse_duration
-from .errors import InvalidInput
-from .sql import pg, q_state
 from .store import State, StateStore, _salvaged_serial, _utcnow, check_expected
 
 log = logging.getLogger("agentstate.store")

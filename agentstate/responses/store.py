@@ -44,10 +44,10 @@ from typing import Any
 
 import orjson
 
-from .codec import encode_value
-from .errors import AgentStateError, ConflictError, InvalidInput, NotFound, StateCorrupted, StateLocked, StorageError
-from .names import check_name, check_tenant, shown
-from .page import Page, check_limit, decode_cursor, encode_cursor
+from ..errors import AgentStateError, ConflictError, InvalidInput, NotFound, StateCorrupted, StateLocked, StorageError
+from ..names import check_name, check_tenant, shown
+from ..page import Page, check_limit, decode_cursor, encode_cursor
+from ..state.codec import encode_value
 
 log = logging.getLogger("agentstate.responses")
 
@@ -197,13 +197,13 @@ class ResponseStore:
         *,
         lock_timeout: float | str | None = None,
     ) -> None:
-        from .sql import is_url
+        from ..sql import is_url
 
         self.tenant = check_tenant(tenant)
         self.max_responses = _check_count(max_responses, "max_responses", 0)
         self.max_item_bytes = _check_count(max_item_bytes, "max_item_bytes", 1)
         if target is None:
-            from .store import default_dir
+            from ..names import default_dir
 
             target = default_dir()
         if not isinstance(target, (str, os.PathLike)):
@@ -220,7 +220,7 @@ class ResponseStore:
     @property
     def db(self) -> Any:
         if self._db is None:
-            from .sql import open_database
+            from ..sql import open_database
 
             self._db = open_database(self.target, lock_timeout=self._lock_timeout)
         return self._db
@@ -259,7 +259,7 @@ class ResponseStore:
         """Store several responses in one transaction, all or none (e.g. an imported conversation);
         each may name an earlier one of the batch as its previous. Eviction runs once, after the
         batch, and spares every chain the batch saved to."""
-        from .sql import q_responses as q
+        from ..sql import q_responses as q
 
         if isinstance(responses, dict) or not isinstance(responses, (list, tuple)):
             raise InvalidInput("save_many takes a list of responses")
@@ -332,7 +332,7 @@ class ResponseStore:
     def _evict(self, tx: Any, keep: Any) -> list[tuple[str, int]]:
         """Inside the save: evict least recently used whole chains (never one in ``keep``) until the
         tenant holds at most max_responses, or only chains in ``keep`` are left."""
-        from .sql import q_responses as q
+        from ..sql import q_responses as q
 
         tenant, cap = self.tenant, self.max_responses
         count = int(tx.value(q.COUNT_ALL, tenant=tenant))
@@ -351,7 +351,7 @@ class ResponseStore:
     def delete(self, *response_ids: str) -> list[str]:
         """Soft delete, in one transaction, all or nothing: hidden from ``get`` and ``list``, still part of
         chains. NotFound (nothing deleted) if any is missing or already deleted. Returns the ids deleted."""
-        from .sql import q_responses as q
+        from ..sql import q_responses as q
 
         if not response_ids:
             raise InvalidInput("delete needs at least one response id")
@@ -387,7 +387,7 @@ class ResponseStore:
         return self._get(response_id, include_deleted=True)
 
     def _get(self, response_id: str, include_deleted: bool) -> dict[str, Any]:
-        from .sql import q_responses as q
+        from ..sql import q_responses as q
 
         rid = check_name(response_id, "response id")
         with self.db.read() as tx:
@@ -403,7 +403,7 @@ class ResponseStore:
 
         NotFound if response_id is missing; StateCorrupted if the chain has a cycle or a missing
         link (a damaged database)."""
-        from .sql import q_responses as q
+        from ..sql import q_responses as q
 
         rid = check_name(response_id, "response id")
         with self.db.read() as tx:
@@ -420,7 +420,7 @@ class ResponseStore:
 
     def info(self, response_id: str) -> ResponseInfo:
         """The store's facts about a response (soft-deleted included); does not count as a use."""
-        from .sql import q_responses as q
+        from ..sql import q_responses as q
 
         rid = check_name(response_id, "response id")
         with self.db.read() as tx:
@@ -434,7 +434,7 @@ class ResponseStore:
              include_deleted: bool = False) -> Page[StoredResponse]:
         """Live (not deleted) responses, newest first; ``Page(items, next_cursor, total)``.
         ``include_deleted=True``: soft-deleted ones too (``.info.deleted_at`` set), counted in total."""
-        from .sql import q_responses as q
+        from ..sql import q_responses as q
 
         limit = check_limit(limit)
         # The cursor is the (created_at, id) of the page's last response: the caller's own row, seen on
@@ -471,8 +471,8 @@ class ResponseStore:
         than ``older_than`` ago (seconds, or "30d", "12h"...; reads do not count), and with
         ``deleted=True`` those whose every response is soft-deleted. Never a part of a chain. Returns the
         ids of the responses deleted (``dry_run=True``: that would be deleted now; nothing is, no lock)."""
-        from .duration import parse_duration
-        from .sql import q_responses as q
+        from ..duration import parse_duration
+        from ..sql import q_responses as q
 
         if older_than is None and not deleted:
             raise InvalidInput("prune needs older_than, deleted=True or both: nothing says what to prune")
@@ -509,7 +509,7 @@ class ResponseStore:
         """The tenant's responses as JSON lines, from one snapshot: a header {"type": "agentstate.responses",
         "version": 1, "tenant": ...}, then one {"id", "previous_response_id", "created_at", "deleted_at",
         "data"} line per response, oldest first (a previous response before the ones naming it)."""
-        from .sql import q_responses as q
+        from ..sql import q_responses as q
 
         with self.db.read() as tx:
             rows = tx.run(q.EXPORT_ALL, tenant=self.tenant)
@@ -523,7 +523,7 @@ class ResponseStore:
         """Save exported responses (or JSON lines that are each one response) into this tenant, in one
         transaction (``save_many``: all or none; an id already stored is ConflictError). Soft-deleted
         ones stay soft-deleted; times are those of the import."""
-        from .codec import parse_json
+        from ..state.codec import parse_json
 
         datas: list[Any] = []
         gone: set[str] = set()
@@ -570,7 +570,7 @@ class ResponseStore:
     def _flush_uses(self, tx: Any) -> list[str]:
         """Inside a write: record the queued uses, in read order; returns them, for ``_flushed``
         once the transaction committed (a rolled-back write keeps them queued)."""
-        from .sql import q_responses as q
+        from ..sql import q_responses as q
 
         roots = list(self._pending)
         for root in roots:

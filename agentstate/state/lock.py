@@ -5,7 +5,7 @@ the kernel releases it the instant the holder exits, however it exits. The lock 
 created once (0600, ``O_NOFOLLOW``) and never unlinked or replaced: not on release, not by
 ``force_unlock``, not ever while anybody may hold it, so every process locks the same inode.
 
-The holder record (agentstate.lock_record: who holds it, for error messages, ``lock status`` and
+The holder record (agentstate.state.lock_record: who holds it, for error messages, ``lock status`` and
 doctor, never for deciding who holds the lock) is written in place after acquiring (no fsync:
 after a crash nobody holds the lock anyway) and blanked before unlocking. docs/format.md
 section 5 gives the layout.
@@ -16,7 +16,7 @@ call; elsewhere (other threads, or a program that uses SIGALRM itself), ``LOCK_N
 with a back-off capped at 1 ms. No helper thread, no descriptor outlives a call.
 
 Where flock does not work (ENOLCK, EOPNOTSUPP, EINVAL, ENOSYS), or on a filesystem whose flock
-is not shared between the hosts that may mount it (``UNSHARED_FLOCK``, agentstate.lock_fs), the
+is not shared between the hosts that may mount it (``UNSHARED_FLOCK``, agentstate.state.lock_fs), the
 lock refuses with one StorageError line: a store there could be written by two hosts at once.
 
 Fork safety: a forked child closes its copies of every lock descriptor (a copy would keep the
@@ -37,8 +37,8 @@ from collections.abc import Callable
 from stat import S_ISREG
 from typing import Any
 
-from .duration import parse_duration
-from .errors import ConflictError, NotFound, StateLocked, StorageError
+from ..duration import parse_duration
+from ..errors import ConflictError, NotFound, StateLocked, StorageError
 from .fileio import OsFiles, io_error, write_all_at
 from .lock_fs import UNSHARED_FLOCK, check_filesystem
 from .lock_fs import filesystem as _filesystem

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .errors import ConflictError, InvalidInput, NotFound
-from .names import check_name, check_tenant, shown
-from .page import Page, check_limit, decode_cursor, encode_cursor
+from ..errors import ConflictError, InvalidInput, NotFound
+from ..names import check_name, check_tenant, shown
+from ..page import Page, check_limit, decode_cursor, encode_cursor
 
 MAX_ITEM_BYTES = 1 << 20
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -126,7 +126,7 @@ def _check_message(item: dict[str, Any], where: str) -> None:
 def encode_item(value: Any, max_bytes: int = MAX_ITEM_BYTES, where: str = "item") -> bytes:
     """The stored bytes of one item: a strict-JSON object, a valid message if it has a role, at most
     ``max_bytes`` encoded. InvalidInput otherwise."""
-    from .codec import encode_value
+    from ..state.codec import encode_value
 
     if not isinstance(value, dict):
         raise InvalidInput(f"{where} is not a JSON object (got {type(value).__name__})")
@@ -176,7 +176,7 @@ def _not_found(session_id: str) -> NotFound:
 
 def _damaged(message: str, **details: Any) -> Exception:
     """A stored value that does not decode: corruption by something other than agentstate (exit 4)."""
-    from .errors import StateCorrupted
+    from ..errors import StateCorrupted
 
     return StateCorrupted(message, hint="run `agentstate doctor`; the database was changed by something other than "
                           "agentstate", **details)
@@ -196,8 +196,8 @@ class SessionStore:
         lock_timeout: float | str | None = None,
         max_item_bytes: int = MAX_ITEM_BYTES,
     ) -> None:
-        from .sql import is_url
-        from .store import default_dir
+        from ..names import default_dir
+        from ..sql import is_url
 
         self.tenant = check_tenant(tenant)
         if path is None:
@@ -215,7 +215,7 @@ class SessionStore:
     @property
     def db(self) -> Any:
         if self._db is None:
-            from .sql import open_database
+            from ..sql import open_database
 
             self._db = open_database(self.target, lock_timeout=self.lock_timeout)
         return self._db
@@ -260,7 +260,7 @@ class SessionStore:
         raise AssertionError("unreachable")
 
     def _row(self, tx: Any, session_id: str) -> tuple:
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
 
         row = tx.one(q.GET_SESSION, tenant=self.tenant, id=session_id)
         if row is None:
@@ -269,7 +269,7 @@ class SessionStore:
 
     def _insert(self, tx: Any, sid: str, title: str | None, metadata: str | None, now: str) -> None:
         """A new session row, counted in session_counts (as every insert must be)."""
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
 
         tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=metadata, now=now)
         tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
@@ -288,8 +288,8 @@ class SessionStore:
     def create(self, session_id: str | None = None, title: str | None = None,
                metadata: dict[str, Any] | None = None) -> SessionInfo:
         """A new empty session (a UUID unless ``session_id`` is given); an existing id is ConflictError."""
-        from .codec import encode_value
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
+        from ..state.codec import encode_value
 
         sid = str(uuid.uuid4()) if session_id is None else check_name(session_id, "session id")
         _check_title(title)
@@ -329,7 +329,7 @@ class SessionStore:
         """The one write behind append and import. ``records`` = (item id, created_at, data text)."""
         import orjson
 
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
 
         operation = "sessions import" if new_session else "sessions append"
         with self.db.write(operation, self.lock_timeout) as tx:
@@ -376,7 +376,7 @@ class SessionStore:
 
     def _replay(self, tx: Any, sid: str, first_seq: int, ids: list[str]) -> list[Item]:
         """The items an earlier append with the same key stored (those still there)."""
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
 
         if not ids:
             return []
@@ -386,7 +386,7 @@ class SessionStore:
 
     def pop(self, session_id: str) -> Item | None:
         """Remove and return the last item (its seq is free again), or None when the session is empty."""
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
         with self.db.write("sessions pop", self.lock_timeout) as tx:
@@ -401,7 +401,7 @@ class SessionStore:
     def delete(self, *session_ids: str) -> list[str]:
         """Delete the sessions and all their items in one transaction, all or nothing: NotFound (and
         nothing deleted) if any does not exist. Returns the ids deleted (each once, in the order given)."""
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
 
         if not session_ids:
             raise InvalidInput("delete needs at least one session id")
@@ -416,8 +416,8 @@ class SessionStore:
     def prune(self, older_than: float | int | str, *, dry_run: bool = False) -> list[str]:
         """Delete whole sessions not updated for ``older_than`` (seconds, or "30d", "12h"...); their ids.
         ``dry_run=True``: the ids it would delete now, deleting nothing (no lock taken)."""
-        from .duration import parse_duration
-        from .sql import q_sessions as q
+        from ..duration import parse_duration
+        from ..sql import q_sessions as q
 
         seconds = parse_duration(older_than, "age")
         try:
@@ -444,7 +444,7 @@ class SessionStore:
 
     def items(self, session_id: str, limit: int | None = None, after: int | None = None) -> list[Item]:
         """Items oldest first: those after seq ``after`` (default: from the start), at most ``limit``."""
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
         after = 0 if after is None else _check_seq(after, "after")
@@ -457,7 +457,7 @@ class SessionStore:
 
     def context(self, session_id: str, limit: int = 20) -> list[Item]:
         """The last ``limit`` items, oldest first (what a model's context window gets)."""
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
         _check_seq(limit, "limit")
@@ -470,7 +470,7 @@ class SessionStore:
 
     def show(self, session_id: str, last: int | None = None) -> tuple[SessionInfo, list[Item]]:
         """The session and its items (all, or the last ``last``), from one snapshot."""
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
         if last is not None:
@@ -489,7 +489,7 @@ class SessionStore:
     def list(self, limit: int = 50, cursor: str | None = None) -> Page[SessionInfo]:
         """Sessions most recently updated first. Paging with ``next_cursor`` never repeats or skips a
         session that did not change meanwhile."""
-        from .sql import q_sessions as q
+        from ..sql import q_sessions as q
 
         check_limit(limit)
         with self.db.read() as tx:
@@ -520,7 +520,7 @@ class SessionStore:
         """A new session from exported JSON lines (or from lines that are each one item), in one
         transaction. The id is ``session_id``, else the exported one, else a new UUID; an existing id is
         ConflictError. Titles, metadata and item ids and times are kept."""
-        from .codec import encode_value, parse_json
+        from ..state.codec import encode_value, parse_json
 
         header: dict[str, Any] | None = None
         records: list[tuple[str, str, str]] = []

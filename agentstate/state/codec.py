@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from .errors import FormatTooNew, InvalidInput
+from ..errors import FormatTooNew, InvalidInput
 
 FORMAT_VERSION = 2
 PREFIX = b'{"checksum":"sha256:'
