@@ -167,6 +167,9 @@ def append(
     content: Annotated[str | None, typer.Option("--content", help="Append a message with this text.")] = None,
     expect_seq: Annotated[int | None, typer.Option(
         "--expect-seq", help="Append only if the session's last seq is N (else exit 5).")] = None,
+    expect_version: Annotated[int | None, typer.Option(
+        "--expect-version", help="Append only if the session's version is still N, as `show --json` gave it: "
+        "any write since, a pop included, changes it (else exit 5).")] = None,
     idempotency_key: Annotated[str | None, typer.Option(
         "--idempotency-key", help="A retry with the same key stores nothing and prints the first append's items.")
     ] = None,
@@ -176,8 +179,8 @@ def append(
 
     def body(o: Opts) -> None:
         items = _read_items(item_json or [], role, content)
-        added = _store(o, True).append(session_id, items, expect_seq=expect_seq, idempotency_key=idempotency_key,
-                                       create=not no_create)
+        added = _store(o, True).append(session_id, items, expect_seq=expect_seq, expect_version=expect_version,
+                                       idempotency_key=idempotency_key, create=not no_create)
         if o.json:
             emit_json({"session_id": session_id, "items": [i.to_dict() for i in added]})
         elif added:
@@ -263,12 +266,38 @@ def export(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Write a session as JSON lines (a header, then one line per item) to stdout."""
 
     def body(o: Opts) -> None:
-        lines = list(_store(o).export_lines(session_id))  # one snapshot, read before anything is written
+        lines = _store(o).export_lines(session_id)  # one snapshot, read in pages as it is written
+        chunk: list[bytes] = [next(lines)]  # the header: a missing session fails before any output
+        size = 0
         sys.stdout.flush()
-        sys.stdout.buffer.write(b"".join(lines))
+        try:
+            for line in lines:
+                chunk.append(line)
+                size += len(line)
+                if size >= 1 << 20:
+                    sys.stdout.buffer.write(b"".join(chunk))
+                    chunk, size = [], 0
+            sys.stdout.buffer.write(b"".join(chunk))
+        finally:
+            lines.close()
         sys.stdout.flush()
 
     run(body)
+
+
+def _read_lines(f: Any, file: str) -> Any:
+    """The lines of an open file; a read error is the input's fault (exit 1 with one line)."""
+    from ..errors import InvalidInput
+    from ..fileio import describe
+
+    while True:
+        try:
+            line = f.readline()
+        except OSError as e:
+            raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
+        if not line:
+            return
+        yield line
 
 
 @sessions_app.command("import", cls=WriteCommand, epilog=EXIT_CODES)
@@ -282,19 +311,20 @@ def import_(
         from ..errors import InvalidInput
         from ..fileio import describe
 
+        store = _store(o, True)
         if file == "-":
-            data = sys.stdin.buffer.read()
+            info = store.import_lines(sys.stdin.buffer, new_id)  # read a line at a time, checked before the lock
         else:
             try:
-                with open(file, "rb") as f:
-                    data = f.read()
+                f = open(file, "rb")  # noqa: SIM115 - closed below
             except FileNotFoundError:
                 raise InvalidInput(f"{file} does not exist", hint="check the path, or pass - to read stdin") from None
             except IsADirectoryError:
                 raise InvalidInput(f"{file} is a directory, not a JSON lines file") from None
             except OSError as e:
                 raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
-        info = _store(o, True).import_lines(data.splitlines(), new_id)
+            with f:
+                info = store.import_lines(_read_lines(f, file), new_id)
         emit(o, info.to_dict(), f"imported {info.item_count} item(s) into session {info.id}")
 
     run(body)
