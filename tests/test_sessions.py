@@ -606,3 +606,18 @@ def test_a_version_1_database_is_migrated_to_session_versions(tmp_path) -> None:
     conn = sqlite3.connect(d / "agentstate.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
+
+
+# -- issue 15, item 8: the times that order writes are taken under the lock --------------------------------
+
+
+def test_updated_at_never_goes_backwards(store: SessionStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentstate import sessions
+
+    store.append("s", [U])
+    before = store.get("s").updated_at
+    monkeypatch.setattr(sessions, "_utcnow", lambda: "2001-01-01T00:00:00.000000Z")  # the clock stepped back
+    added = store.append("s", [user("b")])
+    assert store.get("s").updated_at == before and added[0].created_at == before
+    store.pop("s")
+    assert store.get("s").updated_at == before
