@@ -138,7 +138,7 @@ def test_migrations_are_recorded_and_a_newer_schema_is_refused_untouched(pg_sche
 
 def test_a_version_1_schema_is_migrated_to_session_versions(pg_schema_url):
     """Issue 15, item 9: a schema written by the previous agentstate (version 1) gets sessions.version and
-    session_counts.clock through the migration machinery on first use; its sessions start at version 0."""
+    session_counts.clock through the migration machinery on first use; its sessions start at version 1."""
     conninfo, schema = split_url(pg_schema_url)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
@@ -151,11 +151,11 @@ def test_a_version_1_schema_is_migrated_to_session_versions(pg_schema_url):
         "VALUES ('default', 'old', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')")
     sql(pg_schema_url, "INSERT INTO session_counts (tenant, sessions) VALUES ('default', 1)")
     with SessionStore(pg_schema_url) as s:
-        assert s.get("old").version == 0
-        s.append("old", [{"role": "user", "content": "hi"}], expect_version=0)
         assert s.get("old").version == 1
+        s.append("old", [{"role": "user", "content": "hi"}], expect_version=1)
+        assert s.get("old").version == 2
         with pytest.raises(ConflictError):
-            s.append("old", [{"role": "user", "content": "stale"}], expect_version=0)
+            s.append("old", [{"role": "user", "content": "stale"}], expect_version=1)
     assert [r[0] for r in sql(pg_schema_url, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2]
 
 

@@ -583,7 +583,7 @@ def test_expect_version_on_a_missing_session(store: SessionStore) -> None:
 
 def test_a_version_1_database_is_migrated_to_session_versions(tmp_path) -> None:
     """A store written by the previous schema (version 1, no version columns) gets them on the next
-    write; its sessions start at version 0 and move on with the next write."""
+    write; its sessions start at version 1 and move on with the next write."""
     from agentstate.sql.schema import MIGRATIONS
 
     d = tmp_path / "store"
@@ -600,9 +600,11 @@ def test_a_version_1_database_is_migrated_to_session_versions(tmp_path) -> None:
     conn.close()
     os.chmod(d / "agentstate.db", 0o600)
     with SessionStore(str(d)) as s:
-        assert s.get("old").version == 0  # a read migrates (under the writer lock)
-        s.append("old", [U], expect_version=0)
-        assert s.get("old").version == 1 and s.get("old").item_count == 1
+        assert s.get("old").version == 1  # a read migrates (under the writer lock)
+        with pytest.raises(ConflictError):
+            s.append("old", [U], expect_version=0)  # 0: "no such session"
+        s.append("old", [U], expect_version=1)
+        assert s.get("old").version == 2 and s.get("old").item_count == 1
     conn = sqlite3.connect(d / "agentstate.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()

@@ -275,16 +275,23 @@ class Database:
                 if str(mode).lower() != "wal":
                     raise StorageError(f"cannot switch {self.path} to WAL mode (got {mode!r})", path=self.path)
             self._wal_known = True
+        import sqlite3
+
         while version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in MIGRATIONS[version]["sqlite"]:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {version + 1:d}")
-                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:  # its frames must not come back either (see _bury_failed_commit)
+                if not self._bury_failed_commit(conn):
+                    raise self._unknown(e, "migrate") from None
                 raise
             version += 1
             log.info("migrated %s to schema version %d", self.path, version)

@@ -128,11 +128,14 @@ _PG_ONLY_V1 = [
 ]
 
 # --- version 2: session versions (both dialects) -----------------------------------------------------------
-# Existing sessions start at version 0 and the tenant clocks at 0: every later write draws clock + 1.
+# Existing sessions start at version 1 and the tenant clocks at 1, so every later write draws 2 or more
+# and version 0 keeps meaning "no such session" (append(expect_version=0)).
 
 _SESSIONS_V2 = [
     "ALTER TABLE sessions ADD COLUMN version BIGINT NOT NULL DEFAULT 0",
     "ALTER TABLE session_counts ADD COLUMN clock BIGINT NOT NULL DEFAULT 0",
+    "UPDATE sessions SET version = 1",
+    "UPDATE session_counts SET clock = 1",
 ]
 
 MIGRATIONS: list[dict[str, list[str]]] = [
