@@ -415,12 +415,11 @@ class SessionStore:
         from .sql import q_sessions as q
 
         seconds = parse_duration(older_than, "age")
-        try:
-            _iso(datetime.now(UTC) - timedelta(seconds=seconds))
+        try:  # taken before the lock wait: the earlier cutoff spares, never deletes, what was written meanwhile
+            cutoff = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
         except (OverflowError, ValueError):  # older than any representable time: nothing is that old
             return []
         with self.db.write("sessions prune", self.lock_timeout) as tx:
-            cutoff = _iso(datetime.now(UTC) - timedelta(seconds=seconds))  # under the lock, as writes stamp
             ids = [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff)]
             for sid in ids:
                 tx.run(q.DELETE_SESSION, tenant=self.tenant, id=sid)

@@ -48,10 +48,29 @@ def _sessions_root(ctx: typer.Context) -> None:
                          "see `agentstate sessions --help`")
 
 
+_opened: list[Any] = []  # the stores a command opened, closed when it ends (_run)
+
+
 def _store(o: Opts, writing: bool = False) -> Any:
     from ..sessions import SessionStore
 
-    return SessionStore(o.target, tenant=o.tenant, lock_timeout=o.lock_timeout() if writing else None)
+    store = SessionStore(o.target, tenant=o.tenant, lock_timeout=o.lock_timeout() if writing else None)
+    _opened.append(store)
+    return store
+
+
+def _run(body: Any) -> None:
+    """common.run, closing the command's stores at its end (not whenever they are collected: an in-process
+    caller, e.g. a test's CliRunner, must not keep connections to a file it then replaces)."""
+
+    def closing(o: Opts) -> Any:
+        try:
+            return body(o)
+        finally:
+            while _opened:
+                _opened.pop().close()
+
+    run(closing)
 
 
 def _summary(data: dict[str, Any]) -> str:
@@ -131,7 +150,7 @@ def create(
         else:
             out(info.id)
 
-    run(body)
+    _run(body)
 
 
 def _read_items(args: list[str], role: str | None, content: str | None) -> list[Any]:
@@ -189,7 +208,7 @@ def append(
         else:
             out(printable(f"appended nothing to {session_id}"))
 
-    run(body)
+    _run(body)
 
 
 @sessions_app.command("show", cls=Command, epilog=EXIT_CODES)
@@ -210,7 +229,7 @@ def show(
         out(_info_line(info))
         _print_items(items)
 
-    run(body)
+    _run(body)
 
 
 @sessions_app.command("list", cls=Command, epilog=EXIT_CODES)
@@ -232,7 +251,7 @@ def list_sessions(
             out(_info_line(info))
         out(page_footer(page, "session"))
 
-    run(body)
+    _run(body)
 
 
 @sessions_app.command("rm", cls=WriteCommand, epilog=EXIT_CODES)
@@ -243,7 +262,7 @@ def rm(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
         _store(o, True).delete(session_id)
         emit(o, {"deleted": session_id}, f"removed session {session_id}")
 
-    run(body)
+    _run(body)
 
 
 @sessions_app.command("prune", cls=WriteCommand, epilog=EXIT_CODES)
@@ -258,7 +277,7 @@ def prune(
         emit(o, {"pruned": ids, "count": len(ids)},
              "\n".join([f"pruned {len(ids)} session(s)"] + [f"- {sid}" for sid in ids]))
 
-    run(body)
+    _run(body)
 
 
 @sessions_app.command("export", cls=Command, epilog=EXIT_CODES)
@@ -282,7 +301,7 @@ def export(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
             lines.close()
         sys.stdout.flush()
 
-    run(body)
+    _run(body)
 
 
 def _read_lines(f: Any, file: str) -> Any:
@@ -327,4 +346,4 @@ def import_(
                 info = store.import_lines(_read_lines(f, file), new_id)
         emit(o, info.to_dict(), f"imported {info.item_count} item(s) into session {info.id}")
 
-    run(body)
+    _run(body)
