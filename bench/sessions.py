@@ -45,14 +45,14 @@ def _fill(store: Any, session_id: str, n: int) -> None:
                          "content": [{"type": "output_text", "text": "It will be sunny, 24 degrees."}]}).decode()
     now = _utcnow()
     with store.db.write("bench fill") as tx:
-        tx.run(q.INSERT_SESSION, tenant=store.tenant, id=session_id, title=None, metadata=None, now=now)
-        tx.run(q.ADD_SESSIONS, tenant=store.tenant, delta=1)
+        store._insert(tx, session_id, None, None, now)
         chunk = 50_000
         for start in range(1, n + 1, chunk):
             tx.many(q.INSERT_ITEM, ({"tenant": store.tenant, "session_id": session_id, "seq": s,
                                       "id": f"item-{s}", "now": now, "data": data}
                                      for s in range(start, min(n, start + chunk - 1) + 1)))
-        tx.run(q.UPDATE_SESSION_SEQ, tenant=store.tenant, id=session_id, last_seq=n, now=now, title=None)
+        tx.run(q.UPDATE_SESSION_SEQ, tenant=store.tenant, id=session_id, last_seq=n, now=now, title=None,
+               version=store._next_version(tx))
 
 
 def _floor_conn(path: Path) -> Any:
@@ -119,10 +119,12 @@ def _listing(cfg: Config, many: int) -> list[Row]:
     few = SessionStore(cfg.workdir / "sessions-list", tenant="few")
     for s, n in ((store, many), (few, 50)):
         with s.db.write("bench fill") as tx:
-            for i in range(n):
-                tx.run(q.INSERT_SESSION, tenant=s.tenant, id=f"s{i:06d}", title=f"session {i}", metadata=None,
-                       now=_utcnow())
             tx.run(q.ADD_SESSIONS, tenant=s.tenant, delta=n)
+            version = s._next_version(tx)  # one for all of them (as migrated sessions have): only listed here
+            for i in range(n):
+                now = _utcnow()
+                tx.run(q.INSERT_SESSION, tenant=s.tenant, id=f"s{i:06d}", title=f"session {i}", metadata=None,
+                       now=now, created_at=now, version=version)
     reads = 5 if cfg.quick else 100 * cfg.rounds
     t = interleaved({"many": lambda: store.list(limit=50), "few": lambda: few.list(limit=50)}, reads)
     page = store.list(limit=50)

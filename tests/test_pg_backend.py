@@ -28,6 +28,7 @@ from agentstate import (
 )
 from agentstate.integrations.openai_agents import AgentStateSession
 from agentstate.sql.pg import redact, split_url
+from agentstate.sql.schema import MIGRATIONS, SCHEMA_VERSION
 from agentstate.state import codec
 from agentstate.state.pgstore import PgStateStore
 
@@ -64,7 +65,7 @@ def test_a_url_gives_the_pg_store_and_schemas_keep_projects_apart(pg_url, monkey
     monkeypatch.setenv("AGENTSTATE_PG_SCHEMA", schema)
     with StateStore(pg_url).transaction() as st:
         st.resources["x"] = "env"
-    assert sql(schema_url(pg_url, schema), "SELECT count(*) FROM schema_migrations") == [(1,)]
+    assert sql(schema_url(pg_url, schema), "SELECT count(*) FROM schema_migrations") == [(SCHEMA_VERSION,)]
     monkeypatch.delenv("AGENTSTATE_PG_SCHEMA")
     assert split_url(pg_url)[1] == "agentstate"  # the default
     assert "schema" not in split_url(a)[0]  # ours, stripped before libpq sees it
@@ -120,8 +121,9 @@ def test_without_the_driver_a_url_names_the_extra(pg_schema_url):
 def test_migrations_are_recorded_and_a_newer_schema_is_refused_untouched(pg_schema_url):
     with StateStore(pg_schema_url).transaction() as st:
         st.resources["a"] = 1
-    assert [r[0] for r in sql(pg_schema_url, "SELECT version FROM schema_migrations")] == [1]
-    sql(pg_schema_url, "INSERT INTO schema_migrations (version) VALUES (2)")
+    assert [r[0] for r in sql(pg_schema_url, "SELECT version FROM schema_migrations")] == list(
+        range(1, SCHEMA_VERSION + 1))
+    sql(pg_schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
     before = stored(pg_schema_url)
     # A new process (this one remembers the schema as up to date): the CLI, and a fresh interpreter.
     for args in (["show", "--json"], ["sessions", "list"], ["apply", "--set", "a=2"], ["migrate"]):
@@ -129,8 +131,32 @@ def test_migrations_are_recorded_and_a_newer_schema_is_refused_untouched(pg_sche
         if "No such command" in proc.stderr:
             continue  # a command group not there yet
         assert proc.returncode == 5, (args, proc.stderr)
-        assert proc.stderr.startswith("error:") and "version 2" in proc.stderr and proc.stderr.count("\n") == 1
+        assert proc.stderr.startswith("error:") and f"version {SCHEMA_VERSION + 1}" in proc.stderr
+        assert proc.stderr.count("\n") == 1
     assert stored(pg_schema_url) == before
+
+
+def test_a_version_1_schema_is_migrated_to_session_versions(pg_schema_url):
+    """Issue 15, item 9: a schema written by the previous agentstate (version 1) gets sessions.version and
+    session_counts.clock through the migration machinery on first use; its sessions start at version 1."""
+    conninfo, schema = split_url(pg_schema_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sql(pg_schema_url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+        "applied_at timestamptz NOT NULL DEFAULT now())")
+    for statement in MIGRATIONS[0]["postgres"]:
+        sql(pg_schema_url, statement)
+    sql(pg_schema_url, "INSERT INTO schema_migrations (version) VALUES (1)")
+    sql(pg_schema_url, "INSERT INTO sessions (tenant, id, created_at, updated_at) "
+        "VALUES ('default', 'old', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')")
+    sql(pg_schema_url, "INSERT INTO session_counts (tenant, sessions) VALUES ('default', 1)")
+    with SessionStore(pg_schema_url) as s:
+        assert s.get("old").version == 1
+        s.append("old", [{"role": "user", "content": "hi"}], expect_version=1)
+        assert s.get("old").version == 2
+        with pytest.raises(ConflictError):
+            s.append("old", [{"role": "user", "content": "stale"}], expect_version=1)
+    assert [r[0] for r in sql(pg_schema_url, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2]
 
 
 def test_migrate_command_creates_the_schema_explicitly(pg_schema_url):
@@ -139,7 +165,7 @@ def test_migrate_command_creates_the_schema_explicitly(pg_schema_url):
     import json
 
     report = json.loads(proc.stdout)
-    assert report["applied"] == [1] and report["found_version"] == 0
+    assert report["applied"] == list(range(1, SCHEMA_VERSION + 1)) and report["found_version"] == 0
     proc = subprocess.run([*CLI, "migrate", "--url", pg_schema_url], capture_output=True, text=True)
     assert proc.returncode == 0 and "nothing to do" in proc.stdout
 

@@ -246,8 +246,9 @@ def test_long_chain_rebuilds_in_one_query(store_target: str) -> None:
     s.save_many([_r("m0", k=0)] + [_r(f"m{i}", f"m{i - 1}", k=i) for i in range(1, n)])
     statements: list[str] = []
     if not is_pg(store_target):
-        s.get("m0")  # opens the connection
-        s.db._conn(create=False).set_trace_callback(statements.append)
+        s.get("m0")  # opens the connection (one, idle in the pool: the next call takes it)
+        assert len(s.db._idle) == 1
+        s.db._idle[0].set_trace_callback(statements.append)
     chain = s.chain(f"m{n - 1}")
     assert len(chain) == n and [r["k"] for r in chain] == list(range(n))
     assert chain[0] == _r("m0", k=0) and chain[-1]["previous_response_id"] == f"m{n - 2}"

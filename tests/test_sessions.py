@@ -42,7 +42,8 @@ def test_create_defaults_to_a_uuid_and_get_returns_it(store: SessionStore) -> No
     assert (info.tenant, info.title, info.metadata, info.item_count) == ("alice", None, None, 0)
     assert info.created_at == info.updated_at and info.created_at.endswith("Z")
     assert store.get(info.id) == info
-    assert set(info.to_dict()) == {"id", "tenant", "title", "metadata", "created_at", "updated_at", "item_count"}
+    assert set(info.to_dict()) == {"id", "tenant", "title", "metadata", "created_at", "updated_at", "item_count",
+                                   "version"}
 
 
 def test_create_with_id_title_metadata_and_duplicate_is_conflict(store: SessionStore) -> None:
@@ -401,7 +402,7 @@ def test_database_file_and_pragmas(tmp_path) -> None:
             assert (d / extra).stat().st_mode & 0o077 == 0
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
     s.close()
 
@@ -525,3 +526,100 @@ def test_nul_characters(store: SessionStore) -> None:
     with pytest.raises(InvalidInput):
         store.append("s", [U], idempotency_key="k\x00")
     assert store.get("s").item_count == 1
+
+
+# -- issue 15, item 9: expect_version detects any write since the caller read (ABA) -------------------------
+
+
+def test_expect_version_detects_a_pop_then_an_append_expect_seq_does_not(store: SessionStore) -> None:
+    store.append("s", [user("a")])
+    seen = store.get("s")
+    assert seen.version > 0
+    store.pop("s")
+    store.append("s", [user("b")])  # the same seq again, different item: ABA for expect_seq
+    now = store.get("s")
+    assert now.item_count == seen.item_count and now.version > seen.version
+    with pytest.raises(ConflictError) as e:
+        store.append("s", [user("stale")], expect_version=seen.version)
+    assert e.value.details["version"] == now.version
+    assert [i.data["content"] for i in store.items("s")] == ["b"]
+    # expect_seq keeps meaning "the last seq is N", so it lets this stale writer through (documented)
+    store.append("s", [user("c")], expect_seq=seen.item_count)
+    got = store.append("s", [user("d")], expect_version=store.get("s").version)
+    assert got[0].data["content"] == "d"
+
+
+def test_version_grows_on_every_write_and_across_delete_and_recreate(store: SessionStore) -> None:
+    versions = [store.create("s").version]
+    store.append("s", [U])
+    versions.append(store.get("s").version)
+    store.append("s", [U, U])
+    versions.append(store.get("s").version)
+    store.pop("s")
+    versions.append(store.get("s").version)
+    store.append("other", [U])  # another session's writes do not hurt: versions only need to grow
+    store.pop("s")
+    versions.append(store.get("s").version)
+    store.delete("s")
+    store.append("s", [U])  # re-created: never a version the old session had
+    versions.append(store.get("s").version)
+    assert versions == sorted(set(versions)), versions
+    assert store.show("s")[0].version == versions[-1]
+    assert store.list().items[0].version == versions[-1]
+
+
+def test_expect_version_on_a_missing_session(store: SessionStore) -> None:
+    with pytest.raises(ConflictError):
+        store.append("new", [U], expect_version=3)
+    with pytest.raises(NotFound):
+        store.get("new")
+    store.append("new", [U], expect_version=0)
+    with pytest.raises(ConflictError):
+        store.append("new", [U], expect_version=0)
+    with pytest.raises(InvalidInput):
+        store.append("new", [U], expect_version=-1)
+    assert store.get("new").item_count == 1
+
+
+def test_a_version_1_database_is_migrated_to_session_versions(tmp_path) -> None:
+    """A store written by the previous schema (version 1, no version columns) gets them on the next
+    write; its sessions start at version 1 and move on with the next write."""
+    from agentstate.sql.schema import MIGRATIONS
+
+    d = tmp_path / "store"
+    d.mkdir(mode=0o700)
+    conn = sqlite3.connect(d / "agentstate.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for statement in MIGRATIONS[0]["sqlite"]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count) "
+                 "VALUES ('default', 'old', NULL, NULL, '2026-01-01T00:00:00.000000Z', "
+                 "'2026-01-01T00:00:00.000000Z', 0, 0)")
+    conn.execute("INSERT INTO session_counts (tenant, sessions) VALUES ('default', 1)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    os.chmod(d / "agentstate.db", 0o600)
+    with SessionStore(str(d)) as s:
+        assert s.get("old").version == 1  # a read migrates (under the writer lock)
+        with pytest.raises(ConflictError):
+            s.append("old", [U], expect_version=0)  # 0: "no such session"
+        s.append("old", [U], expect_version=1)
+        assert s.get("old").version == 2 and s.get("old").item_count == 1
+    conn = sqlite3.connect(d / "agentstate.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+
+
+# -- issue 15, item 8: the times that order writes are taken under the lock --------------------------------
+
+
+def test_updated_at_never_goes_backwards(store: SessionStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentstate.sessions import store as sessions
+
+    store.append("s", [U])
+    before = store.get("s").updated_at
+    monkeypatch.setattr(sessions, "_utcnow", lambda: "2001-01-01T00:00:00.000000Z")  # the clock stepped back
+    added = store.append("s", [user("b")])
+    assert store.get("s").updated_at == before and added[0].created_at == before
+    store.pop("s")
+    assert store.get("s").updated_at == before

@@ -58,7 +58,7 @@ def cli(store_target: str) -> Cli:
 def test_create_json_is_the_session_info(cli: Cli) -> None:
     doc = cli.json("create", "--id", "c1", "--title", "Trip")
     assert doc["id"] == "c1" and doc["title"] == "Trip" and doc["item_count"] == 0
-    assert set(doc) == {"id", "tenant", "title", "metadata", "created_at", "updated_at", "item_count"}
+    assert set(doc) == {"id", "tenant", "title", "metadata", "created_at", "updated_at", "item_count", "version"}
     doc = cli.json("create")
     assert len(doc["id"]) == 36 and doc["title"] is None
     r = cli("create")
@@ -225,3 +225,21 @@ def test_doctor_checks_the_database(tmp_path) -> None:
     r = runner.invoke(app, ["doctor", "--dir", str(d)], env={"AGENTSTATE_DIR": None})
     assert r.exit_code == 1 and "BAD" in r.stdout and "agentstate.db" in r.stdout
     cli("show", "s", code=4)  # a damaged database: exit 4, one line
+
+
+def test_expect_version(cli: Cli) -> None:
+    """Issue 15, item 9: --expect-version detects a pop followed by an append (exit 5), --expect-seq does not."""
+    cli("append", "s", "--content", "one")
+    seen = cli.json("show", "s")["session"]
+    store = SessionStore(cli.target)
+    try:
+        store.pop("s")
+        store.append("s", [{"role": "user", "content": "other"}])
+    finally:
+        store.close()
+    r = cli("append", "s", "--content", "stale", "--expect-version", str(seen["version"]), code=5)
+    assert "version" in r.stderr
+    assert [i["data"]["content"] for i in cli.view()["s"][1]] == ["other"]
+    now = cli.json("show", "s")["session"]["version"]
+    cli("append", "s", "--content", "fresh", "--expect-version", str(now))
+    assert [i["data"]["content"] for i in cli.view()["s"][1]] == ["other", "fresh"]

@@ -51,10 +51,29 @@ def _sessions_root(ctx: typer.Context) -> None:
                          "see `agentstate sessions --help`")
 
 
+_opened: list[Any] = []  # the stores a command opened, closed when it ends (_run)
+
+
 def _store(o: Opts, writing: bool = False) -> Any:
     from ..sessions.store import SessionStore
 
-    return SessionStore(o.target, tenant=o.tenant, lock_timeout=o.lock_timeout() if writing else None)
+    store = SessionStore(o.target, tenant=o.tenant, lock_timeout=o.lock_timeout() if writing else None)
+    _opened.append(store)
+    return store
+
+
+def _run(body: Any) -> None:
+    """common.run, closing the command's stores at its end (not whenever they are collected: an in-process
+    caller, e.g. a test's CliRunner, must not keep connections to a file it then replaces)."""
+
+    def closing(o: Opts) -> Any:
+        try:
+            return body(o)
+        finally:
+            while _opened:
+                _opened.pop().close()
+
+    run(closing)
 
 
 def _summary(data: dict[str, Any]) -> str:
@@ -135,7 +154,7 @@ def create(
         else:
             out(info.id)
 
-    run(body)
+    _run(body)
 
 
 def _read_items(args: list[str], role: str | None, content: str | None) -> list[Any]:
@@ -171,6 +190,9 @@ def append(
     content: Annotated[str | None, typer.Option("--content", help="Append a message with this text.")] = None,
     expect_seq: Annotated[int | None, int_option(
         "--expect-seq", "Append only if the session's last seq is N (else exit 5).")] = None,
+    expect_version: Annotated[int | None, int_option(
+        "--expect-version", "Append only if the session's version is still N, as `show --json` gave it: "
+        "any write since, a pop included, changes it (else exit 5).")] = None,
     idempotency_key: Annotated[str | None, typer.Option(
         "--idempotency-key", help="A retry with the same key stores nothing and prints the first append's items.")
     ] = None,
@@ -180,8 +202,8 @@ def append(
 
     def body(o: Opts) -> None:
         items = _read_items(item_json or [], role, content)
-        added = _store(o, True).append(session_id, items, expect_seq=expect_seq, idempotency_key=idempotency_key,
-                                       create=not no_create)
+        added = _store(o, True).append(session_id, items, expect_seq=expect_seq, expect_version=expect_version,
+                                       idempotency_key=idempotency_key, create=not no_create)
         if o.json:
             emit_json({"session_id": session_id, "items": [i.to_dict() for i in added]})
         elif added:
@@ -190,7 +212,7 @@ def append(
         else:
             out(printable(f"appended nothing to {session_id}"))
 
-    run(body)
+    _run(body)
 
 
 @sessions_app.command("show", cls=Command, epilog=EXIT_CODES)
@@ -211,7 +233,7 @@ def show(
         out(_info_line(info))
         _print_items(items)
 
-    run(body)
+    _run(body)
 
 
 @sessions_app.command("list", cls=Command, epilog=EXIT_CODES)
@@ -233,7 +255,7 @@ def list_sessions(
             out(_info_line(info))
         out(page_footer(page, "session"))
 
-    run(body)
+    _run(body)
 
 
 @sessions_app.command("pop", cls=WriteCommand, epilog=EXIT_CODES)
@@ -250,7 +272,7 @@ def pop(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
             out(printable(f"popped seq {item.seq} from {session_id}"))
             _print_items([item])
 
-    run(body)
+    _run(body)
 
 
 @sessions_app.command("rm", cls=WriteCommand, epilog=EXIT_CODES)
@@ -261,7 +283,7 @@ def rm(session_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="T
         ids = _store(o, True).delete(*session_ids)
         emit(o, {"deleted": ids}, "\n".join(printable(f"removed session {sid}") for sid in ids))
 
-    run(body)
+    _run(body)
 
 
 def check_prune_age(older_than: str, yes: bool, dry_run: bool, what: str) -> None:
@@ -298,7 +320,7 @@ def prune(
         else:
             emit(o, {"deleted": ids}, "\n".join([f"pruned {len(ids)} session(s)"] + [printable(f"- {sid}") for sid in ids]))
 
-    run(body)
+    _run(body)
 
 
 OutputOpt = Annotated[str | None, typer.Option(
@@ -309,8 +331,17 @@ OutputOpt = Annotated[str | None, typer.Option(
 def write_lines(lines: Any, output: str | None) -> None:
     """JSON lines to stdout, or to ``output``: a new 0600 file beside it, fsynced, then renamed over it, so
     FILE is either the old one or the whole export, never a part."""
+    lines = iter(lines)
     if output is None:
-        write_stdout(b"".join(lines))  # one snapshot, read before anything is written
+        first = next(lines)  # the header: a missing session fails before any output
+        chunk, size = [first], len(first)
+        for line in lines:  # streamed: memory does not grow with the session
+            chunk.append(line)
+            size += len(line)
+            if size >= 1 << 20:
+                write_stdout(b"".join(chunk))
+                chunk, size = [], 0
+        write_stdout(b"".join(chunk))
         return
     import os
 
@@ -346,9 +377,28 @@ def export(session_id: Annotated[str, typer.Argument(metavar="ID")], output: Out
     """Write a session as JSON lines (a header, then one line per item) to stdout, or to -o FILE."""
 
     def body(o: Opts) -> None:
-        write_lines(list(_store(o).export_lines(session_id)), output)
+        lines = _store(o).export_lines(session_id)  # one snapshot, read in pages as it is written
+        try:
+            write_lines(lines, output)
+        finally:
+            lines.close()
 
-    run(body)
+    _run(body)
+
+
+def _read_lines(f: Any, file: str) -> Any:
+    """The lines of an open file; a read error is the input's fault (exit 1 with one line)."""
+    from ..errors import InvalidInput
+    from ..state.fileio import describe
+
+    while True:
+        try:
+            line = f.readline()
+        except OSError as e:
+            raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
+        if not line:
+            return
+        yield line
 
 
 @sessions_app.command("import", cls=WriteCommand, epilog=EXIT_CODES)
@@ -362,19 +412,20 @@ def import_(
         from ..errors import InvalidInput
         from ..state.fileio import describe
 
+        store = _store(o, True)
         if file == "-":
-            data = sys.stdin.buffer.read()
+            info = store.import_lines(sys.stdin.buffer, new_id)  # read a line at a time, checked before the lock
         else:
             try:
-                with open(file, "rb") as f:
-                    data = f.read()
+                f = open(file, "rb")  # noqa: SIM115 - closed below
             except FileNotFoundError:
                 raise InvalidInput(f"{file} does not exist", hint="check the path, or pass - to read stdin") from None
             except IsADirectoryError:
                 raise InvalidInput(f"{file} is a directory, not a JSON lines file") from None
             except OSError as e:
                 raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
-        info = _store(o, True).import_lines(data.splitlines(), new_id)
+            with f:
+                info = store.import_lines(_read_lines(f, file), new_id)
         emit(o, info.to_dict(), f"imported {info.item_count} item(s) into session {info.id}")
 
-    run(body)
+    _run(body)

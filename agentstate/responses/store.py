@@ -271,11 +271,11 @@ class ResponseStore:
         if len(set(batch_ids)) != len(batch_ids):
             dup = next(i for n, i in enumerate(batch_ids) if i in batch_ids[:n])
             raise self._conflict(dup)
-        now = _utcnow()
         infos: list[ResponseInfo] = []
         touched: OrderedDict[str, None] = OrderedDict()
         evicted: list[tuple[str, int]] = []
         with self.db.write(operation="responses save") as tx:
+            now = _utcnow()  # under the lock: after every save this one waited for
             if len(checked) > 1:  # one query for the whole batch (a single save learns it from its INSERT)
                 taken = tx.value(q.ANY_EXISTING, tenant=tenant, ids=orjson.dumps(batch_ids).decode())
                 if taken is not None:

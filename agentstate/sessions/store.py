@@ -6,7 +6,11 @@
 
 Sessions live in the store's SQLite database ``agentstate.db`` (or on PostgreSQL for a URL): see
 ``agentstate.sql``. Every writing call is one transaction under the store's writer lock; seqs run
-1, 2, 3... per session with no gap or duplicate, and a pop frees its seq for the next append.
+1, 2, 3... per session with no gap or duplicate, and a pop frees its seq for the next append. Every
+write to a session also gives it a new ``version`` (never repeated for that session id), which
+``append(expect_version=)`` compares: unlike ``expect_seq`` it detects a pop followed by an append.
+The times a write stamps (``created_at``, ``updated_at``) are taken under the lock, once it is held,
+and a session's ``updated_at`` never goes backwards.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class SessionInfo:
     created_at: str
     updated_at: str
     item_count: int
+    version: int = 0  # changes on every write to the session (see append(expect_version=))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +84,7 @@ class SessionInfo:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "item_count": self.item_count,
+            "version": self.version,
         }
 
 
@@ -236,13 +242,13 @@ class SessionStore:
     def _info(self, row: tuple) -> SessionInfo:
         import orjson
 
-        sid, title, metadata, created_at, updated_at, item_count, _last = row
+        sid, title, metadata, created_at, updated_at, item_count, _last, version = row
         try:
             meta = None if metadata is None else orjson.loads(metadata)
         except orjson.JSONDecodeError as e:
             raise _damaged(f"the stored metadata of session {sid!r} (tenant {self.tenant!r}) is not valid JSON: {e}",
                            tenant=self.tenant, session_id=sid) from None
-        return SessionInfo(sid, self.tenant, title, meta, created_at, updated_at, int(item_count))
+        return SessionInfo(sid, self.tenant, title, meta, created_at, updated_at, int(item_count), int(version))
 
     def _items(self, rows: Iterable[tuple], sid: str) -> list[Item]:
         import orjson
@@ -267,12 +273,28 @@ class SessionStore:
             raise _not_found(session_id)
         return row
 
-    def _insert(self, tx: Any, sid: str, title: str | None, metadata: str | None, now: str) -> None:
-        """A new session row, counted in session_counts (as every insert must be)."""
+    def _insert(self, tx: Any, sid: str, title: str | None, metadata: str | None, now: str,
+                created_at: str | None = None) -> int:
+        """A new session row, counted in session_counts (as every insert must be); its version."""
         from ..sql import q_sessions as q
 
-        tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=metadata, now=now)
         tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
+        version = self._next_version(tx)
+        tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=metadata, now=now,
+               created_at=created_at or now, version=version)
+        return version
+
+    def _next_version(self, tx: Any) -> int:
+        """The tenant's next session version (its clock only grows, so no session id sees one twice)."""
+        from ..sql import q_sessions as q
+
+        return int(tx.value(q.NEXT_VERSION, tenant=self.tenant))
+
+    @staticmethod
+    def _now_after(row: tuple | None) -> str:
+        """The time a write stamps: now (taken under the lock), never before the session's updated_at."""
+        now = _utcnow()
+        return now if row is None or row[4] <= now else row[4]
 
     def _encode_all(self, items: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
         if isinstance(items, dict):
@@ -296,61 +318,61 @@ class SessionStore:
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidInput(f"metadata must be a JSON object (got {type(metadata).__name__})")
         meta = None if metadata is None else encode_value(metadata).decode()
-        now = _utcnow()
         with self.db.write("sessions create", self.lock_timeout) as tx:
             if tx.one(q.GET_SESSION, tenant=self.tenant, id=sid) is not None:
                 raise ConflictError(f"session {sid!r} already exists", session_id=sid)
-            self._insert(tx, sid, title, meta, now)
-        return SessionInfo(sid, self.tenant, title, metadata, now, now, 0)
+            now = _utcnow()
+            version = self._insert(tx, sid, title, meta, now)
+        return SessionInfo(sid, self.tenant, title, metadata, now, now, 0, version)
 
     def append(self, session_id: str, items: Any, *, expect_seq: int | None = None,
-               idempotency_key: str | None = None, create: bool = True) -> list[Item]:
+               expect_version: int | None = None, idempotency_key: str | None = None,
+               create: bool = True) -> list[Item]:
         """Append ``items`` (JSON objects) in one transaction; returns them as stored.
 
         A missing session is created unless ``create=False`` (NotFound). ``expect_seq=N`` appends only if
-        the session's last seq is N (else ConflictError). A repeated ``idempotency_key`` returns the items
-        of the first append and stores nothing."""
+        the session's last seq is N; ``expect_version=V`` only if the session's version is still V (as
+        read in SessionInfo.version; 0: the session does not exist): any write since, a pop included,
+        changed it. Else ConflictError. A repeated ``idempotency_key`` returns the items of the first
+        append and stores nothing."""
         sid = check_name(session_id, "session id")
         datas, encoded = self._encode_all(items)
         if expect_seq is not None:
             _check_seq(expect_seq, "expect_seq")
+        if expect_version is not None:
+            _check_seq(expect_version, "expect_version")
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 256 or "\x00" in idempotency_key
         ):
             raise InvalidInput("idempotency_key must be a string of 1 to 256 characters (no NUL)")
-        now = _utcnow()
-        records = [(str(uuid.uuid4()), now, data.decode()) for data in encoded]
-        return self._append(sid, records, datas, expect_seq=expect_seq, key=idempotency_key, create=create,
-                            title=_title_from(datas), now=now)
+        texts = [data.decode() for data in encoded]
+        return self._append(sid, texts, datas, expect_seq=expect_seq, expect_version=expect_version,
+                            key=idempotency_key, create=create, title=_title_from(datas))
 
-    def _append(self, sid: str, records: list[tuple[str, str, str]], datas: list[dict[str, Any]], *,
-                expect_seq: int | None, key: str | None, create: bool, title: str | None, now: str,
-                new_session: tuple[str | None, str | None, str] | None = None) -> list[Item]:
-        """The one write behind append and import. ``records`` = (item id, created_at, data text)."""
+    def _append(self, sid: str, texts: list[str], datas: list[dict[str, Any]], *, expect_seq: int | None,
+                expect_version: int | None, key: str | None, create: bool, title: str | None) -> list[Item]:
+        """The write behind append: ``texts`` are the items' stored JSON text, ``datas`` the objects."""
         import orjson
 
         from ..sql import q_sessions as q
 
-        operation = "sessions import" if new_session else "sessions append"
-        with self.db.write(operation, self.lock_timeout) as tx:
+        ids = [str(uuid.uuid4()) for _ in texts]
+        with self.db.write("sessions append", self.lock_timeout) as tx:
             row = tx.one(q.GET_SESSION, tenant=self.tenant, id=sid)
-            if new_session is not None:
-                if row is not None:
-                    raise ConflictError(f"session {sid!r} already exists", hint="import it with --id NEW_ID",
-                                        session_id=sid)
-                ititle, imeta, icreated = new_session
-                self._insert(tx, sid, ititle, imeta, icreated)
-                last = 0
-            elif row is None:
+            now = self._now_after(row)  # under the lock: after every write this one waited for
+            if row is None:
                 if not create:
                     raise _not_found(sid)
                 if expect_seq not in (None, 0):
                     raise ConflictError(f"session {sid!r} does not exist yet (last seq 0), expected seq {expect_seq}",
                                         hint="re-read the session and retry", last_seq=0)
+                if expect_version not in (None, 0):
+                    raise ConflictError(f"session {sid!r} does not exist (version 0), expected version "
+                                        f"{expect_version}", hint="re-read the session and retry", version=0)
                 self._insert(tx, sid, None, None, now)
                 last = 0
             else:
-                last = int(row[6])
+                last, version = int(row[6]), int(row[7])
                 if key is not None:
                     seen = tx.one(q.GET_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key)
                     if seen is not None:
@@ -359,20 +381,22 @@ class SessionStore:
                     raise ConflictError(f"session {sid!r} is at seq {last}, expected {expect_seq}",
                                         hint="another writer appended first; re-read the session and retry",
                                         last_seq=last)
-            if records:
+                if expect_version is not None and expect_version != version:
+                    raise ConflictError(f"session {sid!r} is at version {version}, expected {expect_version}",
+                                        hint="another writer changed it (an append or a pop); re-read the "
+                                        "session and retry", version=version)
+            if texts:
                 tx.many(q.INSERT_ITEM, [
-                    {"tenant": self.tenant, "session_id": sid, "seq": last + i, "id": iid, "now": created,
-                     "data": data}
-                    for i, (iid, created, data) in enumerate(records, 1)
+                    {"tenant": self.tenant, "session_id": sid, "seq": last + i, "id": iid, "now": now, "data": data}
+                    for i, (iid, data) in enumerate(zip(ids, texts, strict=True), 1)
                 ])
-            if records or row is None:
-                tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last + len(records), now=now,
-                       title=title)
+            if texts or row is None:
+                tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last + len(texts), now=now,
+                       title=title, version=self._next_version(tx))
             if key is not None:
                 tx.run(q.INSERT_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key, first_seq=last + 1,
-                       item_ids=orjson.dumps([r[0] for r in records]).decode(), now=now)
-        return [Item(last + i, iid, created, data)
-                for i, ((iid, created, _), data) in enumerate(zip(records, datas, strict=True), 1)]
+                       item_ids=orjson.dumps(ids).decode(), now=now)
+        return [Item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
 
     def _replay(self, tx: Any, sid: str, first_seq: int, ids: list[str]) -> list[Item]:
         """The items an earlier append with the same key stored (those still there)."""
@@ -390,12 +414,14 @@ class SessionStore:
 
         sid = check_name(session_id, "session id")
         with self.db.write("sessions pop", self.lock_timeout) as tx:
-            last = int(self._row(tx, sid)[6])
+            row = self._row(tx, sid)
+            last = int(row[6])
             if last == 0:
                 return None
             item = self._items(tx.run(q.GET_ITEM, tenant=self.tenant, session_id=sid, seq=last), sid)[0]  # before
             tx.run(q.DELETE_ITEM, tenant=self.tenant, session_id=sid, seq=last)  # a damaged one is refused
-            tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last - 1, now=_utcnow(), title=None)
+            tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last - 1, now=self._now_after(row),
+                   title=None, version=self._next_version(tx))
         return item
 
     def delete(self, *session_ids: str) -> list[str]:
@@ -420,7 +446,7 @@ class SessionStore:
         from ..sql import q_sessions as q
 
         seconds = parse_duration(older_than, "age")
-        try:
+        try:  # taken before the lock wait: the earlier cutoff spares, never deletes, what was written meanwhile
             cutoff = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
         except (OverflowError, ValueError):  # older than any representable time: nothing is that old
             return []
@@ -508,65 +534,21 @@ class SessionStore:
 
     def export_lines(self, session_id: str) -> Iterator[bytes]:
         """The session as JSON lines: a header {"type": "agentstate.session", "version": 1, "session": {...}},
-        then one {"seq", "id", "created_at", "data"} line per item, oldest first (one snapshot)."""
-        import orjson
+        then one {"seq", "id", "created_at", "data"} line per item, oldest first. One snapshot, read in
+        pages while the lines are consumed (memory does not grow with the session); close the iterator
+        if you stop early."""
+        from .stream import export_lines
 
-        info, items = self.show(session_id)
-        yield orjson.dumps({"type": EXPORT_TYPE, "version": 1, "session": info.to_dict()}) + b"\n"
-        for item in items:
-            yield orjson.dumps(item.to_dict()) + b"\n"
+        return export_lines(self, session_id)
 
     def import_lines(self, lines: Iterable[bytes | str], session_id: str | None = None) -> SessionInfo:
         """A new session from exported JSON lines (or from lines that are each one item), in one
         transaction. The id is ``session_id``, else the exported one, else a new UUID; an existing id is
-        ConflictError. Titles, metadata and item ids and times are kept."""
-        from ..state.codec import encode_value, parse_json
+        ConflictError. Titles, metadata and item ids and times are kept. ``lines`` is read once (a file
+        object is fine): every line is checked before the lock is taken; memory does not grow with it."""
+        from .stream import import_lines
 
-        header: dict[str, Any] | None = None
-        records: list[tuple[str, str, str]] = []
-        datas: list[dict[str, Any]] = []
-        now = _utcnow()
-        for n, line in enumerate(lines, 1):
-            if isinstance(line, bytes) and not line.strip() or isinstance(line, str) and not line.strip():
-                continue
-            value = parse_json(line, f"line {n}")
-            if n == 1 and isinstance(value, dict) and value.get("type") == EXPORT_TYPE:
-                if value.get("version") != 1 or not isinstance(value.get("session"), dict):
-                    raise InvalidInput(f"line {n}: not a version-1 agentstate session header")
-                header = value["session"]
-                continue
-            if header is not None:
-                if not (isinstance(value, dict) and isinstance(value.get("data"), dict)):
-                    raise InvalidInput(f"line {n}: not an exported item (an object with \"data\")")
-                data, iid, created = value["data"], value.get("id"), value.get("created_at")
-                if not isinstance(iid, str) or not 0 < len(iid) <= 256 or "\x00" in iid:
-                    iid = str(uuid.uuid4())
-                if not isinstance(created, str) or not _is_timestamp(created):
-                    created = now
-            else:
-                data, iid, created = value, str(uuid.uuid4()), now
-            records.append((iid, created, encode_item(data, self.max_item_bytes, f"line {n}").decode()))
-            datas.append(data)
-        if header is None and not records:
-            raise InvalidInput("nothing to import: no items")
-        sid = session_id or (header or {}).get("id") or str(uuid.uuid4())
-        sid = check_name(sid, "session id")
-        title = (header or {}).get("title")
-        meta = (header or {}).get("metadata")
-        try:
-            _check_title(title)
-        except InvalidInput as e:
-            raise InvalidInput(f"the header's {e.message}") from None
-        if meta is not None and not isinstance(meta, dict):
-            raise InvalidInput("the header's metadata is not an object")
-        created_at = (header or {}).get("created_at")
-        if not isinstance(created_at, str) or not _is_timestamp(created_at):
-            created_at = now
-        meta_text = None if meta is None else encode_value(meta).decode()
-        title = title if title is not None else _title_from(datas)
-        self._append(sid, records, datas, expect_seq=None, key=None, create=True, title=None, now=now,
-                     new_session=(title, meta_text, created_at))
-        return self.get(sid)
+        return import_lines(self, lines, session_id)
 
 
 def _is_timestamp(value: str) -> bool:

@@ -17,7 +17,7 @@ Interface notes (for the engines and the statement modules):
   ``value(stmt, **p) -> Any``, ``execute(stmt, **p) -> int`` (affected rows) and
   ``many(stmt, rows: Iterable[dict]) -> None`` (executemany, for bulk inserts).
 * A Database is used from several threads at once (AgentStateSession runs each call in a worker
-  thread): the SQLite engine keeps one connection per thread; an engine must be thread-safe.
+  thread): the SQLite engine takes a connection from a small pool per call; an engine must be thread-safe.
 * ``check(target) -> list[dict]``: doctor's findings for the database ({"check", "ok", "detail"}).
 """
 

@@ -9,9 +9,16 @@
 * Each ``write()`` is one transaction: committed when the block ends, rolled back on any exception.
   sqlite3 errors become StorageError (disk full, I/O error, busy), StateCorrupted (not a database,
   malformed) or FormatTooNew (a newer schema), each with one clear line.
-* Connections open lazily, one per thread, reused; a forked child never touches its parent's.
-  After a failed write the connection is closed, so SQLite drops whatever the failure left in memory
-  (and, being the last connection, checkpoints only committed frames and removes the WAL).
+* Connections come from a small pool: each read() or write() takes one (an idle one, else a new one)
+  and gives it back when it ends; at most POOL_IDLE stay open idle, so the descriptors held are
+  bounded whatever the thread churn (AgentStateSession runs each call in a fresh worker thread). A
+  forked child never touches its parent's. After a failed write the connection is closed, so SQLite
+  drops whatever the failure left in memory.
+* A failed COMMIT (e.g. EIO on the WAL's fsync) may leave the transaction's frames in the WAL past the
+  last published one: they are written over by a no-op commit on the SAME connection, before it is
+  closed (closing the last connection checkpoints, and a failed checkpoint leaves a WAL that the next
+  opener re-indexes from the file: it would find those frames). If that fails too, the error says the
+  outcome is unknown (``outcome="unknown"``, as a failed directory fsync of the state document does).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ log = logging.getLogger("agentstate.sql")
 DB_NAME = "agentstate.db"
 LOCK_SUFFIX = ".lock"
 BUSY_BACKSTOP = 10.0  # seconds; only reached when a program other than agentstate holds SQLite's lock
+POOL_IDLE = 4  # idle connections kept open per Database (more are closed when given back)
 _ABANDONED: list[Any] = []  # connections inherited across fork: never used, never closed, never freed
 
 
@@ -97,7 +105,7 @@ def storage_error(e: BaseException, path: str, action: str) -> AgentStateError:
 
 
 class Database:
-    """The SQLite database of one store directory. Thread-safe (a connection per thread); fork-safe."""
+    """The SQLite database of one store directory. Thread-safe (a pool of connections); fork-safe."""
 
     dialect = "sqlite"
 
@@ -110,8 +118,8 @@ class Database:
             lock_timeout = os.environ.get("AGENTSTATE_LOCK_TIMEOUT") or 30.0
         self.lock_timeout = parse_duration(lock_timeout, "lock timeout")
         self.files = files or fileio.OsFiles()
-        self._local = threading.local()
-        self._all: list[Any] = []
+        self._idle: list[Any] = []  # connections open and free to take
+        self._all: list[Any] = []  # every connection open (idle or taken)
         self._all_lock = threading.Lock()
         self._pid = os.getpid()
         self._wal_known = False
@@ -125,17 +133,18 @@ class Database:
         with self._all_lock:
             _ABANDONED.extend(self._all)
             self._all = []
-        self._local = threading.local()
+            self._idle = []
         self._pid = os.getpid()
         self._wal_known = False
 
-    def _conn(self, create: bool) -> Any:
-        """This thread's connection; None when the file does not exist and ``create`` is false."""
+    def _take(self, create: bool) -> Any:
+        """A connection for one read() or write() (give it back with _give, or _discard it); None when
+        the file does not exist and ``create`` is false."""
         if os.getpid() != self._pid:
             self._forget_after_fork()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+        with self._all_lock:
+            if self._idle:
+                return self._idle.pop()
         import sqlite3
 
         if create:
@@ -159,10 +168,19 @@ class Database:
         except sqlite3.Error as e:
             conn.close()
             raise storage_error(e, self.path, "open") from None
-        self._local.conn = conn
         with self._all_lock:
             self._all.append(conn)
         return conn
+
+    def _give(self, conn: Any) -> None:
+        """Back to the pool (outside any transaction), or closed if POOL_IDLE are idle already."""
+        if os.getpid() != self._pid:
+            return  # a connection of the parent's: never touched
+        with self._all_lock:
+            if conn in self._all and len(self._idle) < POOL_IDLE:
+                self._idle.append(conn)
+                return
+        self._discard(conn)
 
     def _not_regular(self, st: os.stat_result) -> StorageError:
         what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
@@ -188,11 +206,9 @@ class Database:
             raise fileio.io_error("create", self.path, e) from None
         self.files.close(fd)
 
-    def _drop_conn(self) -> None:
-        """Close this thread's connection (after a failure: SQLite forgets whatever it held)."""
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is None:
+    def _discard(self, conn: Any) -> None:
+        """Close a taken connection (after a failure: SQLite forgets whatever it held)."""
+        if conn is None or os.getpid() != self._pid:
             return
         with self._all_lock:
             if conn in self._all:
@@ -208,8 +224,7 @@ class Database:
             self._forget_after_fork()
             return
         with self._all_lock:
-            conns, self._all = self._all, []
-        self._local = threading.local()
+            conns, self._all, self._idle = self._all, [], []
         for conn in conns:
             try:
                 conn.close()
@@ -260,16 +275,23 @@ class Database:
                 if str(mode).lower() != "wal":
                     raise StorageError(f"cannot switch {self.path} to WAL mode (got {mode!r})", path=self.path)
             self._wal_known = True
+        import sqlite3
+
         while version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in MIGRATIONS[version]["sqlite"]:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {version + 1:d}")
-                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:  # its frames must not come back either (see _bury_failed_commit)
+                if not self._bury_failed_commit(conn):
+                    raise self._unknown(e, "migrate") from None
                 raise
             version += 1
             log.info("migrated %s to schema version %d", self.path, version)
@@ -278,13 +300,20 @@ class Database:
         """Bring the schema up to date now (it also happens on first write); returns the version."""
         import sqlite3
 
+        conn = None
         try:
             with self._locked("migrate", lock_timeout):
-                self._prepare_locked(self._conn(create=True))
-                return self._version(self._conn(create=True))
+                conn = self._take(create=True)
+                self._prepare_locked(conn)
+                version = self._version(conn)
         except sqlite3.Error as e:
-            self._drop_conn()
+            self._discard(conn)
             raise storage_error(e, self.path, "migrate") from None
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._give(conn)
+        return version
 
     # -- transactions ------------------------------------------------------------------------------------
 
@@ -294,12 +323,14 @@ class Database:
 
         SIGINT/SIGTERM (agentstate.state.signals): before the COMMIT the transaction is abandoned (rolled back);
         during the COMMIT the signal is held, so the write is finished; either way the lock is released
-        and Interrupted (exit 130/143) says which."""
+        and Interrupted (exit 130/143) says which: a signal that arrives once the COMMIT returned (while
+        the lock is released, say) is reported as after a completed write."""
         import sqlite3
 
         from ..state import signals
 
-        locked = False
+        locked = committed = False
+        what = f"the {operation} is committed to {self.path}"
         with signals.guarded():
             try:
                 with self._locked(operation, lock_timeout):
@@ -307,7 +338,7 @@ class Database:
                     conn = None
                     committing = False
                     try:
-                        conn = self._conn(create=True)
+                        conn = self._take(create=True)
                         self._prepare_locked(conn)
                         conn.execute("BEGIN IMMEDIATE")
                         if self._version(conn) != SCHEMA_VERSION:  # changed by a newer agentstate in between
@@ -316,34 +347,53 @@ class Database:
                         committing = True
                         with signals.critical():
                             conn.execute("COMMIT")
-                            signals.note_committed(f"the {operation} is committed to {self.path}")
+                            committed = True
+                            signals.note_committed(what)
                     except sqlite3.Error as e:
+                        if committing and not self._bury_failed_commit(conn):
+                            raise self._unknown(e, operation) from None
                         self._abort(conn)
-                        if committing:
-                            self._bury_failed_commit()
                         raise storage_error(e, self.path, f"write ({operation})") from None
                     except BaseException:
-                        self._abort(conn)
+                        if not committed:
+                            self._abort(conn)
+                        else:  # a signal right after the COMMIT: the connection is fine
+                            self._give(conn)
                         raise
+                    self._give(conn)
             except KeyboardInterrupt as e:
-                committed = getattr(e, "outcome", None) == "committed"
-                raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {self.path}"
-                                          if committed else None, locked=locked) from None
+                committed = committed or getattr(e, "outcome", None) == "committed"
+                raise signals.interrupted(e, operation, committed=what if committed else None,
+                                          locked=locked) from None
 
-    def _bury_failed_commit(self) -> None:
-        """After a COMMIT failed (e.g. EIO on the WAL's fsync), still under the writer lock.
+    def _unknown(self, e: BaseException, operation: str) -> StorageError:
+        """The COMMIT failed and its frames could not be written over: they may come back (see _bury...)."""
+        err = storage_error(e, self.path, f"write ({operation})")
+        text = err.message.removesuffix("; nothing was changed")
+        return StorageError(
+            f"{text}; the outcome is unknown (the failed commit could not be written over, so it may still "
+            "appear); run `agentstate doctor`",
+            hint=err.hint, errno=err.details.get("errno"), path=self.path, sqlite=err.details.get("sqlite"),
+            outcome="unknown",
+        )
+
+    def _bury_failed_commit(self, conn: Any) -> bool:
+        """After a COMMIT failed (e.g. EIO on the WAL's fsync), still under the writer lock, on the same
+        connection (closed afterwards); True if done, False if the outcome is unknown.
 
         SQLite publishes a commit in the WAL index only after the fsync, so nobody sees the failed
         transaction; but its frames, commit marker included, may sit in the WAL past the last
-        published frame. If every process then died before anyone wrote again, the next open would
-        rebuild the index from the WAL file and find them: a write reported as failed would appear.
-        A no-op transaction (user_version rewritten as it is) writes over them, so that can't happen.
+        published frame. Whoever next rebuilds the index from the WAL file (the first opener after
+        the last connection closed with a failed checkpoint, or after every process died) would find
+        them: a write reported as failed would appear. A no-op transaction (user_version rewritten as
+        it is) writes over them first; it must run before this connection closes, because closing the
+        last connection runs a checkpoint which, failing, leaves exactly that WAL behind.
         """
         import sqlite3
 
-        conn = None
         try:
-            conn = self._conn(create=True)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(f"PRAGMA user_version = {self._version(conn):d}")
             conn.execute("COMMIT")
@@ -351,9 +401,11 @@ class Database:
             log.warning("after a failed commit, %s could not be written over either; run `agentstate doctor`",
                         self.path, exc_info=log.isEnabledFor(logging.DEBUG))
             self._abort(conn)
+            return False
+        return True
 
     def _abort(self, conn: Any) -> None:
-        """Roll back, and start the next write from a fresh connection (SQLite forgets the failure)."""
+        """Roll back, and close the connection (SQLite forgets the failure; the next write takes another)."""
         import sqlite3
 
         if conn is None:
@@ -363,7 +415,7 @@ class Database:
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             log.debug("rollback of %s failed", self.path, exc_info=True)
-        self._drop_conn()
+        self._discard(conn)
 
     @contextmanager
     def read(self) -> Iterator[Tx | EmptyTx]:
@@ -372,7 +424,7 @@ class Database:
 
         conn = None
         try:
-            conn = self._conn(create=False)
+            conn = self._take(create=False)
             if conn is None:
                 yield EmptyTx("sqlite")
                 return
@@ -386,7 +438,6 @@ class Database:
                     yield EmptyTx("sqlite")
                     return
                 self.migrate()
-                conn = self._conn(create=True)
                 conn.execute("BEGIN")
             try:
                 yield Tx(conn)
@@ -394,8 +445,12 @@ class Database:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
         except sqlite3.Error as e:
-            self._drop_conn()
+            self._discard(conn)
+            conn = None
             raise storage_error(e, self.path, "read") from None
+        finally:
+            if conn is not None:
+                self._give(conn)
 
     # -- checks ------------------------------------------------------------------------------------------
 

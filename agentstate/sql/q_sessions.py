@@ -1,23 +1,27 @@
-"""Statements of the session store (tables in schema.py, version 1). Every one is scoped by tenant."""
+"""Statements of the session store (tables in schema.py, version 2). Every one is scoped by tenant."""
 
 from __future__ import annotations
 
 from . import Stmt
 
-_SESSION_COLS = "id, title, metadata, created_at, updated_at, item_count, last_seq"
+_SESSION_COLS = "id, title, metadata, created_at, updated_at, item_count, last_seq, version"
 _ITEM_COLS = "seq, id, created_at, data"
 
 GET_SESSION = Stmt(both=f"SELECT {_SESSION_COLS} FROM sessions WHERE tenant = :tenant AND id = :id")
 
 INSERT_SESSION = Stmt(both="""
-    INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count)
-    VALUES (:tenant, :id, :title, :metadata, :now, :now, 0, 0)""")
+    INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count, version)
+    VALUES (:tenant, :id, :title, :metadata, :created_at, :now, 0, 0, :version)""")
 
-# After an append or a pop: the new last seq (== item count), the time, and a title if none yet.
+# After an append or a pop: the new last seq (== item count), the time, the new version, and a title if none yet.
 UPDATE_SESSION_SEQ = Stmt(both="""
-    UPDATE sessions SET last_seq = :last_seq, item_count = :last_seq, updated_at = :now,
+    UPDATE sessions SET last_seq = :last_seq, item_count = :last_seq, updated_at = :now, version = :version,
         title = COALESCE(title, :title)
     WHERE tenant = :tenant AND id = :id""")
+
+# The next session version of the tenant (its session_counts row exists once it has had a session).
+NEXT_VERSION = Stmt(both="""
+    UPDATE session_counts SET clock = clock + 1 WHERE tenant = :tenant RETURNING clock""")
 
 INSERT_ITEM = Stmt(both="""
     INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
@@ -55,6 +59,9 @@ COUNT_SESSIONS = Stmt(both="SELECT sessions FROM session_counts WHERE tenant = :
 ADD_SESSIONS = Stmt(both="""
     INSERT INTO session_counts (tenant, sessions) VALUES (:tenant, :delta)
     ON CONFLICT (tenant) DO UPDATE SET sessions = session_counts.sessions + :delta""")
+
+# Sent between import batches: on PostgreSQL it flushes the queued inserts (the queue stays small).
+FLUSH = Stmt(both="SELECT 1")
 
 # What doctor compares session_counts with.
 COUNT_SESSIONS_SLOW = Stmt(both="SELECT COUNT(*) FROM sessions WHERE tenant = :tenant")

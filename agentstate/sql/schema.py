@@ -7,6 +7,10 @@ advisory lock (PostgreSQL), each in its own transaction. A database whose versio
 ``SCHEMA_VERSION`` is refused with FormatTooNew and never touched.
 
 Version 1 holds the tables of sessions and of responses (nothing had shipped before it).
+Version 2 adds ``sessions.version`` (changes on every write to the session: ``append(expect_version=)``
+detects a pop followed by an append, which ``expect_seq`` cannot) and ``session_counts.clock`` (the
+tenant's counter those versions are drawn from, so a version is never repeated for a session id, even
+across a delete and a re-create).
 
 Timestamps are ISO-8601 UTC text with microseconds and a 'Z' (``2026-01-02T03:04:05.123456Z``), so
 text order is time order. JSON payloads are TEXT holding the exact bytes of ``codec.encode_value``.
@@ -123,9 +127,21 @@ _PG_ONLY_V1 = [
     )""",
 ]
 
+# --- version 2: session versions (both dialects) -----------------------------------------------------------
+# Existing sessions start at version 1 and the tenant clocks at 1, so every later write draws 2 or more
+# and version 0 keeps meaning "no such session" (append(expect_version=0)).
+
+_SESSIONS_V2 = [
+    "ALTER TABLE sessions ADD COLUMN version BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE session_counts ADD COLUMN clock BIGINT NOT NULL DEFAULT 0",
+    "UPDATE sessions SET version = 1",
+    "UPDATE session_counts SET clock = 1",
+]
+
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
      "postgres": _SESSIONS_V1 + _RESPONSES_V1["postgres"] + _PG_ONLY_V1},
+    {"sqlite": _SESSIONS_V2, "postgres": _SESSIONS_V2},
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
