@@ -344,3 +344,10 @@ def test_a_url_without_a_host_says_what_is_wrong(url):
     for args in (("show", "--url", url), ("sessions", "list", "--url", url)):
         line = one_line(cli(*args), 2)
         assert "names no host" in line and 'missing "="' not in line, line
+
+
+def test_a_bad_statement_timeout_is_named(pg_schema_url):
+    line = one_line(cli("show", "--url", pg_schema_url, env={"AGENTSTATE_STATEMENT_TIMEOUT": "soon"}), 2)
+    assert "AGENTSTATE_STATEMENT_TIMEOUT" in line
+    line = one_line(cli("show", "--url", pg_schema_url + "&statement_timeout=soon"), 1)
+    assert "statement_timeout" in line

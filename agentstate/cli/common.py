@@ -360,6 +360,14 @@ class Opts:
             problem = url_problem(self.url)
             if problem:
                 raise UsageError(f"{problem}; {URL_HINT}")
+            if os.environ.get("AGENTSTATE_STATEMENT_TIMEOUT"):
+                from ..duration import parse_duration
+                from ..errors import InvalidInput
+
+                try:
+                    parse_duration(os.environ["AGENTSTATE_STATEMENT_TIMEOUT"], "statement timeout")
+                except InvalidInput as e:
+                    raise UsageError(f"AGENTSTATE_STATEMENT_TIMEOUT: {e}") from None
 
     @property
     def target(self) -> str | None:
