@@ -331,7 +331,29 @@ def test_force_unlock_with_an_earlier_acquisitions_id_never_ends_a_later_one(pg_
 
 # -- bad input: psycopg's own warnings, a URL without a host -------------------------------------------
 
-def test_psycopg_warnings_never_reach_stderr():
+def test_psycopg_warnings_never_reach_stderr(pg_schema_url):
+    """The connection ends while a pipelined write is queued (as when the server stops mid-commit):
+    psycopg logs "error ignored terminating <psycopg.Pipeline [BAD] ...>" on its own logger, which
+    reached stderr through logging's last-resort handler, before our one error line."""
+    code = (
+        "import sys, psycopg\n"
+        "from agentstate import SessionStore, StorageError\n"
+        "from agentstate.sql.pg import split_url\n"
+        "url = sys.argv[1]\n"
+        "s = SessionStore(url)\n"
+        "s.append('s', [{'role': 'user', 'content': 'a'}])\n"
+        "try:\n"
+        "    with s.db.write('x') as tx:\n"
+        "        with psycopg.connect(split_url(url)[0], autocommit=True) as c:\n"
+        "            c.execute('SELECT pg_terminate_backend(%s, 5000)', (tx._conn.info.backend_pid,))\n"
+        "        tx.run(\"UPDATE sessions SET title = 'x' WHERE id = 's'\")\n"
+        "except StorageError as e:\n"
+        "    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, pg_schema_url], capture_output=True, text=True, timeout=60,
+                          env=ENV)
+    assert proc.returncode == 0 and "connection" in proc.stdout, (proc.stdout, proc.stderr)
+    assert proc.stderr == "", proc.stderr
     code = ("import logging, agentstate.sql.pg\n"
             "logging.getLogger('psycopg').warning('error ignored terminating %r: %s', '<psycopg.Pipeline [BAD]>',"
             " 'server closed the connection unexpectedly\\n\\tThis probably means the server terminated')\n")
