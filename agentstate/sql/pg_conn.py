@@ -221,9 +221,12 @@ class _Lease:
         self.pool = pool  # a weakref.ref to the Connector
 
     def __del__(self) -> None:
-        pool = self.pool()
-        if pool is not None and self.conn is not None:
-            pool._give_back(self.conn)
+        try:
+            pool = self.pool()
+            if pool is not None and self.conn is not None:
+                pool._give_back(self.conn)
+        except Exception:  # noqa: BLE001 - e.g. at interpreter shutdown: the process's end closes it anyway
+            pass
 
 
 class Connector:
