@@ -37,6 +37,25 @@ def is_url(target: Any) -> bool:
     return isinstance(target, str) and target[:13].lower().startswith(URL_SCHEMES)
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with a postgresql:// URL's shape, or None (libpq checks the rest when connecting).
+    ``postgresql://`` alone (or ``postgresql://user@``) names no host and no database: libpq would read
+    what is left of it as key=value text and answer 'missing "=" after "postgresql:"'."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None  # reported when the URL is split (agentstate/sql/pg_conn.py)
+    if not host and not parts.path.strip("/") and not parts.query:
+        return f"the PostgreSQL URL {redact_url(url)!r} names no host and no database"
+    return None
+
+
+URL_HINT = "write it as postgresql://user[:password]@host[:port]/database[?schema=NAME]"
+
+
 def redact_url(url: str) -> str:
     """The URL without its password (for messages, logs and reprs)."""
     from urllib.parse import urlsplit, urlunsplit

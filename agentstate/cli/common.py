@@ -359,6 +359,20 @@ class Opts:
                 raise UsageError(f"AGENTSTATE_URL takes a postgresql:// or postgres:// URL, not {redact_url(env_url)!r} "
                                  "(a directory goes to AGENTSTATE_DIR)")
             self.dir, self.url = env_dir, env_url
+        if self.url is not None:
+            from ..names import URL_HINT, url_problem
+
+            problem = url_problem(self.url)
+            if problem:
+                raise UsageError(f"{problem}; {URL_HINT}")
+            if os.environ.get("AGENTSTATE_STATEMENT_TIMEOUT"):
+                from ..duration import parse_duration
+                from ..errors import InvalidInput
+
+                try:
+                    parse_duration(os.environ["AGENTSTATE_STATEMENT_TIMEOUT"], "statement timeout")
+                except InvalidInput as e:
+                    raise UsageError(f"AGENTSTATE_STATEMENT_TIMEOUT: {e}") from None
 
     @property
     def target(self) -> str | None:

@@ -216,12 +216,22 @@ class Database:
     @contextmanager
     def write(self, operation: str = "write", lock_timeout: float | str | None = None,
               on_wait: Any = None) -> Iterator[Tx]:
+        from .. import signals
         from ..duration import parse_duration
 
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
-        with locked_transaction(self.connector, operation, LOCK_DB, timeout, on_wait,
-                                "the sessions and responses store") as tx:
-            yield tx
+        locked = False
+        with signals.guarded():  # SIGINT/SIGTERM: abandoned before the COMMIT, finished once it is sent
+            try:
+                with locked_transaction(self.connector, operation, LOCK_DB, timeout, on_wait,
+                                        "the sessions and responses store") as tx:
+                    locked = True
+                    yield tx
+            except KeyboardInterrupt as e:
+                committed = getattr(e, "outcome", None) == "committed"
+                where = f"{self.connector.where} schema {self.connector.schema}"
+                raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {where}"
+                                          if committed else None, locked=locked) from None
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
@@ -390,13 +400,21 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
         committing = True
         with signals.critical():  # a signal during COMMIT is held: the outcome is then known
             tx.commit()
+            signals.note_committed(f"the {operation} is committed to {cn.where} schema {cn.schema}")
     except psycopg.Error as e:
         _rollback(cn, conn)
         cn.after_error(e)
         if isinstance(e, psycopg.errors.LockNotAvailable):  # a row lock held by a program other than agentstate
-            raise StateLocked(f"timed out after {timeout:g}s waiting for a row lock of {what}: {_first_line(e)}",
-                              hint="a session other than agentstate's holds it; see pg_locks") from None
+            raise StateLocked(f"timed out after {timeout:g}s waiting for a lock on the tables of {what}: "
+                              f"{_first_line(e)}", hint="a session other than agentstate's holds it; see pg_locks; "
+                              "nothing was written") from None
         raise server_error(e, doing=f"writing ({operation})", where=cn.where, committing=committing) from None
+    except KeyboardInterrupt as e:
+        _rollback(cn, conn)
+        if committing and getattr(e, "outcome", None) != "committed":
+            # Not held (no agentstate handler here): the COMMIT was sent and its reply not read.
+            raise signals.unknown_outcome(e, operation, f"{cn.where} schema {cn.schema}") from None
+        raise
     except BaseException:
         _rollback(cn, conn)
         raise

@@ -16,9 +16,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._version import __version__
-from ..errors import AgentStateError, FormatTooNew, InvalidInput, StorageError
+from ..errors import AgentStateError, FormatTooNew, InvalidInput, StateLocked, StorageError
+from ..names import URL_HINT as _URL_HINT
 from ..names import URL_SCHEMES as SCHEMES  # noqa: F401 - re-exported for pg.py
-from ..names import is_url, redact_url  # noqa: F401 - is_url re-exported for pg.py
+from ..names import is_url, redact_url, url_problem  # noqa: F401 - is_url re-exported for pg.py
 
 log = logging.getLogger("agentstate.pg")
 
@@ -30,7 +31,34 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Advisory lock purposes (the second key of pg_advisory_xact_lock(int4, int4)).
 LOCK_MIGRATE = 3
 
+# Readers' statements are bounded (a table lock held by another client must not hang `sessions list`,
+# `show` or `doctor`): the default, overridden by AGENTSTATE_STATEMENT_TIMEOUT or ``?statement_timeout=``
+# in the URL (a duration; 0 = no limit). Writers bound their waits with --lock-timeout instead.
+STATEMENT_TIMEOUT_ENV = "AGENTSTATE_STATEMENT_TIMEOUT"
+DEFAULT_STATEMENT_TIMEOUT = 30.0
+# PostgreSQL's timeouts are int milliseconds: a longer --lock-timeout (over ~24.8 days) is capped to this.
+MAX_TIMEOUT_MS = 2147483647
+# Idle connections a Connector keeps for the next thread (the rest are closed when their thread ends).
+POOL_IDLE = 2
 
+
+class _PsycopgToDebug(logging.Filter):
+    """psycopg's own warnings ("error ignored terminating <psycopg.Pipeline ...>: <libpq text>") would
+    reach stderr through logging's last-resort handler, before our one ``error:`` line: they go to our
+    log at debug level instead, on one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is dropped
+            text = str(record.msg)
+        log.debug("psycopg: %s", " ".join(text.split()))
+        return False
+
+
+_psycopg_log = logging.getLogger("psycopg")
+if not any(isinstance(f, _PsycopgToDebug) for f in _psycopg_log.filters):
+    _psycopg_log.addFilter(_PsycopgToDebug())
 
 
 def check_schema(name: Any) -> str:
@@ -44,16 +72,37 @@ def check_schema(name: Any) -> str:
 
 def split_url(url: str) -> tuple[str, str]:
     """(the URL to connect with, the schema name): ``?schema=`` is ours, not libpq's."""
+    conninfo, schema, _ = split_url_options(url)
+    return conninfo, schema
+
+
+def split_url_options(url: str) -> tuple[str, str, float]:
+    """(the URL to connect with, the schema name, the readers' statement timeout in seconds):
+    ``?schema=`` and ``?statement_timeout=`` are ours, not libpq's."""
+    from ..duration import parse_duration
+
     try:
         parts = urlsplit(url)  # ports are libpq's to check (it also takes host1:port1,host2:port2)
     except ValueError as e:
-        raise InvalidInput(f"the PostgreSQL URL is not valid: {e}",
-                           hint="write it as postgresql://user[:password]@host[:port]/database[?schema=NAME]") from None
+        raise InvalidInput(f"the PostgreSQL URL is not valid: {e}", hint=_URL_HINT) from None
+    problem = url_problem(url)
+    if problem:
+        raise InvalidInput(problem, hint=_URL_HINT)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schemas = [v for k, v in query if k == "schema"]
-    rest = [(k, v) for k, v in query if k != "schema"]
+    timeouts = [v for k, v in query if k == "statement_timeout"]
+    rest = [(k, v) for k, v in query if k not in ("schema", "statement_timeout")]
     schema = schemas[-1] if schemas else (os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA)
-    return urlunsplit(parts._replace(query=urlencode(rest))), check_schema(schema)
+    if timeouts:
+        timeout = parse_duration(timeouts[-1], "statement_timeout in the URL")
+    elif os.environ.get(STATEMENT_TIMEOUT_ENV):
+        timeout = parse_duration(os.environ[STATEMENT_TIMEOUT_ENV], STATEMENT_TIMEOUT_ENV)
+    else:
+        timeout = DEFAULT_STATEMENT_TIMEOUT
+    conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+    if not parts.netloc and conninfo.startswith(f"{parts.scheme}:") and not conninfo.startswith(f"{parts.scheme}://"):
+        conninfo = f"{parts.scheme}://" + conninfo[len(parts.scheme) + 1:]  # keep "//": libpq needs it
+    return conninfo, check_schema(schema), timeout
 
 
 def psycopg_module():
@@ -99,6 +148,11 @@ def server_error(e: BaseException, *, doing: str, where: str, committing: bool =
         return StorageError(f"{where} refused {doing}: {msg}",
                             hint="grant this role the privileges it needs, or run `agentstate migrate --url URL` "
                                  "as a role that may create the schema")
+    if isinstance(e, pe.QueryCanceled) and "statement timeout" in msg:
+        return StorageError(f"{where} did not answer within the statement timeout while {doing}: {msg}",
+                            hint="another session may hold a lock on agentstate's tables (see pg_locks); nothing "
+                                 f"was written; retry, or raise the limit with {STATEMENT_TIMEOUT_ENV} or "
+                                 "?statement_timeout= in the URL")
     if isinstance(e, pe.QueryCanceled):
         return StorageError(f"{where} cancelled {doing}: {msg}", hint="nothing was written; retry")
     if isinstance(e, psycopg.OperationalError) or sqlstate.startswith(("08", "57P")):
@@ -146,7 +200,9 @@ def _iso(t: datetime | None) -> str | None:
 
 
 def _timeout_ms(timeout: float) -> str:
-    return f"{max(1, int(timeout * 1000))}ms"
+    """A timeout for lock_timeout/statement_timeout: at least 1 ms, at most PostgreSQL's int limit
+    (~24.8 days; a longer --lock-timeout is capped, as docs/format.md says)."""
+    return f"{min(MAX_TIMEOUT_MS, max(1, int(timeout * 1000)))}ms"
 
 
 # --- connections -------------------------------------------------------------------------------
@@ -155,23 +211,50 @@ _migrated: set[tuple[str, str]] = set()  # (conninfo, schema) pairs this process
 _orphans: list[Any] = []  # connections inherited over fork: never closed here (that would end the parent's)
 
 
-class Connector:
-    """One lazily opened autocommit connection to ``url``'s database, search_path set to its schema.
+class _Lease:
+    """A thread's hold on one pooled connection. A thread's ``threading.local`` storage is freed when the
+    thread ends, and with it this object: its connection then goes back to the pool (or is closed), so
+    short-lived threads (asyncio's executor, a web server's workers) never pile up server connections."""
 
-    ``conn()`` reconnects after the connection broke (server restart, network cut) and makes sure the
-    schema is migrated (once per process).
+    __slots__ = ("conn", "pool", "__weakref__")
+
+    def __init__(self, conn: Any, pool: Any) -> None:
+        self.conn = conn
+        self.pool = pool  # a weakref.ref to the Connector
+
+    def __del__(self) -> None:
+        try:
+            pool = self.pool()
+            if pool is not None and self.conn is not None:
+                pool._give_back(self.conn)
+        except Exception:  # noqa: BLE001 - e.g. at interpreter shutdown: the process's end closes it anyway
+            pass
+
+
+class Connector:
+    """Lazily opened autocommit connections to ``url``'s database, search_path set to its schema.
+
+    Each thread uses one connection at a time (psycopg connections are not shared), checked out of a
+    small pool on first use and given back when the thread ends: at most POOL_IDLE idle connections are
+    kept, so the number of server connections follows the number of live threads using the store, never
+    the number of threads that ever did. ``conn()`` reconnects after the connection broke (server
+    restart, network cut) and makes sure the schema is migrated (once per process).
     """
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
+        import weakref
+
         psycopg_module()
         self.url = url
-        self.conninfo, self.schema = split_url(url)
+        self.conninfo, self.schema, self.statement_timeout = split_url_options(url)
         self.where = describe_server(self.conninfo)
         self.migrate = migrate
         self.key = lock_key(self.schema)
-        self._local = threading.local()  # one connection per thread, as psycopg connections are not shared
-        self._all: list[Any] = []
-        self._all_lock = threading.Lock()
+        self._local = threading.local()  # this thread's _Lease
+        self._all: list[Any] = []  # every open connection (leased or idle)
+        self._idle: list[Any] = []
+        self._all_lock = threading.RLock()  # RLock: a _Lease may be freed (and give back) while it is held
+        self._ref = weakref.ref(self)
         self._pid = os.getpid()
         self.absent = False  # the schema did not exist when last checked (reads then see an empty store)
 
@@ -180,16 +263,35 @@ class Connector:
 
     @property
     def _conn(self) -> Any:
-        return getattr(self._local, "conn", None)
+        lease = getattr(self._local, "lease", None)
+        return None if lease is None else lease.conn
+
+    def _give_back(self, c: Any) -> None:
+        """A finished thread's connection: kept idle for the next thread if healthy and there is room."""
+        if self._pid != os.getpid():
+            return
+        keep = False
+        try:
+            keep = not (c.closed or c.broken) and not c.info.transaction_status  # idle, not in a transaction
+        except Exception:  # noqa: BLE001 - an unusable connection is closed
+            keep = False
+        with self._all_lock:
+            if keep and c in self._all and len(self._idle) < POOL_IDLE:
+                self._idle.append(c)
+                return
+            if c in self._all:
+                self._all.remove(c)
+        _close(c)
 
     def conn(self, write: bool = True) -> Any:
-        """This thread's connection, opened on first use, replaced if broken. The schema is checked when
-        the connection opens (a newer one: FormatTooNew; an older one: migrated); a schema that does not
-        exist yet is created only for a write (``write``): reading never creates anything."""
+        """This thread's connection, checked out of the pool (or opened) on first use, replaced if broken.
+        The schema is checked when the connection opens (a newer one: FormatTooNew; an older one:
+        migrated); a schema that does not exist yet is created only for a write (``write``): reading
+        never creates anything."""
         if self._pid != os.getpid():  # a forked child never uses (nor closes) its parent's connections
             with self._all_lock:
                 _orphans.extend(self._all)
-                self._all = []
+                self._all, self._idle = [], []
             self._local = threading.local()
             self._pid = os.getpid()
         c = self._conn
@@ -197,10 +299,18 @@ class Connector:
             self.close()
             c = None
         if c is None:
-            c = self._connect()
-            self._local.conn = c
             with self._all_lock:
-                self._all.append(c)
+                while self._idle and c is None:
+                    c = self._idle.pop()
+                    if c.closed or c.broken:
+                        self._all.remove(c)
+                        _close(c)
+                        c = None
+            if c is None:
+                c = self._connect()
+                with self._all_lock:
+                    self._all.append(c)
+            self._local.lease = _Lease(c, self._ref)
         if write and self.absent:
             migrate(c, self.schema, self.where)
             _migrated.add((self.conninfo, self.schema))
@@ -226,7 +336,10 @@ class Connector:
         except psycopg.Error as e:
             raise server_error(e, doing="connecting", where=self.where) from None
         try:
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+            # Every statement is bounded (readers by this; writers set their own limits per transaction).
+            conn.execute(sql.SQL("SET statement_timeout TO {}; SET search_path TO {}").format(
+                sql.Literal(_timeout_ms(self.statement_timeout) if self.statement_timeout > 0 else "0"),
+                sql.Identifier(self.schema)))
             if self.migrate and (self.conninfo, self.schema) not in _migrated:
                 from .schema import SCHEMA_VERSION
 
@@ -247,10 +360,11 @@ class Connector:
 
     def close(self) -> None:
         """Close this thread's connection (the next call opens a new one)."""
-        c = self._conn
-        self._local.conn = None
-        if c is None:
+        lease = getattr(self._local, "lease", None)
+        self._local.lease = None
+        if lease is None or lease.conn is None:
             return
+        c, lease.conn = lease.conn, None
         with self._all_lock:
             if c in self._all:
                 self._all.remove(c)
@@ -260,7 +374,7 @@ class Connector:
     def close_all(self) -> None:
         """Close every connection this object opened in this process."""
         with self._all_lock:
-            conns, self._all = self._all, []
+            conns, self._all, self._idle = self._all, [], []
         self._local = threading.local()
         if self._pid == os.getpid():
             for c in conns:
@@ -288,9 +402,11 @@ class Connector:
         elif self._conn is not None and (self._conn.broken or self._conn.closed):
             self.close()
 
-    def query(self, doing: str, text: str, params: Any = None) -> list[tuple]:
+    def query(self, doing: str, text: str, params: Any = None, lock_timeout: float | None = None) -> list[tuple]:
         """One autocommit read ([] while the schema does not exist); a connection found dead (the server
-        restarted since its last use) is replaced and the read retried once."""
+        restarted since its last use) is replaced and the read retried once. ``lock_timeout``: its lock
+        waits (a table locked by another client) end after that long: StateLocked (a writer command's
+        --lock-timeout bounds its lock-free read too); the statement timeout bounds it in any case."""
         import psycopg
         from psycopg import errors as pe
 
@@ -298,7 +414,16 @@ class Connector:
             with self.errors(doing):
                 conn = self.conn(write=False)
                 try:
-                    return conn.execute(text, params).fetchall()
+                    if lock_timeout is None:
+                        return conn.execute(text, params).fetchall()
+                    with conn.transaction():
+                        conn.execute("SELECT set_config('lock_timeout', %s, true)", (_timeout_ms(lock_timeout),))
+                        return conn.execute(text, params).fetchall()
+                except pe.LockNotAvailable:
+                    raise StateLocked(f"timed out after {lock_timeout:g}s while {doing}: another session holds a "
+                                      "lock on agentstate's tables",
+                                      hint="see pg_locks for the session holding it; retry with a longer "
+                                           "--lock-timeout once it is released") from None
                 except pe.UndefinedTable:
                     if self.absent:
                         return []

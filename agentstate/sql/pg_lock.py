@@ -75,8 +75,10 @@ def read_holder(conn: Any, key: int, purpose: int) -> dict[str, Any] | None:
 
     try:
         with conn.transaction():
+            # Bounded: lock_holders itself may be locked by another client (the holder is then unknown).
+            conn.execute("SET LOCAL lock_timeout = '2s'")
             return _holder_dict(conn.execute(_HOLDER, {"key": key, "purpose": purpose}).fetchone())
-    except pe.UndefinedTable:
+    except (pe.UndefinedTable, pe.LockNotAvailable):
         return None
 
 
@@ -85,43 +87,36 @@ def _me(operation: str, key: int, purpose: int) -> dict[str, Any]:
             "operation": operation, "version": __version__, "_lock": key}
 
 
-def _record_for(cn: Connector, conn: Any, purpose: int, operation: str) -> dict[str, Any] | None:
-    """The holder record to publish before this transaction, or None if this connection already
-    published the same one. A record names a session (its lock ID is the connection's), so it is
-    written once per connection and operation; "since" is read from the holder's xact_start."""
-    local = cn._local
-    if getattr(local, "record_conn", None) is not conn:
-        local.record_conn, local.record, local.published = conn, None, None
-    if local.record is None:
-        local.record = _me(operation, cn.key, purpose)
-    if local.published == (purpose, operation):
-        return None
-    local.record = {**local.record, "purpose": purpose, "operation": operation}
-    return local.record
-
-
-def _published(cn: Connector, record: dict[str, Any] | None) -> None:
-    if record is not None:
-        cn._local.published = (record["purpose"], record["operation"])
+def _record_for(cn: Connector, conn: Any, purpose: int, operation: str) -> dict[str, Any]:
+    """The holder record to publish before this transaction. Its lock ID is fresh for every acquisition:
+    an ID names one acquisition, so `force-unlock ID` can never end a later one on the same connection."""
+    return _me(operation, cn.key, purpose)
 
 
 def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: dict[str, Any] | None, what: str,
                   wait: bool, first: str | None) -> tuple[bool, list[tuple] | None]:
-    """One round trip: publish the holder record ``me`` if any (its own autocommit statement), BEGIN, set
-    lock_timeout, then take the advisory lock. ``wait``: wait for it (up to ``timeout``; StateLocked
-    naming the holder after that) and run ``first`` right after it in the same round trip, as its own
-    statement (so with a snapshot taken once the lock is held). Else only try it: (taken?, None).
-    Returns (taken, rows of ``first`` or None)."""
+    """One round trip: publish the holder record ``me`` if any (its own short transaction, committed so
+    that waiters see it at once), then BEGIN ISOLATION LEVEL READ COMMITTED (whatever the server's or
+    database's default: every statement then sees what is committed when it starts, so nothing read
+    under the lock predates the previous holder's COMMIT), set lock_timeout (every lock wait of the
+    transaction, not only the advisory lock's) and no statement timeout, then take the advisory lock.
+    ``wait``: wait for it (up to ``timeout``; StateLocked naming the holder after that) and run ``first``
+    right after it in the same round trip, as its own statement (so with a snapshot taken once the lock
+    is held). Else only try it: (taken?, None). Returns (taken, rows of ``first`` or None)."""
     from psycopg import errors as pe
 
+    limit = _timeout_ms(timeout)  # 0 (one attempt): 1 ms for the other lock waits
     try:
         with conn.pipeline() as p:
             if me is not None:
+                conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (limit,))
                 conn.execute(_PUBLISH, me)
+                conn.execute("COMMIT")
                 p.sync()  # the record commits on its own, visible to waiters at once
-            conn.execute("BEGIN")
-            if timeout > 0:
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (_timeout_ms(timeout),))
+            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', '0', true)",
+                         (limit,))
             if wait:
                 cur = conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (cn.key, purpose))
                 after = conn.execute(first) if first else None
@@ -129,10 +124,9 @@ def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: di
                 cur = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (cn.key, purpose))
                 after = None
     except pe.LockNotAvailable:
-        _published(cn, me)
-        conn.execute("ROLLBACK")
+        if conn.info.transaction_status:
+            conn.execute("ROLLBACK")
         raise locked_error(what, timeout, read_holder(conn, cn.key, purpose)) from None
-    _published(cn, me)
     if wait:
         return True, after.fetchall() if after is not None else None
     return bool(cur.fetchone()[0]), None
@@ -156,6 +150,10 @@ def _wait_locked(cn: Connector, conn: Any, purpose: int, timeout: float, on_wait
 
 
 def locked_error(what: str, timeout: float, holder: dict[str, Any] | None) -> StateLocked:
+    if holder is None:  # not the advisory lock (free now): a lock on the tables, held by another session
+        return StateLocked(f"timed out after {timeout:g}s waiting for a lock of {what}: another session holds a lock "
+                           "on its tables", hint="see pg_locks for the session holding it; nothing was written; "
+                           "retry with a longer --lock-timeout once it is released")
     hint = ("wait and retry with a longer --lock-timeout; if that process is stuck, stop it "
             "(its lock is freed the instant its connection ends)")
     if holder and holder.get("lock_id"):

@@ -14,8 +14,13 @@ READ = "SELECT data, previous FROM state_documents WHERE name = 'state'"
 
 # keep_previous: when saving a recovery from ``previous`` (data was damaged), previous stays the good
 # version it is, as state.json.bak does on disk; otherwise the current version becomes the previous one.
+#
+# An upsert: if the row is missing (someone ran DELETE FROM state_documents), the read under the lock
+# found no document, so this write starts a new one and re-inserts the row; it can never change no row
+# and still report success. (Doctor reports a missing row.)
 SAVE = """
-    UPDATE state_documents
-    SET previous = CASE WHEN %(keep_previous)s THEN previous ELSE data END,
-        data = %(data)s, updated_at = now()
-    WHERE name = 'state'"""
+    INSERT INTO state_documents AS d (name, data, previous, updated_at)
+    VALUES ('state', %(data)s, NULL, now())
+    ON CONFLICT (name) DO UPDATE
+    SET previous = CASE WHEN %(keep_previous)s THEN d.previous ELSE d.data END,
+        data = EXCLUDED.data, updated_at = now()"""

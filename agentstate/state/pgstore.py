@@ -86,7 +86,7 @@ class PgStateStore(StateStore):
     # -- reading -------------------------------------------------------------------------
 
     def read(self, *, quiet: bool = False) -> State:
-        rows = self.connector.query("reading the state", q_state.READ)
+        rows = self.connector.query("reading the state", q_state.READ, lock_timeout=self.lock_timeout)
         return self._load(rows[0] if rows else None, quiet=quiet).state
 
     def _load(self, row: tuple | None, *, quiet: bool = False) -> _Snapshot:  # type: ignore[override]
@@ -214,7 +214,11 @@ class PgStateStore(StateStore):
             findings.append({"check": check, "ok": ok, "detail": detail, **extra})
 
         rows = self.connector.query("checking the state", q_state.READ)
-        data, previous = rows[0] if rows else (None, None)
+        if not rows:  # the migration creates it: deleted since
+            add("state", False, f"{self.state_path}: the row (state_documents, name 'state') is missing: the "
+                "document was deleted; the next write starts a new one at serial 1", path=self.state_path)
+            return findings
+        data, previous = rows[0]
         for name, blob, where in (("state", data, self.state_path), ("backup", previous, self.backup_path)):
             if blob is None:
                 ok = name == "backup" or previous is None

@@ -180,10 +180,24 @@ def note_committed(what: str) -> None:
     _last_commit[:] = [what]
 
 
+def unknown_outcome(e: KeyboardInterrupt, what: str, where: str) -> Interrupted:
+    """The Interrupted error for a signal that cut a COMMIT short after it was sent (its reply unread):
+    whether it was committed cannot be known here."""
+    signum = getattr(e, "signal_number", signal.SIGINT)
+    name = NAMES.get(signum, f"signal {signum}")
+    return Interrupted(f"interrupted by {name} while the {what} was committing to {where}: the outcome is unknown "
+                       "(run `agentstate sessions show` or `agentstate doctor` to see what is stored)",
+                       signal_number=signum, outcome="unknown")
+
+
 def outside(e: KeyboardInterrupt) -> Interrupted:
     """The Interrupted error for a signal that arrived outside any write (the CLI's last resort)."""
     signum = getattr(e, "signal_number", signal.SIGINT)
     name = NAMES.get(signum, f"signal {signum}")
+    if getattr(e, "outcome", None) == "committed":  # held through a COMMIT that completed
+        what = _last_commit[0] if _last_commit else "the write was committed"
+        return Interrupted(f"interrupted by {name} after the write completed: {what}",
+                           signal_number=signum, outcome="committed")
     if _last_commit:
         return Interrupted(f"interrupted by {name} after the write completed: {_last_commit[0]}",
                            signal_number=signum, outcome="committed")
