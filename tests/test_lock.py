@@ -378,7 +378,7 @@ def test_ctrl_c_while_waiting_leaves_nothing_behind(tmp_path, other):
     path = tmp_path / "state.json.lock"
     other(path)
     gc.collect()
-    fds, ours = open_fds(), set(lockmod._fds)
+    fds, ours = open_fds(), dict(lockmod._fds)
     threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):

@@ -17,9 +17,10 @@ import psycopg
 import pytest
 from pgserver import schema_url
 
-from agentstate import ConflictError, ResponseStore, SessionStore, StateStore, codec
+from agentstate import ConflictError, ResponseStore, SessionStore, StateStore
 from agentstate.sql.pg import LOCK_DB, LOCK_STATE, split_url
 from agentstate.sql.pg_conn import POOL_IDLE, lock_key
+from agentstate.state import codec
 
 CLI = [sys.executable, "-m", "agentstate"]
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTATE_")}

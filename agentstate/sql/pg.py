@@ -216,8 +216,8 @@ class Database:
     @contextmanager
     def write(self, operation: str = "write", lock_timeout: float | str | None = None,
               on_wait: Any = None) -> Iterator[Tx]:
-        from .. import signals
         from ..duration import parse_duration
+        from ..state import signals
 
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
         locked = False

@@ -59,7 +59,10 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 # --- descriptors, and what a forked child does with them --------------------------------------------
 
-_fds: set[int] = set()  # every lock-file descriptor this module has open
+# every lock-file descriptor this module has open -> the Lock that opened it. The owner matters: once a
+# descriptor is closed its number is free, and another thread's Lock may get it at once; a retry that
+# asked only "is this number still open?" would close that other Lock's descriptor (EBADF there).
+_fds: dict[int, object] = {}
 
 
 def _after_fork_in_child() -> None:
@@ -79,9 +82,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _close(fd: int) -> None:
     """Forget, then close: closed once forgotten, even if a signal's KeyboardInterrupt comes in between
-    (callers that must not leave a lock held retry while ``fd in _fds``)."""
+    (callers that must not leave a lock held retry while ``_fds.get(fd) is self``)."""
     try:
-        _fds.discard(fd)
+        _fds.pop(fd, None)
     finally:
         os.close(fd)
 
@@ -262,7 +265,7 @@ class Lock:
         """An acquire that raises: give back whatever it took (see acquire)."""
         if self._fd == fd and self.holder is not None and fd >= 0:
             self.release()  # handed over already: undo it all
-        elif fd >= 0 and fd in _fds:  # still open here (closing drops the flock, if we got it)
+        elif fd >= 0 and _fds.get(fd) is self:  # still open here (closing drops the flock, if we got it)
             if written:
                 self._blank_unlock_close(fd, size)
             else:
@@ -283,7 +286,7 @@ class Lock:
             self._blank_unlock_close(fd, self._size)
         finally:
             self.holder, self._fd = None, None
-            while fd in _fds and os.getpid() == owner:  # a signal came before the close: never leave it held
+            while _fds.get(fd) is self and os.getpid() == owner:  # a signal before the close: never leave it held
                 try:
                     self._blank_unlock_close(fd, self._size)
                 except BaseException:
@@ -331,7 +334,7 @@ class Lock:
         except OSError as e:
             raise io_error("open the lock file", self.path, e) from None
         if fd is not None:
-            _fds.add(fd)
+            _fds[fd] = self
             try:
                 self._same_inode(fd)  # a regular file?
                 held = not self._flock(fd, fcntl.LOCK_SH)  # while we hold it shared, nobody can take it
@@ -432,10 +435,10 @@ class Lock:
                 raise
             raise io_error("open the lock file", self.path, e) from None
         try:  # until the caller has it, an exception (a signal) closes it here
-            _fds.add(fd)
+            _fds[fd] = self
             return fd
         except BaseException:
-            _fds.discard(fd)
+            _fds.pop(fd, None)
             os.close(fd)
             raise
 
