@@ -39,7 +39,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -463,7 +463,7 @@ class ResponseStore:
         next_cursor = encode_cursor(_CURSOR_KIND, [items[-1].created_at, items[-1].id]) if more and items else None
         return Page(items=items, next_cursor=next_cursor, total=total)
 
-    # -- prune, export, import ----------------------------------------------------------------------------
+    # -- prune, export, import (responses/stream.py) ---------------------------------------------------
 
     def prune(self, older_than: float | int | str | None = None, *, deleted: bool = False,
               dry_run: bool = False) -> list[str]:
@@ -471,82 +471,25 @@ class ResponseStore:
         than ``older_than`` ago (seconds, or "30d", "12h"...; reads do not count), and with
         ``deleted=True`` those whose every response is soft-deleted. Never a part of a chain. Returns the
         ids of the responses deleted (``dry_run=True``: that would be deleted now; nothing is, no lock)."""
-        from ..duration import parse_duration
-        from ..sql import q_responses as q
+        from .stream import prune
 
-        if older_than is None and not deleted:
-            raise InvalidInput("prune needs older_than, deleted=True or both: nothing says what to prune")
-        cutoff = None
-        if older_than is not None:
-            seconds = parse_duration(older_than, "age")
-            try:
-                cutoff = (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(
-                    timespec="microseconds").replace("+00:00", "Z")
-            except (OverflowError, ValueError):  # older than any representable time: nothing is that old
-                cutoff = None
-                if not deleted:
-                    return []
-
-        def roots(tx: Any) -> list[str]:
-            found: dict[str, None] = {}
-            if cutoff is not None:
-                found.update(dict.fromkeys(r[0] for r in tx.run(q.STALE_CHAINS, tenant=self.tenant, cutoff=cutoff)))
-            if deleted:
-                found.update(dict.fromkeys(r[0] for r in tx.run(q.DEAD_CHAINS, tenant=self.tenant)))
-            return sorted(found)
-
-        if dry_run:
-            with self.db.read() as tx:
-                return [r[0] for root in roots(tx) for r in tx.run(q.CHAIN_IDS, tenant=self.tenant, root_id=root)]
-        gone: list[str] = []
-        with self.db.write(operation="responses prune") as tx:
-            for root in roots(tx):
-                gone += [r[0] for r in tx.run(q.EVICT_RESPONSES, tenant=self.tenant, root_id=root)]
-                tx.run(q.EVICT_CHAIN, tenant=self.tenant, root_id=root)
-        return gone
+        return prune(self, older_than, deleted=deleted, dry_run=dry_run)
 
     def export_lines(self) -> Iterator[bytes]:
         """The tenant's responses as JSON lines, from one snapshot: a header {"type": "agentstate.responses",
         "version": 1, "tenant": ...}, then one {"id", "previous_response_id", "created_at", "deleted_at",
         "data"} line per response, oldest first (a previous response before the ones naming it)."""
-        from ..sql import q_responses as q
+        from .stream import export_lines
 
-        with self.db.read() as tx:
-            rows = tx.run(q.EXPORT_ALL, tenant=self.tenant)
-        yield orjson.dumps({"type": EXPORT_TYPE, "version": 1, "tenant": self.tenant}) + b"\n"
-        for rid, previous, created, deleted_at, body in rows:
-            head = orjson.dumps({"id": rid, "previous_response_id": previous, "created_at": _text(created),
-                                 "deleted_at": None if deleted_at is None else _text(deleted_at)})
-            yield head[:-1] + b',"data":' + _text(body).encode("utf-8") + b"}\n"  # the body exactly as stored
+        return export_lines(self)
 
     def import_lines(self, lines: Iterable[bytes | str]) -> list[ResponseInfo]:
         """Save exported responses (or JSON lines that are each one response) into this tenant, in one
         transaction (``save_many``: all or none; an id already stored is ConflictError). Soft-deleted
         ones stay soft-deleted; times are those of the import."""
-        from ..state.codec import parse_json
+        from .stream import import_lines
 
-        datas: list[Any] = []
-        gone: set[str] = set()
-        exported = False
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            value = parse_json(line, f"line {n}")
-            if not datas and not exported and isinstance(value, dict) and value.get("type") == EXPORT_TYPE:
-                if value.get("version") != 1:
-                    raise InvalidInput(f"line {n}: not a version-1 agentstate responses header")
-                exported = True
-                continue
-            if exported:
-                if not (isinstance(value, dict) and isinstance(value.get("data"), dict)):
-                    raise InvalidInput(f"line {n}: not an exported response (an object with \"data\")")
-                if value.get("deleted_at") is not None:
-                    gone.add(value["data"].get("id"))
-                value = value["data"]
-            datas.append(value)
-        if not datas:
-            raise InvalidInput("nothing to import: no responses")
-        return self.save_many(datas, _deleted=gone)
+        return import_lines(self, lines)
 
     # -- use of chains (the LRU clock) ---------------------------------------------------------------------
 
