@@ -121,14 +121,15 @@ def _check_message(item: dict[str, Any], where: str) -> None:
                 raise InvalidInput(f"{where}: content part {i} has empty text")
 
 
-def encode_item(value: Any, max_bytes: int = MAX_ITEM_BYTES, where: str = "item") -> bytes:
-    """The stored bytes of one item: a strict-JSON object, a valid message if it has a role, at most
-    ``max_bytes`` encoded. InvalidInput otherwise."""
+def encode_item(value: Any, max_bytes: int = MAX_ITEM_BYTES, where: str = "item", check_message: bool = True) -> bytes:
+    """The stored bytes of one item: a strict-JSON object, a valid message if it has a role (unless
+    ``check_message`` is False), at most ``max_bytes`` encoded. InvalidInput otherwise."""
     from .codec import encode_value
 
     if not isinstance(value, dict):
         raise InvalidInput(f"{where} is not a JSON object (got {type(value).__name__})")
-    _check_message(value, where)
+    if check_message:
+        _check_message(value, where)
     try:
         data = encode_value(value)
     except InvalidInput as e:
@@ -249,13 +250,13 @@ class SessionStore:
         tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=metadata, now=now)
         tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
 
-    def _encode_all(self, items: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
+    def _encode_all(self, items: Any, check: bool = True) -> tuple[list[dict[str, Any]], list[bytes]]:
         if isinstance(items, dict):
             items = [items]
         if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
             raise InvalidInput(f"items must be a list of JSON objects (got {type(items).__name__})")
         items = list(items)
-        encoded = [encode_item(it, self.max_item_bytes, f"item {i + 1}") for i, it in enumerate(items)]
+        encoded = [encode_item(it, self.max_item_bytes, f"item {i + 1}", check) for i, it in enumerate(items)]
         return items, encoded
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -279,14 +280,15 @@ class SessionStore:
         return SessionInfo(sid, self.tenant, title, metadata, now, now, 0)
 
     def append(self, session_id: str, items: Any, *, expect_seq: int | None = None,
-               idempotency_key: str | None = None, create: bool = True) -> list[Item]:
+               idempotency_key: str | None = None, create: bool = True, check_items: bool = True) -> list[Item]:
         """Append ``items`` (JSON objects) in one transaction; returns them as stored.
 
         A missing session is created unless ``create=False`` (NotFound). ``expect_seq=N`` appends only if
         the session's last seq is N (else ConflictError). A repeated ``idempotency_key`` returns the items
-        of the first append and stores nothing."""
+        of the first append and stores nothing. ``check_items=False`` stores any JSON object (no message
+        shape checks: for adapters whose framework stores what it likes), still strict JSON and size-limited."""
         sid = check_name(session_id, "session id")
-        datas, encoded = self._encode_all(items)
+        datas, encoded = self._encode_all(items, check_items)
         if expect_seq is not None:
             _check_seq(expect_seq, "expect_seq")
         if idempotency_key is not None and (
@@ -358,6 +360,15 @@ class SessionStore:
         rows = tx.run(q.ITEMS_RANGE, tenant=self.tenant, session_id=sid, first=first_seq,
                       last=first_seq + len(ids) - 1)
         return [it for it in self._items(rows) if it.id == ids[it.seq - first_seq]]
+
+    def replace_items(self, session_id: str, items: Any, *, start: int = 1, expect_ids: list[str] | None = None,
+                      prune: Any = None, check_items: bool = True) -> list[Item]:
+        """Replace the items from seq ``start`` on (all by default) with ``items`` in one transaction, e.g.
+        a history by its compaction; see agentstate.session_replace."""
+        from .session_replace import replace_items
+
+        return replace_items(self, session_id, items, start=start, expect_ids=expect_ids, prune=prune,
+                             check_items=check_items)
 
     def pop(self, session_id: str) -> Item | None:
         """Remove and return the last item (its seq is free again), or None when the session is empty."""
