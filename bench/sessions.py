@@ -228,7 +228,7 @@ def _sdk_peer(cfg: Config) -> list[Row]:
     return [
         Row("sessions", "sessions/sdk-add_items", "AgentStateSession.add_items (2 items)", median(add["ours"]),
             "Agents SDK SQLiteSession.add_items (file db)", median(add["theirs"]), "s",
-            note="peer; ours also takes the cross-process writer lock and validates each item",
+            note="peer; ours also takes the cross-process writer lock and checks each item is strict JSON",
             extra={"samples": n}),
         Row("sessions", "sessions/sdk-get_items20", "AgentStateSession.get_items(20)", median(get["ours"]),
             "Agents SDK SQLiteSession.get_items(20)", median(get["theirs"]), "s", note="peer",

@@ -119,8 +119,8 @@ def test_protocol_methods(store_target: str) -> None:
         await s.add_items([{"role": "assistant", "content": "again"}])
         items = SessionStore(store_target).items("p")
         assert [i.seq for i in items] == [1, 2, 3, 4, 5] and items[-1].data["content"] == "again"
-        with pytest.raises(InvalidInput):  # one bad item: the whole batch is refused
-            await s.add_items([{"role": "user", "content": "ok"}, {"role": "user", "content": "  "}])
+        with pytest.raises(InvalidInput):  # one item that is not strict JSON: the whole batch is refused
+            await s.add_items([{"role": "user", "content": "ok"}, {"role": "user", "content": float("nan")}])
         assert len(await s.get_items()) == 5
         await s.clear_session()
         assert await s.get_items() == []
@@ -157,9 +157,14 @@ def test_concurrent_batches_stay_whole(store_target: str) -> None:
     store.close()
 
 
-def test_bad_session_id_and_no_sdk_import() -> None:
-    with pytest.raises(InvalidInput):
-        AgentStateSession("../etc")
+def test_session_id_mapping_and_no_sdk_import(tmp_path: Path) -> None:
+    s = AgentStateSession("../etc", dir=tmp_path / "store")
+    assert s.session_id == "../etc" and s.stored_id == "sdk-.._etc@" + __import__("hashlib").sha256(
+        b"../etc").hexdigest()[:32]
+    asyncio.run(s.add_items([{"role": "user", "content": "hi"}]))
+    assert SessionStore(tmp_path / "store").items(s.stored_id)[0].data == {"role": "user", "content": "hi"}
+    assert list(tmp_path.iterdir()) == [tmp_path / "store"]  # the id reached no path
+    s.close()
     code = ("import sys, agentstate; import agentstate.integrations.openai_agents; "
             "print(any(m == 'agents' or m.startswith('agents.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

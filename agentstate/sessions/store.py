@@ -129,14 +129,15 @@ def _check_message(item: dict[str, Any], where: str) -> None:
                 raise InvalidInput(f"{where}: content part {i} has empty text")
 
 
-def encode_item(value: Any, max_bytes: int = MAX_ITEM_BYTES, where: str = "item") -> bytes:
-    """The stored bytes of one item: a strict-JSON object, a valid message if it has a role, at most
-    ``max_bytes`` encoded. InvalidInput otherwise."""
+def encode_item(value: Any, max_bytes: int = MAX_ITEM_BYTES, where: str = "item", check_message: bool = True) -> bytes:
+    """The stored bytes of one item: a strict-JSON object, a valid message if it has a role (unless
+    ``check_message`` is False), at most ``max_bytes`` encoded. InvalidInput otherwise."""
     from ..state.codec import encode_value
 
     if not isinstance(value, dict):
         raise InvalidInput(f"{where} is not a JSON object (got {type(value).__name__})")
-    _check_message(value, where)
+    if check_message:
+        _check_message(value, where)
     try:
         data = encode_value(value)
     except InvalidInput as e:
@@ -296,13 +297,13 @@ class SessionStore:
         now = _utcnow()
         return now if row is None or row[4] <= now else row[4]
 
-    def _encode_all(self, items: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
+    def _encode_all(self, items: Any, check: bool = True) -> tuple[list[dict[str, Any]], list[bytes]]:
         if isinstance(items, dict):
             items = [items]
         if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
             raise InvalidInput(f"items must be a list of JSON objects (got {type(items).__name__})")
         items = list(items)
-        encoded = [encode_item(it, self.max_item_bytes, f"item {i + 1}") for i, it in enumerate(items)]
+        encoded = [encode_item(it, self.max_item_bytes, f"item {i + 1}", check) for i, it in enumerate(items)]
         return items, encoded
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -327,16 +328,17 @@ class SessionStore:
 
     def append(self, session_id: str, items: Any, *, expect_seq: int | None = None,
                expect_version: int | None = None, idempotency_key: str | None = None,
-               create: bool = True) -> list[Item]:
+               create: bool = True, check_items: bool = True) -> list[Item]:
         """Append ``items`` (JSON objects) in one transaction; returns them as stored.
 
         A missing session is created unless ``create=False`` (NotFound). ``expect_seq=N`` appends only if
         the session's last seq is N; ``expect_version=V`` only if the session's version is still V (as
         read in SessionInfo.version; 0: the session does not exist): any write since, a pop included,
         changed it. Else ConflictError. A repeated ``idempotency_key`` returns the items of the first
-        append and stores nothing."""
+        append and stores nothing. ``check_items=False`` stores any JSON object (no message shape checks:
+        for adapters whose framework stores what it likes), still strict JSON and size-limited."""
         sid = check_name(session_id, "session id")
-        datas, encoded = self._encode_all(items)
+        datas, encoded = self._encode_all(items, check_items)
         if expect_seq is not None:
             _check_seq(expect_seq, "expect_seq")
         if expect_version is not None:
@@ -407,6 +409,15 @@ class SessionStore:
         rows = tx.run(q.ITEMS_RANGE, tenant=self.tenant, session_id=sid, first=first_seq,
                       last=first_seq + len(ids) - 1)
         return [it for it in self._items(rows, sid) if it.id == ids[it.seq - first_seq]]
+
+    def replace_items(self, session_id: str, items: Any, *, start: int = 1, expect_ids: list[str] | None = None,
+                      prune: Any = None, check_items: bool = True) -> list[Item]:
+        """Replace the items from seq ``start`` on (all by default) with ``items`` in one transaction, e.g.
+        a history by its compaction; see agentstate.sessions.replace."""
+        from .replace import replace_items
+
+        return replace_items(self, session_id, items, start=start, expect_ids=expect_ids, prune=prune,
+                             check_items=check_items)
 
     def pop(self, session_id: str) -> Item | None:
         """Remove and return the last item (its seq is free again), or None when the session is empty."""

@@ -87,3 +87,16 @@ GET_APPEND_KEY = Stmt(both="""
 INSERT_APPEND_KEY = Stmt(both="""
     INSERT INTO session_appends (tenant, session_id, key, first_seq, item_ids, created_at)
     VALUES (:tenant, :session_id, :key, :first_seq, :item_ids, :now)""")
+
+# replace_items (agentstate/sessions/replace.py): drop a tail and a leading run, then renumber what
+# is left to 1..n in two steps (to negatives, then back shifted), so that no step ever collides with
+# the primary key, whatever order the rows are updated in.
+DELETE_ITEMS_FROM = Stmt(both="DELETE FROM session_items WHERE tenant = :tenant AND session_id = :session_id AND seq >= :first")
+
+DELETE_ITEMS_UPTO = Stmt(both="DELETE FROM session_items WHERE tenant = :tenant AND session_id = :session_id AND seq <= :last")
+
+NEGATE_SEQS = Stmt(both="UPDATE session_items SET seq = -seq WHERE tenant = :tenant AND session_id = :session_id")
+
+UNNEGATE_SEQS = Stmt(both="""
+    UPDATE session_items SET seq = -seq - :shift
+    WHERE tenant = :tenant AND session_id = :session_id AND seq < 0""")
