@@ -78,7 +78,7 @@ def _run(body: Any) -> None:
 
 def _summary(data: dict[str, Any]) -> str:
     """One line for an item: its text if it is a message, else its type and a compact JSON."""
-    from ..sessions.store import _text_of
+    from ..sessions.checks import _text_of
 
     text = _text_of(data.get("content"))
     if text is None:

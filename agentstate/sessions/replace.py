@@ -34,7 +34,8 @@ def replace_items(store: SessionStore, session_id: str, items: Any, *, start: in
 
     from ..names import check_name
     from ..sql import q_sessions as q
-    from .store import Item, _check_seq, _title_from
+    from .checks import _check_seq, _title_from
+    from .store import Item
 
     sid = check_name(session_id, "session id")
     datas, encoded = store._encode_all(items, check_items)

@@ -50,7 +50,8 @@ def import_lines(store: SessionStore, lines: Iterable[bytes | str], session_id: 
     import orjson
 
     from ..state.codec import encode_value, parse_json
-    from .store import EXPORT_TYPE, _check_title, _is_timestamp, _title_from, encode_item
+    from .checks import _check_title, _is_timestamp, _title_from, encode_item
+    from .store import EXPORT_TYPE
 
     header: dict[str, Any] | None = None
     first_title: str | None = None
