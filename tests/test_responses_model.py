@@ -96,7 +96,7 @@ class Model:
         if r is None or r["deleted"]:
             return NotFound
         r["deleted"] = True
-        return None
+        return [rid]  # the ids deleted, as ResponseStore.delete(*ids) returns them
 
     def listing(self, tenant: str) -> list[str]:
         t = self.t(tenant)
@@ -155,7 +155,7 @@ def _run(target: str, cap: int, script: list[tuple]) -> None:
             else:
                 assert got is want, (op, got, want)
         elif kind == "delete":
-            assert _outcome(store.delete, op[2]) is model.delete(name, op[2]), op
+            assert _outcome(store.delete, op[2]) == model.delete(name, op[2]), op
         elif kind in ("get", "get_for_chain"):
             want = model.get(name, op[2], kind == "get_for_chain")
             got = _outcome(getattr(store, kind), op[2])

@@ -53,5 +53,5 @@ def test_a_write_that_waited_for_the_lock_is_stamped_after_it_got_it(kind: str, 
             stamped.append(s.get("s").updated_at)
     else:
         with ResponseStore(str(d)) as r:
-            stamped = [doc["created_at"], r.info("r1").created_at]
+            stamped = [doc["saved"][0]["created_at"], r.info("r1").created_at]
     assert all(t >= released_at for t in stamped), (stamped, released_at)

@@ -50,6 +50,7 @@ ENVIRONMENT = (
     "Environment: AGENTSTATE_DIR (store directory, default ./.agentstate), AGENTSTATE_URL (a postgresql:// "
     "store instead), AGENTSTATE_PG_SCHEMA (the PostgreSQL schema, default agentstate), AGENTSTATE_TENANT "
     "(sessions and responses only; default: default), AGENTSTATE_LOCK_TIMEOUT (default 30s), "
+    "AGENTSTATE_STATEMENT_TIMEOUT (PostgreSQL readers' statement timeout, default 30s; 0: none), "
     "AGENTSTATE_LOG_LEVEL, AGENTSTATE_LOG_FORMAT."
 )
 
