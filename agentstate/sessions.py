@@ -21,6 +21,7 @@ from typing import Any
 from .errors import ConflictError, InvalidInput, NotFound
 from .names import check_name, check_tenant, shown
 from .page import Page, check_limit, decode_cursor, encode_cursor
+from .sessions_edit import ItemEdits
 
 MAX_ITEM_BYTES = 1 << 20
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -173,7 +174,7 @@ def _not_found(session_id: str) -> NotFound:
 # -- the store ---------------------------------------------------------------------------------------------
 
 
-class SessionStore:
+class SessionStore(ItemEdits):
     """The sessions of one tenant in a store (a directory, or a postgresql:// URL)."""
 
     def __init__(
@@ -342,7 +343,7 @@ class SessionStore:
                 ])
             if records or row is None:
                 tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last + len(records), now=now,
-                       title=title)
+                       title=title, added=len(records))
             if key is not None:
                 tx.run(q.INSERT_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key, first_seq=last + 1,
                        item_ids=orjson.dumps([r[0] for r in records]).decode(), now=now)
@@ -370,7 +371,10 @@ class SessionStore:
                 return None
             rows = tx.run(q.GET_ITEM, tenant=self.tenant, session_id=sid, seq=last)
             tx.run(q.DELETE_ITEM, tenant=self.tenant, session_id=sid, seq=last)
-            tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last - 1, now=_utcnow(), title=None)
+            # the next last seq: last - 1, unless delete_item left a gap below it
+            below = int(tx.value(q.MAX_SEQ, tenant=self.tenant, session_id=sid) or 0)
+            tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=below, now=_utcnow(), title=None,
+                   added=-1)
         return self._items(rows)[0]
 
     def delete(self, session_id: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from .. import fileio
 from ..duration import parse_duration
 from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
-from . import EmptyTx, Stmt
+from . import WRITE_TRANSACTIONS, EmptyTx, Stmt
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
 log = logging.getLogger("agentstate.sql")
@@ -317,6 +317,7 @@ class Database:
                         with signals.critical():
                             conn.execute("COMMIT")
                             signals.note_committed(f"the {operation} is committed to {self.path}")
+                        WRITE_TRANSACTIONS.add()
                     except sqlite3.Error as e:
                         self._abort(conn)
                         if committing:

@@ -1,0 +1,80 @@
+"""One SessionStore and one ResponseStore per tenant, and every store call in a worker thread.
+
+Store calls block (the writer lock, the fsync), so each runs in anyio's thread pool: many requests
+are in the library at once, each in its own thread, exactly like the threads of one process using
+the library directly; concurrent appends thus reach the library together (where they can share a
+transaction) and reads never wait for writes. A ResponseStore keeps a small queue of chain uses
+that is not meant to be shared by threads, so one tenant's response calls take turns.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from ..responses import ResponseStore
+from ..sessions import SessionStore
+
+T = TypeVar("T")
+MAX_TENANTS = 4096  # stores kept; past that the cache starts over (a store is cheap to reopen)
+
+
+class Stores:
+    def __init__(self, target: str | None, *, max_item_bytes: int, lock_timeout: float | None) -> None:
+        self.target = target
+        self.max_item_bytes = max_item_bytes
+        self.lock_timeout = lock_timeout
+        self._sessions: dict[str, SessionStore] = {}
+        self._responses: dict[str, tuple[ResponseStore, threading.Lock]] = {}
+        self._lock = threading.Lock()
+
+    def sessions(self, tenant: str) -> SessionStore:
+        store = self._sessions.get(tenant)
+        if store is None:
+            with self._lock:
+                if len(self._sessions) >= MAX_TENANTS:
+                    self._sessions.clear()
+                store = self._sessions.setdefault(tenant, SessionStore(
+                    self.target, tenant=tenant, lock_timeout=self.lock_timeout, max_item_bytes=self.max_item_bytes))
+        return store
+
+    def responses(self, tenant: str) -> tuple[ResponseStore, threading.Lock]:
+        entry = self._responses.get(tenant)
+        if entry is None:
+            with self._lock:
+                if len(self._responses) >= MAX_TENANTS:
+                    self._responses.clear()
+                entry = self._responses.setdefault(tenant, (ResponseStore(
+                    self.target, tenant=tenant, max_item_bytes=self.max_item_bytes,
+                    lock_timeout=self.lock_timeout), threading.Lock()))
+        return entry
+
+    async def with_sessions(self, tenant: str, fn: Callable[[SessionStore], T]) -> T:
+        store = self.sessions(tenant)
+        return await anyio.to_thread.run_sync(fn, store)
+
+    async def with_responses(self, tenant: str, fn: Callable[[ResponseStore], T]) -> T:
+        store, lock = self.responses(tenant)
+
+        def call() -> T:
+            with lock:
+                return fn(store)
+
+        return await anyio.to_thread.run_sync(call)
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._sessions.values():
+                s.close()
+            for r, lock in self._responses.values():
+                with lock:
+                    r.close()
+            self._sessions.clear()
+            self._responses.clear()
+
+
+def run_sync(fn: Callable[..., Any], *args: Any) -> Any:
+    return anyio.to_thread.run_sync(fn, *args)
