@@ -64,6 +64,11 @@ def from_library(e: AgentStateError) -> ApiError:
     if isinstance(e, InvalidInput):
         return ApiError(413 if too_large(e) else 400, str(e))
     if isinstance(e, NotFound):
+        d = e.details
+        if "item_id" in d:
+            return ApiError(404, f"item {d['item_id']!r} not found in conversation {d.get('session_id')!r}")
+        if "session_id" in d:
+            return ApiError(404, f"conversation {d['session_id']!r} not found")
         return ApiError(404, e.message)
     if isinstance(e, ConflictError):
         return ApiError(409, e.message, code=e.code)
