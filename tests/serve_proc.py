@@ -73,7 +73,8 @@ class ServeProc:
         return {"Authorization": f"Bearer {self.token(sub)}"}
 
     def client(self, sub: str = "alice", **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.headers(sub), timeout=30.0, **kw)
+        kw.setdefault("timeout", 30.0)
+        return httpx.Client(base_url=self.url, headers=self.headers(sub), **kw)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None

@@ -87,6 +87,11 @@ def create_app(config: Any) -> FastAPI:
 
 def from_env() -> FastAPI:
     """The app of a ``--workers N`` worker process (its config from the parent, re-checked)."""
+    from .. import logs
     from .config import from_env as config_from_env
+    from .run import request_logging
 
-    return create_app(config_from_env())
+    config = config_from_env()
+    logs.configure("warning", config.log_format)
+    request_logging()
+    return create_app(config)

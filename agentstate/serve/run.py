@@ -52,9 +52,12 @@ def _shown_host(host: str) -> str:
 
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP,
+    # and with Nagle on, a response's body waits ~40 ms for the client's delayed ACK of its headers.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host.strip("[]"), port))
         sock.listen(2048)
     except OSError as e:
@@ -64,10 +67,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(cfg: Config) -> int:
-    """Serve until SIGTERM/SIGINT; 0 once drained."""
+def request_logging() -> None:
     for name in ("agentstate.serve", "agentstate.serve.access"):
         logging.getLogger(name).setLevel(logging.INFO)
+
+
+def serve(cfg: Config) -> int:
+    """Serve until SIGTERM/SIGINT; 0 once drained."""
+    request_logging()
     common: dict[str, Any] = dict(log_config=None, access_log=False, lifespan="on", server_header=False,
                                   timeout_keep_alive=30, proxy_headers=False)
     sock = bind(cfg.host, cfg.port)
@@ -82,5 +89,10 @@ def serve(cfg: Config) -> int:
 
     os.environ[env_name()] = orjson.dumps(cfg.to_env()).decode()
     config = uvicorn.Config("agentstate.serve.app:from_env", factory=True, workers=cfg.workers, **common)
-    Multiprocess(config, target=Server(config).run, sockets=[sock]).run()
+    import inspect
+
+    if "target" in inspect.signature(Multiprocess.__init__).parameters:  # uvicorn before 0.36
+        Multiprocess(config, target=Server(config).run, sockets=[sock]).run()  # type: ignore[call-arg]
+    else:
+        Multiprocess(config, sockets=[sock]).run()
     return 0
