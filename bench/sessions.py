@@ -52,7 +52,7 @@ def _fill(store: Any, session_id: str, n: int) -> None:
             tx.many(q.INSERT_ITEM, ({"tenant": store.tenant, "session_id": session_id, "seq": s,
                                       "id": f"item-{s}", "now": now, "data": data}
                                      for s in range(start, min(n, start + chunk - 1) + 1)))
-        tx.run(q.UPDATE_SESSION_SEQ, tenant=store.tenant, id=session_id, last_seq=n, now=now, title=None)
+        tx.run(q.UPDATE_SESSION_SEQ, tenant=store.tenant, id=session_id, last_seq=n, now=now, title=None, added=n)
 
 
 def _floor_conn(path: Path) -> Any:
