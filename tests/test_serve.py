@@ -200,3 +200,78 @@ def test_short_secret_is_refused(tmp_path: Path) -> None:
     proc = subprocess.run([*CLI, "serve", "--port", "0", "--jwt-secret-file", str(tmp_path / "short")],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "needs at least 32" in proc.stderr
+
+
+def test_readyz_is_503_with_a_reason_when_the_store_cannot_open(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("x")
+    srv = ServeProc(tmp_path, store=tmp_path / "not-a-dir").start()
+    try:
+        r = httpx.get(srv.url + "/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "unavailable" and r.json()["reason"]
+        with srv.client() as http:
+            r = http.post("/v1/conversations", json={})
+        assert r.status_code == 503 and "\n" not in r.json()["error"]["message"]
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_held_writer_lock_is_423_and_nothing_changes(tmp_path: Path) -> None:
+    import fcntl
+
+    srv = ServeProc(tmp_path, extra=["--lock-timeout", "0.3", "--log-format", "json"]).start()
+    try:
+        with srv.client() as http:
+            conv = http.post("/v1/conversations", json={}).json()["id"]
+            with open(srv.store / "agentstate.db.lock", "r+b") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)  # another process holds the store's writer lock
+                r = http.post(f"/v1/conversations/{conv}/items", json={"items": [{"role": "user", "content": "x"}]})
+                assert r.status_code == 423 and r.json()["error"]["code"] == "locked", r.text
+                assert http.get(f"/v1/conversations/{conv}/items").json()["data"] == []  # reads do not wait
+            r = http.post(f"/v1/conversations/{conv}/items", json={"items": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 200
+    finally:
+        assert srv.stop() == 0
+    lines = [json.loads(x) for x in srv.log.read_text().splitlines() if x.startswith("{")]
+    access = [x for x in lines if x["logger"] == "agentstate.serve.access"]
+    assert any(" 423 " in x["message"] for x in access) and all("tenant=" in x["message"] for x in access)
+
+
+def test_serving_a_postgresql_store(tmp_path: Path, pg_schema_url: str) -> None:
+    srv = ServeProc(tmp_path)
+    srv.store = None  # type: ignore[assignment]
+    srv.extra = ["--url", pg_schema_url]
+    _start_with(srv)
+    try:
+        oa = client(srv, "pg-tenant")
+        conv = oa.conversations.create(items=[{"role": "user", "content": "on postgres"}])
+        oa.conversations.items.create(conv.id, items=[{"role": "assistant", "content": "yes"}])
+        assert [it.content for it in oa.conversations.items.list(conv.id, order="asc")] == ["on postgres", "yes"]
+        first = next(iter(oa.conversations.items.list(conv.id, order="asc")))
+        oa.conversations.items.delete(first.id, conversation_id=conv.id)
+        assert [it.content for it in oa.conversations.items.list(conv.id)] == ["yes"]
+    finally:
+        assert srv.stop() == 0
+    from agentstate import SessionStore
+
+    assert [it.data["content"] for it in SessionStore(pg_schema_url, tenant="pg-tenant").items(conv.id)] == ["yes"]
+
+
+def _start_with(srv: ServeProc) -> None:
+    """Start ``srv`` with its ``extra`` options only (no --dir)."""
+    import time
+
+    from tests.serve_proc import free_port
+
+    srv.port = free_port()
+    srv.logf = open(srv.log, "ab")
+    srv.proc = subprocess.Popen([*CLI, "serve", "--port", str(srv.port), "--jwt-secret-file", str(srv.secret_file),
+                                 *srv.extra], stdout=srv.logf, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert srv.proc.poll() is None, srv.log.read_text()
+        try:
+            if httpx.get(srv.url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise AssertionError("server did not start")

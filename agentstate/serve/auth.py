@@ -12,6 +12,7 @@ request is tenant ``default`` (only on a loopback address; see config).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -28,12 +29,20 @@ def _denied(why: str) -> ApiError:
                     headers={"WWW-Authenticate": 'Bearer realm="agentstate", error="invalid_token"'})
 
 
+CACHE_SIZE = 10_000
+
+
 class Verifier:
-    """Verifies tokens for one configuration (the key is read once, at start)."""
+    """Verifies tokens for one configuration (the key is read once, at start).
+
+    A token that verified is remembered (token -> tenant, exp) so a client's next requests skip the
+    signature check; its expiry is still checked on every request. The cache holds at most
+    CACHE_SIZE tokens and starts over when full."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
         self.none = config.auth == "none"
+        self._seen: dict[str, tuple[str, float]] = {}
 
     def tenant(self, request: Request) -> str:
         """The tenant of the request (401 if its token is not good); kept in ``request.state.tenant``
@@ -41,7 +50,12 @@ class Verifier:
         if self.none:
             tenant = "default"
         else:
-            tenant = self._verify(request.headers.get("authorization"))
+            header = request.headers.get("authorization")
+            seen = self._seen.get(header) if header else None
+            if seen is not None and seen[1] > time.time():
+                tenant = seen[0]
+            else:
+                tenant = self._verify(header)
         request.state.tenant = tenant
         return tenant
 
@@ -80,9 +94,15 @@ class Verifier:
             raise _denied(f"the token is not valid ({type(e).__name__})") from None
         value = claims.get(cfg.tenant_claim)
         try:
-            return check_tenant(value) if isinstance(value, str) else check_tenant(object())
+            tenant = check_tenant(value) if isinstance(value, str) else check_tenant(object())
         except InvalidInput:
             raise _denied(f"the token's {cfg.tenant_claim!r} claim is not a valid tenant name") from None
+        exp = claims.get("exp")
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+            if len(self._seen) >= CACHE_SIZE:
+                self._seen.clear()
+            self._seen[header] = (tenant, float(exp))
+        return tenant
 
 
 def check_user(tenant: str, user_id: str) -> None:
