@@ -127,6 +127,9 @@ def test_health_metrics_and_openapi(server: ServeProc) -> None:
     assert httpx.get(server.url + "/readyz").json() == {"status": "ready"}
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/v1/conversations/{conversation_id}/items" in spec["paths"] and "/api/{user_id}/chat" in spec["paths"]
+    add = spec["paths"]["/v1/conversations/{conversation_id}/items"]["post"]
+    assert add["requestBody"]["content"]["application/json"]["schema"]["required"] == ["items"]
+    assert add["security"] == [{"bearer": []}] and "422" not in json.dumps(spec["paths"])
     assert httpx.get(server.url + "/docs").status_code == 200
     with server.client("metrics") as http:
         http.post("/v1/conversations", json={}).raise_for_status()

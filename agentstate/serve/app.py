@@ -80,6 +80,23 @@ def create_app(config: Any) -> FastAPI:
 
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            spec.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+            open_paths = ("/healthz", "/readyz", "/metrics")
+            for path, ops in spec.get("paths", {}).items():
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)  # never answered: a bad request is 400
+                    if path not in open_paths:
+                        op["security"] = [{"bearer": []}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.ctx = ctx
     app.add_middleware(RequestLog, metrics=metrics)
     return app

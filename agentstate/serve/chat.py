@@ -19,6 +19,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 
 from . import body as bodies
+from . import schemas
 from .auth import check_user
 from .common import Context, Route, json, query_int
 from .config import is_async
@@ -67,7 +68,8 @@ def router(ctx: Context) -> APIRouter:
             raise ApiError(502, "the agent returned no reply text; the user message is kept", code="agent_failed")
         return reply
 
-    @r.post("/chat", summary="Send a message; the agent's reply is persisted and returned")
+    @r.post("/chat", summary="Send a message; the agent's reply is persisted and returned",
+            openapi_extra=schemas.body(schemas.CHAT))
     async def chat(user_id: str, request: Request) -> Any:
         tenant = tenant_of(request, user_id)
         body = await bodies.json_object(request, cfg.max_body_bytes)

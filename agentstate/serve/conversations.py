@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 
 from . import body as bodies
+from . import schemas
 from .common import Context, Route, json, query_choice, query_int, query_str, unix
 from .errors import bad_request
 
@@ -87,7 +88,8 @@ def router(ctx: Context) -> APIRouter:
     r = APIRouter(route_class=Route, prefix="/v1/conversations", tags=["conversations"])
     limit = ctx.config.max_body_bytes
 
-    @r.post("", summary="Create a conversation (optionally with up to 20 items and metadata)")
+    @r.post("", summary="Create a conversation (optionally with up to 20 items and metadata)",
+            openapi_extra=schemas.body(schemas.CREATE_CONVERSATION))
     async def create(request: Request) -> Any:
         tenant = ctx.verifier.tenant(request)
         body = await bodies.json_object(request, limit)
@@ -116,7 +118,8 @@ def router(ctx: Context) -> APIRouter:
         info = await ctx.stores.with_sessions(tenant, lambda s: s.get(conversation_id))
         return json(conversation(info))
 
-    @r.post("/{conversation_id}", summary="Update a conversation's metadata")
+    @r.post("/{conversation_id}", summary="Update a conversation's metadata",
+            openapi_extra=schemas.body(schemas.UPDATE_CONVERSATION))
     async def update(conversation_id: str, request: Request) -> Any:
         tenant = ctx.verifier.tenant(request)
         body = await bodies.json_object(request, limit)
@@ -133,7 +136,8 @@ def router(ctx: Context) -> APIRouter:
         await ctx.stores.with_sessions(tenant, lambda s: s.delete(conversation_id))
         return json({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
-    @r.post("/{conversation_id}/items", summary="Add items to a conversation (one transaction)")
+    @r.post("/{conversation_id}/items", summary="Add items to a conversation (one transaction)",
+            openapi_extra=schemas.body(schemas.ADD_ITEMS))
     async def add_items(conversation_id: str, request: Request) -> Any:
         tenant = ctx.verifier.tenant(request)
         body = await bodies.json_object(request, limit)

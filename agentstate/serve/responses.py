@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import body as bodies
+from . import schemas
 from .common import Context, Route, json, query_choice, query_int, query_str
 from .errors import ApiError, bad_request
 
@@ -77,7 +78,8 @@ def router(ctx: Context) -> APIRouter:
         return json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
                      "last_id": page[-1]["id"] if page else None, "has_more": len(items) > n})
 
-    @r.put("/{response_id}", status_code=201, summary="Save a response (a gateway's store call; agentstate's own)")
+    @r.put("/{response_id}", status_code=201, summary="Save a response (a gateway's store call; agentstate's own)",
+           openapi_extra=schemas.body(schemas.RESPONSE))
     async def save(response_id: str, request: Request) -> Any:
         tenant = ctx.verifier.tenant(request)
         body = await bodies.json_object(request, limit)
