@@ -68,8 +68,15 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def request_logging() -> None:
+    """The request log at INFO whatever --log-level says (it is the server's output), and uvicorn's own
+    warnings (a malformed request line, ...) through the same handler and format."""
     for name in ("agentstate.serve", "agentstate.serve.access"):
         logging.getLogger(name).setLevel(logging.INFO)
+    ours = [h for h in logging.getLogger("agentstate").handlers if getattr(h, "_agentstate", False)]
+    uv = logging.getLogger("uvicorn")
+    uv.handlers = ours
+    uv.setLevel(logging.WARNING)
+    uv.propagate = False
 
 
 def serve(cfg: Config) -> int:
