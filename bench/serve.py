@@ -61,13 +61,16 @@ def _post(conn: Any, path: str, body: bytes) -> bytes:
 
 def _start_server(store: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
+    log = open(store.parent / "serve.log", "wb")  # a file, not a pipe: one line per request would fill a pipe
     proc = subprocess.Popen([*agentstate_cmd(), "serve", "--auth", "none", "--port", str(port), "--dir", str(store)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env())
+                            stdout=subprocess.DEVNULL, stderr=log, env=child_env())
+    log.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"agentstate serve exited {proc.returncode}: {proc.stderr.read()[-2000:]!r}")
+            tail = (store.parent / "serve.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"agentstate serve exited {proc.returncode}: {tail}")
         try:
             urllib.request.urlopen(url + "/readyz", timeout=1).read()
             return proc, url
@@ -112,7 +115,10 @@ def run(cfg: Config) -> list[Row]:
         writes = after["agentstate_write_transactions_total"] - before["agentstate_write_transactions_total"]
         tx_per_append = writes / appends if appends else float("nan")
 
-        # latency: one append over HTTP vs the library call, interleaved sample by sample
+        # latency: one append over HTTP vs the library call, interleaved sample by sample (a new
+        # connection: the first one idled past the server's keep-alive during the windows)
+        conn.close()
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         conv = convs[CLIENTS]
         store = SessionStore(cfg.workdir / "serve-latency")
         samples = 20 if cfg.quick else 200

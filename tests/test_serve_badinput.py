@@ -81,6 +81,7 @@ CASES: list[tuple[str, str, str | bytes | None, int]] = [
     ("GET", ITEMS + "?limit=101", None, 400),
     ("GET", ITEMS + "?limit=abc", None, 400),
     ("GET", ITEMS + "?limit=-1", None, 400),
+    ("GET", ITEMS + "?limit=%C2%B2", None, 400),  # a superscript two: isdigit() but not a number
     ("GET", ITEMS + "?order=up", None, 400),
     ("GET", ITEMS + "?after=no-such-item", None, 404),
     ("GET", ITEMS + "?after=" + "a" * 300, None, 400),

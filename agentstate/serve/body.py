@@ -21,7 +21,7 @@ async def read(request: Request, limit: int) -> bytes:
     413 without reading (or keeping) the rest."""
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise bad_request("the Content-Length header is not a number")
         if int(length) > limit:
             raise ApiError(413, f"the request body is {int(length)} bytes, over the limit of {limit}")

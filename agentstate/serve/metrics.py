@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 log = logging.getLogger("agentstate.serve.access")
 
+_METHODS = frozenset(("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"))
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -95,7 +96,8 @@ class RequestLog:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(template, scope["method"], str(status[0])).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self.metrics.requests.labels(template, method, str(status[0])).inc()
             self.metrics.latency.labels(template).observe(elapsed)
             if log.isEnabledFor(logging.INFO):
                 tenant = (scope.get("state") or {}).get("tenant", "-")
