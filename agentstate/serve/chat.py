@@ -88,12 +88,12 @@ def router(ctx: Context) -> APIRouter:
             stored = s.append(cid, [user_msg], create=new)
             return stored[0], s.context(cid, HISTORY)
 
-        user_item, history = await ctx.stores.with_sessions(tenant, persist_user)
+        user_item, history = await ctx.stores.with_sessions(tenant, persist_user, write=True)
         ctx.metrics.appends.inc()
         reply = await run_agent([{"role": it.data.get("role"), "content": it.data.get("content")}
                                  for it in history if it.role is not None])
         stored = await ctx.stores.with_sessions(
-            tenant, lambda s: s.append(cid, [{"role": "assistant", "content": reply}], create=False))
+            tenant, lambda s: s.append(cid, [{"role": "assistant", "content": reply}], create=False), write=True)
         ctx.metrics.appends.inc()
         return json({"conversation_id": cid, "user_message_id": user_item.id,
                      "assistant_message_id": stored[0].id, "response": reply})
@@ -115,7 +115,7 @@ def router(ctx: Context) -> APIRouter:
     @r.delete("/conversations/{conversation_id}", summary="Delete a conversation")
     async def delete(user_id: str, conversation_id: str, request: Request) -> Any:
         tenant = tenant_of(request, user_id)
-        await ctx.stores.with_sessions(tenant, lambda s: s.delete(conversation_id))
+        await ctx.stores.with_sessions(tenant, lambda s: s.delete(conversation_id), write=True)
         return json({"id": conversation_id, "deleted": True})
 
     return r

@@ -97,7 +97,7 @@ def router(ctx: Context) -> APIRouter:
         items = check_items(bodies.field(body, "items", list, default=[]))
         metadata = check_metadata(body.get("metadata"))
         cid = "conv_" + uuid.uuid4().hex
-        info = await ctx.stores.with_sessions(tenant, lambda s: s.start(cid, items, metadata))
+        info = await ctx.stores.with_sessions(tenant, lambda s: s.start(cid, items, metadata), write=True)
         return json(conversation(info))
 
     @r.get("", summary="List conversations, most recently updated first (agentstate's own)")
@@ -127,13 +127,14 @@ def router(ctx: Context) -> APIRouter:
         if "metadata" not in body:
             raise bad_request("missing required parameter 'metadata'", param="metadata")
         metadata = check_metadata(body["metadata"])
-        info = await ctx.stores.with_sessions(tenant, lambda s: s.update_metadata(conversation_id, metadata))
+        info = await ctx.stores.with_sessions(tenant, lambda s: s.update_metadata(conversation_id, metadata),
+                                                 write=True)
         return json(conversation(info))
 
     @r.delete("/{conversation_id}", summary="Delete a conversation and its items")
     async def delete(conversation_id: str, request: Request) -> Any:
         tenant = ctx.verifier.tenant(request)
-        await ctx.stores.with_sessions(tenant, lambda s: s.delete(conversation_id))
+        await ctx.stores.with_sessions(tenant, lambda s: s.delete(conversation_id), write=True)
         return json({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
     @r.post("/{conversation_id}/items", summary="Add items to a conversation (one transaction)",
@@ -144,7 +145,7 @@ def router(ctx: Context) -> APIRouter:
         bodies.only(body, ("items",))
         items = check_items(bodies.field(body, "items", list, required=True))
         stored = await ctx.stores.with_sessions(
-            tenant, lambda s: s.append(conversation_id, items, create=False))
+            tenant, lambda s: s.append(conversation_id, items, create=False), write=True)
         ctx.metrics.appends.inc()
         return json(item_list(stored, False))
 
@@ -172,7 +173,7 @@ def router(ctx: Context) -> APIRouter:
             s.delete_item(conversation_id, item_id)
             return s.get(conversation_id)
 
-        info = await ctx.stores.with_sessions(tenant, call)
+        info = await ctx.stores.with_sessions(tenant, call, write=True)
         return json(conversation(info))
 
     return r

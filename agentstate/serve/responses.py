@@ -56,7 +56,7 @@ def router(ctx: Context) -> APIRouter:
     @r.delete("/{response_id}", summary="Soft-delete a response (its chain still resolves)")
     async def delete(response_id: str, request: Request) -> Any:
         tenant = ctx.verifier.tenant(request)
-        await ctx.stores.with_responses(tenant, lambda s: s.delete(response_id))
+        await ctx.stores.with_responses(tenant, lambda s: s.delete(response_id), write=True)
         return json({"id": response_id, "object": "response.deleted", "deleted": True})
 
     @r.get("/{response_id}/input_items", summary="List a stored response's input items (newest first)")
@@ -87,7 +87,7 @@ def router(ctx: Context) -> APIRouter:
             raise bad_request("the response must have an 'id' (the one in the path)", param="id")
         if body["id"] != response_id:
             raise bad_request("the response's 'id' is not the one in the path", param="id")
-        info = await ctx.stores.with_responses(tenant, lambda s: s.save(body))
+        info = await ctx.stores.with_responses(tenant, lambda s: s.save(body), write=True)
         return json({"id": info.id, "object": "response", "previous_response_id": info.previous_response_id,
                      "root_id": info.root_id, "depth": info.depth, "created_at": info.created_at}, 201)
 
