@@ -29,6 +29,7 @@ log = logging.getLogger("agentstate.serve")
 
 MAX_MESSAGE = 10_000
 HISTORY = 100  # messages the runner gets (the most recent)
+AGENT_THREADS = 32  # agent calls running at once (a synchronous agent runs in a thread of its own pool)
 
 
 def _summary(info: Any) -> dict[str, Any]:
@@ -49,6 +50,8 @@ def router(ctx: Context) -> APIRouter:
         check_user(tenant, user_id)
         return tenant
 
+    agents = anyio.CapacityLimiter(AGENT_THREADS)  # agent calls never take the store calls' threads
+
     async def run_agent(messages: list[dict[str, Any]]) -> str:
         runner = cfg.runner
         try:
@@ -56,7 +59,7 @@ def router(ctx: Context) -> APIRouter:
                 if is_async(runner):
                     reply = await runner(messages)
                 else:
-                    reply = await anyio.to_thread.run_sync(runner, messages, abandon_on_cancel=True)
+                    reply = await anyio.to_thread.run_sync(runner, messages, abandon_on_cancel=True, limiter=agents)
         except TimeoutError:
             raise ApiError(502, f"the agent did not answer within {cfg.agent_timeout:g}s; the user message is kept",
                            code="agent_timeout") from None
