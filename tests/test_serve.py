@@ -278,3 +278,22 @@ def _start_with(srv: ServeProc) -> None:
         except httpx.HTTPError:
             time.sleep(0.05)
     raise AssertionError("server did not start")
+
+
+def test_tenants_share_one_database(server: ServeProc) -> None:
+    """A store object per tenant, one database behind them all: 60 tenants' requests do not open 60
+    databases (a connection per thread per tenant would run the process out of descriptors)."""
+    import os
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+
+    with server.client("warm") as http:
+        for _ in range(20):
+            http.post("/v1/conversations", json={"items": [{"role": "user", "content": "x"}]}).raise_for_status()
+    before = fds()
+    for i in range(60):
+        with server.client(f"tenant-{i}") as http:
+            http.post("/v1/conversations", json={"items": [{"role": "user", "content": "x"}]}).raise_for_status()
+            http.get("/v1/conversations").raise_for_status()
+    assert fds() - before < 20, (before, fds())

@@ -40,27 +40,45 @@ class Stores:
         self._sessions: dict[str, SessionStore] = {}
         self._responses: dict[str, tuple[ResponseStore, threading.Lock]] = {}
         self._lock = threading.Lock()
+        self._db: Any = None
         self._writers = threading.BoundedSemaphore(MAX_WRITERS)
+
+    @property
+    def db(self) -> Any:
+        """The one database every tenant's stores share (a store would otherwise open its own: a
+        connection per thread per tenant, or a PostgreSQL pool per tenant)."""
+        if self._db is None:
+            from ..sql import open_database
+
+            with self._lock:
+                if self._db is None:
+                    self._db = open_database(self.target, lock_timeout=self.lock_timeout)
+        return self._db
+
+    def _shared(self, store: T) -> T:
+        store._db = self.db  # type: ignore[attr-defined] - the library has no public way to share one yet
+        return store
 
     def sessions(self, tenant: str) -> SessionStore:
         store = self._sessions.get(tenant)
         if store is None:
+            new = self._shared(SessionStore(self.target, tenant=tenant, lock_timeout=self.lock_timeout,
+                                            max_item_bytes=self.max_item_bytes))
             with self._lock:
                 if len(self._sessions) >= MAX_TENANTS:
                     self._sessions.clear()
-                store = self._sessions.setdefault(tenant, SessionStore(
-                    self.target, tenant=tenant, lock_timeout=self.lock_timeout, max_item_bytes=self.max_item_bytes))
+                store = self._sessions.setdefault(tenant, new)
         return store
 
     def responses(self, tenant: str) -> tuple[ResponseStore, threading.Lock]:
         entry = self._responses.get(tenant)
         if entry is None:
+            new = (self._shared(ResponseStore(self.target, tenant=tenant, max_item_bytes=self.max_item_bytes,
+                                              lock_timeout=self.lock_timeout)), threading.Lock())
             with self._lock:
                 if len(self._responses) >= MAX_TENANTS:
                     self._responses.clear()
-                entry = self._responses.setdefault(tenant, (ResponseStore(
-                    self.target, tenant=tenant, max_item_bytes=self.max_item_bytes,
-                    lock_timeout=self.lock_timeout), threading.Lock()))
+                entry = self._responses.setdefault(tenant, new)
         return entry
 
     async def with_sessions(self, tenant: str, fn: Callable[[SessionStore], T], *, write: bool = False) -> T:
@@ -99,14 +117,16 @@ class Stores:
             self._writers.release()
 
     def close(self) -> None:
+        """At shutdown: the responses' queued chain uses recorded, then the shared database closed."""
         with self._lock:
-            for s in self._sessions.values():
-                s.close()
             for r, lock in self._responses.values():
                 with lock:
-                    r.close()
+                    r.close()  # records pending uses, closes the (shared) database: reopened if used again
             self._sessions.clear()
             self._responses.clear()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 def run_sync(fn: Callable[..., Any], *args: Any) -> Any:
