@@ -95,10 +95,25 @@ class ServeProc:
         self.logf.close()
 
 
-def store_bytes(store: Path) -> dict[str, bytes]:
-    """Every file of the store (the database with its WAL, as bytes), to compare before/after."""
-    out = {}
-    for p in sorted(store.rglob("*")) if store.exists() else []:
-        if p.is_file() and not p.name.endswith((".lock", "-shm")):
-            out[str(p.relative_to(store))] = p.read_bytes()
+def store_bytes(store: Path) -> dict[str, list[tuple]]:
+    """Everything the store holds: every row of every table of its agentstate.db, read through a
+    read-only connection (files' bytes change when SQLite checkpoints its WAL, which is not a change
+    of what is stored), plus any other file's bytes."""
+    import sqlite3
+
+    out: dict[str, list[tuple]] = {}
+    if not store.exists():
+        return out
+    db = store / "agentstate.db"
+    if db.exists():
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            for t in tables:
+                out[t] = sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr)
+        finally:
+            conn.close()
+    for p in sorted(store.rglob("*")):
+        if p.is_file() and not p.name.startswith("agentstate.db"):
+            out[str(p.relative_to(store))] = [(p.read_bytes(),)]
     return out

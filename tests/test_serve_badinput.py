@@ -135,3 +135,14 @@ def test_bad_input_is_4xx_one_message_nothing_stored(server: ServeProc, method: 
         assert store_bytes(server.store) == before
         assert http.get(f"/v1/conversations/{server.conv}/items").json()["data"][0]["content"] == "kept"  # type: ignore
     assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_the_comparison_sees_a_real_change(server: ServeProc) -> None:
+    before = store_bytes(server.store)
+    assert before["session_items"]
+    with server.client() as http:
+        http.post(f"/v1/conversations/{server.conv}/items",  # type: ignore[attr-defined]
+                  json={"items": [{"role": "user", "content": "changed"}]}).raise_for_status()
+        assert store_bytes(server.store) != before
+        items = http.get(f"/v1/conversations/{server.conv}/items", params={"order": "asc"}).json()["data"]  # type: ignore
+        http.delete(f"/v1/conversations/{server.conv}/items/{items[-1]['id']}").raise_for_status()  # type: ignore
