@@ -132,8 +132,11 @@ def test_health_metrics_and_openapi(server: ServeProc) -> None:
     assert add["security"] == [{"bearer": []}] and "422" not in json.dumps(spec["paths"])
     assert httpx.get(server.url + "/docs").status_code == 200
     with server.client("metrics") as http:
-        http.post("/v1/conversations", json={}).raise_for_status()
+        conv = http.post("/v1/conversations", json={}).json()["id"]
+        http.post(f"/v1/conversations/{conv}/items", json={"items": [{"role": "user", "content": "x"}]})
     text = httpx.get(server.url + "/metrics").text
+    assert ('agentstate_http_requests_total{method="POST",route="/v1/conversations/{conversation_id}/items",'
+            'status="200"}') in text  # the append's hot path is counted under its route
     for name in ("agentstate_write_transactions_total", "agentstate_appends_total",
                  "agentstate_group_commit_batch_size", "agentstate_http_request_duration_seconds_bucket",
                  'agentstate_http_requests_total{method="POST",route="/v1/conversations",status="200"}'):

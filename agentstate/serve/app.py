@@ -98,6 +98,9 @@ def create_app(config: Any) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.ctx = ctx
+    from .hotpath import HotPath
+
+    app.add_middleware(HotPath, ctx=ctx)  # inside RequestLog: logged and counted
     app.add_middleware(RequestLog, metrics=metrics)
     return app
 

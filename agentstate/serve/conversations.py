@@ -84,6 +84,21 @@ def check_metadata(value: Any) -> dict[str, str] | None:
     return value
 
 
+ADD_ITEMS_PATH = "/v1/conversations/{conversation_id}/items"
+
+
+async def append_items(ctx: Context, conversation_id: str, request: Request) -> Any:
+    """``POST /v1/conversations/{id}/items``: the hot path (``hotpath`` calls it without FastAPI's routing)."""
+    tenant = ctx.verifier.tenant(request)
+    body = await bodies.json_object(request, ctx.config.max_body_bytes)
+    bodies.only(body, ("items",))
+    items = check_items(bodies.field(body, "items", list, required=True))
+    stored = await ctx.stores.with_sessions(
+        tenant, lambda s: s.append(conversation_id, items, create=False), write=True)
+    ctx.metrics.appends.inc()
+    return json(item_list(stored, False))
+
+
 def router(ctx: Context) -> APIRouter:
     r = APIRouter(route_class=Route, prefix="/v1/conversations", tags=["conversations"])
     limit = ctx.config.max_body_bytes
@@ -137,17 +152,10 @@ def router(ctx: Context) -> APIRouter:
         await ctx.stores.with_sessions(tenant, lambda s: s.delete(conversation_id), write=True)
         return json({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
-    @r.post("/{conversation_id}/items", summary="Add items to a conversation (one transaction)",
+    @r.post(ADD_ITEMS_PATH[len("/v1/conversations"):], summary="Add items to a conversation (one transaction)",
             openapi_extra=schemas.body(schemas.ADD_ITEMS))
     async def add_items(conversation_id: str, request: Request) -> Any:
-        tenant = ctx.verifier.tenant(request)
-        body = await bodies.json_object(request, limit)
-        bodies.only(body, ("items",))
-        items = check_items(bodies.field(body, "items", list, required=True))
-        stored = await ctx.stores.with_sessions(
-            tenant, lambda s: s.append(conversation_id, items, create=False), write=True)
-        ctx.metrics.appends.inc()
-        return json(item_list(stored, False))
+        return await append_items(ctx, conversation_id, request)
 
     @r.get("/{conversation_id}/items", summary="List a conversation's items")
     async def list_items(conversation_id: str, request: Request) -> Any:
