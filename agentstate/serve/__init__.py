@@ -11,7 +11,10 @@ The modules, by concern (FastAPI, uvicorn, PyJWT and prometheus-client are impor
 - ``body``: a request body read under its size limit (413) and parsed with the store's JSON rules (400).
 - ``errors``: every failure as one HTTP error, in OpenAI's shape on /v1 and the chat API's on /api.
 - ``stores``: one SessionStore/ResponseStore per tenant, every call in a worker thread.
-- ``conversations``, ``responses``, ``chat``: the routes.
+- ``conversations``, ``responses``, ``chat``: the routes; ``common``: what they share (the ``Route``
+  class that renders every failure, JSON responses, query parameters); ``schemas``: their JSON bodies
+  for /openapi.json.
+- ``hotpath``: the append route answered without the framework's layers (the same handler).
 - ``metrics``: Prometheus counters, the request log line (one per request, never a token).
 - ``run``: uvicorn with SIGTERM draining in-flight requests and exit 0.
 
