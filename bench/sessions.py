@@ -52,7 +52,7 @@ def _fill(store: Any, session_id: str, n: int) -> None:
                                       "id": f"item-{s}", "now": now, "data": data}
                                      for s in range(start, min(n, start + chunk - 1) + 1)))
         tx.run(q.UPDATE_SESSION_SEQ, tenant=store.tenant, id=session_id, last_seq=n, now=now, title=None,
-               version=store._next_version(tx))
+               version=store._next_version(tx), added=n)
 
 
 def _floor_conn(path: Path) -> Any:

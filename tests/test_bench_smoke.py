@@ -24,6 +24,7 @@ EXPECTED = (
     + [f"sessions/{r}" for r in ("append-flat", "append-vs-floor", "context20", "list50", "contention",
                                  "sdk-add_items", "sdk-get_items20")]
     + [f"responses/{r}" for r in ("chain-1000", "chain-10000", "chain-10000-full", "chain-10000-query", "save")]
+    + [f"serve/{r}" for r in ("throughput", "write-tx-per-append", "append-p50", "append-p99")]
 )
 GOALS = {
     "floor/transaction/1KB": "<= 1.25",
@@ -37,6 +38,8 @@ GOALS = {
     "pg/contention": ">= 0.9",
     "sessions/append-flat": "<= 1.2",
     "sessions/contention": ">= 0.9",
+    "serve/throughput": ">= 1.0",
+    "serve/write-tx-per-append": "<= 0.5",
 }
 
 

@@ -104,6 +104,7 @@ def test_newcomer_readme_first_line_then_quickstart(tmp_path: Path) -> None:
 def test_readme_examples_run(tmp_path: Path) -> None:
     blocks = _blocks("README.md")
     shared = set(_section_blocks("README.md", "## Sharing a store"))  # run against a server, below
+    shared |= set(_section_blocks("README.md", "## Serving over HTTP"))  # on a free port, below
     setup, examples = blocks[0], [b for b in blocks[1:] if b not in shared]
     assert "agentstate apply examples/agents.json" in setup and ".ci/run" in setup
     (tmp_path / "examples").mkdir()
@@ -197,3 +198,22 @@ def test_readme_postgresql_without_docker_runs(tmp_path: Path) -> None:
         subprocess.run(["bash", "-c", lines[0] + "\npg_ctl -m immediate -w stop"], cwd=home, env=env,
                        capture_output=True, timeout=60, **extra)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_readme_serving_section_runs(tmp_path: Path) -> None:
+    """"Serving over HTTP": start the server, mint a token, curl a conversation, stop it (exit 0); on a
+    free port instead of 8765. The `pip install` line is what the test extra already installed."""
+    import socket
+
+    install, script = _section_blocks("README.md", "## Serving over HTTP")
+    assert install.startswith("pip install 'agentstate[serve]'")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = _run(script.replace("8765", str(port)), tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"object":"conversation"' in r.stdout and '"metadata":{"topic":"travel"}' in r.stdout
+    assert '"total":1}' in r.stdout and "no token: 401" in r.stdout
+    assert " paths\n" in r.stdout and "drained, exit 0" in r.stdout
+    assert "Plan three days in Lisbon" in r.stdout  # sessions list shows the title
+    assert "tenant=alice" in r.stderr and "Bearer" not in r.stderr  # the request log, no token

@@ -23,6 +23,7 @@ RootGroup.registry = {
     "sessions": "sessions",
     "responses": "responses",
     "migrate": "migrate",
+    "serve": "serve",
 }
 
 app = typer.Typer(

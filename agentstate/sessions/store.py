@@ -35,6 +35,7 @@ from .checks import (  # noqa: F401 - MAX_ITEM_BYTES and encode_item are re-expo
     _title_from,
     encode_item,
 )
+from .edit import ItemEdits
 
 EXPORT_TYPE = "agentstate.session"
 _ALL = 1 << 62  # "no limit" for LIMIT :limit in both dialects
@@ -108,7 +109,7 @@ def _damaged(message: str, **details: Any) -> Exception:
 # -- the store ---------------------------------------------------------------------------------------------
 
 
-class SessionStore:
+class SessionStore(ItemEdits):
     """The sessions of one tenant in a store (a directory, or a postgresql:// URL)."""
 
     def __init__(
@@ -310,7 +311,7 @@ class SessionStore:
                 ])
             if texts or row is None:
                 tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last + len(texts), now=now,
-                       title=title, version=self._next_version(tx))
+                       title=title, version=self._next_version(tx), added=len(texts))
             if key is not None:
                 tx.run(q.INSERT_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key, first_seq=last + 1,
                        item_ids=orjson.dumps(ids).decode(), now=now)
@@ -347,8 +348,10 @@ class SessionStore:
                 return None
             item = self._items(tx.run(q.GET_ITEM, tenant=self.tenant, session_id=sid, seq=last), sid)[0]  # before
             tx.run(q.DELETE_ITEM, tenant=self.tenant, session_id=sid, seq=last)  # a damaged one is refused
-            tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last - 1, now=self._now_after(row),
-                   title=None, version=self._next_version(tx))
+            # the next last seq: last - 1, unless delete_item left a gap below it
+            below = int(tx.value(q.MAX_SEQ, tenant=self.tenant, session_id=sid) or 0)
+            tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=below, now=self._now_after(row),
+                   title=None, version=self._next_version(tx), added=-1)
         return item
 
     def delete(self, *session_ids: str) -> list[str]:

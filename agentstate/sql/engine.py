@@ -35,7 +35,7 @@ from typing import Any
 from ..duration import parse_duration
 from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
 from ..state import fileio
-from . import EmptyTx, Stmt
+from . import WRITE_TRANSACTIONS, EmptyTx, Stmt
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
 log = logging.getLogger("agentstate.sql")
@@ -349,6 +349,7 @@ class Database:
                             conn.execute("COMMIT")
                             committed = True
                             signals.note_committed(what)
+                        WRITE_TRANSACTIONS.add()
                     except sqlite3.Error as e:
                         if committing and not self._bury_failed_commit(conn):
                             raise self._unknown(e, operation) from None

@@ -13,9 +13,11 @@ INSERT_SESSION = Stmt(both="""
     INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count, version)
     VALUES (:tenant, :id, :title, :metadata, :created_at, :now, 0, 0, :version)""")
 
-# After an append or a pop: the new last seq (== item count), the time, the new version, and a title if none yet.
+# After an append or a pop: the new last seq (the highest seq present), the item count changed by
+# :added (an item deleted from the middle leaves a gap, so the two may differ), the time, the new
+# version, and a title if none yet.
 UPDATE_SESSION_SEQ = Stmt(both="""
-    UPDATE sessions SET last_seq = :last_seq, item_count = :last_seq, updated_at = :now, version = :version,
+    UPDATE sessions SET last_seq = :last_seq, item_count = item_count + :added, updated_at = :now, version = :version,
         title = COALESCE(title, :title)
     WHERE tenant = :tenant AND id = :id""")
 
@@ -47,6 +49,24 @@ ITEMS_RANGE = Stmt(both=f"""
 GET_ITEM = Stmt(both=f"""
     SELECT {_ITEM_COLS} FROM session_items
     WHERE tenant = :tenant AND session_id = :session_id AND seq = :seq""")
+
+GET_ITEM_BY_ID = Stmt(both=f"""
+    SELECT {_ITEM_COLS} FROM session_items
+    WHERE tenant = :tenant AND session_id = :session_id AND id = :item_id""")
+
+# Newest first, before a seq (a page of items in descending order).
+ITEMS_BEFORE = Stmt(both=f"""
+    SELECT {_ITEM_COLS} FROM session_items
+    WHERE tenant = :tenant AND session_id = :session_id AND seq < :before
+    ORDER BY seq DESC LIMIT :limit""")
+
+# The highest seq left (0 for none): the session's last_seq after its last item is deleted.
+MAX_SEQ = Stmt(both="""
+    SELECT COALESCE(MAX(seq), 0) FROM session_items WHERE tenant = :tenant AND session_id = :session_id""")
+
+UPDATE_METADATA = Stmt(both="""
+    UPDATE sessions SET metadata = :metadata, updated_at = :now, version = :version
+    WHERE tenant = :tenant AND id = :id""")
 
 DELETE_ITEM = Stmt(both="DELETE FROM session_items WHERE tenant = :tenant AND session_id = :session_id AND seq = :seq")
 

@@ -23,8 +23,9 @@ from ..errors import FormatTooNew
 # --- version 1: sessions ------------------------------------------------------------------------------
 
 _SESSIONS_V1 = [
-    # One row per session. last_seq is the seq of the last item (0 when empty); items are always
-    # 1..last_seq, so item_count == last_seq. An append reads this row, never the history.
+    # One row per session. last_seq is the highest seq present (0 when empty), item_count the number
+    # of items (less than last_seq once an item was deleted from the middle: delete_item keeps the
+    # others' seqs). An append reads this row, never the history.
     """CREATE TABLE sessions (
         tenant     TEXT NOT NULL,
         id         TEXT NOT NULL,
