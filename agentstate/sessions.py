@@ -21,6 +21,7 @@ from typing import Any
 from .errors import ConflictError, InvalidInput, NotFound
 from .names import check_name, check_tenant, shown
 from .page import Page, check_limit, decode_cursor, encode_cursor
+from .sessions_where import FleetMixin, _meta_text
 
 MAX_ITEM_BYTES = 1 << 20
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -67,6 +68,7 @@ class SessionInfo:
     created_at: str
     updated_at: str
     item_count: int
+    expires_at: str | None = None  # None: lives until deleted or pruned
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,7 @@ class SessionInfo:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "item_count": self.item_count,
+            "expires_at": self.expires_at,
         }
 
 
@@ -173,7 +176,7 @@ def _not_found(session_id: str) -> NotFound:
 # -- the store ---------------------------------------------------------------------------------------------
 
 
-class SessionStore:
+class SessionStore(FleetMixin):
     """The sessions of one tenant in a store (a directory, or a postgresql:// URL)."""
 
     def __init__(
@@ -183,7 +186,16 @@ class SessionStore:
         tenant: str | None = None,
         lock_timeout: float | str | None = None,
         max_item_bytes: int = MAX_ITEM_BYTES,
+        default_ttl: float | str | None = None,
+        cache: str | None = None,
+        hot_ttl: float | str = "10m",
+        hot_items: int = 50,
     ) -> None:
+        """``default_ttl``: a time to live for every session this store creates or appends to (opt-in; env
+        AGENTSTATE_SESSION_TTL). ``cache``: a Redis URL (redis://HOST:PORT/DB or unix:///PATH?db=N; env
+        AGENTSTATE_CACHE) for the hot tier (agentstate.cache), holding each hot session's info and last
+        ``hot_items`` items for ``hot_ttl`` after its last use."""
+        from .sessions_where import check_ttl, env_ttl
         from .sql import is_url
         from .store import default_dir
 
@@ -195,7 +207,14 @@ class SessionStore:
             raise InvalidInput(f"max_item_bytes {max_item_bytes!r} is not a positive integer")
         self.max_item_bytes = max_item_bytes
         self.lock_timeout = lock_timeout
+        self.default_ttl = env_ttl() if default_ttl is None else check_ttl(default_ttl, "default_ttl")
         self._db: Any = None
+        self._hot: Any = None
+        cache = os.environ.get("AGENTSTATE_CACHE") or None if cache is None else cache
+        if cache:
+            from .cache import HotTier
+
+            self._hot = HotTier(cache, self, hot_ttl=hot_ttl, hot_items=hot_items)
 
     def __repr__(self) -> str:
         return f"SessionStore({shown(self.target)!r}, tenant={self.tenant!r})"
@@ -212,6 +231,8 @@ class SessionStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._hot is not None:
+            self._hot.close()
 
     def __enter__(self) -> SessionStore:
         return self
@@ -224,30 +245,15 @@ class SessionStore:
     def _info(self, row: tuple) -> SessionInfo:
         import orjson
 
-        sid, title, metadata, created_at, updated_at, item_count, _last = row
+        sid, title, metadata, created_at, updated_at, item_count, _last, expires = row[:8]
         return SessionInfo(sid, self.tenant, title, None if metadata is None else orjson.loads(metadata),
-                           created_at, updated_at, int(item_count))
+                           created_at, updated_at, int(item_count), expires)
 
     @staticmethod
     def _items(rows: Iterable[tuple]) -> list[Item]:
         import orjson
 
         return [Item(int(seq), iid, created_at, orjson.loads(data)) for seq, iid, created_at, data in rows]
-
-    def _row(self, tx: Any, session_id: str) -> tuple:
-        from .sql import q_sessions as q
-
-        row = tx.one(q.GET_SESSION, tenant=self.tenant, id=session_id)
-        if row is None:
-            raise _not_found(session_id)
-        return row
-
-    def _insert(self, tx: Any, sid: str, title: str | None, metadata: str | None, now: str) -> None:
-        """A new session row, counted in session_counts (as every insert must be)."""
-        from .sql import q_sessions as q
-
-        tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=metadata, now=now)
-        tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
 
     def _encode_all(self, items: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
         if isinstance(items, dict):
@@ -261,31 +267,34 @@ class SessionStore:
     # -- writing ------------------------------------------------------------------------------------------
 
     def create(self, session_id: str | None = None, title: str | None = None,
-               metadata: dict[str, Any] | None = None) -> SessionInfo:
-        """A new empty session (a UUID unless ``session_id`` is given); an existing id is ConflictError."""
-        from .codec import encode_value
-        from .sql import q_sessions as q
+               metadata: dict[str, Any] | None = None, *, ttl: float | str | None = None) -> SessionInfo:
+        """A new empty session (a UUID unless ``session_id`` is given); an existing id is ConflictError.
+        ``ttl`` ("7d", "12h", seconds): the session expires that long after its last append."""
+        from .sessions_where import expires_at
 
         sid = str(uuid.uuid4()) if session_id is None else check_name(session_id, "session id")
         _check_title(title)
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidInput(f"metadata must be a JSON object (got {type(metadata).__name__})")
-        meta = None if metadata is None else encode_value(metadata).decode()
-        now = _utcnow()
-        with self.db.write("sessions create", self.lock_timeout) as tx:
-            if tx.one(q.GET_SESSION, tenant=self.tenant, id=sid) is not None:
+        meta = _meta_text(metadata)
+        seconds = self._ttl(ttl)
+        with self._fenced(sid), self.db.write("sessions create", self.lock_timeout) as tx:
+            now = _utcnow()
+            expires = expires_at(now, seconds)
+            if self._live_or_removed(tx, sid, now) is not None:
                 raise ConflictError(f"session {sid!r} already exists", session_id=sid)
-            self._insert(tx, sid, title, meta, now)
-        return SessionInfo(sid, self.tenant, title, metadata, now, now, 0)
+            self._insert(tx, sid, title, meta, now, expires)
+        return SessionInfo(sid, self.tenant, title, metadata, now, now, 0, expires)
 
     def append(self, session_id: str, items: Any, *, expect_seq: int | None = None,
-               idempotency_key: str | None = None, create: bool = True) -> list[Item]:
+               idempotency_key: str | None = None, create: bool = True,
+               ttl: float | str | None = None) -> list[Item]:
         """Append ``items`` (JSON objects) in one transaction; returns them as stored.
 
         A missing session is created unless ``create=False`` (NotFound). ``expect_seq=N`` appends only if
         the session's last seq is N (else ConflictError). A repeated ``idempotency_key`` returns the items
-        of the first append and stores nothing."""
+        of the first append and stores nothing. ``ttl`` (or the store's default_ttl) sets the session to
+        expire that long from now (an expired session is gone: this append starts a new one)."""
         sid = check_name(session_id, "session id")
+        seconds = self._ttl(ttl)
         datas, encoded = self._encode_all(items)
         if expect_seq is not None:
             _check_seq(expect_seq, "expect_seq")
@@ -296,19 +305,21 @@ class SessionStore:
         now = _utcnow()
         records = [(str(uuid.uuid4()), now, data.decode()) for data in encoded]
         return self._append(sid, records, datas, expect_seq=expect_seq, key=idempotency_key, create=create,
-                            title=_title_from(datas), now=now)
+                            title=_title_from(datas), now=now, ttl=seconds)
 
     def _append(self, sid: str, records: list[tuple[str, str, str]], datas: list[dict[str, Any]], *,
                 expect_seq: int | None, key: str | None, create: bool, title: str | None, now: str,
-                new_session: tuple[str | None, str | None, str] | None = None) -> list[Item]:
+                new_session: tuple[str | None, str | None, str] | None = None,
+                ttl: float | None = None) -> list[Item]:
         """The one write behind append and import. ``records`` = (item id, created_at, data text)."""
         import orjson
 
+        from .sessions_where import expires_at
         from .sql import q_sessions as q
 
         operation = "sessions import" if new_session else "sessions append"
-        with self.db.write(operation, self.lock_timeout) as tx:
-            row = tx.one(q.GET_SESSION, tenant=self.tenant, id=sid)
+        with self._fenced(sid), self.db.write(operation, self.lock_timeout) as tx:
+            row = self._live_or_removed(tx, sid, now)
             if new_session is not None:
                 if row is not None:
                     raise ConflictError(f"session {sid!r} already exists", hint="import it with --id NEW_ID",
@@ -343,6 +354,9 @@ class SessionStore:
             if records or row is None:
                 tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last + len(records), now=now,
                        title=title)
+                tx.run(q.TOUCH_TAGS, tenant=self.tenant, session_id=sid, now=now)
+            if ttl is not None:
+                tx.run(q.SET_EXPIRES, tenant=self.tenant, id=sid, expires_at=expires_at(now, ttl))
             if key is not None:
                 tx.run(q.INSERT_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key, first_seq=last + 1,
                        item_ids=orjson.dumps([r[0] for r in records]).decode(), now=now)
@@ -364,13 +378,15 @@ class SessionStore:
         from .sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
-        with self.db.write("sessions pop", self.lock_timeout) as tx:
-            last = int(self._row(tx, sid)[6])
+        with self._fenced(sid), self.db.write("sessions pop", self.lock_timeout) as tx:
+            now = _utcnow()
+            last = int(self._row(tx, sid, now)[6])
             if last == 0:
                 return None
             rows = tx.run(q.GET_ITEM, tenant=self.tenant, session_id=sid, seq=last)
             tx.run(q.DELETE_ITEM, tenant=self.tenant, session_id=sid, seq=last)
-            tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last - 1, now=_utcnow(), title=None)
+            tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last - 1, now=now, title=None)
+            tx.run(q.TOUCH_TAGS, tenant=self.tenant, session_id=sid, now=now)
         return self._items(rows)[0]
 
     def delete(self, session_id: str) -> None:
@@ -378,59 +394,85 @@ class SessionStore:
         from .sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
-        with self.db.write("sessions delete", self.lock_timeout) as tx:
+        with self._fenced(sid), self.db.write("sessions delete", self.lock_timeout) as tx:
+            self._row(tx, sid)  # an expired session is not there to delete (prune removes it)
             if tx.execute(q.DELETE_SESSION, tenant=self.tenant, id=sid) == 0:
                 raise _not_found(sid)
             tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=-1)
 
-    def prune(self, older_than: float | int | str) -> list[str]:
-        """Delete whole sessions not updated for ``older_than`` (seconds, or "30d", "12h"...); their ids."""
+    def prune(self, older_than: float | int | str | None = None) -> list[str]:
+        """Delete whole sessions that have expired, and those not updated for ``older_than`` (seconds, or
+        "30d", "12h"...) when given; their ids."""
         from .duration import parse_duration
         from .sql import q_sessions as q
 
-        seconds = parse_duration(older_than, "age")
-        try:
-            cutoff = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
-        except (OverflowError, ValueError):  # older than any representable time: nothing is that old
-            return []
+        cutoff = ""  # no session is older than that: expired ones only
+        if older_than is not None:
+            seconds = parse_duration(older_than, "age")
+            try:
+                cutoff = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
+            except (OverflowError, ValueError):  # older than any representable time: nothing is that old
+                cutoff = ""
         with self.db.write("sessions prune", self.lock_timeout) as tx:
-            ids = [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff)]
+            ids = [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff, now=_utcnow())]
             for sid in ids:
                 tx.run(q.DELETE_SESSION, tenant=self.tenant, id=sid)
             if ids:
                 tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=-len(ids))
+        if self._hot is not None:
+            self._hot.invalidate(ids)
         return ids
 
     # -- reading ------------------------------------------------------------------------------------------
 
     def get(self, session_id: str) -> SessionInfo:
         sid = check_name(session_id, "session id")
+        if self._hot is not None:
+            return self._hot.get(sid)
+        return self._get(sid)
+
+    def _get(self, sid: str) -> SessionInfo:
         with self.db.read() as tx:
             return self._info(self._row(tx, sid))
 
     def items(self, session_id: str, limit: int | None = None, after: int | None = None) -> list[Item]:
         """Items oldest first: those after seq ``after`` (default: from the start), at most ``limit``."""
-        from .sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
         after = 0 if after is None else _check_seq(after, "after")
         limit = _ALL if limit is None else _check_seq(limit, "limit")
+        if self._hot is not None:
+            return self._hot.items(sid, after, limit)
+        return self._items_after(sid, after, limit)
+
+    def _items_after(self, sid: str, after: int, limit: int) -> list[Item]:
+        from .sql import q_sessions as q
+
+        now = _utcnow()
         with self.db.read() as tx:
-            rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=after, limit=limit) if limit else []
+            rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=after, limit=limit,
+                          now=now) if limit else []
             if not rows:  # no items: is there a session at all? (one query less in the common case)
-                self._row(tx, sid)
+                self._row(tx, sid, now)
             return self._items(rows)
 
     def context(self, session_id: str, limit: int = 20) -> list[Item]:
         """The last ``limit`` items, oldest first (what a model's context window gets)."""
-        from .sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
         _check_seq(limit, "limit")
+        if self._hot is not None:
+            return self._hot.context(sid, limit)
+        return self._context(sid, limit)
+
+    def _context(self, sid: str, limit: int) -> list[Item]:
+        from .sql import q_sessions as q
+
+        now = _utcnow()
         with self.db.read() as tx:
-            rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=limit) if limit else []
+            rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=limit, now=now) if limit else []
             if not rows:  # no items: is there a session at all? (one query less in the common case)
-                self._row(tx, sid)
+                self._row(tx, sid, now)
         rows.reverse()
         return self._items(rows)
 
@@ -441,30 +483,42 @@ class SessionStore:
         sid = check_name(session_id, "session id")
         if last is not None:
             _check_seq(last, "last")
+        now = _utcnow()
         with self.db.read() as tx:
-            info = self._info(self._row(tx, sid))
+            info = self._info(self._row(tx, sid, now))
             if last is None:
-                rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=0, limit=_ALL)
+                rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=0, limit=_ALL, now=now)
             elif last == 0:
                 rows = []
             else:
-                rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=last)
+                rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=last, now=now)
                 rows.reverse()
         return info, self._items(rows)
 
-    def list(self, limit: int = 50, cursor: str | None = None) -> Page[SessionInfo]:
-        """Sessions most recently updated first. Paging with ``next_cursor`` never repeats or skips a
-        session that did not change meanwhile."""
+    def list(self, limit: int = 50, cursor: str | None = None,
+             where: dict[str, Any] | None = None) -> Page[SessionInfo]:
+        """Sessions most recently updated first; with ``where`` ({"agent_id": "a1", ...}: top-level metadata
+        values, all must match) only the matching ones, through an index. Paging with ``next_cursor``
+        never repeats or skips a session that did not change meanwhile; ``total`` counts the matches."""
+        from .sessions_where import check_where
         from .sql import q_sessions as q
 
         check_limit(limit)
+        conds = None if where is None else check_where(where)
+        now = _utcnow()
+        after = None if cursor is None else decode_cursor("sessions", cursor, (str, str))
         with self.db.read() as tx:
-            if cursor is None:
-                rows = tx.run(q.LIST_FIRST, tenant=self.tenant, limit=limit + 1)
+            if conds is not None:
+                rows, total = self._list_where(tx, conds, limit, after, now)
             else:
-                updated_at, sid = decode_cursor("sessions", cursor, (str, str))
-                rows = tx.run(q.LIST_AFTER, tenant=self.tenant, updated_at=updated_at, id=sid, limit=limit + 1)
-            total = int(tx.value(q.COUNT_SESSIONS, tenant=self.tenant) or 0)
+                if after is None:
+                    rows = tx.run(q.LIST_FIRST, tenant=self.tenant, limit=limit + 1, now=now)
+                else:
+                    rows = tx.run(q.LIST_AFTER, tenant=self.tenant, updated_at=after[0], id=after[1],
+                                  limit=limit + 1, now=now)
+                total = int(tx.value(q.COUNT_SESSIONS, tenant=self.tenant) or 0)
+                if total:  # expired sessions not removed yet are not counted
+                    total -= int(tx.value(q.COUNT_EXPIRED, tenant=self.tenant, now=now) or 0)
         more = len(rows) > limit
         infos = [self._info(r) for r in rows[:limit]]
         nxt = encode_cursor("sessions", [infos[-1].updated_at, infos[-1].id]) if more and infos else None
