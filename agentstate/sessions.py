@@ -276,7 +276,7 @@ class SessionStore(FleetMixin):
         _check_title(title)
         meta = _meta_text(metadata)
         seconds = self._ttl(ttl)
-        with self._fenced(sid), self.db.write("sessions create", self.lock_timeout) as tx:
+        with self._write(sid, "sessions create") as tx:
             now = _utcnow()
             expires = expires_at(now, seconds)
             if self._live_or_removed(tx, sid, now) is not None:
@@ -318,7 +318,7 @@ class SessionStore(FleetMixin):
         from .sql import q_sessions as q
 
         operation = "sessions import" if new_session else "sessions append"
-        with self._fenced(sid), self.db.write(operation, self.lock_timeout) as tx:
+        with self._write(sid, operation) as tx:
             row = self._live_or_removed(tx, sid, now)
             if new_session is not None:
                 if row is not None:
@@ -378,7 +378,7 @@ class SessionStore(FleetMixin):
         from .sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
-        with self._fenced(sid), self.db.write("sessions pop", self.lock_timeout) as tx:
+        with self._write(sid, "sessions pop") as tx:
             now = _utcnow()
             last = int(self._row(tx, sid, now)[6])
             if last == 0:
@@ -394,7 +394,7 @@ class SessionStore(FleetMixin):
         from .sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
-        with self._fenced(sid), self.db.write("sessions delete", self.lock_timeout) as tx:
+        with self._write(sid, "sessions delete") as tx:
             self._row(tx, sid)  # an expired session is not there to delete (prune removes it)
             if tx.execute(q.DELETE_SESSION, tenant=self.tenant, id=sid) == 0:
                 raise _not_found(sid)

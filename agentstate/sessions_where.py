@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -210,13 +212,18 @@ class FleetMixin:
 
         return self.default_ttl if ttl is None else check_ttl(ttl)
 
-    def _fenced(self, sid: str | None) -> Any:
-        """Around a write of one session: the hot tier's fence (agentstate.cache), or nothing."""
-        if self._hot is None or sid is None:
-            from contextlib import nullcontext
-
-            return nullcontext()
-        return self._hot.fenced(sid)
+    @contextmanager
+    def _write(self, sid: str, operation: str) -> Iterator[Any]:
+        """The durable write transaction of one session, fenced for the hot tier (agentstate.cache) when
+        there is one: the fence begins once the writer lock is held and ends after the commit."""
+        if self._hot is None:
+            with self.db.write(operation, self.lock_timeout) as tx:
+                yield tx
+            return
+        with ExitStack() as after_commit:
+            with self.db.write(operation, self.lock_timeout) as tx:
+                after_commit.enter_context(self._hot.fence(sid))
+                yield tx
 
     def _list_where(self, tx: Any, conds: list[tuple[str, str]], limit: int, after: tuple | None,
                     now: str) -> tuple[list[tuple], int]:
@@ -238,7 +245,7 @@ class FleetMixin:
 
         sid = check_name(session_id, "session id")
         meta = _meta_text(metadata)
-        with self._fenced(sid), self.db.write("sessions update", self.lock_timeout) as tx:
+        with self._write(sid, "sessions update") as tx:
             now = _now()
             self._row(tx, sid, now)
             tx.run(q.SET_METADATA, tenant=self.tenant, id=sid, metadata=meta, now=now)
