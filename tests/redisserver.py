@@ -7,17 +7,17 @@
     server.destroy()
 
 It runs without persistence (``save ""``, ``appendonly no``), as the hot tier's Redis should, and dies
-with the process that started it (PR_SET_PDEATHSIG), so none outlives its test run.
+with the process that started it (a watchdog process kills it when that process is gone), so none outlives
+its test run.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -37,11 +37,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+_WATCHDOG = """
+import os, signal, sys, time
+parent, child = int(sys.argv[1]), int(sys.argv[2])
+def alive(pid):
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         pass
+    return True
+while alive(child):
+    if not alive(parent):
+        os.kill(child, signal.SIGKILL)
+        break
+    time.sleep(0.5)
+"""
 
 
 class RedisServer:
@@ -73,8 +85,10 @@ class RedisServer:
                  "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir", self.base,
                  "--logfile", self.log, "--daemonize", "no", "--protected-mode", "no"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
             )
+            subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.proc.pid)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
             if self._wait_ready(10.0):
                 return
             self.stop()
