@@ -478,11 +478,16 @@ class SessionStore(FleetMixin):
 
     def show(self, session_id: str, last: int | None = None) -> tuple[SessionInfo, list[Item]]:
         """The session and its items (all, or the last ``last``), from one snapshot."""
-        from .sql import q_sessions as q
-
         sid = check_name(session_id, "session id")
         if last is not None:
             _check_seq(last, "last")
+            if self._hot is not None:
+                return self._hot.show(sid, last)
+        return self._show(sid, last)
+
+    def _show(self, sid: str, last: int | None) -> tuple[SessionInfo, list[Item]]:
+        from .sql import q_sessions as q
+
         now = _utcnow()
         with self.db.read() as tx:
             info = self._info(self._row(tx, sid, now))

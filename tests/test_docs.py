@@ -102,6 +102,7 @@ def test_newcomer_readme_first_line_then_quickstart(tmp_path: Path) -> None:
 def test_readme_examples_run(tmp_path: Path) -> None:
     blocks = _blocks("README.md")
     shared = set(_section_blocks("README.md", "## Sharing a store"))  # run against a server, below
+    shared |= set(_section_blocks("README.md", "## Fleet"))  # run against a redis-server, below
     setup, examples = blocks[0], [b for b in blocks[1:] if b not in shared]
     assert "agentstate apply examples/agents.json" in setup and ".ci/run" in setup
     (tmp_path / "examples").mkdir()
@@ -154,3 +155,21 @@ def test_readme_sharing_section_runs_against_a_server(tmp_path: Path, pg_schema_
     assert "free" in r.stdout
     assert '"content":"deploy the agents"' in r.stdout
     assert not (tmp_path / ".agentstate").exists()  # all of it went to the server
+
+
+def test_readme_fleet_section_runs_against_a_redis_server(tmp_path: Path, cache_url: str) -> None:
+    """README's "Fleet": the setup block names the extra, a redis-server without persistence and
+    AGENTSTATE_CACHE; the rest runs with AGENTSTATE_CACHE set to the suite's redis-server."""
+    setup, *examples = _section_blocks("README.md", "## Fleet")
+    assert "agentstate[cache]" in setup and "export AGENTSTATE_CACHE=redis://" in setup and "--save ''" in setup
+    os.environ["AGENTSTATE_CACHE"] = cache_url
+    try:
+        r = _run("\n".join(examples), tmp_path)
+    finally:
+        del os.environ["AGENTSTATE_CACHE"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"total":1' in r.stdout and '"id":"t-1"' in r.stdout and "t-2  0 items" in r.stdout
+    assert '"content":"Where is my order?"' in r.stdout
+    assert "default  hits 1  misses 1" in r.stdout  # the second show was a hit
+    assert "ok   cache: redis://" in r.stdout
+    assert "pruned 0 session(s)" in r.stdout

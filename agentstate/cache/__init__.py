@@ -270,6 +270,12 @@ class HotTier:
             return self.store._context(sid, limit)
         return self.store._items(got[1][-limit:] if limit else [])
 
+    def show(self, sid: str, last: int) -> tuple[Any, list[Any]]:
+        got = self._entry(sid, "c", last)
+        if got is None:
+            return self.store._show(sid, last)
+        return self.store._info(tuple(got[0])), self.store._items(got[1][-last:] if last else [])
+
     def items(self, sid: str, after: int, limit: int) -> list[Any]:
         got = self._entry(sid, "i", after)
         if got is None:

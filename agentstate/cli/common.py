@@ -49,7 +49,8 @@ EXIT_CODES = (
 ENVIRONMENT = (
     "Environment: AGENTSTATE_DIR (store directory, default ./.agentstate), AGENTSTATE_URL (a postgresql:// "
     "store instead), AGENTSTATE_TENANT (default: default), AGENTSTATE_LOCK_TIMEOUT (default 30s), "
-    "AGENTSTATE_LOG_LEVEL, AGENTSTATE_LOG_FORMAT."
+    "AGENTSTATE_LOG_LEVEL, AGENTSTATE_LOG_FORMAT, AGENTSTATE_CACHE (a Redis hot tier for sessions), "
+    "AGENTSTATE_SESSION_TTL (a default time to live for sessions; none unless set)."
 )
 
 GLOBAL_PANEL = "Global options (before or after the command)"
@@ -67,6 +68,8 @@ _SHARED: tuple[tuple[str, tuple[str, ...], str, str | None, str], ...] = (
      "A postgresql:// store instead of a directory (env AGENTSTATE_URL); not with --dir."),
     ("g_tenant", ("--tenant",), "value", "TENANT", "Tenant for sessions and responses (env AGENTSTATE_TENANT; "
                                                     "default: default)."),
+    ("g_cache", ("--cache",), "value", "URL", "A Redis hot tier in front of the sessions: redis://HOST:PORT/DB or "
+                                             "unix:///PATH?db=N (env AGENTSTATE_CACHE)."),
     ("g_json", ("--json",), "flag", None, "Machine-readable output on stdout."),
     ("g_verbose", ("-v", "--verbose"), "count", None, "More logging on stderr: -v info, -vv debug."),
     ("g_log_level", ("--log-level",), "value", "LEVEL",
@@ -331,6 +334,7 @@ class Opts:
             self.log_format = fmt.lower()
         if self._given.get("g_lock_timeout") is not None:  # an option given is checked even where unused
             self.lock_timeout()
+        self.cache  # noqa: B018 - checked here, a usage error
         dir_opt, url_opt = self._given.get("g_dir"), self._given.get("g_url")
         if dir_opt is not None and not dir_opt:
             raise UsageError("--dir must not be empty (leave it out for ./.agentstate)")
@@ -354,6 +358,17 @@ class Opts:
                 raise UsageError(f"AGENTSTATE_URL takes a postgresql:// or postgres:// URL, not {redact_url(env_url)!r} "
                                  "(a directory goes to AGENTSTATE_DIR)")
             self.dir, self.url = env_dir, env_url
+
+    @property
+    def cache(self) -> str | None:
+        """--cache or AGENTSTATE_CACHE (None: no hot tier); not a cache URL is a usage error."""
+        value, where = self._setting("g_cache", "--cache", "AGENTSTATE_CACHE")
+        if value is None:
+            return None
+        if not value.lower().startswith(("redis://", "rediss://", "unix://")):
+            raise UsageError(f"{where} takes redis://HOST:PORT/DB, rediss://... or unix:///PATH?db=N, "
+                             f"not {redact_url(value)!r}")
+        return value
 
     @property
     def target(self) -> str | None:

@@ -17,13 +17,18 @@ def doctor(
                                                           "keep the bad file aside, remove stray temp files; "
                                                           "then report what was done.")] = False,
 ) -> None:
-    """Check the state, backup, lock and stray temp files; exit 1 if any is bad (4 if no valid state)."""
+    """Check the state, backup, lock and stray temp files (and the --cache hot tier when given); exit 1 if any
+    is bad (4 if no valid state)."""
 
     def body(o: Opts) -> int:
         from .. import doctor as diagnosis
 
         store = o.store(writing=repair)
         report = diagnosis.repair(store) if repair else diagnosis.diagnose(store)
+        if o.cache is not None:
+            from ..cache import health
+
+            report.findings.append(health(o.cache))
         if o.json:
             emit_json(report.to_dict())
         else:

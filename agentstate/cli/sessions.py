@@ -1,4 +1,4 @@
-"""Session commands: `agentstate sessions create|append|show|list|rm|prune|export|import`.
+"""Session commands: `agentstate sessions create|append|show|list|update|rm|prune|export|import|cache stats`.
 
 Each is one SessionStore call (agentstate.sessions); these parse, call and render.
 """
@@ -44,14 +44,20 @@ TEXT_WIDTH = 100
 @sessions_app.callback(invoke_without_command=True)
 def _sessions_root(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:
-        raise UsageError("missing command (create, append, show, list, rm, prune, export, import); "
+        raise UsageError("missing command (create, append, show, list, update, rm, prune, export, import, cache); "
                          "see `agentstate sessions --help`")
 
 
 def _store(o: Opts, writing: bool = False) -> Any:
     from ..sessions import SessionStore
 
-    return SessionStore(o.target, tenant=o.tenant, lock_timeout=o.lock_timeout() if writing else None)
+    return SessionStore(o.target, tenant=o.tenant, lock_timeout=o.lock_timeout() if writing else None,
+                        cache=o.cache or "")
+
+
+TtlOpt = Annotated[str | None, typer.Option(
+    "--ttl", metavar="DURATION", help="Expire the session this long after this write: 7d, 12h, 30m or seconds "
+                                      "(default: AGENTSTATE_SESSION_TTL, else never).")]
 
 
 def _summary(data: dict[str, Any]) -> str:
@@ -118,6 +124,7 @@ def create(
     session_id: Annotated[str | None, typer.Option("--id", help="The session id (default: a new UUID).")] = None,
     title: Annotated[str | None, typer.Option("--title", help="A title (default: the first user message).")] = None,
     metadata: Annotated[str | None, typer.Option("--metadata", help="A JSON object kept with the session.")] = None,
+    ttl: TtlOpt = None,
 ) -> None:
     """Create an empty session and print its id (an existing id is a conflict, exit 5)."""
 
@@ -125,7 +132,7 @@ def create(
         from ..codec import parse_json
 
         meta = None if metadata is None else parse_json(metadata, "--metadata")
-        info = _store(o, True).create(session_id, title=title, metadata=meta)
+        info = _store(o, True).create(session_id, title=title, metadata=meta, ttl=ttl)
         if o.json:
             emit_json(info.to_dict())
         else:
@@ -171,13 +178,14 @@ def append(
         "--idempotency-key", help="A retry with the same key stores nothing and prints the first append's items.")
     ] = None,
     no_create: Annotated[bool, typer.Option("--no-create", help="Exit 6 if the session does not exist.")] = False,
+    ttl: TtlOpt = None,
 ) -> None:
     """Append items to a session, all in one transaction: all of them or, on any bad item, none."""
 
     def body(o: Opts) -> None:
         items = _read_items(item_json or [], role, content)
         added = _store(o, True).append(session_id, items, expect_seq=expect_seq, idempotency_key=idempotency_key,
-                                       create=not no_create)
+                                       create=not no_create, ttl=ttl)
         if o.json:
             emit_json({"session_id": session_id, "items": [i.to_dict() for i in added]})
         elif added:
@@ -214,11 +222,16 @@ def show(
 def list_sessions(
     limit: LimitOpt = 50,
     cursor: CursorOpt = None,
+    where: Annotated[list[str] | None, typer.Option(
+        "--where", metavar="KEY=VALUE", help="Only sessions whose metadata has KEY equal to the string VALUE "
+                                             "(KEY:=JSON for a number or boolean); repeat: all must match.")] = None,
 ) -> None:
-    """List sessions, most recently updated first."""
+    """List sessions, most recently updated first (expired ones are gone)."""
 
     def body(o: Opts) -> None:
-        page = _store(o).list(limit=limit, cursor=cursor)
+        from ..sessions_where import parse_where
+
+        page = _store(o).list(limit=limit, cursor=cursor, where=parse_where(where) if where else None)
         if o.json:
             emit_json(page_json(page, "sessions"))
             return
@@ -228,6 +241,23 @@ def list_sessions(
         for info in page.items:
             out(_info_line(info))
         out(page_footer(page, "session"))
+
+    run(body)
+
+
+@sessions_app.command("update", cls=WriteCommand, epilog=EXIT_CODES)
+def update(
+    session_id: Annotated[str, typer.Argument(metavar="ID")],
+    metadata: Annotated[str, typer.Option("--metadata", metavar="JSON",
+                                          help="The session's new metadata: a JSON object (null clears it).")],
+) -> None:
+    """Replace a session's metadata (what --where finds it by)."""
+
+    def body(o: Opts) -> None:
+        from ..codec import parse_json
+
+        info = _store(o, True).update_metadata(session_id, parse_json(metadata, "--metadata"))
+        emit(o, info.to_dict(), f"updated session {info.id}")
 
     run(body)
 
@@ -245,10 +275,11 @@ def rm(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
 
 @sessions_app.command("prune", cls=WriteCommand, epilog=EXIT_CODES)
 def prune(
-    older_than: Annotated[str, typer.Option("--older-than", metavar="AGE",
-                                            help="Delete sessions not updated for AGE: 30d, 12h, 90m or seconds.")],
+    older_than: Annotated[str | None, typer.Option(
+        "--older-than", metavar="AGE", help="Also delete sessions not updated for AGE: 30d, 12h, 90m or seconds.")
+    ] = None,
 ) -> None:
-    """Delete whole sessions not updated for a while."""
+    """Delete whole sessions that have expired (--ttl), and those not updated for a while (--older-than)."""
 
     def body(o: Opts) -> None:
         ids = _store(o, True).prune(older_than)
@@ -296,5 +327,45 @@ def import_(
                 raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
         info = _store(o, True).import_lines(data.splitlines(), new_id)
         emit(o, info.to_dict(), f"imported {info.item_count} item(s) into session {info.id}")
+
+    run(body)
+
+
+cache_app = typer.Typer(cls=Group, help="The Redis hot tier (--cache URL or AGENTSTATE_CACHE).", no_args_is_help=False)
+sessions_app.add_typer(cache_app, name="cache")
+
+
+@cache_app.callback(invoke_without_command=True)
+def _cache_root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        raise UsageError("missing command (stats); see `agentstate sessions cache --help`")
+
+
+@cache_app.command("stats", cls=Command, epilog=EXIT_CODES)
+def cache_stats() -> None:
+    """Hits, misses, promotions and cached sessions per tenant of this store."""
+
+    def body(o: Opts) -> None:
+        from ..cache import stats
+        from ..store import default_dir
+
+        url = o.cache
+        if url is None:
+            raise UsageError("sessions cache stats needs --cache URL (or AGENTSTATE_CACHE)")
+        try:
+            rows = stats(url, o.target if o.target is not None else default_dir())
+        except Exception as e:  # noqa: BLE001 - a Redis failure is one line, exit 1
+            from ..errors import StorageError
+
+            raise StorageError(f"cache does not answer: {type(e).__name__}: {e}") from None
+        if o.json:
+            emit_json({"tenants": rows})
+            return
+        for r in rows:
+            rate = "-" if r["hit_rate"] is None else f"{r['hit_rate']:.1%}"
+            out(printable(f"{r['tenant']}  hits {r['hits']}  misses {r['misses']}  hit rate {rate}  "
+                          f"promotions {r['promotions']}  keys {r['keys']}"))
+        if not rows:
+            out("no cached sessions")
 
     run(body)
