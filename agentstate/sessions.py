@@ -356,7 +356,9 @@ class SessionStore(FleetMixin):
                        title=title)
                 tx.run(q.TOUCH_TAGS, tenant=self.tenant, session_id=sid, now=now)
             if ttl is not None:
-                tx.run(q.SET_EXPIRES, tenant=self.tenant, id=sid, expires_at=expires_at(now, ttl))
+                expires = expires_at(now, ttl)
+                tx.run(q.SET_EXPIRES, tenant=self.tenant, id=sid, expires_at=expires)
+                tx.run(q.SET_TAGS_EXPIRES, tenant=self.tenant, session_id=sid, expires_at=expires)
             if key is not None:
                 tx.run(q.INSERT_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key, first_seq=last + 1,
                        item_ids=orjson.dumps([r[0] for r in records]).decode(), now=now)

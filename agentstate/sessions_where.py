@@ -180,7 +180,7 @@ class FleetMixin:
         if expires is not None:
             tx.run(q.SET_EXPIRES, tenant=self.tenant, id=sid, expires_at=expires)
         if metadata is not None:
-            self._set_tags(tx, sid, metadata, now, fresh=True)
+            self._set_tags(tx, sid, metadata, now, expires, fresh=True)
 
     def _live_or_removed(self, tx: Any, sid: str, now: str) -> tuple | None:
         """In a write: the session's row, or None; an expired one is removed here (the write noticed it)."""
@@ -194,7 +194,8 @@ class FleetMixin:
             return None
         return row
 
-    def _set_tags(self, tx: Any, sid: str, metadata: str | None, updated_at: str, fresh: bool = False) -> None:
+    def _set_tags(self, tx: Any, sid: str, metadata: str | None, updated_at: str, expires: str | None,
+                  fresh: bool = False) -> None:
         import orjson
 
         from .sessions_where import tags_of
@@ -205,7 +206,7 @@ class FleetMixin:
         tags = tags_of(None if metadata is None else orjson.loads(metadata))
         if tags:
             tx.many(q.INSERT_TAG, [{"tenant": self.tenant, "session_id": sid, "key": k, "value": v,
-                                    "now": updated_at} for k, v in tags])
+                                    "now": updated_at, "expires_at": expires} for k, v in tags])
 
     def _ttl(self, ttl: Any) -> float | None:
         from .sessions_where import check_ttl
@@ -247,9 +248,9 @@ class FleetMixin:
         meta = _meta_text(metadata)
         with self._write(sid, "sessions update") as tx:
             now = _now()
-            self._row(tx, sid, now)
+            expires = self._row(tx, sid, now)[7]
             tx.run(q.SET_METADATA, tenant=self.tenant, id=sid, metadata=meta, now=now)
-            self._set_tags(tx, sid, meta, now)
+            self._set_tags(tx, sid, meta, now, expires)
             row = self._row(tx, sid, now)
         return self._info(row)
 

@@ -24,6 +24,8 @@ EXPECTED = (
     + [f"sessions/{r}" for r in ("append-flat", "append-vs-floor", "context20", "list50", "contention",
                                  "sdk-add_items", "sdk-get_items20")]
     + [f"responses/{r}" for r in ("chain-1000", "chain-10000", "chain-10000-full", "chain-10000-query", "save")]
+    + [f"fleet/{r}" for r in ("where-sqlite", "where-pg", "context20-hot-vs-pg", "context20-hot-vs-dir",
+                              "zipf-hit-rate")]
 )
 GOALS = {
     "floor/transaction/1KB": "<= 1.25",
@@ -37,6 +39,7 @@ GOALS = {
     "pg/contention": ">= 0.9",
     "sessions/append-flat": "<= 1.2",
     "sessions/contention": ">= 0.9",
+    "fleet/context20-hot-vs-pg": "<= 0.5",
 }
 
 

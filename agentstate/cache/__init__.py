@@ -81,10 +81,12 @@ def store_key(target: str) -> str:
     from ..names import is_url
 
     if is_url(target):
-        from urllib.parse import parse_qs, urlsplit
+        from urllib.parse import urlsplit
 
-        u = urlsplit(target)
-        schema = (parse_qs(u.query).get("schema") or [""])[0]
+        from ..sql.pg_conn import split_url
+
+        dsn, schema = split_url(target)
+        u = urlsplit(dsn)
         ident = f"pg|{(u.hostname or '').lower()}|{u.port or 5432}|{u.path.lstrip('/')}|{schema}"
     else:
         ident = "dir|" + os.path.realpath(target)
@@ -236,12 +238,15 @@ class HotTier:
         with store.db.read() as tx:
             row = list(store._row(tx, sid, now))
             items = tx.run(q.LAST_ITEMS, tenant=store.tenant, session_id=sid, limit=self.hot_items, now=now)
-        items = [list(r) for r in reversed(items)]
-        entry = orjson.dumps({"row": row, "items": items})
+        # The item's stored JSON goes in as it is (no second encoding), so a hit parses the entry once.
+        entry = b"".join((b'{"row":', orjson.dumps(row), b',"items":[', b",".join(
+            b"[%d,%s,%s,%s]" % (seq, orjson.dumps(iid), orjson.dumps(created), data.encode())
+            for seq, iid, created, data in reversed(items)), b"]}"))
         if len(entry) <= MAX_ENTRY_BYTES:
             self._call(self._install, keys=[h, lease, stats],
                        args=[gen, entry, len(items), int(row[5]), self.hot_ttl_ms])
-        return row, items
+        got = orjson.loads(entry)
+        return got["row"], got["items"]
 
     def _entry(self, sid: str, kind: str, param: int) -> tuple[list, list] | None:
         got = self._hot(sid, kind, param)
@@ -268,19 +273,25 @@ class HotTier:
         got = self._entry(sid, "c", limit)
         if got is None:
             return self.store._context(sid, limit)
-        return self.store._items(got[1][-limit:] if limit else [])
+        return _items(got[1][-limit:] if limit else [])
 
     def show(self, sid: str, last: int) -> tuple[Any, list[Any]]:
         got = self._entry(sid, "c", last)
         if got is None:
             return self.store._show(sid, last)
-        return self.store._info(tuple(got[0])), self.store._items(got[1][-last:] if last else [])
+        return self.store._info(tuple(got[0])), _items(got[1][-last:] if last else [])
 
     def items(self, sid: str, after: int, limit: int) -> list[Any]:
         got = self._entry(sid, "i", after)
         if got is None:
             return self.store._items_after(sid, after, limit)
-        return self.store._items([r for r in got[1] if r[0] > after][:limit])
+        return _items([r for r in got[1] if r[0] > after][:limit])
+
+
+def _items(rows: list[list]) -> list[Any]:
+    from ..sessions import Item
+
+    return [Item(seq, iid, created, data) for seq, iid, created, data in rows]
 
 
 def _covers(got: tuple[list, list], kind: str, param: int) -> bool:

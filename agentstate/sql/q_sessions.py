@@ -95,14 +95,18 @@ COUNT_EXPIRED = Stmt(both="SELECT COUNT(*) FROM sessions WHERE tenant = :tenant 
 
 SET_EXPIRES = Stmt(both="UPDATE sessions SET expires_at = :expires_at WHERE tenant = :tenant AND id = :id")
 
+# ...and its copy in the session's tags (what a filter counts by).
+SET_TAGS_EXPIRES = Stmt(both="""
+    UPDATE session_tags SET expires_at = :expires_at WHERE tenant = :tenant AND session_id = :session_id""")
+
 # -- metadata and its index (session_tags; values encoded by sessions_where.tag_value) ---------------------
 
 SET_METADATA = Stmt(both="""
     UPDATE sessions SET metadata = :metadata, updated_at = :now WHERE tenant = :tenant AND id = :id""")
 
 INSERT_TAG = Stmt(both="""
-    INSERT INTO session_tags (tenant, session_id, key, value, updated_at)
-    VALUES (:tenant, :session_id, :key, :value, :now)""")
+    INSERT INTO session_tags (tenant, session_id, key, value, updated_at, expires_at)
+    VALUES (:tenant, :session_id, :key, :value, :now, :expires_at)""")
 
 DELETE_TAGS = Stmt(both="DELETE FROM session_tags WHERE tenant = :tenant AND session_id = :session_id")
 
@@ -115,7 +119,8 @@ def where_statements(n: int) -> tuple[Stmt, Stmt, Stmt]:
 
     The first condition drives: a walk of session_tags_find in list order (updated_at, id descending,
     the same keyset cursor as LIST_*); each further condition is one primary-key probe of session_tags;
-    the session row is one more probe (its columns, and its expiry)."""
+    the session row is one more probe, for the rows of the page only. Expiry is read from the tags' copy,
+    so the count of one condition is a range of session_tags_find and nothing else."""
     if n < 1:
         raise ValueError("where_statements needs at least one condition")
     cols = ", ".join(f"s.{c.strip()}" for c in _SESSION_COLS.split(","))
@@ -124,14 +129,15 @@ def where_statements(n: int) -> tuple[Stmt, Stmt, Stmt]:
         f" AND t{i}.key = :k{i} AND t{i}.value = :v{i}"
         for i in range(1, n)
     )
+    where = """
+    WHERE t0.tenant = :tenant AND t0.key = :k0 AND t0.value = :v0
+      AND (t0.expires_at IS NULL OR t0.expires_at > :now)"""
     body = f"""
     FROM session_tags t0{joins}
-    JOIN sessions s ON s.tenant = t0.tenant AND s.id = t0.session_id
-    WHERE t0.tenant = :tenant AND t0.key = :k0 AND t0.value = :v0
-      AND (s.expires_at IS NULL OR s.expires_at > :now)"""
+    JOIN sessions s ON s.tenant = t0.tenant AND s.id = t0.session_id{where}"""
     order = "\n    ORDER BY t0.updated_at DESC, t0.session_id DESC LIMIT :limit"
     after = ("\n      AND t0.updated_at <= :updated_at"
              " AND (t0.updated_at < :updated_at OR t0.session_id < :id)")
     return (Stmt(both=f"SELECT {cols}{body}{order}"),
             Stmt(both=f"SELECT {cols}{body}{after}{order}"),
-            Stmt(both=f"SELECT COUNT(*){body}"))
+            Stmt(both=f"SELECT COUNT(*) FROM session_tags t0{joins}{where}"))
