@@ -23,9 +23,26 @@ SESSIONS = 8
 TENANT = "fleet"
 
 
+def _unfenced() -> None:
+    """The kill loop's self-check (AGENTSTATE_TEST_UNFENCED=1): writers that skip the fence, as a naive cache
+    would (it only drops the entry after the commit), must be caught serving reads without their appends."""
+    from contextlib import contextmanager
+
+    from agentstate.cache import HotTier
+
+    @contextmanager
+    def fence(self, sid):  # type: ignore[no-untyped-def]
+        yield
+        self.redis.hdel(self._keys(sid)[0], "entry")  # after the commit, but a promotion may have read before it
+
+    HotTier.fence = fence  # type: ignore[method-assign]
+
+
 def _writer(target: str, cache: str, slot: str, rnd: int) -> None:
     from agentstate import SessionStore
 
+    if os.environ.get("AGENTSTATE_TEST_UNFENCED") == "1":
+        _unfenced()
     store = SessionStore(target, tenant=TENANT, cache=cache, hot_items=20)
     rng = random.Random(rnd * 31 + int(slot))
     store.list(limit=1)  # the database connection, before the clock starts

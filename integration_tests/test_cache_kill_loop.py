@@ -203,3 +203,18 @@ def test_cache_kill_loop_with_redis_stopped_and_started(tmp_path: Path, cache_ur
     print({k: v for k, v in r.items() if k not in ("bad",)})
     assert len(r["redis"]) == 2, r["redis"]
     _assert_clean("cache_kill_loop_redis_restart", r)
+
+
+def test_cache_kill_loop_catches_writers_without_the_fence(tmp_path: Path, cache_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Self-check: writers that only drop the entry after their commit (no lease, no generation) let a
+    promotion that read before the commit install a stale entry; the readers must catch it."""
+    monkeypatch.setenv("AGENTSTATE_TEST_UNFENCED", "1")
+    for attempt in range(5):  # the race is a matter of timing: a few runs of 150 rounds until one shows it
+        target = str(tmp_path / f"store-{attempt}")
+        SessionStore(target, tenant=TENANT).append("s0", [{"type": "note", "slot": "init"}])
+        r = _kill_loop(target, cache_url, 150, tmp_path)
+        print(attempt, {k: v for k, v in r.items() if k != "bad"}, r["bad"][:3])
+        if any("missing acknowledged" in b for b in r["bad"]):
+            return
+    raise AssertionError(f"writers without the fence were not caught: {r}")
