@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 import agentstate.sessions as sessions_mod
 from agentstate import InvalidInput, NotFound, SessionStore
 from agentstate.sessions_where import parse_where
+from agentstate.sql import Stmt
+from agentstate.sql.schema import MIGRATIONS
 
 U = {"role": "user", "content": "hi"}
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -199,7 +201,7 @@ def _same(a: Any, b: Any) -> bool:
     return kind(a) == kind(b) and a == b
 
 
-@pytest.mark.parametrize("backend", ["dir", "pg"])
+@pytest.mark.parametrize("backend", ["dir", "pg", "dir+cache", "pg+cache"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_ttl_and_where_against_a_model(backend: str, ops: list[tuple], tmp_path_factory: pytest.TempPathFactory,
@@ -210,9 +212,10 @@ def test_ttl_and_where_against_a_model(backend: str, ops: list[tuple], tmp_path_
 
     clock = Clock()
     monkeypatch.setattr(sessions_mod, "_utcnow", clock)
-    target = (str(tmp_path_factory.mktemp("model") / "store") if backend == "dir"
+    target = (str(tmp_path_factory.mktemp("model") / "store") if backend.startswith("dir")
               else schema_url(request.getfixturevalue("pg_url"), "m_" + uuid.uuid4().hex[:12]))
-    s = SessionStore(target, tenant="t")
+    cache = request.getfixturevalue("cache_url") if backend.endswith("+cache") else None
+    s = SessionStore(target, tenant="t", cache=cache)  # through the hot tier: the same answers
     model: dict[str, dict[str, Any]] = {}  # id -> {"meta", "updated", "expires", "items"}
 
     def live() -> dict[str, dict[str, Any]]:
@@ -283,9 +286,12 @@ def test_ttl_and_where_against_a_model(backend: str, ops: list[tuple], tmp_path_
         for sid in ("s1", "s2", "s3", "s4"):
             if sid in alive:
                 assert s.get(sid).metadata == alive[sid]["meta"]
+                assert len(s.context(sid, 50)) == alive[sid]["items"]
             else:
                 with pytest.raises(NotFound):
                     s.get(sid)
+                with pytest.raises(NotFound):
+                    s.context(sid)
     s.close()
 
 
@@ -293,3 +299,28 @@ def agentstate_conflict() -> type[Exception]:
     from agentstate import ConflictError
 
     return ConflictError
+
+
+_OLD_SESSION = Stmt(both="INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, "
+                         "item_count) VALUES ('t', :id, NULL, :m, '2026-01-01T00:00:00.000000Z', "
+                         "'2026-01-01T00:00:00.000000Z', 0, 0)")
+_NO_TAGS = Stmt(both="DELETE FROM session_tags WHERE tenant = 't'")
+_MIGRATE_TAGS = Stmt(sqlite=MIGRATIONS[1]["sqlite"][-1], postgres=MIGRATIONS[1]["postgres"][-1])
+
+
+def test_the_migration_indexes_metadata_written_before_it(store_target: str) -> None:
+    """Schema version 2's INSERT ... SELECT over existing sessions (run here on rows written without tags)
+    gives the tags the library would have written, for strings, booleans and integers, on both dialects."""
+    s = SessionStore(store_target, tenant="t")
+    s.create("keep", metadata={"agent_id": "zz"})
+    meta = '{"agent_id":"a1","vip":true,"off":false,"n":42,"big":-7,"x":1.5,"nested":{"a":1},"l":[1],"none":null}'
+    with s.db.write("test") as tx:  # (module-level statements: the engines cache a text by its Stmt's id)
+        for sid in ("old1", "old2"):
+            tx.run(_OLD_SESSION, id=sid, m=meta)
+        tx.run(_NO_TAGS)
+        tx.run(_MIGRATE_TAGS)
+    for where, want in (({"agent_id": "a1"}, ["old2", "old1"]), ({"vip": True}, ["old2", "old1"]),
+                        ({"off": False}, ["old2", "old1"]), ({"n": 42}, ["old2", "old1"]), ({"big": -7}, ["old2", "old1"]),
+                        ({"agent_id": "zz"}, ["keep"]), ({"n": "42"}, [])):
+        assert [i.id for i in s.list(where=where).items] == want, where
+    s.close()

@@ -5,6 +5,8 @@ session is gone for every read at once), writes see the row and remove it (sessi
 
 from __future__ import annotations
 
+import functools
+
 from . import Stmt
 
 _SESSION_COLS = "id, title, metadata, created_at, updated_at, item_count, last_seq, expires_at"
@@ -114,6 +116,7 @@ DELETE_TAGS = Stmt(both="DELETE FROM session_tags WHERE tenant = :tenant AND ses
 TOUCH_TAGS = Stmt(both="UPDATE session_tags SET updated_at = :now WHERE tenant = :tenant AND session_id = :session_id")
 
 
+@functools.cache  # one set per n, kept for good: the engines cache a statement's text by its identity
 def where_statements(n: int) -> tuple[Stmt, Stmt, Stmt]:
     """(first page, next page, count) of the sessions matching ``n`` >= 1 conditions ``:k0 = :v0``...
 
