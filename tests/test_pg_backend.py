@@ -30,6 +30,7 @@ from agentstate import (
 from agentstate.integrations.openai_agents import AgentStateSession
 from agentstate.pgstate import PgStateStore
 from agentstate.sql.pg import redact, split_url
+from agentstate.sql.schema import SCHEMA_VERSION
 
 CLI = [sys.executable, "-m", "agentstate"]
 
@@ -64,7 +65,7 @@ def test_a_url_gives_the_pg_store_and_schemas_keep_projects_apart(pg_url, monkey
     monkeypatch.setenv("AGENTSTATE_PG_SCHEMA", schema)
     with StateStore(pg_url).transaction() as st:
         st.resources["x"] = "env"
-    assert sql(schema_url(pg_url, schema), "SELECT count(*) FROM schema_migrations") == [(1,)]
+    assert sql(schema_url(pg_url, schema), "SELECT count(*) FROM schema_migrations") == [(SCHEMA_VERSION,)]
     monkeypatch.delenv("AGENTSTATE_PG_SCHEMA")
     assert split_url(pg_url)[1] == "agentstate"  # the default
     assert "schema" not in split_url(a)[0]  # ours, stripped before libpq sees it
@@ -120,8 +121,9 @@ def test_without_the_driver_a_url_names_the_extra(pg_schema_url):
 def test_migrations_are_recorded_and_a_newer_schema_is_refused_untouched(pg_schema_url):
     with StateStore(pg_schema_url).transaction() as st:
         st.resources["a"] = 1
-    assert [r[0] for r in sql(pg_schema_url, "SELECT version FROM schema_migrations")] == [1]
-    sql(pg_schema_url, "INSERT INTO schema_migrations (version) VALUES (2)")
+    versions = [r[0] for r in sql(pg_schema_url, "SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    sql(pg_schema_url, "INSERT INTO schema_migrations (version) VALUES (%(v)s)", {"v": SCHEMA_VERSION + 1})
     before = stored(pg_schema_url)
     # A new process (this one remembers the schema as up to date): the CLI, and a fresh interpreter.
     for args in (["show", "--json"], ["sessions", "list"], ["apply", "--set", "a=2"], ["migrate"]):
@@ -129,7 +131,7 @@ def test_migrations_are_recorded_and_a_newer_schema_is_refused_untouched(pg_sche
         if "No such command" in proc.stderr:
             continue  # a command group not there yet
         assert proc.returncode == 5, (args, proc.stderr)
-        assert proc.stderr.startswith("error:") and "version 2" in proc.stderr and proc.stderr.count("\n") == 1
+        assert proc.stderr.startswith("error:") and f"version {SCHEMA_VERSION + 1}" in proc.stderr and proc.stderr.count("\n") == 1
     assert stored(pg_schema_url) == before
 
 
@@ -139,7 +141,7 @@ def test_migrate_command_creates_the_schema_explicitly(pg_schema_url):
     import json
 
     report = json.loads(proc.stdout)
-    assert report["applied"] == [1] and report["found_version"] == 0
+    assert report["applied"] == list(range(1, SCHEMA_VERSION + 1)) and report["found_version"] == 0
     proc = subprocess.run([*CLI, "migrate", "--url", pg_schema_url], capture_output=True, text=True)
     assert proc.returncode == 0 and "nothing to do" in proc.stdout
 
