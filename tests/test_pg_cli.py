@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from agentstate import StorageError
 from agentstate.cli import app
+from agentstate.sql.schema import SCHEMA_VERSION
 
 runner = CliRunner()
 
@@ -67,4 +68,4 @@ def test_doctor_on_postgres(pg_schema_url):
     assert run(["apply", "--set", "a=2", "--url", pg_schema_url]).exit_code == 0
     r = run(["doctor", "--url", pg_schema_url])
     assert r.exit_code == 0, r.stdout + r.stderr
-    assert "serial 2" in r.stdout and "serial 1" in r.stdout and "version 1" in r.stdout
+    assert "serial 2" in r.stdout and "serial 1" in r.stdout and f"version {SCHEMA_VERSION}" in r.stdout
