@@ -116,7 +116,7 @@ def _kill_loop(target: str, cache: str, n_rounds: int, logs: Path, redis_server:
         while True:
             with lock:
                 rnd = next(counter, None)
-                delay = rng.uniform(0.0, 0.15)
+                delay = rng.uniform(0.0, 0.1)
             if rnd is None:
                 return
             if redis_server is not None and rnd == n_rounds // 3:

@@ -22,7 +22,8 @@ A read never misses an acknowledged append, whatever dies or races (scripts.py h
   a new generation starts at a random value: an entry never matches a generation it was not built at.
 
 Redis down, slow or flushed: each call has a short socket timeout; a failure logs one warning per
-outage and the call goes to the durable store; for ``RETRY_S`` after a failure Redis is not tried. A
+outage and the call goes to the durable store; for ``RETRY_S`` after a failure no read tries Redis (a
+write's fence always does: skipping it would leave other processes an entry without the write). A
 write never fails because of the cache. A write whose fence could not reach Redis remembers the session
 and invalidates it when Redis answers again. Run the hot tier's Redis without persistence (``save ""``,
 ``appendonly no``; a restart then starts empty): an entry restored from a snapshot may predate a write
@@ -142,9 +143,11 @@ class HotTier:
     def _keys(self, sid: str) -> list[str]:
         return [f"{self.prefix}s:{sid}", f"{self.prefix}l:{sid}", f"{self.prefix}stats"]
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """``fn(...)`` against Redis, or _Away if Redis is away (failing now, or failed less than RETRY_S ago)."""
-        if self._down and time.monotonic() < self._down_until:
+    def _call(self, fn: Any, *args: Any, writing: bool = False, **kwargs: Any) -> Any:
+        """``fn(...)`` against Redis, or _AWAY if Redis is away: failing now, or (for a read) failed less than
+        RETRY_S ago. A write's fence always tries (one short timeout): skipping it while Redis answers
+        other processes would leave them an entry without this write."""
+        if self._down and not writing and time.monotonic() < self._down_until:
             return _AWAY
         try:
             if self._pending:
@@ -165,7 +168,7 @@ class HotTier:
         if self._down:
             with self._lock:
                 if self._down:
-                    log.warning("cache %s answers again", _shown(self.url))
+                    log.info("cache %s answers again", _shown(self.url))
                 self._down = False
         return result
 
@@ -189,12 +192,14 @@ class HotTier:
         commit, or after the failure."""
         h, lease, _ = self._keys(sid)
         token = secrets.token_hex(8)
-        if self._call(self._fence_begin, keys=[h, lease], args=[token, LEASE_MS, _init(), self.hot_ttl_ms]) is _AWAY:
+        if self._call(self._fence_begin, keys=[h, lease], args=[token, LEASE_MS, _init(), self.hot_ttl_ms],
+                      writing=True) is _AWAY:
             self._remember(sid)
         try:
             yield
         finally:
-            if self._call(self._fence_end, keys=[h, lease], args=[token, _init(), self.hot_ttl_ms]) is _AWAY:
+            if self._call(self._fence_end, keys=[h, lease], args=[token, _init(), self.hot_ttl_ms],
+                          writing=True) is _AWAY:
                 self._remember(sid)
 
     def _remember(self, sid: str) -> None:
@@ -204,7 +209,7 @@ class HotTier:
     def invalidate(self, sids: list[str]) -> None:
         """After a write that removed sessions (prune)."""
         if sids and self._call(self._invalidate, keys=[f"{self.prefix}s:{s}" for s in sids],
-                               args=[_init(), self.hot_ttl_ms]) is _AWAY:
+                               args=[_init(), self.hot_ttl_ms], writing=True) is _AWAY:
             for sid in sids:
                 self._remember(sid)
 
