@@ -43,7 +43,8 @@ def test_ttl_where_update_and_prune(store_target: str) -> None:
     cli(store_target, "sessions", "create", "--id", "d", "--ttl", "0", code=1)
     cli(store_target, "sessions", "append", "d", "--content", "x", "--ttl", "soon", code=1)
     assert "pruned 0 session(s)" in cli(store_target, "sessions", "prune").stdout
-    cli(store_target, "sessions", "list", env={"AGENTSTATE_SESSION_TTL": "nope"}, code=1)
+    r = cli(store_target, "sessions", "list", env={"AGENTSTATE_SESSION_TTL": "nope"}, code=2)
+    assert "AGENTSTATE_SESSION_TTL" in r.stderr
 
 
 def test_cache_option_stats_and_doctor(store_target: str, cache_url: str) -> None:

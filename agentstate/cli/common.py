@@ -335,6 +335,14 @@ class Opts:
         if self._given.get("g_lock_timeout") is not None:  # an option given is checked even where unused
             self.lock_timeout()
         self.cache  # noqa: B018 - checked here, a usage error
+        if os.environ.get("AGENTSTATE_SESSION_TTL"):
+            from ..errors import InvalidInput
+            from ..sessions_where import env_ttl
+
+            try:
+                env_ttl()
+            except InvalidInput as e:
+                raise UsageError(e.message) from None
         dir_opt, url_opt = self._given.get("g_dir"), self._given.get("g_url")
         if dir_opt is not None and not dir_opt:
             raise UsageError("--dir must not be empty (leave it out for ./.agentstate)")
