@@ -102,22 +102,31 @@ def _where(cfg: Config, target: str, label: str, n: int, matching: int) -> Row:
                       "absolute_met": got <= 5e-3})
 
 
-def _hot_vs(cfg: Config, target: str, cache: str, label: str) -> Row:
+def _hot_vs(cfg: Config, target: str, cache: str, label: str, unix: str | None) -> Row:
     from agentstate import SessionStore
 
     plain = SessionStore(target, tenant="hot")
     hot = SessionStore(target, tenant="hot", cache=cache)
     plain.append("s", [ITEM] * 40)
     assert hot.context("s", 20) == plain.context("s", 20)  # promoted
+    cases = {"hot": lambda: hot.context("s", 20), "plain": lambda: plain.context("s", 20)}
+    if unix:  # the same Redis over its Unix socket (a Redis beside the application): reported in extra
+        hot_unix = SessionStore(target, tenant="hot", cache=unix)
+        cases["unix"] = lambda: hot_unix.context("s", 20)
     reads = 5 if cfg.quick else 300 * cfg.rounds
-    t = interleaved({"hot": lambda: hot.context("s", 20), "plain": lambda: plain.context("s", 20)}, reads)
+    t = interleaved(cases, reads)
     hot.close()
     plain.close()
     goal = "<= 0.5" if label == "pg" else None
     h, p = median(t["hot"]), median(t["plain"])
+    extra: dict[str, Any] = {"samples": reads}
+    note = f"{h * 1e3:.3f} ms vs {p * 1e3:.3f} ms (TCP loopback both)"
+    if unix:
+        u = median(t["unix"])
+        extra["hot_unix_socket_s"] = u
+        note += f"; hot over a Unix socket {u * 1e3:.3f} ms ({u / p:.2f}x)"
     return Row("fleet", f"fleet/context20-hot-vs-{label}", f"context(20) from a hot Redis cache in front of {label}",
-               h, f"context(20) straight from {label}", p, "s", goal,
-               note=f"{h * 1e3:.3f} ms vs {p * 1e3:.3f} ms", extra={"samples": reads})
+               h, f"context(20) straight from {label}", p, "s", goal, note=note, extra=extra)
 
 
 def _zipf(cfg: Config, target: str, cache: str) -> Row:
@@ -163,12 +172,13 @@ def run(cfg: Config) -> list[Row]:
 
     n, matching = (10_000, 100) if cfg.quick else (100_000, 1_000)
     cache, rserver = _redis()
+    unix = rserver.unix_url if rserver is not None else None
     base, pserver = pg._server()
     try:
         url = f"{base}{'&' if '?' in base else '?'}schema=fleet_{uuid.uuid4().hex[:8]}"
         d = str(cfg.workdir / "fleet")
         rows = [_where(cfg, d, "sqlite", n, matching), _where(cfg, url, "pg", n, matching),
-                _hot_vs(cfg, url, cache, "pg"), _hot_vs(cfg, d, cache, "dir"), _zipf(cfg, url, cache)]
+                _hot_vs(cfg, url, cache, "pg", unix), _hot_vs(cfg, d, cache, "dir", unix), _zipf(cfg, url, cache)]
     finally:
         if rserver is not None:
             rserver.destroy()
