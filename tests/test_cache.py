@@ -65,7 +65,7 @@ def test_a_promotion_that_read_before_a_write_cannot_install(store_target: str, 
     s.append("a", U[:3])
     hot = s.hot
     h, lease, st = hot._keys("a")
-    gen = hot._begin(keys=[h, lease], args=["1", hot.hot_ttl_ms])  # the promotion notes the generation,
+    gen = hot._begin(keys=[h, lease, st], args=["1", hot.hot_ttl_ms])  # the promotion notes the generation,
     info, items = s.show("a", last=50)  # reads the durable store,
     other.append("a", [{"role": "user", "content": "racing"}])  # a writer commits,
     entry = orjson.dumps({"row": [info.id, info.title, None, info.created_at, info.updated_at, 3, 3, None],

@@ -10,14 +10,15 @@ A read never misses an acknowledged append, whatever dies or races (scripts.py h
 * every write, once it holds the store's writer lock and before its commit, takes a lease (a token
   in the session's lease set, ending ``LEASE_MS`` later) and bumps the session's generation, which
   invalidates the entry; after the commit (and after a failed write) it bumps the generation again and
-  drops its lease, and only then returns. A reader that sees a live lease reads the durable store.
+  drops its lease, and only then returns. A read is a hit only on an entry built at the current
+  generation; otherwise it reads the durable store.
 * a promotion notes the generation (refused while a lease is live), reads the durable store, and
   installs only if the generation is unchanged and no lease is live: a writer that committed after the
   promotion's read bumped the generation before its commit, so the stale read cannot be installed; one
   that committed before it is in the read.
-* a writer killed between its commit and its second bump leaves its lease, which keeps every reader
-  on the durable store until it ends (``LEASE_MS``): an item it committed without acknowledging is not
-  hidden beyond that.
+* a writer killed between its commit and its second bump leaves its lease, under which nothing is
+  promoted, so every reader goes to the durable store until it ends (``LEASE_MS``): an item it
+  committed without acknowledging is not hidden beyond that.
 * a lost generation (FLUSHALL, a restart, eviction) drops the entry with it (one hash holds both), and
   a new generation starts at a random value: an entry never matches a generation it was not built at.
 
@@ -118,7 +119,6 @@ class HotTier:
         self.redis = _client(url)
         from . import scripts
 
-        self._read = self.redis.register_script(scripts.READ)
         self._begin = self.redis.register_script(scripts.BEGIN_PROMOTE)
         self._install = self.redis.register_script(scripts.INSTALL)
         self._fence_begin = self.redis.register_script(scripts.FENCE_BEGIN)
@@ -215,17 +215,33 @@ class HotTier:
 
     # -- reads --------------------------------------------------------------------------------------------
 
+    def _fetch(self, sid: str) -> list:
+        """One round trip, plain commands (no script: a hit costs Redis a few microseconds): the entry's
+        fields, its TTL refreshed, the tenant's read counted. No lease check is needed here: a write bumps
+        the generation as it takes its lease, and nothing installs while a lease lives, so an entry whose
+        ``built`` equals ``gen`` was built after the last write began and its lease ended, or before none."""
+        h, _, stats = self._keys(sid)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(h, "gen", "built", "entry", "n", "count")
+        pipe.pexpire(h, self.hot_ttl_ms)
+        pipe.hincrby(stats, "reads", 1)
+        return pipe.execute()[0]
+
     def _hot(self, sid: str, kind: str, param: int) -> Any:
         """The entry (info row, item rows) on a hit; else MISS (promote), DURABLE (read the durable store)."""
-        got = self._call(self._read, keys=self._keys(sid), args=[self.hot_ttl_ms, kind, param])
-        if got is _AWAY or got == -1 or got == -2:
+        got = self._call(self._fetch, sid)
+        if got is _AWAY:
             return _DURABLE
-        if got == 0:
-            return _MISS
+        gen, built, entry, n, count = got
+        if gen is None or entry is None or gen != built:
+            return _MISS  # counted by BEGIN_PROMOTE
+        if not _covers_counts(kind, param, int(n), int(count)):
+            self._call(self.redis.hincrby, self._keys(sid)[2], "misses", 1)
+            return _DURABLE
         import orjson
 
-        entry = orjson.loads(got)
-        return entry["row"], entry["items"]
+        got = orjson.loads(entry)
+        return got["row"], got["items"]
 
     def _promote(self, sid: str) -> tuple[list, list] | None:
         """Read the durable store (info and window) and install it unless a write began meanwhile; the rows
@@ -235,7 +251,7 @@ class HotTier:
         from ..sql import q_sessions as q
 
         h, lease, stats = self._keys(sid)
-        gen = self._call(self._begin, keys=[h, lease], args=[_init(), self.hot_ttl_ms])
+        gen = self._call(self._begin, keys=[h, lease, stats], args=[_init(), self.hot_ttl_ms])
         if gen is _AWAY or gen is None:
             return None
         store = self.store
@@ -300,7 +316,12 @@ def _items(rows: list[list]) -> list[Any]:
 
 
 def _covers(got: tuple[list, list], kind: str, param: int) -> bool:
-    n, count = len(got[1]), int(got[0][5])
+    return _covers_counts(kind, param, len(got[1]), int(got[0][5]))
+
+
+def _covers_counts(kind: str, param: int, n: int, count: int) -> bool:
+    """Whether a window of the last ``n`` of ``count`` items answers the read: context(param), items after
+    seq ``param``, or get."""
     if kind == "c":
         return param <= n or n >= count
     if kind == "i":
@@ -377,9 +398,9 @@ def stats(url: str, target: str) -> list[dict[str, Any]]:
                 continue
             row = out.setdefault(tenant, {"tenant": tenant, "hits": 0, "misses": 0, "promotions": 0, "keys": 0})
             if kind == "stats":
-                counts = client.hgetall(key)
-                for name in ("hits", "misses", "promotions"):
-                    row[name] = int(counts.get(name.encode(), 0))
+                counts = {k.decode(): int(v) for k, v in client.hgetall(key).items()}
+                row["misses"], row["promotions"] = counts.get("misses", 0), counts.get("promotions", 0)
+                row["hits"] = max(0, counts.get("reads", 0) - row["misses"])
             elif kind.startswith("s:"):
                 row["keys"] += 1
         for row in out.values():

@@ -9,7 +9,8 @@ Keys of one session (``H``, ``L``) and of its tenant (``S``):
   ``built == gen``.
 * ``L`` a sorted set of leases: writer tokens scored by the time (ms, Redis clock) their lease ends. A
   live lease means a write is in flight: readers go to the durable store and nothing is promoted.
-* ``S`` the tenant's counters: ``hits``, ``misses``, ``promotions``.
+* ``S`` the tenant's counters: ``reads`` (through the cache), ``misses``, ``promotions`` (hits = reads -
+  misses).
 """
 
 from __future__ import annotations
@@ -32,32 +33,10 @@ local function bump(h, init)
 end
 """
 
-# KEYS H, L, S; ARGV hot_ttl_ms, kind ('g' info, 'c' context with ARGV[3] = limit, 'i' items with
-# ARGV[3] = after). Returns the entry on a hit, 0 on a miss (promote), -1 when the entry does not cover
-# the read (read the durable store, nothing to promote), -2 when a write is in flight.
-READ = _LEASED + """
-if leased(KEYS[2]) then
-  redis.call('HINCRBY', KEYS[3], 'misses', 1)
-  return -2
-end
-local v = redis.call('HMGET', KEYS[1], 'gen', 'built', 'entry', 'n', 'count')
-if not v[1] or not v[3] or v[1] ~= v[2] then
-  redis.call('HINCRBY', KEYS[3], 'misses', 1)
-  return 0
-end
-local n, count, p = tonumber(v[4]), tonumber(v[5]), tonumber(ARGV[3])
-if (ARGV[2] == 'c' and p > n and n < count) or (ARGV[2] == 'i' and p < count - n) then
-  redis.call('HINCRBY', KEYS[3], 'misses', 1)
-  return -1
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[3], 'hits', 1)
-return v[3]
-"""
-
-# KEYS H, L; ARGV init, hot_ttl_ms. The generation a promotion must still see when it installs, or
-# false while a write is in flight.
+# KEYS H, L, S; ARGV init, hot_ttl_ms. After a miss (counted here): the generation a promotion must still
+# see when it installs, or false while a write is in flight. (A hit is plain commands: __init__._fetch.)
 BEGIN_PROMOTE = _LEASED + """
+redis.call('HINCRBY', KEYS[3], 'misses', 1)
 if leased(KEYS[2]) then return false end
 local g = redis.call('HGET', KEYS[1], 'gen')
 if not g then
