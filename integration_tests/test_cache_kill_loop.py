@@ -196,13 +196,15 @@ def test_cache_kill_loop(backend: str, tmp_path: Path, cache_url: str, request: 
     assert r["cache_stats"] and r["cache_stats"][0]["hits"] > 0  # the readers were served from Redis
 
 
-def test_cache_kill_loop_with_redis_stopped_and_started(tmp_path: Path, cache_url: str, redis_server: Any) -> None:
-    target = str(tmp_path / "store")
+@pytest.mark.parametrize("backend", ["dir", "pg"])
+def test_cache_kill_loop_with_redis_stopped_and_started(backend: str, tmp_path: Path, cache_url: str,
+                                                        redis_server: Any, request: pytest.FixtureRequest) -> None:
+    target = str(tmp_path / "store") if backend == "dir" else request.getfixturevalue("pg_schema_url")
     SessionStore(target, tenant=TENANT).append("s0", [{"type": "note", "slot": "init"}])
     r = _kill_loop(target, cache_url, rounds(150, 500), tmp_path, redis_server=redis_server)
     print({k: v for k, v in r.items() if k not in ("bad",)})
     assert len(r["redis"]) == 2, r["redis"]
-    _assert_clean("cache_kill_loop_redis_restart", r)
+    _assert_clean(f"cache_kill_loop_redis_restart_{backend}", r)
 
 
 def test_cache_kill_loop_catches_writers_without_the_fence(tmp_path: Path, cache_url: str,
