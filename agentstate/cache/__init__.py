@@ -198,9 +198,12 @@ class HotTier:
         try:
             yield
         finally:
-            if self._call(self._fence_end, keys=[h, lease], args=[token, _init(), self.hot_ttl_ms],
-                          writing=True) is _AWAY:
-                self._remember(sid)
+            from .. import signals
+
+            with signals.critical(outcome=None):  # a SIGINT/SIGTERM waits for the second bump (one short call)
+                if self._call(self._fence_end, keys=[h, lease], args=[token, _init(), self.hot_ttl_ms],
+                              writing=True) is _AWAY:
+                    self._remember(sid)
 
     def _remember(self, sid: str) -> None:
         with self._lock:
