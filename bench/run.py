@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "sessions": "sessions",
     "responses": "responses",
     "serve": "serve",
+    "fleet": "fleet",
 }
 
 

@@ -25,6 +25,8 @@ EXPECTED = (
                                  "sdk-add_items", "sdk-get_items20")]
     + [f"responses/{r}" for r in ("chain-1000", "chain-10000", "chain-10000-full", "chain-10000-query", "save")]
     + [f"serve/{r}" for r in ("throughput", "write-tx-per-append", "append-p50", "append-p99")]
+    + [f"fleet/{r}" for r in ("where-sqlite", "where-pg", "context20-hot-vs-pg", "context20-hot-vs-dir",
+                              "zipf-hit-rate")]
 )
 GOALS = {
     "floor/transaction/1KB": "<= 1.25",
@@ -40,6 +42,7 @@ GOALS = {
     "sessions/contention": ">= 0.9",
     "serve/throughput": ">= 1.0",
     "serve/write-tx-per-append": "<= 0.5",
+    "fleet/context20-hot-vs-pg": "<= 0.5",
 }
 
 

@@ -105,6 +105,7 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     blocks = _blocks("README.md")
     shared = set(_section_blocks("README.md", "## Sharing a store"))  # run against a server, below
     shared |= set(_section_blocks("README.md", "## Serving over HTTP"))  # on a free port, below
+    shared |= set(_section_blocks("README.md", "## Fleet"))  # run against a redis-server, below
     setup, examples = blocks[0], [b for b in blocks[1:] if b not in shared]
     assert "agentstate apply examples/agents.json" in setup and ".ci/run" in setup
     (tmp_path / "examples").mkdir()
@@ -217,3 +218,21 @@ def test_readme_serving_section_runs(tmp_path: Path) -> None:
     assert " paths\n" in r.stdout and "drained, exit 0" in r.stdout
     assert "Plan three days in Lisbon" in r.stdout  # sessions list shows the title
     assert "tenant=alice" in r.stderr and "Bearer" not in r.stderr  # the request log, no token
+
+
+def test_readme_fleet_section_runs_against_a_redis_server(tmp_path: Path, cache_url: str) -> None:
+    """README's "Fleet": the setup block names the extra, a redis-server without persistence and
+    AGENTSTATE_CACHE; the rest runs with AGENTSTATE_CACHE set to the suite's redis-server."""
+    setup, *examples = _section_blocks("README.md", "## Fleet")
+    assert "agentstate[cache]" in setup and "export AGENTSTATE_CACHE=redis://" in setup and "--save ''" in setup
+    os.environ["AGENTSTATE_CACHE"] = cache_url
+    try:
+        r = _run("\n".join(examples), tmp_path)
+    finally:
+        del os.environ["AGENTSTATE_CACHE"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"total":1' in r.stdout and '"id":"t-1"' in r.stdout and "t-2  0 items" in r.stdout
+    assert '"content":"Where is my order?"' in r.stdout
+    assert "default  hits 1  misses 1" in r.stdout  # the second show was a hit
+    assert "ok   cache: redis://" in r.stdout
+    assert "pruned 0 session(s)" in r.stdout

@@ -121,9 +121,9 @@ def test_without_the_driver_a_url_names_the_extra(pg_schema_url):
 def test_migrations_are_recorded_and_a_newer_schema_is_refused_untouched(pg_schema_url):
     with StateStore(pg_schema_url).transaction() as st:
         st.resources["a"] = 1
-    assert [r[0] for r in sql(pg_schema_url, "SELECT version FROM schema_migrations")] == list(
-        range(1, SCHEMA_VERSION + 1))
-    sql(pg_schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+    versions = [r[0] for r in sql(pg_schema_url, "SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    sql(pg_schema_url, "INSERT INTO schema_migrations (version) VALUES (%(v)s)", {"v": SCHEMA_VERSION + 1})
     before = stored(pg_schema_url)
     # A new process (this one remembers the schema as up to date): the CLI, and a fresh interpreter.
     for args in (["show", "--json"], ["sessions", "list"], ["apply", "--set", "a=2"], ["migrate"]):

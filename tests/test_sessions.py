@@ -13,6 +13,7 @@ import pytest
 import agentstate
 from agentstate import ConflictError, FormatTooNew, InvalidInput, NotFound, SessionStore
 from agentstate.sessions.store import Item, SessionInfo
+from agentstate.sql.schema import SCHEMA_VERSION
 
 U = {"role": "user", "content": "hello"}
 
@@ -43,7 +44,7 @@ def test_create_defaults_to_a_uuid_and_get_returns_it(store: SessionStore) -> No
     assert info.created_at == info.updated_at and info.created_at.endswith("Z")
     assert store.get(info.id) == info
     assert set(info.to_dict()) == {"id", "tenant", "title", "metadata", "created_at", "updated_at", "item_count",
-                                   "version"}
+                                   "version", "expires_at"}
 
 
 def test_create_with_id_title_metadata_and_duplicate_is_conflict(store: SessionStore) -> None:
@@ -402,7 +403,7 @@ def test_database_file_and_pragmas(tmp_path) -> None:
             assert (d / extra).stat().st_mode & 0o077 == 0
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
     s.close()
 
@@ -491,7 +492,7 @@ def test_check_finds_damage_and_a_wrong_count(tmp_path) -> None:
     found = _findings(d)
     assert not found["session counts"]["ok"] and found["database integrity"]["ok"]
     with open(d / "agentstate.db", "r+b") as f:  # clobber a page in the middle of the b-trees
-        f.seek(4096 * 20 + 64)
+        f.seek(4096 * 60 + 64)
         f.write(os.urandom(2000))
     found = _findings(d)
     assert not found["database integrity"]["ok"], found["database integrity"]
@@ -606,7 +607,7 @@ def test_a_version_1_database_is_migrated_to_session_versions(tmp_path) -> None:
         s.append("old", [U], expect_version=1)
         assert s.get("old").version == 2 and s.get("old").item_count == 1
     conn = sqlite3.connect(d / "agentstate.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 

@@ -58,7 +58,8 @@ def cli(store_target: str) -> Cli:
 def test_create_json_is_the_session_info(cli: Cli) -> None:
     doc = cli.json("create", "--id", "c1", "--title", "Trip")
     assert doc["id"] == "c1" and doc["title"] == "Trip" and doc["item_count"] == 0
-    assert set(doc) == {"id", "tenant", "title", "metadata", "created_at", "updated_at", "item_count", "version"}
+    assert set(doc) == {"id", "tenant", "title", "metadata", "created_at", "updated_at", "item_count", "version",
+                        "expires_at"}
     doc = cli.json("create")
     assert len(doc["id"]) == 36 and doc["title"] is None
     r = cli("create")

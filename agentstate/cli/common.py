@@ -51,7 +51,9 @@ ENVIRONMENT = (
     "store instead), AGENTSTATE_PG_SCHEMA (the PostgreSQL schema, default agentstate), AGENTSTATE_TENANT "
     "(sessions and responses only; default: default), AGENTSTATE_LOCK_TIMEOUT (default 30s), "
     "AGENTSTATE_STATEMENT_TIMEOUT (PostgreSQL readers' statement timeout, default 30s; 0: none), "
-    "AGENTSTATE_LOG_LEVEL, AGENTSTATE_LOG_FORMAT."
+    "AGENTSTATE_LOG_LEVEL, AGENTSTATE_LOG_FORMAT, AGENTSTATE_CACHE (a Redis hot tier for sessions), "
+    "AGENTSTATE_SESSION_TTL (a default time to live for sessions; none unless set); "
+    "AGENTSTATE_SERVE_CONFIG is internal (set by `serve --workers` for its worker processes)."
 )
 
 # The largest integer both SQL engines store (a signed 64-bit BIGINT): every integer option is checked
@@ -73,6 +75,8 @@ _SHARED: tuple[tuple[str, tuple[str, ...], str, str | None, str], ...] = (
      "A postgresql:// store instead of a directory (env AGENTSTATE_URL); not with --dir."),
     ("g_tenant", ("--tenant",), "value", "TENANT", "Tenant for sessions and responses (env AGENTSTATE_TENANT; "
                                                     "default: default); refused by state commands."),
+    ("g_cache", ("--cache",), "value", "URL", "A Redis hot tier in front of the sessions: redis://HOST:PORT/DB or "
+                                             "unix:///PATH?db=N (env AGENTSTATE_CACHE)."),
     ("g_json", ("--json",), "flag", None, "Machine-readable output on stdout."),
     ("g_verbose", ("-v", "--verbose"), "count", None, "More logging on stderr: -v info, -vv debug."),
     ("g_log_level", ("--log-level",), "value", "LEVEL",
@@ -337,6 +341,15 @@ class Opts:
             self.log_format = fmt.lower()
         if self._given.get("g_lock_timeout") is not None:  # an option given is checked even where unused
             self.lock_timeout()
+        self.cache  # noqa: B018 - checked here, a usage error
+        if os.environ.get("AGENTSTATE_SESSION_TTL"):
+            from ..errors import InvalidInput
+            from ..sessions.where import env_ttl
+
+            try:
+                env_ttl()
+            except InvalidInput as e:
+                raise UsageError(e.message) from None
         dir_opt, url_opt = self._given.get("g_dir"), self._given.get("g_url")
         if dir_opt is not None and not dir_opt:
             raise UsageError("--dir must not be empty (leave it out for ./.agentstate)")
@@ -374,6 +387,17 @@ class Opts:
                     parse_duration(os.environ["AGENTSTATE_STATEMENT_TIMEOUT"], "statement timeout")
                 except InvalidInput as e:
                     raise UsageError(f"AGENTSTATE_STATEMENT_TIMEOUT: {e}") from None
+
+    @property
+    def cache(self) -> str | None:
+        """--cache or AGENTSTATE_CACHE (None: no hot tier); not a cache URL is a usage error."""
+        value, where = self._setting("g_cache", "--cache", "AGENTSTATE_CACHE")
+        if value is None:
+            return None
+        if not value.lower().startswith(("redis://", "rediss://", "unix://")):
+            raise UsageError(f"{where} takes redis://HOST:PORT/DB, rediss://... or unix:///PATH?db=N, "
+                             f"not {redact_url(value)!r}")
+        return value
 
     @property
     def target(self) -> str | None:

@@ -24,13 +24,17 @@ def doctor(
     state.json.bak, the state lock (held, by whom, stale), stray temp files; and the sessions/responses
     database (agentstate.db or the PostgreSQL schema): that it opens, its permissions (0600), schema
     version, SQLite integrity_check, the kept session counts, every tenant's response chains (links,
-    depths, roots), and the database's lock."""
+    depths, roots), the database's lock; and, with --cache URL, the Redis hot tier's health."""
 
     def body(o: Opts) -> int:
         from .. import doctor as diagnosis
 
         store = o.store(writing=repair)
         report = diagnosis.repair(store) if repair else diagnosis.diagnose(store)
+        if o.cache is not None:
+            from ..cache import health
+
+            report.findings.append(health(o.cache))
         if o.json:
             emit_json(report.to_dict())
         else:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import EXIT_CODES, Opts, UsageError, WriteCommand, run
+from .common import EXIT_CODES, Opts, UsageError, WriteCommand, int_option, run
 
 app = typer.Typer()
 
@@ -17,8 +17,9 @@ INSTALL = "agentstate serve needs the serve extra: pip install 'agentstate[serve
 @app.command(cls=WriteCommand, epilog=EXIT_CODES)
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port (0: any free port, named in the first log line).")] = 8765,
-    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 1,
+    port: Annotated[int, int_option("--port", "Port (0: any free port, named in the first log line).",
+                                    maximum=65535)] = 8765,
+    workers: Annotated[int, int_option("--workers", "Worker processes.", minimum=1, maximum=64)] = 1,
     auth: Annotated[str, typer.Option("--auth", help="jwt (default) or none (tenant 'default'; loopback only).")
                     ] = "jwt",
     jwt_secret_file: Annotated[str | None, typer.Option("--jwt-secret-file", metavar="FILE",
@@ -33,9 +34,9 @@ def serve(
                      ] = "agentstate.serve:echo",
     agent_timeout: Annotated[float, typer.Option("--agent-timeout", help="Seconds an agent reply may take (502 "
                                                                          "after).")] = 60.0,
-    max_item_bytes: Annotated[int, typer.Option("--max-item-bytes", help="Largest item or response.")] = 1 << 20,
-    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body (413 past it).")
-                              ] = 20 << 20,
+    max_item_bytes: Annotated[int, int_option("--max-item-bytes", "Largest item or response.", minimum=1)] = 1 << 20,
+    max_body_bytes: Annotated[int, int_option("--max-body-bytes", "Largest request body (413 past it).",
+                                               minimum=1)] = 20 << 20,
 ) -> None:
     """Serve the store over HTTP: OpenAI Conversations/Responses routes and a chat API, one tenant per token."""
 

@@ -1,4 +1,4 @@
-"""Session commands: `agentstate sessions create|append|pop|show|list|rm|prune|export|import`.
+"""Session commands: `agentstate sessions create|append|pop|show|list|update|rm|prune|export|import|cache stats`.
 
 Each is one SessionStore call (agentstate.sessions); these parse, call and render.
 """
@@ -47,7 +47,8 @@ TEXT_WIDTH = 100
 @sessions_app.callback(invoke_without_command=True)
 def _sessions_root(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:
-        raise UsageError("missing command (create, append, pop, show, list, rm, prune, export, import); "
+        raise UsageError("missing command (create, append, pop, show, list, update, rm, prune, export, import, "
+                         "cache); "
                          "see `agentstate sessions --help`")
 
 
@@ -57,7 +58,8 @@ _opened: list[Any] = []  # the stores a command opened, closed when it ends (_ru
 def _store(o: Opts, writing: bool = False) -> Any:
     from ..sessions.store import SessionStore
 
-    store = SessionStore(o.target, tenant=o.tenant, lock_timeout=o.lock_timeout() if writing else None)
+    store = SessionStore(o.target, tenant=o.tenant, lock_timeout=o.lock_timeout() if writing else None,
+                         cache=o.cache or "")
     _opened.append(store)
     return store
 
@@ -74,6 +76,11 @@ def _run(body: Any) -> None:
                 _opened.pop().close()
 
     run(closing)
+
+
+TtlOpt = Annotated[str | None, typer.Option(
+    "--ttl", metavar="DURATION", help="Expire the session this long after this write: 7d, 12h, 30m or seconds "
+                                      "(default: AGENTSTATE_SESSION_TTL, else never).")]
 
 
 def _summary(data: dict[str, Any]) -> str:
@@ -141,6 +148,7 @@ def create(
     title: Annotated[str | None, typer.Option(
         "--title", help="A title of at most 200 characters (default: the first user message).")] = None,
     metadata: Annotated[str | None, typer.Option("--metadata", help="A JSON object kept with the session.")] = None,
+    ttl: TtlOpt = None,
 ) -> None:
     """Create an empty session and print its id (an existing id is a conflict, exit 5)."""
 
@@ -148,7 +156,7 @@ def create(
         from ..state.codec import parse_json
 
         meta = None if metadata is None else parse_json(metadata, "--metadata")
-        info = _store(o, True).create(session_id, title=title, metadata=meta)
+        info = _store(o, True).create(session_id, title=title, metadata=meta, ttl=ttl)
         if o.json:
             emit_json(info.to_dict())
         else:
@@ -197,13 +205,14 @@ def append(
         "--idempotency-key", help="A retry with the same key stores nothing and prints the first append's items.")
     ] = None,
     no_create: Annotated[bool, typer.Option("--no-create", help="Exit 6 if the session does not exist.")] = False,
+    ttl: TtlOpt = None,
 ) -> None:
     """Append items to a session, all in one transaction: all of them or, on any bad item, none."""
 
     def body(o: Opts) -> None:
         items = _read_items(item_json or [], role, content)
         added = _store(o, True).append(session_id, items, expect_seq=expect_seq, expect_version=expect_version,
-                                       idempotency_key=idempotency_key, create=not no_create)
+                                       idempotency_key=idempotency_key, create=not no_create, ttl=ttl)
         if o.json:
             emit_json({"session_id": session_id, "items": [i.to_dict() for i in added]})
         elif added:
@@ -240,11 +249,16 @@ def show(
 def list_sessions(
     limit: LimitOpt = 50,
     cursor: CursorOpt = None,
+    where: Annotated[list[str] | None, typer.Option(
+        "--where", metavar="KEY=VALUE", help="Only sessions whose metadata has KEY equal to the string VALUE "
+                                             "(KEY:=JSON for a number or boolean); repeat: all must match.")] = None,
 ) -> None:
-    """List sessions, most recently updated first."""
+    """List sessions, most recently updated first (expired ones are gone)."""
 
     def body(o: Opts) -> None:
-        page = _store(o).list(limit=limit, cursor=cursor)
+        from ..sessions.where import parse_where
+
+        page = _store(o).list(limit=limit, cursor=cursor, where=parse_where(where) if where else None)
         if o.json:
             emit_json(page_json(page, "sessions"))
             return
@@ -275,6 +289,23 @@ def pop(session_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     _run(body)
 
 
+@sessions_app.command("update", cls=WriteCommand, epilog=EXIT_CODES)
+def update(
+    session_id: Annotated[str, typer.Argument(metavar="ID")],
+    metadata: Annotated[str, typer.Option("--metadata", metavar="JSON",
+                                          help="The session's new metadata: a JSON object (null clears it).")],
+) -> None:
+    """Replace a session's metadata (what --where finds it by)."""
+
+    def body(o: Opts) -> None:
+        from ..state.codec import parse_json
+
+        info = _store(o, True).update_metadata(session_id, parse_json(metadata, "--metadata"))
+        emit(o, info.to_dict(), f"updated session {info.id}")
+
+    run(body)
+
+
 @sessions_app.command("rm", cls=WriteCommand, epilog=EXIT_CODES)
 def rm(session_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="The sessions to delete.")]) -> None:
     """Delete sessions and all their items, in one transaction: all of them, or none if any is missing (exit 6)."""
@@ -302,16 +333,19 @@ def check_prune_age(older_than: str, yes: bool, dry_run: bool, what: str) -> Non
 
 @sessions_app.command("prune", cls=WriteCommand, epilog=EXIT_CODES)
 def prune(
-    older_than: Annotated[str, typer.Option("--older-than", metavar="AGE",
-                                            help="Delete sessions not updated for AGE: 30d, 12h, 90m or seconds.")],
+    older_than: Annotated[str | None, typer.Option(
+        "--older-than", metavar="AGE", help="Also delete sessions not updated for AGE: 30d, 12h, 90m or seconds.")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Needed with an AGE of 0 (every session of the tenant).")
                    ] = False,
 ) -> None:
-    """Delete whole sessions not updated for a while (--dry-run: only list them)."""
+    """Delete whole sessions that have expired (--ttl), and those not updated for a while (--older-than);
+    --dry-run only lists them."""
 
     def body(o: Opts) -> None:
-        check_prune_age(older_than, yes, dry_run, "sessions")
+        if older_than is not None:
+            check_prune_age(older_than, yes, dry_run, "sessions")
         ids = _store(o, not dry_run).prune(older_than, dry_run=dry_run)
         if dry_run:
             emit(o, {"would_delete": ids, "dry_run": True},
@@ -429,3 +463,43 @@ def import_(
         emit(o, info.to_dict(), f"imported {info.item_count} item(s) into session {info.id}")
 
     _run(body)
+
+
+cache_app = typer.Typer(cls=Group, help="The Redis hot tier (--cache URL or AGENTSTATE_CACHE).", no_args_is_help=False)
+sessions_app.add_typer(cache_app, name="cache")
+
+
+@cache_app.callback(invoke_without_command=True)
+def _cache_root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        raise UsageError("missing command (stats); see `agentstate sessions cache --help`")
+
+
+@cache_app.command("stats", cls=Command, epilog=EXIT_CODES)
+def cache_stats() -> None:
+    """Hits, misses, promotions and cached sessions per tenant of this store."""
+
+    def body(o: Opts) -> None:
+        from ..cache import stats
+        from ..names import default_dir
+
+        url = o.cache
+        if url is None:
+            raise UsageError("sessions cache stats needs --cache URL (or AGENTSTATE_CACHE)")
+        try:
+            rows = stats(url, o.target if o.target is not None else default_dir())
+        except Exception as e:  # noqa: BLE001 - a Redis failure is one line, exit 1
+            from ..errors import StorageError
+
+            raise StorageError(f"cache does not answer: {type(e).__name__}: {e}") from None
+        if o.json:
+            emit_json({"tenants": rows})
+            return
+        for r in rows:
+            rate = "-" if r["hit_rate"] is None else f"{r['hit_rate']:.1%}"
+            out(printable(f"{r['tenant']}  hits {r['hits']}  misses {r['misses']}  hit rate {rate}  "
+                          f"promotions {r['promotions']}  keys {r['keys']}"))
+        if not rows:
+            out("no cached sessions")
+
+    run(body)

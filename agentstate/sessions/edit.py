@@ -61,6 +61,7 @@ class ItemEdits:
         item ``after_id`` (in that order), and whether more follow. NotFound for a missing session or
         ``after_id``."""
         from ..sql import q_sessions as q
+        from .store import _utcnow
 
         sid = check_name(session_id, "session id")
         if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
@@ -77,7 +78,8 @@ class ItemEdits:
                     raise _item_not_found(sid, after_id)
                 pivot = int(row[0])
             if order == "asc":
-                rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=pivot, limit=limit + 1)
+                rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=pivot, limit=limit + 1,
+                              now=_utcnow())
             else:
                 rows = tx.run(q.ITEMS_BEFORE, tenant=self.tenant, session_id=sid, before=pivot, limit=limit + 1)
         return self._items(rows[:limit], sid), len(rows) > limit  # type: ignore[attr-defined]
@@ -90,7 +92,7 @@ class ItemEdits:
 
         sid = check_name(session_id, "session id")
         iid = _check_item_id(item_id)
-        with self.db.write("sessions delete-item", self.lock_timeout) as tx:
+        with self._write(sid, "sessions delete-item") as tx:  # type: ignore[attr-defined]
             row = self._row(tx, sid)  # type: ignore[attr-defined]
             last = int(row[6])
             rows = tx.run(q.GET_ITEM_BY_ID, tenant=self.tenant, session_id=sid, item_id=iid)
@@ -103,23 +105,6 @@ class ItemEdits:
             tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last,
                    now=self._now_after(row), title=None, version=self._next_version(tx), added=-1)  # type: ignore
         return item
-
-    def update_metadata(self, session_id: str, metadata: dict[str, Any] | None) -> SessionInfo:
-        """Replace the session's metadata (a JSON object, or None to clear it); the updated session.
-        NotFound if it does not exist. A write: stamped under the lock, a new version."""
-        from ..sql import q_sessions as q
-        from ..state.codec import encode_value
-
-        sid = check_name(session_id, "session id")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidInput(f"metadata must be a JSON object (got {type(metadata).__name__})")
-        meta = None if metadata is None else encode_value(metadata).decode()
-        with self.db.write("sessions update-metadata", self.lock_timeout) as tx:
-            row = self._row(tx, sid)  # type: ignore[attr-defined]
-            tx.execute(q.UPDATE_METADATA, tenant=self.tenant, id=sid, metadata=meta, now=self._now_after(row),
-                       version=self._next_version(tx))  # type: ignore[attr-defined]
-            info = self._info(self._row(tx, sid))  # type: ignore[attr-defined]
-        return info
 
     def list_after(self, after_id: str, limit: int = 50) -> Any:
         """The page of ``list`` that follows the session ``after_id`` (where it is now in the order);
@@ -145,10 +130,10 @@ class ItemEdits:
             raise InvalidInput(f"metadata must be a JSON object (got {type(metadata).__name__})")
         datas, encoded = self._encode_all(list(items))  # type: ignore[attr-defined]
         meta = None if metadata is None else encode_value(metadata).decode()
-        with self.db.write("sessions create", self.lock_timeout) as tx:
-            if tx.one(q.GET_SESSION, tenant=self.tenant, id=sid) is not None:
-                raise ConflictError(f"session {sid!r} already exists", session_id=sid)
+        with self._write(sid, "sessions create") as tx:  # type: ignore[attr-defined]
             now = _utcnow()  # under the lock
+            if self._live_or_removed(tx, sid, now) is not None:  # type: ignore[attr-defined]
+                raise ConflictError(f"session {sid!r} already exists", session_id=sid)
             self._insert(tx, sid, _title_from(datas), meta, now)  # type: ignore[attr-defined]
             if encoded:
                 tx.many(q.INSERT_ITEM, [{"tenant": self.tenant, "session_id": sid, "seq": seq, "id": str(uuid.uuid4()),

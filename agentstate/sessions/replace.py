@@ -35,7 +35,7 @@ def replace_items(store: SessionStore, session_id: str, items: Any, *, start: in
     from ..names import check_name
     from ..sql import q_sessions as q
     from .checks import _check_seq, _title_from
-    from .store import Item
+    from .store import Item, _utcnow
 
     sid = check_name(session_id, "session id")
     datas, encoded = store._encode_all(items, check_items)
@@ -45,8 +45,8 @@ def replace_items(store: SessionStore, session_id: str, items: Any, *, start: in
         raise InvalidInput("expect_ids must be a list of item ids")
     records = [(str(uuid.uuid4()), data.decode()) for data in encoded]
     scope = {"tenant": store.tenant, "session_id": sid}
-    with store.db.write("sessions replace", store.lock_timeout) as tx:
-        row = tx.one(q.GET_SESSION, tenant=store.tenant, id=sid)
+    with store._write(sid, "sessions replace") as tx:
+        row = store._live_or_removed(tx, sid, _utcnow())
         now = store._now_after(row)  # under the lock, never before the session's updated_at
         last = 0 if row is None else int(row[6])
         if start > last + 1 or expect_ids is not None and (
@@ -61,7 +61,8 @@ def replace_items(store: SessionStore, session_id: str, items: Any, *, start: in
         kept = start - 1
         dropped = 0
         while prune is not None and dropped < kept:
-            batch = tx.run(q.ITEMS_AFTER, **scope, after=dropped, limit=min(_PRUNE_BATCH, kept - dropped))
+            batch = tx.run(q.ITEMS_AFTER, **scope, after=dropped, limit=min(_PRUNE_BATCH, kept - dropped),
+                           now=now)
             run = 0
             for _seq, _iid, _created, data in batch:
                 if not prune(orjson.loads(data)):

@@ -36,6 +36,7 @@ from .checks import (  # noqa: F401 - MAX_ITEM_BYTES and encode_item are re-expo
     encode_item,
 )
 from .edit import ItemEdits
+from .where import FleetMixin, _meta_text
 
 EXPORT_TYPE = "agentstate.session"
 _ALL = 1 << 62  # "no limit" for LIMIT :limit in both dialects
@@ -79,6 +80,7 @@ class SessionInfo:
     updated_at: str
     item_count: int
     version: int = 0  # changes on every write to the session (see append(expect_version=))
+    expires_at: str | None = None  # None: lives until deleted or pruned
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class SessionInfo:
             "updated_at": self.updated_at,
             "item_count": self.item_count,
             "version": self.version,
+            "expires_at": self.expires_at,
         }
 
 
@@ -109,7 +112,7 @@ def _damaged(message: str, **details: Any) -> Exception:
 # -- the store ---------------------------------------------------------------------------------------------
 
 
-class SessionStore(ItemEdits):
+class SessionStore(FleetMixin, ItemEdits):
     """The sessions of one tenant in a store (a directory, or a postgresql:// URL)."""
 
     def __init__(
@@ -119,9 +122,18 @@ class SessionStore(ItemEdits):
         tenant: str | None = None,
         lock_timeout: float | str | None = None,
         max_item_bytes: int = MAX_ITEM_BYTES,
+        default_ttl: float | str | None = None,
+        cache: str | None = None,
+        hot_ttl: float | str = "10m",
+        hot_items: int = 50,
     ) -> None:
+        """``default_ttl``: a time to live for every session this store creates or appends to (opt-in; env
+        AGENTSTATE_SESSION_TTL). ``cache``: a Redis URL (redis://HOST:PORT/DB or unix:///PATH?db=N; env
+        AGENTSTATE_CACHE) for the hot tier (agentstate.cache), holding each hot session's info and last
+        ``hot_items`` items for ``hot_ttl`` after its last use."""
         from ..names import default_dir
         from ..sql import is_url
+        from .where import check_ttl, env_ttl
 
         self.tenant = check_tenant(tenant)
         if path is None:
@@ -131,7 +143,14 @@ class SessionStore(ItemEdits):
             raise InvalidInput(f"max_item_bytes {max_item_bytes!r} is not a positive integer")
         self.max_item_bytes = max_item_bytes
         self.lock_timeout = lock_timeout
+        self.default_ttl = env_ttl() if default_ttl is None else check_ttl(default_ttl, "default_ttl")
         self._db: Any = None
+        self._hot: Any = None
+        cache = os.environ.get("AGENTSTATE_CACHE") or None if cache is None else cache
+        if cache:
+            from ..cache import HotTier
+
+            self._hot = HotTier(cache, self, hot_ttl=hot_ttl, hot_items=hot_items)
 
     def __repr__(self) -> str:
         return f"SessionStore({shown(self.target)!r}, tenant={self.tenant!r})"
@@ -148,6 +167,8 @@ class SessionStore(ItemEdits):
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._hot is not None:
+            self._hot.close()
 
     def __enter__(self) -> SessionStore:
         return self
@@ -160,13 +181,14 @@ class SessionStore(ItemEdits):
     def _info(self, row: tuple) -> SessionInfo:
         import orjson
 
-        sid, title, metadata, created_at, updated_at, item_count, _last, version = row
+        sid, title, metadata, created_at, updated_at, item_count, _last, version, expires = row[:9]
         try:
             meta = None if metadata is None else orjson.loads(metadata)
         except orjson.JSONDecodeError as e:
             raise _damaged(f"the stored metadata of session {sid!r} (tenant {self.tenant!r}) is not valid JSON: {e}",
                            tenant=self.tenant, session_id=sid) from None
-        return SessionInfo(sid, self.tenant, title, meta, created_at, updated_at, int(item_count), int(version))
+        return SessionInfo(sid, self.tenant, title, meta, created_at, updated_at, int(item_count), int(version),
+                           expires)
 
     def _items(self, rows: Iterable[tuple], sid: str) -> list[Item]:
         import orjson
@@ -183,23 +205,30 @@ class SessionStore(ItemEdits):
                                f"valid JSON: {e}", tenant=self.tenant, session_id=sid, seq=int(seq)) from None
         raise AssertionError("unreachable")
 
-    def _row(self, tx: Any, session_id: str) -> tuple:
+    def _row(self, tx: Any, session_id: str, now: str | None = None) -> tuple:
+        """The session's row; NotFound if there is none or it has expired."""
         from ..sql import q_sessions as q
+        from .where import is_expired
 
         row = tx.one(q.GET_SESSION, tenant=self.tenant, id=session_id)
-        if row is None:
+        if row is None or is_expired(row[8], now or _utcnow()):
             raise _not_found(session_id)
         return row
 
     def _insert(self, tx: Any, sid: str, title: str | None, metadata: str | None, now: str,
-                created_at: str | None = None) -> int:
-        """A new session row, counted in session_counts (as every insert must be); its version."""
+                expires: str | None = None, created_at: str | None = None) -> int:
+        """A new session row, counted in session_counts (as every insert must be), with its metadata's tags;
+        its version."""
         from ..sql import q_sessions as q
 
         tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
         version = self._next_version(tx)
         tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=metadata, now=now,
                created_at=created_at or now, version=version)
+        if expires is not None:
+            tx.run(q.SET_EXPIRES, tenant=self.tenant, id=sid, expires_at=expires)
+        if metadata is not None:
+            self._set_tags(tx, sid, metadata, now, expires, fresh=True)
         return version
 
     def _next_version(self, tx: Any) -> int:
@@ -226,26 +255,26 @@ class SessionStore(ItemEdits):
     # -- writing ------------------------------------------------------------------------------------------
 
     def create(self, session_id: str | None = None, title: str | None = None,
-               metadata: dict[str, Any] | None = None) -> SessionInfo:
-        """A new empty session (a UUID unless ``session_id`` is given); an existing id is ConflictError."""
-        from ..sql import q_sessions as q
-        from ..state.codec import encode_value
+               metadata: dict[str, Any] | None = None, *, ttl: float | str | None = None) -> SessionInfo:
+        """A new empty session (a UUID unless ``session_id`` is given); an existing id is ConflictError.
+        ``ttl`` ("7d", "12h", seconds): the session expires that long after its last append."""
+        from .where import expires_at
 
         sid = str(uuid.uuid4()) if session_id is None else check_name(session_id, "session id")
         _check_title(title)
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidInput(f"metadata must be a JSON object (got {type(metadata).__name__})")
-        meta = None if metadata is None else encode_value(metadata).decode()
-        with self.db.write("sessions create", self.lock_timeout) as tx:
-            if tx.one(q.GET_SESSION, tenant=self.tenant, id=sid) is not None:
+        meta = _meta_text(metadata)
+        seconds = self._ttl(ttl)
+        with self._write(sid, "sessions create") as tx:
+            now = _utcnow()  # under the lock
+            expires = expires_at(now, seconds)
+            if self._live_or_removed(tx, sid, now) is not None:
                 raise ConflictError(f"session {sid!r} already exists", session_id=sid)
-            now = _utcnow()
-            version = self._insert(tx, sid, title, meta, now)
-        return SessionInfo(sid, self.tenant, title, metadata, now, now, 0, version)
+            version = self._insert(tx, sid, title, meta, now, expires)
+        return SessionInfo(sid, self.tenant, title, metadata, now, now, 0, version, expires)
 
     def append(self, session_id: str, items: Any, *, expect_seq: int | None = None,
                expect_version: int | None = None, idempotency_key: str | None = None,
-               create: bool = True, check_items: bool = True) -> list[Item]:
+               create: bool = True, check_items: bool = True, ttl: float | str | None = None) -> list[Item]:
         """Append ``items`` (JSON objects) in one transaction; returns them as stored.
 
         A missing session is created unless ``create=False`` (NotFound). ``expect_seq=N`` appends only if
@@ -253,8 +282,11 @@ class SessionStore(ItemEdits):
         read in SessionInfo.version; 0: the session does not exist): any write since, a pop included,
         changed it. Else ConflictError. A repeated ``idempotency_key`` returns the items of the first
         append and stores nothing. ``check_items=False`` stores any JSON object (no message shape checks:
-        for adapters whose framework stores what it likes), still strict JSON and size-limited."""
+        for adapters whose framework stores what it likes), still strict JSON and size-limited. ``ttl``
+        (or the store's default_ttl) sets the session to expire that long from now (an expired session
+        is gone: this append starts a new one)."""
         sid = check_name(session_id, "session id")
+        seconds = self._ttl(ttl)
         datas, encoded = self._encode_all(items, check_items)
         if expect_seq is not None:
             _check_seq(expect_seq, "expect_seq")
@@ -266,18 +298,20 @@ class SessionStore(ItemEdits):
             raise InvalidInput("idempotency_key must be a string of 1 to 256 characters (no NUL)")
         texts = [data.decode() for data in encoded]
         return self._append(sid, texts, datas, expect_seq=expect_seq, expect_version=expect_version,
-                            key=idempotency_key, create=create, title=_title_from(datas))
+                            key=idempotency_key, create=create, title=_title_from(datas), ttl=seconds)
 
     def _append(self, sid: str, texts: list[str], datas: list[dict[str, Any]], *, expect_seq: int | None,
-                expect_version: int | None, key: str | None, create: bool, title: str | None) -> list[Item]:
+                expect_version: int | None, key: str | None, create: bool, title: str | None,
+                ttl: float | None = None) -> list[Item]:
         """The write behind append: ``texts`` are the items' stored JSON text, ``datas`` the objects."""
         import orjson
 
         from ..sql import q_sessions as q
+        from .where import expires_at
 
         ids = [str(uuid.uuid4()) for _ in texts]
-        with self.db.write("sessions append", self.lock_timeout) as tx:
-            row = tx.one(q.GET_SESSION, tenant=self.tenant, id=sid)
+        with self._write(sid, "sessions append") as tx:
+            row = self._live_or_removed(tx, sid, _utcnow())
             now = self._now_after(row)  # under the lock: after every write this one waited for
             if row is None:
                 if not create:
@@ -312,6 +346,11 @@ class SessionStore(ItemEdits):
             if texts or row is None:
                 tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last + len(texts), now=now,
                        title=title, version=self._next_version(tx), added=len(texts))
+                tx.run(q.TOUCH_TAGS, tenant=self.tenant, session_id=sid, now=now)
+            if ttl is not None:
+                expires = expires_at(now, ttl)
+                tx.run(q.SET_EXPIRES, tenant=self.tenant, id=sid, expires_at=expires)
+                tx.run(q.SET_TAGS_EXPIRES, tenant=self.tenant, session_id=sid, expires_at=expires)
             if key is not None:
                 tx.run(q.INSERT_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key, first_seq=last + 1,
                        item_ids=orjson.dumps(ids).decode(), now=now)
@@ -341,17 +380,19 @@ class SessionStore(ItemEdits):
         from ..sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
-        with self.db.write("sessions pop", self.lock_timeout) as tx:
+        with self._write(sid, "sessions pop") as tx:
             row = self._row(tx, sid)
             last = int(row[6])
             if last == 0:
                 return None
+            now = self._now_after(row)
             item = self._items(tx.run(q.GET_ITEM, tenant=self.tenant, session_id=sid, seq=last), sid)[0]  # before
             tx.run(q.DELETE_ITEM, tenant=self.tenant, session_id=sid, seq=last)  # a damaged one is refused
             # the next last seq: last - 1, unless delete_item left a gap below it
             below = int(tx.value(q.MAX_SEQ, tenant=self.tenant, session_id=sid) or 0)
-            tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=below, now=self._now_after(row),
+            tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=below, now=now,
                    title=None, version=self._next_version(tx), added=-1)
+            tx.run(q.TOUCH_TAGS, tenant=self.tenant, session_id=sid, now=now)
         return item
 
     def delete(self, *session_ids: str) -> list[str]:
@@ -362,99 +403,147 @@ class SessionStore(ItemEdits):
         if not session_ids:
             raise InvalidInput("delete needs at least one session id")
         sids = list(dict.fromkeys(check_name(s, "session id") for s in session_ids))
-        with self.db.write("sessions delete", self.lock_timeout) as tx:
-            for sid in sids:
-                if tx.execute(q.DELETE_SESSION, tenant=self.tenant, id=sid) == 0:
-                    raise _not_found(sid)  # rolls back the ones deleted before it
-            tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=-len(sids))
+        try:
+            with self.db.write("sessions delete", self.lock_timeout) as tx:
+                now = _utcnow()
+                for sid in sids:
+                    self._row(tx, sid, now)  # an expired session is not there to delete (prune removes it)
+                    if tx.execute(q.DELETE_SESSION, tenant=self.tenant, id=sid) == 0:
+                        raise _not_found(sid)  # rolls back the ones deleted before it
+                tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=-len(sids))
+        finally:
+            if self._hot is not None:
+                self._hot.invalidate(sids)
         return sids
 
-    def prune(self, older_than: float | int | str, *, dry_run: bool = False) -> list[str]:
-        """Delete whole sessions not updated for ``older_than`` (seconds, or "30d", "12h"...); their ids.
-        ``dry_run=True``: the ids it would delete now, deleting nothing (no lock taken)."""
+    def prune(self, older_than: float | int | str | None = None, *, dry_run: bool = False) -> list[str]:
+        """Delete whole sessions that have expired, and those not updated for ``older_than`` (seconds, or
+        "30d", "12h"...) when given; their ids. ``dry_run=True``: the ids it would delete now, deleting
+        nothing (no lock taken)."""
         from ..duration import parse_duration
         from ..sql import q_sessions as q
 
-        seconds = parse_duration(older_than, "age")
-        try:  # taken before the lock wait: the earlier cutoff spares, never deletes, what was written meanwhile
-            cutoff = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
-        except (OverflowError, ValueError):  # older than any representable time: nothing is that old
-            return []
+        cutoff = ""  # no session is older than that: expired ones only
+        if older_than is not None:
+            seconds = parse_duration(older_than, "age")
+            try:  # taken before the lock wait: the earlier cutoff spares, never deletes, what was written meanwhile
+                cutoff = _iso(datetime.now(UTC) - timedelta(seconds=seconds))
+            except (OverflowError, ValueError):  # older than any representable time: nothing is that old
+                cutoff = ""
         if dry_run:
             with self.db.read() as tx:
-                return [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff)]
+                return [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff, now=_utcnow())]
         with self.db.write("sessions prune", self.lock_timeout) as tx:
-            ids = [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff)]
+            ids = [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff, now=_utcnow())]
             for sid in ids:
                 tx.run(q.DELETE_SESSION, tenant=self.tenant, id=sid)
             if ids:
                 tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=-len(ids))
+        if self._hot is not None:
+            self._hot.invalidate(ids)
         return ids
 
     # -- reading ------------------------------------------------------------------------------------------
 
     def get(self, session_id: str) -> SessionInfo:
         sid = check_name(session_id, "session id")
+        if self._hot is not None:
+            return self._hot.get(sid)
+        return self._get(sid)
+
+    def _get(self, sid: str) -> SessionInfo:
         with self.db.read() as tx:
             return self._info(self._row(tx, sid))
 
     def items(self, session_id: str, limit: int | None = None, after: int | None = None) -> list[Item]:
         """Items oldest first: those after seq ``after`` (default: from the start), at most ``limit``."""
-        from ..sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
         after = 0 if after is None else _check_seq(after, "after")
         limit = _ALL if limit is None else _check_seq(limit, "limit")
+        if self._hot is not None:
+            return self._hot.items(sid, after, limit)
+        return self._items_after(sid, after, limit)
+
+    def _items_after(self, sid: str, after: int, limit: int) -> list[Item]:
+        from ..sql import q_sessions as q
+
+        now = _utcnow()
         with self.db.read() as tx:
-            rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=after, limit=limit) if limit else []
+            rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=after, limit=limit,
+                          now=now) if limit else []
             if not rows:  # no items: is there a session at all? (one query less in the common case)
-                self._row(tx, sid)
+                self._row(tx, sid, now)
             return self._items(rows, sid)
 
     def context(self, session_id: str, limit: int = 20) -> list[Item]:
         """The last ``limit`` items, oldest first (what a model's context window gets)."""
-        from ..sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
         _check_seq(limit, "limit")
+        if self._hot is not None:
+            return self._hot.context(sid, limit)
+        return self._context(sid, limit)
+
+    def _context(self, sid: str, limit: int) -> list[Item]:
+        from ..sql import q_sessions as q
+
+        now = _utcnow()
         with self.db.read() as tx:
-            rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=limit) if limit else []
+            rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=limit, now=now) if limit else []
             if not rows:  # no items: is there a session at all? (one query less in the common case)
-                self._row(tx, sid)
+                self._row(tx, sid, now)
         rows.reverse()
         return self._items(rows, sid)
 
     def show(self, session_id: str, last: int | None = None) -> tuple[SessionInfo, list[Item]]:
         """The session and its items (all, or the last ``last``), from one snapshot."""
-        from ..sql import q_sessions as q
-
         sid = check_name(session_id, "session id")
         if last is not None:
             _check_seq(last, "last")
+            if self._hot is not None:
+                return self._hot.show(sid, last)
+        return self._show(sid, last)
+
+    def _show(self, sid: str, last: int | None) -> tuple[SessionInfo, list[Item]]:
+        from ..sql import q_sessions as q
+
+        now = _utcnow()
         with self.db.read() as tx:
-            info = self._info(self._row(tx, sid))
+            info = self._info(self._row(tx, sid, now))
             if last is None:
-                rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=0, limit=_ALL)
+                rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=0, limit=_ALL, now=now)
             elif last == 0:
                 rows = []
             else:
-                rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=last)
+                rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=last, now=now)
                 rows.reverse()
         return info, self._items(rows, sid)
 
-    def list(self, limit: int = 50, cursor: str | None = None) -> Page[SessionInfo]:
-        """Sessions most recently updated first. Paging with ``next_cursor`` never repeats or skips a
-        session that did not change meanwhile."""
+    def list(self, limit: int = 50, cursor: str | None = None,
+             where: dict[str, Any] | None = None) -> Page[SessionInfo]:
+        """Sessions most recently updated first; with ``where`` ({"agent_id": "a1", ...}: top-level metadata
+        values, all must match) only the matching ones, through an index. Paging with ``next_cursor``
+        never repeats or skips a session that did not change meanwhile; ``total`` counts the matches."""
         from ..sql import q_sessions as q
+        from .where import check_where
 
         check_limit(limit)
+        conds = None if where is None else check_where(where)
+        now = _utcnow()
+        after = None if cursor is None else decode_cursor("sessions", cursor, (str, str))
         with self.db.read() as tx:
-            if cursor is None:
-                rows = tx.run(q.LIST_FIRST, tenant=self.tenant, limit=limit + 1)
+            if conds is not None:
+                rows, total = self._list_where(tx, conds, limit, after, now)
             else:
-                updated_at, sid = decode_cursor("sessions", cursor, (str, str))
-                rows = tx.run(q.LIST_AFTER, tenant=self.tenant, updated_at=updated_at, id=sid, limit=limit + 1)
-            total = int(tx.value(q.COUNT_SESSIONS, tenant=self.tenant) or 0)
+                if after is None:
+                    rows = tx.run(q.LIST_FIRST, tenant=self.tenant, limit=limit + 1, now=now)
+                else:
+                    rows = tx.run(q.LIST_AFTER, tenant=self.tenant, updated_at=after[0], id=after[1],
+                                  limit=limit + 1, now=now)
+                total = int(tx.value(q.COUNT_SESSIONS, tenant=self.tenant) or 0)
+                if total:  # expired sessions not removed yet are not counted
+                    total -= int(tx.value(q.COUNT_EXPIRED, tenant=self.tenant, now=now) or 0)
         more = len(rows) > limit
         infos = [self._info(r) for r in rows[:limit]]
         nxt = encode_cursor("sessions", [infos[-1].updated_at, infos[-1].id]) if more and infos else None

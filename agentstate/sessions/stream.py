@@ -32,12 +32,15 @@ def export_lines(store: SessionStore, session_id: str) -> Iterator[bytes]:
     from .store import EXPORT_TYPE
 
     sid = check_name(session_id, "session id")
+    from .store import _utcnow
+
+    now = _utcnow()
     with store.db.read() as tx:
-        info = store._info(store._row(tx, sid))
+        info = store._info(store._row(tx, sid, now))
         yield orjson.dumps({"type": EXPORT_TYPE, "version": 1, "session": info.to_dict()}) + b"\n"
         after = 0
         while True:
-            rows = tx.run(q.ITEMS_AFTER, tenant=store.tenant, session_id=sid, after=after, limit=PAGE)
+            rows = tx.run(q.ITEMS_AFTER, tenant=store.tenant, session_id=sid, after=after, limit=PAGE, now=now)
             for item in store._items(rows, sid):
                 yield orjson.dumps(item.to_dict()) + b"\n"
             if len(rows) < PAGE:
@@ -111,8 +114,8 @@ def _write(store: SessionStore, sid: str, spool: Any, count: int, title: str | N
     from ..sql import q_sessions as q
     from .store import _utcnow
 
-    with store.db.write("sessions import", store.lock_timeout) as tx:
-        if tx.one(q.GET_SESSION, tenant=store.tenant, id=sid) is not None:
+    with store._write(sid, "sessions import") as tx:
+        if store._live_or_removed(tx, sid, _utcnow()) is not None:
             raise ConflictError(f"session {sid!r} already exists", hint="import it with --id NEW_ID", session_id=sid)
         now = _utcnow()  # under the lock
         store._insert(tx, sid, title, meta, now, created_at=created_at or now)

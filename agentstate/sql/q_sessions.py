@@ -1,10 +1,19 @@
-"""Statements of the session store (tables in schema.py, version 2). Every one is scoped by tenant."""
+"""Statements of the session store (tables in schema.py, versions 1 to 3). Every one is scoped by tenant.
+
+A session is live while ``expires_at`` is NULL or later than ``:now``; reads filter on that (an expired
+session is gone for every read at once), writes see the row and remove it (sessions/where.py)."""
 
 from __future__ import annotations
 
+import functools
+
 from . import Stmt
 
-_SESSION_COLS = "id, title, metadata, created_at, updated_at, item_count, last_seq, version"
+_SESSION_COLS = "id, title, metadata, created_at, updated_at, item_count, last_seq, version, expires_at"
+_LIVE = "(expires_at IS NULL OR expires_at > :now)"
+# In an item query: the session of the items is not expired (one primary-key probe).
+_ITEMS_LIVE = """NOT EXISTS (SELECT 1 FROM sessions s WHERE s.tenant = :tenant AND s.id = :session_id
+                      AND s.expires_at <= :now)"""
 _ITEM_COLS = "seq, id, created_at, data"
 
 GET_SESSION = Stmt(both=f"SELECT {_SESSION_COLS} FROM sessions WHERE tenant = :tenant AND id = :id")
@@ -32,13 +41,13 @@ INSERT_ITEM = Stmt(both="""
 # Oldest first, after a seq; :limit is a large number for "all".
 ITEMS_AFTER = Stmt(both=f"""
     SELECT {_ITEM_COLS} FROM session_items
-    WHERE tenant = :tenant AND session_id = :session_id AND seq > :after
+    WHERE tenant = :tenant AND session_id = :session_id AND seq > :after AND {_ITEMS_LIVE}
     ORDER BY seq LIMIT :limit""")
 
 # Newest first (context() reverses them): a walk down the primary key from its end, never a scan.
 LAST_ITEMS = Stmt(both=f"""
     SELECT {_ITEM_COLS} FROM session_items
-    WHERE tenant = :tenant AND session_id = :session_id
+    WHERE tenant = :tenant AND session_id = :session_id AND {_ITEMS_LIVE}
     ORDER BY seq DESC LIMIT :limit""")
 
 ITEMS_RANGE = Stmt(both=f"""
@@ -88,16 +97,16 @@ COUNT_SESSIONS_SLOW = Stmt(both="SELECT COUNT(*) FROM sessions WHERE tenant = :t
 
 # Most recently updated first; the keyset (updated_at, id) is the cursor.
 LIST_FIRST = Stmt(both=f"""
-    SELECT {_SESSION_COLS} FROM sessions WHERE tenant = :tenant
+    SELECT {_SESSION_COLS} FROM sessions WHERE tenant = :tenant AND {_LIVE}
     ORDER BY updated_at DESC, id DESC LIMIT :limit""")
 
 LIST_AFTER = Stmt(both=f"""
     SELECT {_SESSION_COLS} FROM sessions
-    WHERE tenant = :tenant AND updated_at <= :updated_at AND (updated_at < :updated_at OR id < :id)
+    WHERE tenant = :tenant AND updated_at <= :updated_at AND (updated_at < :updated_at OR id < :id) AND {_LIVE}
     ORDER BY updated_at DESC, id DESC LIMIT :limit""")
 
 STALE_SESSIONS = Stmt(both="""
-    SELECT id FROM sessions WHERE tenant = :tenant AND updated_at < :cutoff
+    SELECT id FROM sessions WHERE tenant = :tenant AND (updated_at < :cutoff OR expires_at <= :now)
     ORDER BY updated_at, id""")
 
 GET_APPEND_KEY = Stmt(both="""
@@ -120,3 +129,59 @@ NEGATE_SEQS = Stmt(both="UPDATE session_items SET seq = -seq WHERE tenant = :ten
 UNNEGATE_SEQS = Stmt(both="""
     UPDATE session_items SET seq = -seq - :shift
     WHERE tenant = :tenant AND session_id = :session_id AND seq < 0""")
+
+# -- expiry (schema version 3) ----------------------------------------------------------------------------
+
+# list()'s total is session_counts less the expired sessions not removed yet (an index range on expires_at).
+COUNT_EXPIRED = Stmt(both="SELECT COUNT(*) FROM sessions WHERE tenant = :tenant AND expires_at <= :now")
+
+SET_EXPIRES = Stmt(both="UPDATE sessions SET expires_at = :expires_at WHERE tenant = :tenant AND id = :id")
+
+# ...and its copy in the session's tags (what a filter counts by).
+SET_TAGS_EXPIRES = Stmt(both="""
+    UPDATE session_tags SET expires_at = :expires_at WHERE tenant = :tenant AND session_id = :session_id""")
+
+# -- metadata and its index (session_tags; values encoded by sessions/where.py tag_value) ---------------------
+
+SET_METADATA = Stmt(both="""
+    UPDATE sessions SET metadata = :metadata, updated_at = :now, version = :version
+    WHERE tenant = :tenant AND id = :id""")
+
+INSERT_TAG = Stmt(both="""
+    INSERT INTO session_tags (tenant, session_id, key, value, updated_at, expires_at)
+    VALUES (:tenant, :session_id, :key, :value, :now, :expires_at)""")
+
+DELETE_TAGS = Stmt(both="DELETE FROM session_tags WHERE tenant = :tenant AND session_id = :session_id")
+
+# Every write that moves a session's updated_at moves its tags' copy with it (the list order of a filter).
+TOUCH_TAGS = Stmt(both="UPDATE session_tags SET updated_at = :now WHERE tenant = :tenant AND session_id = :session_id")
+
+
+@functools.cache  # one set per n, kept for good: the engines cache a statement's text by its identity
+def where_statements(n: int) -> tuple[Stmt, Stmt, Stmt]:
+    """(first page, next page, count) of the sessions matching ``n`` >= 1 conditions ``:k0 = :v0``...
+
+    The first condition drives: a walk of session_tags_find in list order (updated_at, id descending,
+    the same keyset cursor as LIST_*); each further condition is one primary-key probe of session_tags;
+    the session row is one more probe, for the rows of the page only. Expiry is read from the tags' copy,
+    so the count of one condition is a range of session_tags_find and nothing else."""
+    if n < 1:
+        raise ValueError("where_statements needs at least one condition")
+    cols = ", ".join(f"s.{c.strip()}" for c in _SESSION_COLS.split(","))
+    joins = "".join(
+        f"\n    JOIN session_tags t{i} ON t{i}.tenant = t0.tenant AND t{i}.session_id = t0.session_id"
+        f" AND t{i}.key = :k{i} AND t{i}.value = :v{i}"
+        for i in range(1, n)
+    )
+    where = """
+    WHERE t0.tenant = :tenant AND t0.key = :k0 AND t0.value = :v0
+      AND (t0.expires_at IS NULL OR t0.expires_at > :now)"""
+    body = f"""
+    FROM session_tags t0{joins}
+    JOIN sessions s ON s.tenant = t0.tenant AND s.id = t0.session_id{where}"""
+    order = "\n    ORDER BY t0.updated_at DESC, t0.session_id DESC LIMIT :limit"
+    after = ("\n      AND t0.updated_at <= :updated_at"
+             " AND (t0.updated_at < :updated_at OR t0.session_id < :id)")
+    return (Stmt(both=f"SELECT {cols}{body}{order}"),
+            Stmt(both=f"SELECT {cols}{body}{after}{order}"),
+            Stmt(both=f"SELECT COUNT(*) FROM session_tags t0{joins}{where}"))

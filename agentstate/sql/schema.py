@@ -139,10 +139,57 @@ _SESSIONS_V2 = [
     "UPDATE session_counts SET clock = 1",
 ]
 
+# --- version 3: session expiry and sessions found by metadata (agentstate/sessions/where.py) -----------------
+# sessions.expires_at: NULL = never; a session whose expires_at <= now is gone for every read (the
+# statements filter on it) and its rows are removed by prune or by the next write that notices it.
+# session_tags: one row per filterable top-level metadata value (a string, number or boolean, encoded
+# by sessions/where.py tag_value: "s:text", "n:42", "b:true"), with the session's updated_at and expires_at
+# copied in, so that a filter walks session_tags_find in list order and counts its matches from the
+# index alone. Rows of metadata written before this version are
+# indexed here (strings, booleans and integers; other numbers are indexed when the metadata is next set).
+
+_FLEET_COMMON = [
+    "ALTER TABLE sessions ADD COLUMN expires_at TEXT",
+    "CREATE INDEX sessions_expiry ON sessions (tenant, expires_at)",
+    """CREATE TABLE session_tags (
+        tenant     TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        expires_at TEXT,
+        PRIMARY KEY (tenant, session_id, key),
+        FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+    )""",
+    "CREATE INDEX session_tags_find ON session_tags (tenant, key, value, updated_at DESC, session_id DESC, expires_at)",
+]
+
+_FLEET = {
+    "sqlite": _FLEET_COMMON + ["""
+        INSERT INTO session_tags (tenant, session_id, key, value, updated_at, expires_at)
+        SELECT s.tenant, s.id, j.key,
+               CASE j.type WHEN 'text' THEN 's:' || j.atom WHEN 'true' THEN 'b:true' WHEN 'false' THEN 'b:false'
+                           ELSE 'n:' || CAST(j.atom AS TEXT) END,
+               s.updated_at, s.expires_at
+        FROM sessions s, json_each(s.metadata) j
+        WHERE s.metadata IS NOT NULL AND j.type IN ('text', 'true', 'false', 'integer')"""],
+    "postgres": _FLEET_COMMON + ["""
+        INSERT INTO session_tags (tenant, session_id, key, value, updated_at, expires_at)
+        SELECT s.tenant, s.id, j.key,
+               CASE jsonb_typeof(j.value) WHEN 'string' THEN 's:' || (j.value #>> '{}')
+                                          WHEN 'boolean' THEN 'b:' || (j.value #>> '{}')
+                                          ELSE 'n:' || (j.value #>> '{}') END,
+               s.updated_at, s.expires_at
+        FROM sessions s, jsonb_each(s.metadata::jsonb) j
+        WHERE s.metadata IS NOT NULL AND (jsonb_typeof(j.value) IN ('string', 'boolean')
+              OR jsonb_typeof(j.value) = 'number' AND (j.value #>> '{}') ~ '^-?[0-9]+$')"""],
+}
+
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
      "postgres": _SESSIONS_V1 + _RESPONSES_V1["postgres"] + _PG_ONLY_V1},
     {"sqlite": _SESSIONS_V2, "postgres": _SESSIONS_V2},
+    _FLEET,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
