@@ -300,3 +300,24 @@ def test_tenants_share_one_database(server: ServeProc) -> None:
             http.post("/v1/conversations", json={"items": [{"role": "user", "content": "x"}]}).raise_for_status()
             http.get("/v1/conversations").raise_for_status()
     assert fds() - before < 20, (before, fds())
+
+
+def test_serve_with_a_cache_reads_through_the_hot_tier(tmp_path: Path, cache_url: str) -> None:
+    """`serve --cache URL`: /readyz reports the hot tier's health; a conversation written over HTTP is
+    read back through the cache (a hit counted in `sessions cache stats`), exactly as stored."""
+    srv = ServeProc(tmp_path, extra=["--cache", cache_url]).start()
+    try:
+        ready = httpx.get(srv.url + "/readyz", timeout=10).json()
+        assert ready["status"] == "ready" and ready["cache"]["ok"] is True, ready
+        oa = client(srv, "cached")
+        conv = oa.conversations.create(items=[{"role": "user", "content": "hot"}])
+        oa.conversations.items.create(conv.id, items=[{"role": "assistant", "content": "tier"}])
+        for _ in range(3):  # the first read promotes, the next ones hit
+            assert [it.content for it in oa.conversations.items.list(conv.id, order="asc")] == ["hot", "tier"]
+    finally:
+        assert srv.stop() == 0
+    stats = subprocess.run([*CLI, "sessions", "cache", "stats", "--json", "--dir", str(srv.store),
+                            "--cache", cache_url], capture_output=True, text=True, timeout=60)
+    assert stats.returncode == 0, stats.stderr
+    rows = {r["tenant"]: r for r in json.loads(stats.stdout)["tenants"]}
+    assert rows["cached"]["keys"] >= 1, rows

@@ -55,7 +55,8 @@ def serve(
             target=o.target, host=host, port=port, workers=workers, auth=auth, jwt_secret_file=jwt_secret_file,
             jwt_public_key_file=jwt_public_key_file, jwt_audience=jwt_audience, jwt_issuer=jwt_issuer,
             tenant_claim=tenant_claim, agent=agent, agent_timeout=agent_timeout, max_item_bytes=max_item_bytes,
-            max_body_bytes=max_body_bytes, lock_timeout=o.lock_timeout(), log_format=o.log_format)
+            max_body_bytes=max_body_bytes, lock_timeout=o.lock_timeout(), log_format=o.log_format,
+            cache=o.cache)
         try:
             config_mod.check(cfg)
             return run_mod.serve(cfg)

@@ -36,7 +36,8 @@ log = logging.getLogger("agentstate.serve")
 def create_app(config: Any) -> FastAPI:
     """The application for a checked :class:`~agentstate.serve.config.Config`."""
     metrics = Metrics()
-    stores = Stores(config.target, max_item_bytes=config.max_item_bytes, lock_timeout=config.lock_timeout)
+    stores = Stores(config.target, max_item_bytes=config.max_item_bytes, lock_timeout=config.lock_timeout,
+                    cache=config.cache)
     ctx = Context(config=config, verifier=Verifier(config), stores=stores, metrics=metrics)
 
     @asynccontextmanager
@@ -72,6 +73,13 @@ def create_app(config: Any) -> FastAPI:
             await stores.with_sessions("default", lambda s: s.list(1))
         except AgentStateError as e:
             return json({"status": "unavailable", "reason": str(e)}, 503)
+        if config.cache:  # the hot tier's health: a cache that does not answer never fails a request
+            from anyio import to_thread
+
+            from ..cache import health
+
+            found = await to_thread.run_sync(health, config.cache)
+            return json({"status": "ready", "cache": {"ok": found["ok"], "detail": found["detail"]}})
         return json({"status": "ready"})
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics (no token)")

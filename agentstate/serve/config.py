@@ -37,6 +37,7 @@ class Config:
     max_body_bytes: int = 20 << 20
     lock_timeout: float | None = None
     log_format: str = "text"
+    cache: str | None = None  # a Redis hot tier for the sessions (the global --cache / AGENTSTATE_CACHE)
     # resolved by check()
     key: Any = field(default=None, repr=False)
     algorithms: list[str] = field(default_factory=list)

@@ -33,8 +33,10 @@ DEFAULT_LOCK_TIMEOUT = 30.0  # the library's default (--lock-timeout changes bot
 
 
 class Stores:
-    def __init__(self, target: str | None, *, max_item_bytes: int, lock_timeout: float | None) -> None:
+    def __init__(self, target: str | None, *, max_item_bytes: int, lock_timeout: float | None,
+                 cache: str | None = None) -> None:
         self.target = target
+        self.cache = cache  # a Redis hot tier in front of the sessions (agentstate.cache), or None
         self.max_item_bytes = max_item_bytes
         self.lock_timeout = lock_timeout
         self._sessions: dict[str, SessionStore] = {}
@@ -63,7 +65,7 @@ class Stores:
         store = self._sessions.get(tenant)
         if store is None:
             new = self._shared(SessionStore(self.target, tenant=tenant, lock_timeout=self.lock_timeout,
-                                            max_item_bytes=self.max_item_bytes))
+                                            max_item_bytes=self.max_item_bytes, cache=self.cache or ""))
             with self._lock:
                 if len(self._sessions) >= MAX_TENANTS:
                     self._sessions.clear()
