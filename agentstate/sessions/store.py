@@ -355,9 +355,12 @@ class SessionStore:
         import orjson
 
         from ..sql import q_sessions as q
+        from ..sql import stats
 
         ids = [str(uuid.uuid4()) for _ in texts]
-        with self.db.write("sessions append", self.lock_timeout) as tx:
+        replayed: list[bool] = []
+
+        def work(tx: Any) -> list[Item]:
             row = tx.one(q.GET_SESSION, tenant=self.tenant, id=sid)
             now = self._now_after(row)  # under the lock: after every write this one waited for
             if row is None:
@@ -376,6 +379,7 @@ class SessionStore:
                 if key is not None:
                     seen = tx.one(q.GET_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key)
                     if seen is not None:
+                        replayed.append(True)
                         return self._replay(tx, sid, int(seen[0]), orjson.loads(seen[1]))
                 if expect_seq is not None and expect_seq != last:
                     raise ConflictError(f"session {sid!r} is at seq {last}, expected {expect_seq}",
@@ -396,7 +400,18 @@ class SessionStore:
             if key is not None:
                 tx.run(q.INSERT_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key, first_seq=last + 1,
                        item_ids=orjson.dumps(ids).decode(), now=now)
-        return [Item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
+            return [Item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
+
+        # SQLite: concurrent appends of this process share one transaction (group commit, sql/group.py)
+        grouped = getattr(self.db, "grouped", None)
+        if grouped is not None:
+            stored = grouped("sessions append", work, self.lock_timeout)
+        else:
+            with self.db.write("sessions append", self.lock_timeout) as tx:
+                stored = work(tx)
+        if not replayed:
+            stats.appended()
+        return stored
 
     def _replay(self, tx: Any, sid: str, first_seq: int, ids: list[str]) -> list[Item]:
         """The items an earlier append with the same key stored (those still there)."""

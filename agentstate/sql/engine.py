@@ -35,7 +35,7 @@ from typing import Any
 from ..duration import parse_duration
 from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
 from ..state import fileio
-from . import EmptyTx, Stmt
+from . import EmptyTx, Stmt, stats
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
 log = logging.getLogger("agentstate.sql")
@@ -71,6 +71,27 @@ class Tx:
 
     def many(self, stmt: Stmt, rows: Iterable[dict[str, Any]]) -> None:
         self._conn.executemany(stmt.sqlite, rows)
+
+    # one call's statements inside a group commit (agentstate.sql.group)
+    def savepoint(self) -> None:
+        self._conn.execute("SAVEPOINT call")
+
+    def release_savepoint(self) -> None:
+        self._conn.execute("RELEASE call")
+
+    def rollback_to_savepoint(self) -> bool:
+        """Undo the statements since savepoint(); False if the transaction itself is gone (SQLite rolled
+        it all back, e.g. after a disk-full or I/O error) or cannot be rolled back to it."""
+        import sqlite3
+
+        try:
+            if not self._conn.in_transaction:
+                return False
+            self._conn.execute("ROLLBACK TO call")
+            self._conn.execute("RELEASE call")
+            return True
+        except sqlite3.Error:
+            return False
 
 
 def storage_error(e: BaseException, path: str, action: str) -> AgentStateError:
@@ -317,8 +338,16 @@ class Database:
 
     # -- transactions ------------------------------------------------------------------------------------
 
+    def grouped(self, operation: str, work: Any, lock_timeout: float | str | None = None) -> Any:
+        """``work(tx)`` committed in a write transaction that concurrent grouped calls of this process may
+        share (group commit, agentstate.sql.group); its result once durable, or its own error."""
+        from .group import run
+
+        return run(self, operation, work, lock_timeout)
+
     @contextmanager
-    def write(self, operation: str = "write", lock_timeout: float | str | None = None) -> Iterator[Tx]:
+    def write(self, operation: str = "write", lock_timeout: float | str | None = None, *,
+              done: list[Any] | None = None) -> Iterator[Tx]:
         """Writer lock, then ``BEGIN IMMEDIATE``; commit at the end of the block, roll back on an exception.
 
         SIGINT/SIGTERM (agentstate.state.signals): before the COMMIT the transaction is abandoned (rolled back);
@@ -348,6 +377,9 @@ class Database:
                         with signals.critical():
                             conn.execute("COMMIT")
                             committed = True
+                            if done is not None:
+                                done.append(True)
+                            stats.committed()
                             signals.note_committed(what)
                     except sqlite3.Error as e:
                         if committing and not self._bury_failed_commit(conn):
