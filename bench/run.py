@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "pg": "pg",
     "sessions": "sessions",
     "responses": "responses",
+    "disk": "disk",
 }
 
 
