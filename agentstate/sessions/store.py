@@ -16,6 +16,7 @@ and a session's ``updated_at`` never goes backwards.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -38,8 +39,18 @@ _ALL = 1 << 62  # "no limit" for LIMIT :limit in both dialects
 __all__ = ["Item", "MAX_ITEM_BYTES", "Page", "SessionInfo", "SessionStore", "encode_item"]
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted (one tuple: threads read it atomically)
+
+
 def _utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """UTC now, "2026-01-02T03:04:05.678901Z" (the seconds part formatted once a second)."""
+    global _second
+    ns = time.time_ns()
+    s, us = divmod(ns // 1000, 1_000_000)
+    cached = _second
+    if cached[0] != s:
+        cached = _second = (s, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)))
+    return f"{cached[1]}.{us:06d}Z"
 
 
 def _iso(t: datetime) -> str:
@@ -356,8 +367,9 @@ class SessionStore:
 
         from ..sql import q_sessions as q
         from ..sql import stats
+        from ..state.lock_record import _uuid4
 
-        ids = [str(uuid.uuid4()) for _ in texts]
+        ids = [_uuid4() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
         replayed: list[bool] = []
 
         def work(tx: Any) -> list[Item]:

@@ -45,6 +45,8 @@ LOCK_SUFFIX = ".lock"
 BUSY_BACKSTOP = 10.0  # seconds; only reached when a program other than agentstate holds SQLite's lock
 POOL_IDLE = 4  # idle connections kept open per Database (more are closed when given back)
 _ABANDONED: list[Any] = []  # connections inherited across fork: never used, never closed, never freed
+_pid = [os.getpid()]  # this process's PID, kept (os.getpid() is a system call), updated in a forked child
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 class Tx:
@@ -144,6 +146,8 @@ class Database:
         self._all_lock = threading.Lock()
         self._pid = os.getpid()
         self._wal_known = False
+        self._ready = False  # this process found the schema current under the lock (one PRAGMA per write since)
+        self._dir_ok = False  # the store directory exists (checked once)
 
     def __repr__(self) -> str:
         return f"Database({self.path!r})"
@@ -156,12 +160,12 @@ class Database:
             self._all = []
             self._idle = []
         self._pid = os.getpid()
-        self._wal_known = False
+        self._wal_known = self._ready = False
 
     def _take(self, create: bool) -> Any:
         """A connection for one read() or write() (give it back with _give, or _discard it); None when
         the file does not exist and ``create`` is false."""
-        if os.getpid() != self._pid:
+        if _pid[0] != self._pid:
             self._forget_after_fork()
         with self._all_lock:
             if self._idle:
@@ -195,7 +199,7 @@ class Database:
 
     def _give(self, conn: Any) -> None:
         """Back to the pool (outside any transaction), or closed if POOL_IDLE are idle already."""
-        if os.getpid() != self._pid:
+        if _pid[0] != self._pid:
             return  # a connection of the parent's: never touched
         with self._all_lock:
             if conn in self._all and len(self._idle) < POOL_IDLE:
@@ -229,7 +233,7 @@ class Database:
 
     def _discard(self, conn: Any) -> None:
         """Close a taken connection (after a failure: SQLite forgets whatever it held)."""
-        if conn is None or os.getpid() != self._pid:
+        if conn is None or _pid[0] != self._pid:
             return
         with self._all_lock:
             if conn in self._all:
@@ -241,7 +245,7 @@ class Database:
 
     def close(self) -> None:
         """Close every connection this object opened (in this process)."""
-        if os.getpid() != self._pid:
+        if _pid[0] != self._pid:
             self._forget_after_fork()
             return
         with self._all_lock:
@@ -268,7 +272,9 @@ class Database:
     @contextmanager
     def _locked(self, operation: str, lock_timeout: float | str | None) -> Iterator[None]:
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
-        fileio.ensure_dir(self.files, self.directory)
+        if not self._dir_ok:
+            fileio.ensure_dir(self.files, self.directory)
+            self._dir_ok = True
         lk = self.lock()
         try:  # acquire inside: a signal right after it returns still ends in release() (a no-op if not held)
             lk.acquire(timeout, operation)  # StateLocked, or StorageError naming the problem (never a bare OSError)
@@ -316,6 +322,26 @@ class Database:
                 raise
             version += 1
             log.info("migrated %s to schema version %d", self.path, version)
+
+    def _begin(self, conn: Any) -> None:
+        """Under the writer lock: ``BEGIN IMMEDIATE`` on a current schema. The schema version is read once,
+        inside the transaction; only the first write of this Database (or after the file changed under it:
+        replaced by an older one, migrated by a newer agentstate) prepares it outside one first."""
+        if not self._ready:
+            self._prepare_locked(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        version = self._version(conn)
+        if version != SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:  # a newer agentstate migrated it in between
+                raise too_new(version, self.path)
+            conn.execute("ROLLBACK")  # an older file put in its place: prepare it as a first write does
+            self._wal_known = False
+            self._prepare_locked(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            version = self._version(conn)
+            if version != SCHEMA_VERSION:
+                raise too_new(version, self.path)
+        self._ready = True
 
     def migrate(self, lock_timeout: float | str | None = None) -> int:
         """Bring the schema up to date now (it also happens on first write); returns the version."""
@@ -368,10 +394,7 @@ class Database:
                     committing = False
                     try:
                         conn = self._take(create=True)
-                        self._prepare_locked(conn)
-                        conn.execute("BEGIN IMMEDIATE")
-                        if self._version(conn) != SCHEMA_VERSION:  # changed by a newer agentstate in between
-                            raise too_new(self._version(conn), self.path)
+                        self._begin(conn)
                         yield Tx(conn)
                         committing = True
                         with signals.critical():
