@@ -46,11 +46,12 @@ _QUEUED, _LEAD, _TAKEN, _DONE, _GONE = range(5)
 
 class _Entry:
     __slots__ = ("error", "event", "result", "state", "work")
+    event: Any  # threading.Event of a call that waits (queued); None for one that leads at once
 
     def __init__(self, work: Callable[[Any], Any], state: int) -> None:
         self.work = work
         self.state = state
-        self.event = threading.Event()
+        self.event = threading.Event() if state == _QUEUED else None  # a leader never waits
         self.result: Any = None
         self.error: BaseException | None = None
 
