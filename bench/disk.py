@@ -131,7 +131,9 @@ def _thread_rows(cfg: Config) -> list[Row]:
 def _process_rows(cfg: Config) -> list[Row]:
     from .sessions import _contention
 
-    row = _contention(cfg)[0]
+    own = cfg.workdir / "disk-processes"  # not the sessions benchmark's store (it counts every item)
+    own.mkdir(exist_ok=True)
+    row = _contention(Config(quick=cfg.quick, rounds=cfg.rounds, workdir=own))[0]
     row.bench, row.name = "disk", "disk/processes"
     return [row]
 
@@ -143,7 +145,9 @@ def _state_rows(cfg: Config) -> list[Row]:
     from .floor import run as floor_run
 
     rows = []
-    for r in floor_run(cfg):
+    own = cfg.workdir / "disk-floor"  # not the floor benchmark's directories
+    own.mkdir(exist_ok=True)
+    for r in floor_run(Config(quick=cfg.quick, rounds=cfg.rounds, workdir=own)):
         if r.name == "floor/transaction/1KB":
             r.bench, r.name, r.goal = "disk", "disk/transaction/1KB", "<= 1.4"
             rows.append(r)

@@ -24,6 +24,8 @@ EXPECTED = (
     + [f"sessions/{r}" for r in ("append-flat", "append-vs-floor", "context20", "list50", "contention",
                                  "sdk-add_items", "sdk-get_items20")]
     + [f"responses/{r}" for r in ("chain-1000", "chain-10000", "chain-10000-full", "chain-10000-query", "save")]
+    + [f"disk/{r}" for r in ("append-vs-floor", "sdk-add_items", "threads", "processes", "transaction/1KB",
+                             "load/1KB", "cli-sessions-show")]
 )
 GOALS = {
     "floor/transaction/1KB": "<= 1.25",
@@ -37,6 +39,13 @@ GOALS = {
     "pg/contention": ">= 0.9",
     "sessions/append-flat": "<= 1.2",
     "sessions/contention": ">= 0.9",
+    "disk/append-vs-floor": "<= 1.6",
+    "disk/sdk-add_items": "<= 1.25",
+    "disk/threads": ">= 1.5",
+    "disk/processes": ">= 0.9",
+    "disk/transaction/1KB": "<= 1.4",
+    "disk/load/1KB": "<= 1.5",
+    "disk/cli-sessions-show": "<= 1.35",
 }
 
 
