@@ -80,3 +80,68 @@ def test_a_failed_commit_fails_the_whole_batch_alike(tmp_path: Path) -> None:
         assert [i.data["type"] for i in s.items("s0")] == ["zero"]
         s.append("s0", [{"type": "next"}])
         assert [i.seq for i in s.items("s0")] == [1, 2]
+
+
+WAITER = r"""
+import json, os, signal, sys, threading, time
+from agentstate import SessionStore
+from agentstate.errors import Interrupted
+from agentstate.sql import group
+from agentstate.state import signals
+from agentstate.state.lock import Lock
+signals.install()  # as the CLI does: a signal anywhere becomes an Interruption
+d = sys.argv[1]
+s = SessionStore(d)
+lk = Lock(os.path.join(d, "agentstate.db") + ".lock")
+lk.acquire(5, "test")
+out = {}
+
+def leader():
+    out["leader"] = [i.seq for i in s.append("a", [{"type": "leader"}])]
+
+def queued(n):
+    while not any(len(g.queue) == n for g in group._groups.values()):
+        time.sleep(0.001)
+
+def interrupt_then_release():
+    queued(2)  # the main thread is queued behind the leader (waiting, or about to: both leave the same way)
+    os.kill(os.getpid(), signal.SIGTERM)
+    queued(1)  # it left the queue
+    lk.release()
+
+t = threading.Thread(target=leader)
+t.start()
+queued(1)
+h = threading.Thread(target=interrupt_then_release)
+h.start()
+try:
+    s.append("b", [{"type": "main"}])
+    out["main"] = "appended"
+except Interrupted as e:
+    out["main"] = {"outcome": e.outcome, "message": e.message, "exit": e.exit_code}
+t.join()
+h.join()
+out["b"] = [i.data["type"] for i in s.items("b")] if s.list().total > 1 else []
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_a_waiting_call_interrupted_leaves_the_queue_and_writes_nothing(tmp_path: Path) -> None:
+    import subprocess
+
+    d = tmp_path / "store"
+    with SessionStore(str(d)) as s:
+        s.append("a", [{"type": "zero"}])
+    child = tmp_path / "waiter.py"
+    child.write_text(WAITER)
+    r = subprocess.run([sys.executable, str(child), str(d)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["leader"] == [2]  # the leader's batch went on without it
+    main = out["main"]
+    assert main["outcome"] == "abandoned" and main["exit"] == 143, main
+    assert "SIGTERM" in main["message"] and "the lock was not acquired" in main["message"], main
+    assert out["b"] == []
+    with SessionStore(str(d)) as s:
+        assert [i.data["type"] for i in s.items("a")] == ["zero", "leader"]
+        assert s.list().total == 1

@@ -46,12 +46,11 @@ _QUEUED, _LEAD, _TAKEN, _DONE, _GONE = range(5)
 
 class _Entry:
     __slots__ = ("error", "event", "result", "state", "work")
-    event: Any  # threading.Event of a call that waits (queued); None for one that leads at once
 
     def __init__(self, work: Callable[[Any], Any], state: int) -> None:
         self.work = work
         self.state = state
-        self.event = threading.Event() if state == _QUEUED else None  # a leader never waits
+        self.event = threading.Event()  # made before the call is queued: whoever takes it may set it
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -109,17 +108,30 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
     timeout = db.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
     files = db.files
     key = (db.path, timeout, None if type(files).__module__ == "agentstate.state.fileio" else id(files))
-    g = _group(key)
-    with g.mutex:
-        e = _Entry(work, _QUEUED if g.leading else _LEAD)
-        g.queue.append(e)
-        g.leading = True
-    if e.state != _LEAD:
-        _follow(g, e, db, operation)
-        if e.state == _DONE:
-            return e.outcome()
     assert isinstance(db, Database)
-    return _lead(g, e, db, operation, timeout)
+    g = _group(key)
+    e = _Entry(work, _QUEUED)
+    try:
+        with g.mutex:
+            g.queue.append(e)
+            if not g.leading:
+                g.leading, e.state = True, _LEAD  # no call (no signal check) between the two stores
+        if e.state != _LEAD:
+            _follow(g, e, db, operation)  # handles an interruption while it waits
+            if e.state == _DONE:
+                return e.outcome()
+        return _lead(g, e, db, operation, timeout)  # handles one while it leads
+    except KeyboardInterrupt as ki:  # a signal in a gap between those steps (the CLI turns signals into these)
+        from ..state import signals
+
+        with g.mutex:
+            if e.state not in (_QUEUED, _LEAD) or e not in g.queue:
+                raise  # taken by a batch already: the write path reports it
+            g.queue.remove(e)  # nothing of it ran: it leaves, and a leader hands over
+            if e.state == _LEAD:
+                g.promote_next()
+            e.state = _GONE
+        raise signals.interrupted(ki, operation, locked=False) from None
 
 
 def _follow(g: _Group, e: _Entry, db: Any, operation: str) -> None:
