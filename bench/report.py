@@ -94,6 +94,8 @@ TITLES = {
     "pg": "PostgreSQL backend: a local server, against its own UPDATE/INSERT floor and the local store",
     "sessions": "Sessions: appends at any history size, reads at 1,000,000 items, listing, 10 appending processes, "
                 "and the Agents SDK's SQLiteSession as a peer (sdk rows: ratio = agentstate / SDK)",
+    "disk": "One disk (issue 17): appends against a bare INSERT+COMMIT and the SDK, group commit across threads, "
+            "the 1 KB state transaction and load, `sessions show` start-up",
 }
 
 

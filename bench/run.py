@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "responses": "responses",
     "serve": "serve",
     "fleet": "fleet",
+    "disk": "disk",
 }
 
 

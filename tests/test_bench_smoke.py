@@ -27,6 +27,8 @@ EXPECTED = (
     + [f"serve/{r}" for r in ("throughput", "write-tx-per-append", "append-p50", "append-p99")]
     + [f"fleet/{r}" for r in ("where-sqlite", "where-pg", "context20-hot-vs-pg", "context20-hot-vs-dir",
                               "zipf-hit-rate")]
+    + [f"disk/{r}" for r in ("append-vs-floor", "sdk-add_items", "threads", "processes", "transaction/1KB",
+                             "load/1KB", "cli-sessions-show")]
 )
 GOALS = {
     "floor/transaction/1KB": "<= 1.25",
@@ -43,6 +45,13 @@ GOALS = {
     "serve/throughput": ">= 1.0",
     "serve/write-tx-per-append": "<= 0.5",
     "fleet/context20-hot-vs-pg": "<= 0.5",
+    "disk/append-vs-floor": "<= 1.6",
+    "disk/sdk-add_items": "<= 1.25",
+    "disk/threads": ">= 1.5",
+    "disk/processes": ">= 0.9",
+    "disk/transaction/1KB": "<= 1.4",
+    "disk/load/1KB": "<= 1.5",
+    "disk/cli-sessions-show": "<= 1.35",
 }
 
 

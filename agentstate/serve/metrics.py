@@ -33,15 +33,16 @@ class _StoreCollector:
         self.metrics = metrics
 
     def collect(self) -> Any:
-        from .. import sql
+        from ..sql import stats
 
-        writes = sql.WRITE_TRANSACTIONS.value
+        now = stats.snapshot()
+        writes = now["write_transactions"]
         c = CounterMetricFamily("agentstate_write_transactions", "Store write transactions committed by this process")
         c.add_metric([], writes)
         yield c
         appends = self.metrics.appends_value()
-        batch = getattr(sql, "GROUP_COMMIT_BATCH", None)  # the library's own figure, when it keeps one
-        size = batch.value if batch is not None else (appends / writes if writes else 0.0)
+        # the group commits' mean size where the engine groups (SQLite), else appends per transaction
+        size = now["average_batch"] or (appends / writes if writes else 0.0)
         g = GaugeMetricFamily("agentstate_group_commit_batch_size",
                               "Mean append requests committed per store write transaction")
         g.add_metric([], size)

@@ -16,6 +16,7 @@ and a session's ``updated_at`` never goes backwards.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -44,8 +45,18 @@ _ALL = 1 << 62  # "no limit" for LIMIT :limit in both dialects
 __all__ = ["Item", "MAX_ITEM_BYTES", "Page", "SessionInfo", "SessionStore", "encode_item"]
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted (one tuple: threads read it atomically)
+
+
 def _utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """UTC now, "2026-01-02T03:04:05.678901Z" (the seconds part formatted once a second)."""
+    global _second
+    ns = time.time_ns()
+    s, us = divmod(ns // 1000, 1_000_000)
+    cached = _second
+    if cached[0] != s:
+        cached = _second = (s, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)))
+    return f"{cached[1]}.{us:06d}Z"
 
 
 def _iso(t: datetime) -> str:
@@ -307,11 +318,15 @@ class SessionStore(FleetMixin, ItemEdits):
         import orjson
 
         from ..sql import q_sessions as q
+        from ..sql import stats
+        from ..state.lock_record import _uuid4
         from .where import expires_at
 
-        ids = [str(uuid.uuid4()) for _ in texts]
-        with self._write(sid, "sessions append") as tx:
-            row = self._live_or_removed(tx, sid, _utcnow())
+        ids = [_uuid4() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
+        replayed: list[bool] = []
+
+        def work(tx: Any) -> list[Item]:
+            row = self._live_or_removed(tx, sid, _utcnow())  # an expired session is removed: this starts anew
             now = self._now_after(row)  # under the lock: after every write this one waited for
             if row is None:
                 if not create:
@@ -329,6 +344,7 @@ class SessionStore(FleetMixin, ItemEdits):
                 if key is not None:
                     seen = tx.one(q.GET_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key)
                     if seen is not None:
+                        replayed.append(True)
                         return self._replay(tx, sid, int(seen[0]), orjson.loads(seen[1]))
                 if expect_seq is not None and expect_seq != last:
                     raise ConflictError(f"session {sid!r} is at seq {last}, expected {expect_seq}",
@@ -354,7 +370,19 @@ class SessionStore(FleetMixin, ItemEdits):
             if key is not None:
                 tx.run(q.INSERT_APPEND_KEY, tenant=self.tenant, session_id=sid, key=key, first_seq=last + 1,
                        item_ids=orjson.dumps(ids).decode(), now=now)
-        return [Item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
+            return [Item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
+
+        # SQLite: concurrent appends of this process share one transaction (group commit, sql/group.py).
+        # With a hot tier each write is fenced on its own (the fence ends after its own commit).
+        grouped = getattr(self.db, "grouped", None) if self._hot is None else None
+        if grouped is not None:
+            stored = grouped("sessions append", work, self.lock_timeout)
+        else:
+            with self._write(sid, "sessions append") as tx:
+                stored = work(tx)
+        if not replayed:
+            stats.appended()
+        return stored
 
     def _replay(self, tx: Any, sid: str, first_seq: int, ids: list[str]) -> list[Item]:
         """The items an earlier append with the same key stored (those still there)."""

@@ -84,25 +84,6 @@ class EmptyTx:
         raise RuntimeError("many() in a read transaction")
 
 
-class Counter:
-    """A process-wide count that threads add to (``value`` is a plain int, read without a lock)."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.value = 0
-        self._lock = threading.Lock()
-
-    def add(self, n: int = 1) -> None:
-        with self._lock:
-            self.value += n
-
-
-# Write transactions committed by this process, both engines (what `agentstate serve` reports in
-# /metrics as agentstate_write_transactions_total).
-WRITE_TRANSACTIONS = Counter()
-
-
 def open_database(target: str | os.PathLike[str] | None = None, *, lock_timeout: float | str | None = None) -> Database:
     """The database of a store: ``<dir>/agentstate.db`` for a directory, or a PostgreSQL URL."""
     if is_url(target):

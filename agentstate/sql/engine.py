@@ -35,7 +35,7 @@ from typing import Any
 from ..duration import parse_duration
 from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
 from ..state import fileio
-from . import WRITE_TRANSACTIONS, EmptyTx, Stmt
+from . import EmptyTx, Stmt, stats
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
 log = logging.getLogger("agentstate.sql")
@@ -45,6 +45,8 @@ LOCK_SUFFIX = ".lock"
 BUSY_BACKSTOP = 10.0  # seconds; only reached when a program other than agentstate holds SQLite's lock
 POOL_IDLE = 4  # idle connections kept open per Database (more are closed when given back)
 _ABANDONED: list[Any] = []  # connections inherited across fork: never used, never closed, never freed
+_pid = [os.getpid()]  # this process's PID, kept (os.getpid() is a system call), updated in a forked child
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 class Tx:
@@ -71,6 +73,27 @@ class Tx:
 
     def many(self, stmt: Stmt, rows: Iterable[dict[str, Any]]) -> None:
         self._conn.executemany(stmt.sqlite, rows)
+
+    # one call's statements inside a group commit (agentstate.sql.group)
+    def savepoint(self) -> None:
+        self._conn.execute("SAVEPOINT call")
+
+    def release_savepoint(self) -> None:
+        self._conn.execute("RELEASE call")
+
+    def rollback_to_savepoint(self) -> bool:
+        """Undo the statements since savepoint(); False if the transaction itself is gone (SQLite rolled
+        it all back, e.g. after a disk-full or I/O error) or cannot be rolled back to it."""
+        import sqlite3
+
+        try:
+            if not self._conn.in_transaction:
+                return False
+            self._conn.execute("ROLLBACK TO call")
+            self._conn.execute("RELEASE call")
+            return True
+        except sqlite3.Error:
+            return False
 
 
 def storage_error(e: BaseException, path: str, action: str) -> AgentStateError:
@@ -123,6 +146,8 @@ class Database:
         self._all_lock = threading.Lock()
         self._pid = os.getpid()
         self._wal_known = False
+        self._ready = False  # this process found the schema current under the lock (one PRAGMA per write since)
+        self._dir_ok = False  # the store directory exists (checked once)
 
     def __repr__(self) -> str:
         return f"Database({self.path!r})"
@@ -135,12 +160,12 @@ class Database:
             self._all = []
             self._idle = []
         self._pid = os.getpid()
-        self._wal_known = False
+        self._wal_known = self._ready = False
 
     def _take(self, create: bool) -> Any:
         """A connection for one read() or write() (give it back with _give, or _discard it); None when
         the file does not exist and ``create`` is false."""
-        if os.getpid() != self._pid:
+        if _pid[0] != self._pid:
             self._forget_after_fork()
         with self._all_lock:
             if self._idle:
@@ -174,7 +199,7 @@ class Database:
 
     def _give(self, conn: Any) -> None:
         """Back to the pool (outside any transaction), or closed if POOL_IDLE are idle already."""
-        if os.getpid() != self._pid:
+        if _pid[0] != self._pid:
             return  # a connection of the parent's: never touched
         with self._all_lock:
             if conn in self._all and len(self._idle) < POOL_IDLE:
@@ -208,7 +233,7 @@ class Database:
 
     def _discard(self, conn: Any) -> None:
         """Close a taken connection (after a failure: SQLite forgets whatever it held)."""
-        if conn is None or os.getpid() != self._pid:
+        if conn is None or _pid[0] != self._pid:
             return
         with self._all_lock:
             if conn in self._all:
@@ -220,7 +245,7 @@ class Database:
 
     def close(self) -> None:
         """Close every connection this object opened (in this process)."""
-        if os.getpid() != self._pid:
+        if _pid[0] != self._pid:
             self._forget_after_fork()
             return
         with self._all_lock:
@@ -247,7 +272,9 @@ class Database:
     @contextmanager
     def _locked(self, operation: str, lock_timeout: float | str | None) -> Iterator[None]:
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
-        fileio.ensure_dir(self.files, self.directory)
+        if not self._dir_ok:
+            fileio.ensure_dir(self.files, self.directory)
+            self._dir_ok = True
         lk = self.lock()
         try:  # acquire inside: a signal right after it returns still ends in release() (a no-op if not held)
             lk.acquire(timeout, operation)  # StateLocked, or StorageError naming the problem (never a bare OSError)
@@ -296,6 +323,26 @@ class Database:
             version += 1
             log.info("migrated %s to schema version %d", self.path, version)
 
+    def _begin(self, conn: Any) -> None:
+        """Under the writer lock: ``BEGIN IMMEDIATE`` on a current schema. The schema version is read once,
+        inside the transaction; only the first write of this Database (or after the file changed under it:
+        replaced by an older one, migrated by a newer agentstate) prepares it outside one first."""
+        if not self._ready:
+            self._prepare_locked(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        version = self._version(conn)
+        if version != SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:  # a newer agentstate migrated it in between
+                raise too_new(version, self.path)
+            conn.execute("ROLLBACK")  # an older file put in its place: prepare it as a first write does
+            self._wal_known = False
+            self._prepare_locked(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            version = self._version(conn)
+            if version != SCHEMA_VERSION:
+                raise too_new(version, self.path)
+        self._ready = True
+
     def migrate(self, lock_timeout: float | str | None = None) -> int:
         """Bring the schema up to date now (it also happens on first write); returns the version."""
         import sqlite3
@@ -317,8 +364,16 @@ class Database:
 
     # -- transactions ------------------------------------------------------------------------------------
 
+    def grouped(self, operation: str, work: Any, lock_timeout: float | str | None = None) -> Any:
+        """``work(tx)`` committed in a write transaction that concurrent grouped calls of this process may
+        share (group commit, agentstate.sql.group); its result once durable, or its own error."""
+        from .group import run
+
+        return run(self, operation, work, lock_timeout)
+
     @contextmanager
-    def write(self, operation: str = "write", lock_timeout: float | str | None = None) -> Iterator[Tx]:
+    def write(self, operation: str = "write", lock_timeout: float | str | None = None, *,
+              done: list[Any] | None = None) -> Iterator[Tx]:
         """Writer lock, then ``BEGIN IMMEDIATE``; commit at the end of the block, roll back on an exception.
 
         SIGINT/SIGTERM (agentstate.state.signals): before the COMMIT the transaction is abandoned (rolled back);
@@ -339,17 +394,16 @@ class Database:
                     committing = False
                     try:
                         conn = self._take(create=True)
-                        self._prepare_locked(conn)
-                        conn.execute("BEGIN IMMEDIATE")
-                        if self._version(conn) != SCHEMA_VERSION:  # changed by a newer agentstate in between
-                            raise too_new(self._version(conn), self.path)
+                        self._begin(conn)
                         yield Tx(conn)
                         committing = True
                         with signals.critical():
                             conn.execute("COMMIT")
                             committed = True
+                            if done is not None:
+                                done.append(True)
+                            stats.committed()
                             signals.note_committed(what)
-                        WRITE_TRANSACTIONS.add()
                     except sqlite3.Error as e:
                         if committing and not self._bury_failed_commit(conn):
                             raise self._unknown(e, operation) from None
@@ -460,114 +514,10 @@ class Database:
 
 
 def check_sqlite(directory: str) -> list[dict[str, Any]]:
-    """Doctor's findings for ``<directory>/agentstate.db``; opens it without writing anything."""
-    import sqlite3
+    """Doctor's findings for ``<directory>/agentstate.db`` (agentstate.sql.sqlite_check)."""
+    from .sqlite_check import check_sqlite as check
 
-    path = os.path.join(directory, DB_NAME)
-    findings: list[dict[str, Any]] = []
-
-    def add(check: str, ok: bool, detail: str, **extra: Any) -> None:
-        findings.append({"check": check, "ok": ok, "detail": detail, **extra})
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        add("database", True, f"{path} does not exist yet (no sessions or responses stored)", path=path)
-        _check_lock(directory, add)
-        return findings
-    if not stat.S_ISREG(st.st_mode):
-        add("database", False, f"{path} is not a regular file", path=path)
-        return findings
-    mode = st.st_mode & 0o777
-    if mode & 0o077:
-        add("database permissions", False, f"{path} is readable by others (mode {mode:o}); chmod 600 it", path=path)
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_BACKSTOP, isolation_level=None)
-    except sqlite3.Error as e:
-        add("database", False, f"{path}: cannot open: {e}", path=path)
-        return findings
-    try:
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.Error as e:
-            add("database", False, f"{path}: {e}", path=path)
-            return findings
-        if version > SCHEMA_VERSION:
-            add("database schema", False, f"{path}: schema version {version} is newer than this agentstate "
-                f"({SCHEMA_VERSION}); upgrade agentstate", path=path, schema_version=version)
-        elif version < SCHEMA_VERSION and version != 0:
-            add("database schema", True, f"{path}: schema version {version}, migrated to {SCHEMA_VERSION} on the "
-                "next write", path=path, schema_version=version)
-        else:
-            add("database schema", True, f"{path}: schema version {version}", path=path, schema_version=version)
-        try:
-            rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
-            fk = conn.execute("PRAGMA foreign_key_check").fetchall()
-        except sqlite3.Error as e:
-            add("database integrity", False, f"{path}: {e}", path=path)
-        else:
-            if rows == ["ok"] and not fk:
-                add("database integrity", True, f"{path}: integrity_check ok", path=path)
-            else:
-                problems = [r for r in rows if r != "ok"] + [f"foreign key: {r}" for r in fk]
-                add("database integrity", False, f"{path}: {len(problems)} problem(s): {'; '.join(problems[:5])}",
-                    path=path, problems=problems[:100])
-        if version >= 1:
-            _check_counts(conn, path, add)
-    finally:
-        conn.close()
-    _check_lock(directory, add)
-    return findings
-
-
-def _check_counts(conn: Any, path: str, add: Any) -> None:
-    """session_counts (list()'s total) must equal the sessions each tenant really has."""
-    import sqlite3
-
-    try:
-        real = dict(conn.execute("SELECT tenant, COUNT(*) FROM sessions GROUP BY tenant").fetchall())
-        kept = {t: n for t, n in conn.execute("SELECT tenant, sessions FROM session_counts").fetchall() if n}
-    except sqlite3.Error as e:
-        add("session counts", False, f"{path}: {e}", path=path)
-        return
-    wrong = sorted(t for t in set(real) | set(kept) if real.get(t, 0) != kept.get(t, 0))
-    if wrong:
-        add("session counts", False, f"{path}: the kept session count differs from the sessions of tenant(s) "
-            f"{', '.join(wrong[:5])}", path=path, tenants=wrong[:100])
-    else:
-        add("session counts", True, f"{path}: {sum(real.values())} session(s) in {len(real)} tenant(s)", path=path)
-
-
-def _check_lock(directory: str, add: Any) -> None:
-    from ..state.lock import Lock
-
-    lock_path = os.path.join(directory, DB_NAME + LOCK_SUFFIX)
-    if not os.path.lexists(lock_path):
-        add("database lock", True, "free")
-        return
-    try:
-        status = Lock(lock_path).status()
-    except (OSError, AgentStateError) as e:
-        add("database lock", False, f"{lock_path}: {e}")
-        return
-    holder = status.get("holder")
-    if status.get("held"):
-        ok = not status.get("stale")
-        who = _describe(holder)
-        add("database lock", ok, f"held by {who}" + (" and looks stale" if not ok else ""))
-    elif status.get("last_holder"):
-        add("database lock", True, f"free (a stale holder record of {_describe(status['last_holder'])} is left; "
-            "the next writer overwrites it)")
-    else:
-        add("database lock", True, "free")
-
-
-def _describe(holder: Any) -> str:
-    if not holder:
-        return "an unknown holder"
-    if isinstance(holder, dict):
-        return f"PID {holder.get('pid')} on {holder.get('hostname') or holder.get('host')} ({holder.get('operation')})"
-    return str(holder)
+    return check(directory)
 
 
 __all__ = ["DB_NAME", "Database", "FormatTooNew", "Tx", "check_sqlite", "storage_error"]

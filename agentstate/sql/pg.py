@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import AgentStateError, StateLocked
-from . import WRITE_TRANSACTIONS, EmptyTx
+from . import EmptyTx, stats
 from .pg_conn import (  # noqa: F401 - also the names other modules use as pg.<name>
     DEFAULT_SCHEMA,
     EXTRA_HINT,
@@ -401,7 +401,7 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
         with signals.critical():  # a signal during COMMIT is held: the outcome is then known
             tx.commit()
             signals.note_committed(f"the {operation} is committed to {cn.where} schema {cn.schema}")
-        WRITE_TRANSACTIONS.add()
+        stats.committed()
     except psycopg.Error as e:
         _rollback(cn, conn)
         cn.after_error(e)

@@ -65,9 +65,13 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _fds: dict[int, object] = {}
 
 
+_pid = [os.getpid()]  # this process's PID (kept here: os.getpid() is a system call on every use)
+
+
 def _after_fork_in_child() -> None:
     """A flock lives as long as any copy of its descriptor: a child keeping one would hold the lock
     after its parent died. Close them (this never unlocks: the parent keeps its lock)."""
+    _pid[0] = os.getpid()
     for fd in list(_fds):
         try:
             os.close(fd)
@@ -171,7 +175,7 @@ class Lock:
 
     @property
     def held(self) -> bool:
-        return self.holder is not None and os.getpid() == self._owner_pid
+        return self.holder is not None and _pid[0] == self._owner_pid
 
     def __enter__(self) -> Lock:
         if not self.held:
@@ -236,7 +240,8 @@ class Lock:
             me.acquired_at = now_iso()
             body = me.to_bytes()
             size = record_size(body, st.st_size)
-            previous = read_record(fd) if st.st_size else None
+            # a record left by a holder that died ("{..."), else spaces: one byte says which
+            previous = read_record(fd) if st.st_size and os.pread(fd, 1, 0) == b"{" else None
             written = True
             write_all_at(self.files, fd, padded(body, size), 0)
             self._owner_pid, self._acquired = me.pid, time.monotonic()
@@ -281,12 +286,12 @@ class Lock:
             return
         assert fd is not None
         try:
-            if os.getpid() != owner:
+            if _pid[0] != owner:
                 return  # the child's copy of the descriptor was closed at fork
             self._blank_unlock_close(fd, self._size)
         finally:
             self.holder, self._fd = None, None
-            while _fds.get(fd) is self and os.getpid() == owner:  # a signal before the close: never leave it held
+            while _fds.get(fd) is self and _pid[0] == owner:  # a signal before the close: never leave it held
                 try:
                     self._blank_unlock_close(fd, self._size)
                 except BaseException:

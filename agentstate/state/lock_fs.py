@@ -66,8 +66,16 @@ def unsupported(path: str, fs: tuple[str, str] | None, why: str) -> StorageError
     )
 
 
+_checked: set[str] = set()  # lock paths found on a filesystem that shares flock, in this process
+
+
 def check_filesystem(path: str) -> None:
-    """StorageError if the filesystem holding ``path`` is one whose flock other hosts do not see."""
+    """StorageError if the filesystem holding ``path`` is one whose flock other hosts do not see. A path
+    that passed is not checked again in this process (it cost a stat and a lookup on every acquire)."""
+    if path in _checked:
+        return
     fs = filesystem(os.path.dirname(path) or ".")
     if fs and (fs[0] in UNSHARED_FLOCK or fs[0].startswith("fuse.")):
         raise unsupported(path, fs, "does not share flock locks between the hosts that mount it")
+    if fs is not None:  # unknown (the directory does not exist yet...): asked again next time
+        _checked.add(path)

@@ -158,6 +158,7 @@ class StateStore(metaclass=_OpensUrls):
         self.state_path = os.path.join(self.path, STATE_NAME)
         self.backup_path = self.state_path + ".bak"
         self.lock_path = self.state_path + ".lock"
+        self._dir_ok = False  # the directory was found or created by a transaction of this object
         if lock_timeout is None:
             lock_timeout = os.environ.get("AGENTSTATE_LOCK_TIMEOUT") or 30.0
         self.lock_timeout = parse_duration(lock_timeout, "lock timeout")
@@ -272,7 +273,9 @@ class StateStore(metaclass=_OpensUrls):
         locked = committed = False
         with signals.guarded():  # SIGINT/SIGTERM: finish or abandon, clean up, unlock, then Interrupted
             try:
-                fileio.ensure_dir(self.files, self.path)
+                if not self._dir_ok:  # once per store object: a stat on every transaction otherwise
+                    fileio.ensure_dir(self.files, self.path)
+                    self._dir_ok = True
                 lk = self.lock()
                 try:  # acquire inside: a signal right after it returns still ends in release()
                     lk.acquire(timeout, operation, on_wait)  # StateLocked, or StorageError naming the problem

@@ -1,0 +1,244 @@
+"""Group commit: calls of one process that write to the same SQLite database at the same time share one
+transaction, so they share its one WAL fsync.
+
+Each call brings ``work(tx)``, the statements of one logical write (an append). The first call finds no
+leader and becomes it: it takes the writer lock (``Database.write``), and only then takes every call
+queued meanwhile, its own included, as the batch. With more than one call in the batch each work runs in
+its own SAVEPOINT: one that raises (a ConflictError of expect_seq, NotFound with create=False...) is rolled
+back to it, alone, and its call gets that error; the others' statements stay. Then one COMMIT, and every
+call of the batch gets its own outcome, only after the COMMIT returned (durable). A batch of one runs
+exactly as a plain ``write()``. The next queued call is then promoted to lead the next batch, so a leader
+returns as soon as its own batch is done.
+
+Failures that are the batch's, not one call's, reach every call of it with the same honest outcome:
+
+* the lock not acquired in time, an error opening the database, or a failed COMMIT: the same error
+  (a failed COMMIT that could not be written over says "the outcome is unknown", for everyone);
+* a storage error inside one work that SQLite answers by rolling back the whole transaction (disk full,
+  I/O error): the batch's error;
+* the leader interrupted (SIGINT/SIGTERM in the main thread) before the COMMIT: the leader gets its
+  Interrupted ("abandoned"); the others were not interrupted and nothing of theirs was written, so they
+  go back to the queue and run in the next batch.
+
+A call waiting in the main thread that is interrupted: still queued, it leaves the queue (nothing was
+written, the lock was not acquired); already in a running batch, it waits for that batch (a few
+milliseconds) and reports the outcome: "committed" or "abandoned".
+
+Calls are grouped per database file, lock timeout and I/O seam, across Database objects of the
+process (each SessionStore has its own). A forked child starts with no group.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import Interrupted
+from . import stats
+
+__all__ = ["run"]
+
+_QUEUED, _LEAD, _TAKEN, _DONE, _GONE = range(5)
+
+
+class _Entry:
+    __slots__ = ("error", "event", "result", "state", "work")
+
+    def __init__(self, work: Callable[[Any], Any], state: int) -> None:
+        self.work = work
+        self.state = state
+        self.event = threading.Event()  # made before the call is queued: whoever takes it may set it
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class _Group:
+    __slots__ = ("leading", "mutex", "queue")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.queue: list[_Entry] = []
+        self.leading = False
+
+    def promote_next(self) -> None:
+        """Under ``mutex``: the first queued call leads the next batch, or nobody leads."""
+        if self.queue:
+            nxt = self.queue[0]
+            nxt.state = _LEAD
+            nxt.event.set()
+        else:
+            self.leading = False
+
+
+_groups: dict[tuple, _Group] = {}
+_groups_mutex = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _groups_mutex
+    _groups.clear()  # a leader of the parent's does not exist here
+    _groups_mutex = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _group(key: tuple) -> _Group:
+    g = _groups.get(key)
+    if g is None:
+        with _groups_mutex:
+            g = _groups.setdefault(key, _Group())
+    return g
+
+
+def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float | str | None = None) -> Any:
+    """``work(tx)`` committed in a transaction of ``db`` (a sql.engine.Database), possibly shared with
+    other calls of this process; its return value once durable, or its error (see the module docstring)."""
+    from ..duration import parse_duration
+    from .engine import Database
+
+    timeout = db.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
+    files = db.files
+    key = (db.path, timeout, None if type(files).__module__ == "agentstate.state.fileio" else id(files))
+    assert isinstance(db, Database)
+    g = _group(key)
+    e = _Entry(work, _QUEUED)
+    try:
+        with g.mutex:
+            g.queue.append(e)
+            if not g.leading:
+                g.leading, e.state = True, _LEAD  # no call (no signal check) between the two stores
+        if e.state != _LEAD:
+            _follow(g, e, db, operation)  # handles an interruption while it waits
+            if e.state == _DONE:
+                return e.outcome()
+        return _lead(g, e, db, operation, timeout)  # handles one while it leads
+    except KeyboardInterrupt as ki:  # a signal in a gap between those steps (the CLI turns signals into these)
+        from ..state import signals
+
+        with g.mutex:
+            if e.state not in (_QUEUED, _LEAD) or e not in g.queue:
+                raise  # taken by a batch already: the write path reports it
+            g.queue.remove(e)  # nothing of it ran: it leaves, and a leader hands over
+            if e.state == _LEAD:
+                g.promote_next()
+            e.state = _GONE
+        raise signals.interrupted(ki, operation, locked=False) from None
+
+
+def _follow(g: _Group, e: _Entry, db: Any, operation: str) -> None:
+    """Wait until ``e`` is done or promoted to leader (see the module docstring for interruptions)."""
+    from ..state import signals
+
+    with signals.guarded():  # in the main thread a SIGTERM becomes an Interruption here too
+        caught: KeyboardInterrupt | None = None
+        while True:
+            try:
+                e.event.wait()
+                if caught is None:
+                    return
+                break
+            except KeyboardInterrupt as ki:
+                with g.mutex:
+                    if e.state in (_QUEUED, _LEAD):  # nothing of it ran: leave the queue
+                        g.queue.remove(e)
+                        if e.state == _LEAD:
+                            g.promote_next()
+                        e.state = _GONE
+                        raise signals.interrupted(ki, operation, locked=False) from None
+                caught = caught or ki  # in a running batch: wait for its outcome
+    err = e.error
+    if err is not None and getattr(err, "details", {}).get("outcome") == "unknown":
+        raise err
+    what = f"the {operation} is committed to {db.path}" if err is None else None
+    raise signals.interrupted(caught, operation, committed=what, locked=False) from None
+
+
+def _lead(g: _Group, e: _Entry, db: Any, operation: str, timeout: float) -> Any:
+    batch: list[_Entry] = [e]
+    committed = taken = False
+    box: list[Any] = []
+    try:
+        with db.write(operation, timeout, done=box) as tx:
+            with g.mutex:
+                batch, g.queue = g.queue, []
+                taken = True
+                for x in batch:
+                    x.state = _TAKEN
+            if len(batch) == 1:
+                e.result = e.work(tx)  # an error rolls the transaction back and is this call's alone
+            else:
+                for x in batch:
+                    _run_one(db, tx, x, operation)
+        committed = True
+    except BaseException as exc:
+        committed = bool(box)  # a signal held through the COMMIT: it completed
+        if not committed:
+            interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
+            if not taken:  # the lock or the database failed before the batch was taken
+                with g.mutex:
+                    g.queue.remove(e)
+                    if not interrupted:  # those queued meanwhile would meet the same: they get it now
+                        batch, g.queue = [e, *g.queue], []
+            _fail_others(g, batch, e, exc, interrupted)
+        raise
+    finally:
+        if committed:
+            stats.batch(len(batch))
+            for x in batch:
+                if x is not e:
+                    x.state = _DONE
+                    x.event.set()
+        with g.mutex:
+            g.promote_next()
+    return e.outcome()
+
+
+def _run_one(db: Any, tx: Any, x: _Entry, operation: str) -> None:
+    """One call's work in its own SAVEPOINT: its error rolls back only its statements."""
+    import sqlite3
+
+    from .engine import storage_error
+
+    tx.savepoint()
+    try:
+        x.result = x.work(tx)
+    except sqlite3.Error as err:
+        if not tx.rollback_to_savepoint():  # SQLite rolled the whole transaction back: the batch fails
+            raise
+        x.error = storage_error(err, db.path, f"write ({operation})")
+    except Exception as err:  # noqa: BLE001 - this call's own error (ConflictError, NotFound, ...)
+        x.error = err
+        if not tx.rollback_to_savepoint():
+            raise
+    else:
+        tx.release_savepoint()
+
+
+def _fail_others(g: _Group, batch: list[_Entry], e: _Entry, exc: BaseException, interrupted: bool) -> None:
+    """The batch's transaction did not commit: the other calls of it get the outcome (see the docstring)."""
+    others = [x for x in batch if x is not e]
+    if not others:
+        return
+    if interrupted:  # the leader's interruption: theirs run in the next batch
+        with g.mutex:
+            for x in others:
+                x.state = _QUEUED
+                x.result = x.error = None
+            g.queue[:0] = others
+        return
+    for x in others:
+        try:
+            x.error = copy.copy(exc)
+        except Exception:  # noqa: BLE001 - an uncopyable error: the same object
+            x.error = exc
+        x.state = _DONE
+        x.event.set()
