@@ -38,6 +38,19 @@ except ImportError:  # pragma: no cover - older typer is built on click itself
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from ..names import is_url, redact_url
+from .output import (  # noqa: F401 - the commands import these from here
+    _printable,
+    compact,
+    dumps_pretty,
+    emit_json,
+    err,
+    fancy,
+    out,
+    page_footer,
+    page_json,
+    printable,
+    write_stdout,
+)
 
 EXIT_CODES = (
     "Exit codes: 0 success; 1 error (bad input, I/O failure); 2 usage error (a bad option, argument or "
@@ -452,75 +465,6 @@ def current_opts() -> Opts:
     return Opts(dict(ctx.meta.get(_META) or {}))
 
 
-# -- output -----------------------------------------------------------------------------------------
-
-
-def _printable(text: str) -> str:
-    """``text`` with undecodable bytes (from a non-UTF-8 argv or file name) shown as escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-printable = _printable
-
-
-def out(text: str) -> None:
-    text = text if text.endswith("\n") else text + "\n"
-    try:
-        sys.stdout.write(text)
-    except UnicodeEncodeError:
-        sys.stdout.write(_printable(text).encode(sys.stdout.encoding or "ascii", "backslashreplace")
-                         .decode(sys.stdout.encoding or "ascii"))
-
-
-def _sanitize(value: Any) -> Any:
-    if isinstance(value, str):
-        return _printable(value)
-    if isinstance(value, dict):
-        return {_sanitize(k): _sanitize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_sanitize(v) for v in value]
-    return value
-
-
-def emit_json(value: Any) -> None:
-    import orjson
-
-    try:
-        data = orjson.dumps(value)
-    except TypeError:  # a path or message holding bytes that are not UTF-8
-        data = orjson.dumps(_sanitize(value))
-    sys.stdout.flush()
-    sys.stdout.buffer.write(data + b"\n")
-    sys.stdout.flush()
-
-
-def err(message: str) -> None:
-    line = " ".join(_printable(str(message)).split())  # one line, always
-    sys.stderr.write(f"error: {line}\n")
-    sys.stderr.flush()
-
-
-def fancy() -> bool:
-    """Rich output: stdout is a terminal."""
-    return sys.stdout.isatty()
-
-
-def compact(value: Any, limit: int | None = None) -> str:
-    """A value as one line of JSON (sorted keys), cut to ``limit`` characters."""
-    import orjson
-
-    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return text
-
-
-def dumps_pretty(value: Any) -> str:
-    import orjson
-
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
-
-
 def emit(o: Opts, value: Any, text: str) -> None:
     """``value`` as JSON with --json, else the line ``text`` (undecodable bytes shown as escapes)."""
     if o.json:
@@ -538,15 +482,6 @@ def int_option(flag: str, help: str, *, minimum: int = 0, maximum: int = MAX_INT
 # --limit and --cursor of the list commands, and how they render a page (.items, .next_cursor, .total).
 LimitOpt = Annotated[int, int_option("--limit", "At most N on the page (1-10000).", minimum=1, maximum=10_000)]
 CursorOpt = Annotated[str | None, typer.Option("--cursor", metavar="C", help="The next_cursor of a previous page.")]
-
-
-def page_json(page: Any, key: str) -> dict[str, Any]:
-    return {key: [x.to_dict() for x in page.items], "next_cursor": page.next_cursor, "total": page.total}
-
-
-def page_footer(page: Any, noun: str) -> str:
-    shown = f"{len(page.items)} of {page.total} {noun}(s)"
-    return shown + (f"; next page: --cursor {page.next_cursor}" if page.next_cursor else "")
 
 
 def on_wait(holder: Any) -> None:
@@ -623,19 +558,6 @@ def _in_group(message: str) -> str:
     if len(words) > 1 and words[1] in ("sessions", "responses"):
         return message.replace("the stored state is unchanged", "nothing was changed")
     return message
-
-
-def write_stdout(data: bytes) -> None:
-    """Write ``data`` to stdout; a failure (``> /dev/full``) is reported as about stdout, not the store."""
-    try:
-        sys.stdout.flush()
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as e:
-        e.agentstate_stdout = True  # type: ignore[attr-defined]
-        raise
 
 
 def _traceback(opts: Opts) -> None:
