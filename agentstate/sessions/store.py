@@ -265,6 +265,14 @@ class SessionStore:
                                f"valid JSON: {e}", tenant=self.tenant, session_id=sid, seq=int(seq)) from None
         raise AssertionError("unreachable")
 
+    def _write(self, operation: str, *sids: str) -> Any:
+        """A write transaction: on PostgreSQL holding the locks of sessions ``sids`` only (writers of other
+        sessions never wait for it); on SQLite the database's one writer lock."""
+        if self.db.dialect == "postgres":
+            return self.db.write(operation, self.lock_timeout,
+                                 locks=[self.db.resource("session", self.tenant, sid) for sid in sids])
+        return self.db.write(operation, self.lock_timeout)
+
     def _row(self, tx: Any, session_id: str) -> tuple:
         from ..sql import q_sessions as q
 
@@ -318,7 +326,7 @@ class SessionStore:
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidInput(f"metadata must be a JSON object (got {type(metadata).__name__})")
         meta = None if metadata is None else encode_value(metadata).decode()
-        with self.db.write("sessions create", self.lock_timeout) as tx:
+        with self._write("sessions create", sid) as tx:
             if tx.one(q.GET_SESSION, tenant=self.tenant, id=sid) is not None:
                 raise ConflictError(f"session {sid!r} already exists", session_id=sid)
             now = _utcnow()
@@ -357,6 +365,11 @@ class SessionStore:
         from ..sql import q_sessions as q
 
         ids = [str(uuid.uuid4()) for _ in texts]
+        if self.db.dialect == "postgres":  # one round trip, holding this session's lock only
+            from .pg_append import append
+
+            return append(self, sid, ids, texts, datas, expect_seq=expect_seq, expect_version=expect_version,
+                          key=key, create=create, title=title)
         with self.db.write("sessions append", self.lock_timeout) as tx:
             row = tx.one(q.GET_SESSION, tenant=self.tenant, id=sid)
             now = self._now_after(row)  # under the lock: after every write this one waited for
@@ -413,7 +426,7 @@ class SessionStore:
         from ..sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
-        with self.db.write("sessions pop", self.lock_timeout) as tx:
+        with self._write("sessions pop", sid) as tx:
             row = self._row(tx, sid)
             last = int(row[6])
             if last == 0:
@@ -432,7 +445,7 @@ class SessionStore:
         if not session_ids:
             raise InvalidInput("delete needs at least one session id")
         sids = list(dict.fromkeys(check_name(s, "session id") for s in session_ids))
-        with self.db.write("sessions delete", self.lock_timeout) as tx:
+        with self._write("sessions delete", *sids) as tx:
             for sid in sids:
                 if tx.execute(q.DELETE_SESSION, tenant=self.tenant, id=sid) == 0:
                     raise _not_found(sid)  # rolls back the ones deleted before it
@@ -453,8 +466,12 @@ class SessionStore:
         if dry_run:
             with self.db.read() as tx:
                 return [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff)]
-        with self.db.write("sessions prune", self.lock_timeout) as tx:
+        with self._write("sessions prune") as tx:
             ids = [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff)]
+            if ids and tx.dialect == "postgres":  # lock those sessions, then keep the ones still stale
+                tx.lock(*[self.db.resource("session", self.tenant, sid) for sid in ids])
+                still = {r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff)}
+                ids = [sid for sid in ids if sid in still]
             for sid in ids:
                 tx.run(q.DELETE_SESSION, tenant=self.tenant, id=sid)
             if ids:

@@ -110,7 +110,7 @@ def _write(store: SessionStore, sid: str, spool: Any, count: int, title: str | N
     from ..sql import q_sessions as q
     from .store import _utcnow
 
-    with store.db.write("sessions import", store.lock_timeout) as tx:
+    with store._write("sessions import", sid) as tx:
         if tx.one(q.GET_SESSION, tenant=store.tenant, id=sid) is not None:
             raise ConflictError(f"session {sid!r} already exists", hint="import it with --id NEW_ID", session_id=sid)
         now = _utcnow()  # under the lock

@@ -11,6 +11,8 @@ Version 2 adds ``sessions.version`` (changes on every write to the session: ``ap
 detects a pop followed by an append, which ``expect_seq`` cannot) and ``session_counts.clock`` (the
 tenant's counter those versions are drawn from, so a version is never repeated for a session id, even
 across a delete and a re-create).
+Version 3 (PostgreSQL only; SQLite just records the number) adds the sequences ``session_versions`` and
+``response_seqs``: writers of different sessions and chains no longer share a lock (issue 17).
 
 Timestamps are ISO-8601 UTC text with microseconds and a 'Z' (``2026-01-02T03:04:05.123456Z``), so
 text order is time order. JSON payloads are TEXT holding the exact bytes of ``codec.encode_value``.
@@ -138,10 +140,25 @@ _SESSIONS_V2 = [
     "UPDATE session_counts SET clock = 1",
 ]
 
+# --- version 3: PostgreSQL writers of different sessions and chains run at once (issue 17) -------------
+# Session versions come from a sequence (never repeated, so still never seen twice by a session id, even
+# across a delete and a re-create; session_counts.clock stays for SQLite only), and response seqs too
+# (1 + the largest needs every saver serialized). Both start above every value already given out.
+# SQLite keeps its single writer (one disk) and changes nothing.
+
+_PG_V3 = [
+    "CREATE SEQUENCE session_versions AS BIGINT",
+    "SELECT setval('session_versions', GREATEST(1, (SELECT MAX(clock) FROM session_counts),"
+    " (SELECT MAX(version) FROM sessions)))",
+    "CREATE SEQUENCE response_seqs AS BIGINT",
+    "SELECT setval('response_seqs', COALESCE((SELECT MAX(seq) FROM responses), 0) + 1, false)",
+]
+
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
      "postgres": _SESSIONS_V1 + _RESPONSES_V1["postgres"] + _PG_ONLY_V1},
     {"sqlite": _SESSIONS_V2, "postgres": _SESSIONS_V2},
+    {"sqlite": [], "postgres": _PG_V3},
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
