@@ -41,9 +41,13 @@ def kind_key(schema: str, kind: str) -> int:
 
 def resource(cn: Connector, kind: str, tenant: str, name: str) -> Resource:
     """The lock of one session / response chain (``name``) or of a tenant's eviction (``name`` "")."""
+    return resource_in(cn.schema, kind, tenant, name)
+
+
+def resource_in(schema: str, kind: str, tenant: str, name: str) -> Resource:
     objid = zlib.crc32(f"{tenant}\0{name}".encode()) & 0x7FFFFFFF
     what = f"{kind} {name!r} (tenant {tenant!r})" if name else f"{kind} of tenant {tenant!r}"
-    return Resource(kind_key(cn.schema, kind), objid, what)
+    return Resource(kind_key(schema, kind), objid, what)
 
 
 _HOLDER_COLUMNS = "lock_id, host, pid, operation, version, since"
