@@ -1,7 +1,8 @@
 """A session append on PostgreSQL in one round trip (issue 17): the session's own lock (writers of other
 sessions never wait), then ``q_sessions.PG_APPEND`` (create-if-missing, compare, insert, bump, key) and
-COMMIT, pipelined (``sql/pg_batch.py``). The same outcomes as the SQLite path in store.py: items, or
-NotFound / ConflictError with nothing written, or the items of an earlier append with the same key."""
+its commit, with the holder record in the same round trip (``sql/pg_batch.py``). The same outcomes as
+the SQLite path in store.py: items, or NotFound / ConflictError with nothing written, or the items of
+an earlier append with the same key."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def append(store: Any, sid: str, ids: list[str], texts: list[str], datas: list[d
     params = {"tenant": store.tenant, "id": sid, "create": create, "key": key, "expect_seq": expect_seq,
               "expect_version": expect_version, "n": len(texts), "ids": ids, "datas": texts, "title": title,
               "item_ids": orjson.dumps(ids).decode() if key is not None else None}
-    [rows] = db.batch("sessions append", [db.resource("session", store.tenant, sid)], [(q.PG_APPEND, params)],
-                      store.lock_timeout)
+    rows = db.call("sessions append", db.resource("session", store.tenant, sid), q.PG_APPEND, params,
+                   store.lock_timeout)
     status, last, version, now, _new_version, first_seq, item_ids = rows[0]
     last, version = int(last), int(version)
     if status == "ok":

@@ -62,20 +62,20 @@ from .pg_lock import (  # noqa: F401
     KIND_EVICT,
     KIND_SESSION,
     LOCK_DB,
-    Resource,
-    _begin_resources,
-    lock_in_tx,
-    resource,
     LOCK_NAMES,
     LOCK_STATE,
+    Resource,
     _begin_locked,
+    _begin_resources,
     _record_for,
     _wait_locked,
     describe_holder,
     force_unlock,
+    lock_in_tx,
     lock_status,
     locked_error,
     read_holder,
+    resource,
 )
 
 log = logging.getLogger("agentstate.pg")
@@ -260,21 +260,20 @@ class Database:
                 raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {where}"
                                           if committed else None, locked=locked) from None
 
-    def batch(self, operation: str, locks: list[Resource], statements: list[tuple[Any, dict[str, Any]]],
-              lock_timeout: float | str | None = None) -> list[list[tuple]]:
-        """A whole write in one round trip (pg_batch.locked_batch): the rows of each statement."""
+    def call(self, operation: str, lock: Resource, stmt: Any, params: dict[str, Any],
+             lock_timeout: float | str | None = None) -> list[tuple]:
+        """A whole write in one statement and one round trip (pg_batch.locked_call): its rows."""
         from ..state import signals
-        from .pg_batch import locked_batch
+        from .pg_batch import locked_call
 
         timeout = self.timeout(lock_timeout)
-        texts = [(pg_text(stmt), params) for stmt, params in statements]
         with signals.guarded():
             try:
-                return locked_batch(self.connector, operation, locks, timeout, texts)
+                return locked_call(self.connector, operation, lock, timeout, pg_text(stmt), params)
             except KeyboardInterrupt as e:
                 where = f"{self.connector.where} schema {self.connector.schema}"
                 outcome = getattr(e, "outcome", None)
-                if outcome is None and not hasattr(e, "signal_number"):  # not held: cut the batch short
+                if outcome is None:  # a plain KeyboardInterrupt (no handler of ours): the call was cut short
                     raise signals.unknown_outcome(e, operation, where) from None
                 raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {where}"
                                           if outcome == "committed" else None) from None

@@ -1,11 +1,11 @@
-"""One round trip for a whole PostgreSQL write (issue 17): the holder record, BEGIN, the resource locks,
-the write's statements and COMMIT, pipelined. The server waits for the locks itself, then runs the
-statements and commits without waiting for the client, so a lock is held for the server's time only
+"""One round trip for a whole PostgreSQL write (issue 17): the holder record, then one statement that
+takes its lock and does the write, and its COMMIT, in one message. The server waits for the lock itself, then
+runs the write and commits without waiting for the client, so a lock is held for the server's time only
 (never for a round trip), and writers of different resources share WAL flushes.
 
 Used where the whole write is known up front and decides in SQL (a session append: create-if-missing,
-compare, insert, bump in one statement, ``q_sessions.PG_APPEND``). Signals are held for the batch, so
-its outcome is always known (a lock wait is bounded by lock_timeout)."""
+compare, insert, bump: ``q_sessions.PG_APPEND``). Signals are held for the call, so its outcome is
+always known (a lock wait is bounded by lock_timeout)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import logging
 import select
 from typing import Any
 
-from .pg_conn import Connector, server_error
-from .pg_lock import LOCK_DB, Resource, _begin_resources, _record_for
+from .pg_conn import Connector, _timeout_ms, server_error
+from .pg_lock import _PUBLISH, Resource, keep_standing, resources_locked, standing_record
 
 log = logging.getLogger("agentstate.pg")
 
@@ -29,12 +29,34 @@ def _alive(conn: Any) -> bool:
     return not readable
 
 
-def locked_batch(cn: Connector, operation: str, resources: list[Resource], timeout: float,
-                 statements: list[tuple[str, Any]]) -> list[list[tuple]]:
-    """Run ``statements`` (text, params) in one transaction holding the locks of ``resources``, and
-    commit, in one round trip; the rows of each statement. A statement that raises rolls everything
-    back (nothing written); a connection lost during the batch is "may or may not have been saved"."""
+# The message locked_call sends: the holder record in its own transaction (committed at once, so that
+# waiters see it; UNLOGGED: its COMMIT waits for no WAL flush), unless the connection's standing record
+# already names this operation; then the write's transaction: read committed whatever the server's
+# default, no statement timeout (the one statement's lock wait is bounded by lock_timeout, which it
+# sets), the statement, COMMIT.
+_PUBLISHING = "BEGIN ISOLATION LEVEL READ COMMITTED; " + _PUBLISH + "; COMMIT; "
+_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL statement_timeout = 0; {statement}; COMMIT"
+_messages: dict[tuple[str, bool], str] = {}
+
+
+def _message(text: str, publish: bool) -> str:
+    got = _messages.get((text, publish))
+    if got is None:
+        got = _messages[(text, publish)] = (_PUBLISHING if publish else "") + _WRITE.format(statement=text)
+    return got
+
+
+def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, text: str,
+                params: dict[str, Any]) -> list[tuple]:
+    """Run ``text``, one statement (a function such as agentstate_append) that takes the lock of ``res``
+    itself and then does the whole write, in its own transaction, in one round trip with the holder
+    record: one simple-protocol message of several statements (psycopg's ClientCursor binds the
+    parameters; the server runs them one after the other, each with its own snapshot). Passed to it
+    besides ``params``: ``classid``, ``objid`` (the lock) and ``lock_timeout``. Its rows. A statement that
+    raises rolls the write back (nothing written); a connection lost during the call is "may or may not
+    have been saved"."""
     import psycopg
+    from psycopg import errors as pe
 
     from ..state import signals
 
@@ -44,23 +66,37 @@ def locked_batch(cn: Connector, operation: str, resources: list[Resource], timeo
             log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
             cn.close()
             conn = cn.conn()
-    me = _record_for(cn, conn, LOCK_DB, operation)
+    me = standing_record(cn, conn, operation)
     where = f"{cn.where} schema {cn.schema}"
+    params = {**(me or {}), **params, "classid": res.classid, "objid": res.objid, "lock_timeout": _timeout_ms(timeout)}
     try:
-        with signals.critical():  # held for the batch: the outcome is known when it ends
-            curs = _begin_resources(cn, conn, resources, timeout, me, statements, commit=True)
-            rows = [cur.fetchall() if cur.description is not None else [] for cur in curs]
+        with signals.critical():  # held for the call: its outcome is known when it ends
+            cur = psycopg.ClientCursor(conn)
+            cur.execute(_message(text, me is not None), params)
+            rows: list[tuple] = []
+            while True:
+                if cur.description is not None:
+                    rows = cur.fetchall()
+                if not cur.nextset():
+                    break
             signals.note_committed(f"the {operation} is committed to {where}")
+        if me is not None:
+            keep_standing(conn, operation)
         return rows
+    except pe.LockNotAvailable:
+        _rollback(cn, conn)
+        raise resources_locked(cn, conn, [res], timeout) from None
     except psycopg.Error as e:
-        from .pg import _rollback
-
         lost = isinstance(e, psycopg.OperationalError) and (conn.broken or conn.closed)
         _rollback(cn, conn)
         cn.after_error(e)
         raise server_error(e, doing=f"writing ({operation})", where=cn.where, committing=lost) from None
     except BaseException:
-        from .pg import _rollback
-
         _rollback(cn, conn)
         raise
+
+
+def _rollback(cn: Connector, conn: Any) -> None:
+    from .pg import _rollback
+
+    _rollback(cn, conn)

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import uuid
+import weakref
 import zlib
 from typing import Any, NamedTuple
 
@@ -73,9 +74,12 @@ _HOLDER = (
 
 
 # The holders of a schema's resource locks (granted): the same columns, plus the kind's key and the hash.
+# The lock ID shown is the record's and the holder's transaction (pg_locks.virtualtransaction): a record
+# may stand for several acquisitions of one connection (pg_batch), the ID names exactly one.
 _RESOURCE_HOLDERS = (
-    "SELECT l.pid, h.lock_id, h.host, h.pid, h.operation, h.version, coalesce(a.xact_start, h.since),"
-    " a.application_name, host(a.client_addr), a.usename, l.classid::bigint, l.objid::bigint"
+    "SELECT l.pid, h.lock_id || '/' || l.virtualtransaction, h.host, h.pid, h.operation, h.version,"
+    " coalesce(a.xact_start, h.since), a.application_name, host(a.client_addr), a.usename,"
+    " l.classid::bigint, l.objid::bigint"
     " FROM pg_locks l"
     " LEFT JOIN lock_holders h ON h.backend_pid = l.pid"
     " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
@@ -148,6 +152,24 @@ def read_holder(conn: Any, key: int, purpose: int) -> dict[str, Any] | None:
         return None
 
 
+# A connection's standing record: the operation of the record a locked_call published and left in place
+# (its lock ID is the record's plus the holder's transaction, so it still names one acquisition).
+_standing: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def standing_record(cn: Connector, conn: Any, operation: str) -> dict[str, Any] | None:
+    """The holder record a locked_call must publish first, or None when the connection's standing record
+    already says this operation (no statement to send: the common case of a process appending again)."""
+    if _standing.get(conn) == operation:
+        return None
+    _standing.pop(conn, None)  # until the new one is known to be committed
+    return _me(operation, cn.key, LOCK_DB)
+
+
+def keep_standing(conn: Any, operation: str) -> None:
+    _standing[conn] = operation
+
+
 def _me(operation: str, key: int, purpose: int) -> dict[str, Any]:
     return {"purpose": purpose, "lock_id": str(uuid.uuid4()), "host": socket.gethostname(), "pid": os.getpid(),
             "operation": operation, "version": __version__, "_lock": key}
@@ -156,6 +178,7 @@ def _me(operation: str, key: int, purpose: int) -> dict[str, Any]:
 def _record_for(cn: Connector, conn: Any, purpose: int, operation: str) -> dict[str, Any]:
     """The holder record to publish before this transaction. Its lock ID is fresh for every acquisition:
     an ID names one acquisition, so `force-unlock ID` can never end a later one on the same connection."""
+    _standing.pop(conn, None)  # replaced by this one
     return _me(operation, cn.key, purpose)
 
 

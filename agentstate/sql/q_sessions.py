@@ -26,60 +26,21 @@ NEXT_VERSION = Stmt(sqlite="""
     UPDATE session_counts SET clock = clock + 1 WHERE tenant = :tenant RETURNING clock""",
                     postgres="SELECT nextval('session_versions')")
 
-# PostgreSQL: a whole append in one statement, run by pg_batch once the session's lock is held (so its
-# snapshot sees every earlier append of the session): read the session and the idempotency key, decide,
-# and only when the decision is 'ok' create the session if missing (counted in session_counts; appends to
-# an existing session never touch a row shared by the tenant), insert the items at last + 1.., bump the
-# session (last seq, version from the sequence, updated_at, title if none) and record the key.
-# The time is the server's, taken under the lock, never before the session's updated_at.
+# PostgreSQL: a whole append in one statement, the function agentstate_append (schema.py, version 3): it
+# takes the session's lock, then (each statement of a function sees what is committed when it starts, so
+# every earlier append of the session) reads the session and the idempotency key, decides, and only when
+# the decision is 'ok' creates the session if missing (counted in session_counts; appends to an existing
+# session never touch a row the tenant's writers share), inserts the items at last + 1.., bumps the session
+# (last seq, version from the sequence, updated_at, title if none) and records the key. The time is the
+# server's, taken under the lock, never before the session's updated_at. Run in its own transaction
+# (pg_batch.locked_call): one statement, in one round trip with the holder record.
 # Returns one row: (status, last seq before, version before, now, new version, key's first_seq, key's
 # item_ids); status is ok, missing (and create is false), replay (the key was seen), seq or version (the
 # expectation failed). Nothing is written unless it is ok.
 PG_APPEND = Stmt(postgres="""
-    WITH s AS (
-        SELECT last_seq, version, updated_at FROM sessions WHERE tenant = %(tenant)s AND id = %(id)s
-    ), k AS (
-        SELECT first_seq, item_ids FROM session_appends
-        WHERE tenant = %(tenant)s AND session_id = %(id)s AND key = %(key)s::text
-    ), st AS (
-        SELECT CASE
-                WHEN NOT EXISTS (SELECT FROM s) AND NOT %(create)s THEN 'missing'
-                WHEN EXISTS (SELECT FROM k) THEN 'replay'
-                WHEN %(expect_seq)s::bigint IS NOT NULL
-                     AND %(expect_seq)s::bigint <> coalesce((SELECT last_seq FROM s), 0) THEN 'seq'
-                WHEN %(expect_version)s::bigint IS NOT NULL
-                     AND %(expect_version)s::bigint <> coalesce((SELECT version FROM s), 0) THEN 'version'
-                ELSE 'ok' END AS status,
-            coalesce((SELECT last_seq FROM s), 0) AS last,
-            coalesce((SELECT version FROM s), 0) AS version,
-            EXISTS (SELECT FROM s) AS found,
-            greatest(to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                     (SELECT updated_at FROM s)) AS now
-    ), go AS (
-        SELECT last, found, now, CASE WHEN %(n)s::bigint > 0 OR NOT found THEN nextval('session_versions') END AS v
-        FROM st WHERE status = 'ok'
-    ), counted AS (
-        INSERT INTO session_counts (tenant, sessions) SELECT %(tenant)s, 1 FROM go WHERE NOT found
-        ON CONFLICT (tenant) DO UPDATE SET sessions = session_counts.sessions + 1
-    ), created AS (
-        INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count, version)
-        SELECT %(tenant)s, %(id)s, %(title)s::text, NULL, now, now, %(n)s::bigint, %(n)s::bigint, v
-        FROM go WHERE NOT found
-    ), bumped AS (
-        UPDATE sessions SET last_seq = go.last + %(n)s::bigint, item_count = go.last + %(n)s::bigint,
-            updated_at = go.now, version = go.v, title = COALESCE(sessions.title, %(title)s::text)
-        FROM go WHERE go.found AND go.v IS NOT NULL AND sessions.tenant = %(tenant)s AND sessions.id = %(id)s
-    ), stored AS (
-        INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
-        SELECT %(tenant)s, %(id)s, go.last + o.n, o.id, go.now, o.data
-        FROM go, unnest(%(ids)s::text[], %(datas)s::text[]) WITH ORDINALITY AS o(id, data, n)
-    ), keyed AS (
-        INSERT INTO session_appends (tenant, session_id, key, first_seq, item_ids, created_at)
-        SELECT %(tenant)s, %(id)s, %(key)s::text, go.last + 1, %(item_ids)s::text, go.now
-        FROM go WHERE %(key)s::text IS NOT NULL
-    )
-    SELECT st.status, st.last, st.version, st.now, (SELECT v FROM go), k.first_seq, k.item_ids
-    FROM st LEFT JOIN k ON true""")
+    SELECT * FROM agentstate_append(%(classid)s, %(objid)s, %(lock_timeout)s,
+        %(tenant)s, %(id)s, %(create)s, %(key)s, %(expect_seq)s, %(expect_version)s, %(ids)s, %(datas)s,
+        %(title)s, %(item_ids)s)""")
 
 INSERT_ITEM = Stmt(both="""
     INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)

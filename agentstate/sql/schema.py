@@ -146,12 +146,77 @@ _SESSIONS_V2 = [
 # (1 + the largest needs every saver serialized). Both start above every value already given out.
 # SQLite keeps its single writer (one disk) and changes nothing.
 
+# A session append in one statement (q_sessions.PG_APPEND says what it does). A function, because each of
+# its statements takes a new snapshot: the ones after the lock see every append committed before it.
+# #variable_conflict use_column: a name that is both a column and a parameter means the column.
+_PG_APPEND_FN = """CREATE FUNCTION agentstate_append(
+    p_classid integer, p_objid integer, p_lock_timeout text,
+    p_tenant text, p_id text, p_create boolean, p_key text, p_expect_seq bigint, p_expect_version bigint,
+    p_ids text[], p_datas text[], p_title text, p_item_ids text)
+RETURNS TABLE (o_status text, o_last bigint, o_version bigint, o_now text, o_new_version bigint,
+               o_first_seq bigint, o_item_ids text)
+LANGUAGE plpgsql VOLATILE AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_n bigint := coalesce(array_length(p_ids, 1), 0);
+BEGIN
+    PERFORM set_config('lock_timeout', p_lock_timeout, true);
+    PERFORM pg_advisory_xact_lock(p_classid, p_objid);
+    RETURN QUERY
+        WITH s AS (
+            SELECT last_seq, version, updated_at FROM sessions WHERE tenant = p_tenant AND id = p_id
+        ), k AS (
+            SELECT first_seq, item_ids FROM session_appends
+            WHERE tenant = p_tenant AND session_id = p_id AND key = p_key
+        ), st AS (
+            SELECT CASE
+                    WHEN NOT EXISTS (SELECT FROM s) AND NOT p_create THEN 'missing'
+                    WHEN EXISTS (SELECT FROM k) THEN 'replay'
+                    WHEN p_expect_seq IS NOT NULL
+                         AND p_expect_seq <> coalesce((SELECT last_seq FROM s), 0) THEN 'seq'
+                    WHEN p_expect_version IS NOT NULL
+                         AND p_expect_version <> coalesce((SELECT version FROM s), 0) THEN 'version'
+                    ELSE 'ok' END AS status,
+                coalesce((SELECT last_seq FROM s), 0) AS last,
+                coalesce((SELECT version FROM s), 0) AS version,
+                EXISTS (SELECT FROM s) AS found,
+                greatest(to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                         (SELECT updated_at FROM s)) AS now
+        ), go AS (
+            SELECT last, found, now, CASE WHEN v_n > 0 OR NOT found THEN nextval('session_versions') END AS v
+            FROM st WHERE status = 'ok'
+        ), counted AS (
+            INSERT INTO session_counts (tenant, sessions) SELECT p_tenant, 1 FROM go WHERE NOT found
+            ON CONFLICT (tenant) DO UPDATE SET sessions = session_counts.sessions + 1
+        ), created AS (
+            INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count, version)
+            SELECT p_tenant, p_id, p_title, NULL, now, now, v_n, v_n, v
+            FROM go WHERE NOT found
+        ), bumped AS (
+            UPDATE sessions SET last_seq = go.last + v_n, item_count = go.last + v_n,
+                updated_at = go.now, version = go.v, title = COALESCE(sessions.title, p_title)
+            FROM go WHERE go.found AND go.v IS NOT NULL AND sessions.tenant = p_tenant AND sessions.id = p_id
+        ), stored AS (
+            INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
+            SELECT p_tenant, p_id, go.last + o.ord, o.item_id, go.now, o.item_data
+            FROM go, unnest(p_ids, p_datas) WITH ORDINALITY AS o(item_id, item_data, ord)
+        ), keyed AS (
+            INSERT INTO session_appends (tenant, session_id, key, first_seq, item_ids, created_at)
+            SELECT p_tenant, p_id, p_key, go.last + 1, p_item_ids, go.now
+            FROM go WHERE p_key IS NOT NULL
+        )
+        SELECT st.status, st.last, st.version, st.now, (SELECT v FROM go), k.first_seq, k.item_ids
+        FROM st LEFT JOIN k ON true;
+END
+$fn$"""
+
 _PG_V3 = [
     "CREATE SEQUENCE session_versions AS BIGINT",
     "SELECT setval('session_versions', GREATEST(1, (SELECT MAX(clock) FROM session_counts),"
     " (SELECT MAX(version) FROM sessions)))",
     "CREATE SEQUENCE response_seqs AS BIGINT",
     "SELECT setval('response_seqs', COALESCE((SELECT MAX(seq) FROM responses), 0) + 1, false)",
+    _PG_APPEND_FN,
 ]
 
 MIGRATIONS: list[dict[str, list[str]]] = [
