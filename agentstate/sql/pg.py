@@ -75,6 +75,7 @@ from .pg_lock import (  # noqa: F401
     lock_status,
     locked_error,
     read_holder,
+    read_resource_holders,
     resource,
 )
 
@@ -377,8 +378,14 @@ def check(cn: Connector, purposes: tuple[int, ...] = (LOCK_DB,)) -> list[dict[st
                 + ("" if ok else f" (this agentstate knows {SCHEMA_VERSION})"), schema_version=version)
             for purpose in purposes:
                 holder = read_holder(conn, probe.key, purpose)
+                if purpose == LOCK_DB:  # the sessions', chains' and evictions' own locks (schema version 3)
+                    holders = read_resource_holders(conn, probe.schema)
+                    holder = holder or (holders[0] if holders else None)
+                    more = f" (and {len(holders) - 1} more session/chain locks)" if len(holders) > 1 else ""
+                else:
+                    more = ""
                 add("database lock" if purpose == LOCK_DB else "lock", True,
-                    "free" if holder is None else f"held by {describe_holder(holder)}")
+                    "free" if holder is None else f"held by {describe_holder(holder)}{more}")
     except AgentStateError as e:
         add("database", False, str(e))
     finally:
