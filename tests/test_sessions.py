@@ -402,7 +402,9 @@ def test_database_file_and_pragmas(tmp_path) -> None:
             assert (d / extra).stat().st_mode & 0o077 == 0
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    from agentstate.sql.schema import SCHEMA_VERSION
+
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # (version 3 changes PostgreSQL only)
     conn.close()
     s.close()
 
@@ -584,7 +586,7 @@ def test_expect_version_on_a_missing_session(store: SessionStore) -> None:
 def test_a_version_1_database_is_migrated_to_session_versions(tmp_path) -> None:
     """A store written by the previous schema (version 1, no version columns) gets them on the next
     write; its sessions start at version 1 and move on with the next write."""
-    from agentstate.sql.schema import MIGRATIONS
+    from agentstate.sql.schema import MIGRATIONS, SCHEMA_VERSION
 
     d = tmp_path / "store"
     d.mkdir(mode=0o700)
@@ -606,7 +608,7 @@ def test_a_version_1_database_is_migrated_to_session_versions(tmp_path) -> None:
         s.append("old", [U], expect_version=1)
         assert s.get("old").version == 2 and s.get("old").item_count == 1
     conn = sqlite3.connect(d / "agentstate.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 
