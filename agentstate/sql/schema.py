@@ -147,8 +147,9 @@ _SESSIONS_V2 = [
 # SQLite keeps its single writer (one disk) and changes nothing.
 
 # A session append in one statement (q_sessions.PG_APPEND says what it does). A function, because each of
-# its statements takes a new snapshot: the ones after the lock see every append committed before it.
-# #variable_conflict use_column: a name that is both a column and a parameter means the column.
+# its statements takes a new snapshot: the ones after the lock see every append committed before it. Its
+# steps are small statements whose plans plpgsql keeps (cheaper than one statement of many CTEs).
+# #variable_conflict use_column: a name that is both a column and a variable means the column.
 _PG_APPEND_FN = """CREATE FUNCTION agentstate_append(
     p_classid integer, p_objid integer, p_lock_timeout text,
     p_tenant text, p_id text, p_create boolean, p_key text, p_expect_seq bigint, p_expect_version bigint,
@@ -159,54 +160,68 @@ LANGUAGE plpgsql VOLATILE AS $fn$
 #variable_conflict use_column
 DECLARE
     v_n bigint := coalesce(array_length(p_ids, 1), 0);
+    v_last bigint := 0;
+    v_version bigint := 0;
+    v_updated text;
+    v_found boolean;
+    v_now text;
+    v_new bigint;
+    v_first bigint;
+    v_item_ids text;
 BEGIN
     PERFORM set_config('lock_timeout', p_lock_timeout, true);
     PERFORM pg_advisory_xact_lock(p_classid, p_objid);
-    RETURN QUERY
-        WITH s AS (
-            SELECT last_seq, version, updated_at FROM sessions WHERE tenant = p_tenant AND id = p_id
-        ), k AS (
-            SELECT first_seq, item_ids FROM session_appends
-            WHERE tenant = p_tenant AND session_id = p_id AND key = p_key
-        ), st AS (
-            SELECT CASE
-                    WHEN NOT EXISTS (SELECT FROM s) AND NOT p_create THEN 'missing'
-                    WHEN EXISTS (SELECT FROM k) THEN 'replay'
-                    WHEN p_expect_seq IS NOT NULL
-                         AND p_expect_seq <> coalesce((SELECT last_seq FROM s), 0) THEN 'seq'
-                    WHEN p_expect_version IS NOT NULL
-                         AND p_expect_version <> coalesce((SELECT version FROM s), 0) THEN 'version'
-                    ELSE 'ok' END AS status,
-                coalesce((SELECT last_seq FROM s), 0) AS last,
-                coalesce((SELECT version FROM s), 0) AS version,
-                EXISTS (SELECT FROM s) AS found,
-                greatest(to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                         (SELECT updated_at FROM s)) AS now
-        ), go AS (
-            SELECT last, found, now, CASE WHEN v_n > 0 OR NOT found THEN nextval('session_versions') END AS v
-            FROM st WHERE status = 'ok'
-        ), counted AS (
-            INSERT INTO session_counts (tenant, sessions) SELECT p_tenant, 1 FROM go WHERE NOT found
-            ON CONFLICT (tenant) DO UPDATE SET sessions = session_counts.sessions + 1
-        ), created AS (
-            INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count, version)
-            SELECT p_tenant, p_id, p_title, NULL, now, now, v_n, v_n, v
-            FROM go WHERE NOT found
-        ), bumped AS (
-            UPDATE sessions SET last_seq = go.last + v_n, item_count = go.last + v_n,
-                updated_at = go.now, version = go.v, title = COALESCE(sessions.title, p_title)
-            FROM go WHERE go.found AND go.v IS NOT NULL AND sessions.tenant = p_tenant AND sessions.id = p_id
-        ), stored AS (
-            INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
-            SELECT p_tenant, p_id, go.last + o.ord, o.item_id, go.now, o.item_data
-            FROM go, unnest(p_ids, p_datas) WITH ORDINALITY AS o(item_id, item_data, ord)
-        ), keyed AS (
-            INSERT INTO session_appends (tenant, session_id, key, first_seq, item_ids, created_at)
-            SELECT p_tenant, p_id, p_key, go.last + 1, p_item_ids, go.now
-            FROM go WHERE p_key IS NOT NULL
-        )
-        SELECT st.status, st.last, st.version, st.now, (SELECT v FROM go), k.first_seq, k.item_ids
-        FROM st LEFT JOIN k ON true;
+    SELECT s.last_seq, s.version, s.updated_at INTO v_last, v_version, v_updated
+        FROM sessions s WHERE s.tenant = p_tenant AND s.id = p_id;
+    v_found := FOUND;
+    IF NOT v_found THEN
+        v_last := 0;
+        v_version := 0;
+    END IF;
+    v_now := greatest(to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), v_updated);
+    IF NOT v_found AND NOT p_create THEN
+        RETURN QUERY SELECT 'missing'::text, v_last, v_version, v_now, NULL::bigint, NULL::bigint, NULL::text;
+        RETURN;
+    END IF;
+    IF v_found AND p_key IS NOT NULL THEN
+        SELECT a.first_seq, a.item_ids INTO v_first, v_item_ids FROM session_appends a
+            WHERE a.tenant = p_tenant AND a.session_id = p_id AND a.key = p_key;
+        IF FOUND THEN
+            RETURN QUERY SELECT 'replay'::text, v_last, v_version, v_now, NULL::bigint, v_first, v_item_ids;
+            RETURN;
+        END IF;
+    END IF;
+    IF p_expect_seq IS NOT NULL AND p_expect_seq <> v_last THEN
+        RETURN QUERY SELECT 'seq'::text, v_last, v_version, v_now, NULL::bigint, NULL::bigint, NULL::text;
+        RETURN;
+    END IF;
+    IF p_expect_version IS NOT NULL AND p_expect_version <> v_version THEN
+        RETURN QUERY SELECT 'version'::text, v_last, v_version, v_now, NULL::bigint, NULL::bigint, NULL::text;
+        RETURN;
+    END IF;
+    IF v_n > 0 OR NOT v_found THEN
+        v_new := nextval('session_versions');
+    END IF;
+    IF NOT v_found THEN
+        INSERT INTO session_counts (tenant, sessions) VALUES (p_tenant, 1)
+            ON CONFLICT (tenant) DO UPDATE SET sessions = session_counts.sessions + 1;
+        INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count, version)
+            VALUES (p_tenant, p_id, p_title, NULL, v_now, v_now, v_n, v_n, v_new);
+    ELSIF v_n > 0 THEN
+        UPDATE sessions s SET last_seq = v_last + v_n, item_count = v_last + v_n, updated_at = v_now,
+                version = v_new, title = COALESCE(s.title, p_title)
+            WHERE s.tenant = p_tenant AND s.id = p_id;
+    END IF;
+    IF v_n > 0 THEN
+        INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
+            SELECT p_tenant, p_id, v_last + o.ord, o.item_id, v_now, o.item_data
+            FROM unnest(p_ids, p_datas) WITH ORDINALITY AS o(item_id, item_data, ord);
+    END IF;
+    IF p_key IS NOT NULL THEN
+        INSERT INTO session_appends (tenant, session_id, key, first_seq, item_ids, created_at)
+            VALUES (p_tenant, p_id, p_key, v_last + 1, p_item_ids, v_now);
+    END IF;
+    RETURN QUERY SELECT 'ok'::text, v_last, v_version, v_now, v_new, NULL::bigint, NULL::text;
 END
 $fn$"""
 
