@@ -144,8 +144,10 @@ def run(cfg: Config) -> list[Row]:
 
         conn.execute("CREATE TABLE floor_rows (id bigserial PRIMARY KEY, session_id text NOT NULL,"
                      " item_id text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), data text NOT NULL)")
+        load = os.getloadavg()[0]  # the machine may be shared: report its load beside the figures
         sc = _scaling(url, 1 if cfg.quick else cfg.rounds, 1.0)
         sx = {"clients": CLIENTS, "rounds": 1 if cfg.quick else cfg.rounds, "window_s": 1.0,
+              "loadavg_1min_before": load, "loadavg_1min_after": os.getloadavg()[0],
               **{f"{k}_ops": v for k, v in sc.items()}}
         conn.close()
         pg_store.close()

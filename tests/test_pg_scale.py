@@ -126,3 +126,18 @@ def test_lock_ids_of_session_locks_name_one_acquisition(pg_schema_url):
     assert other.lock_status()["held"] is False
     db.close()
     other.close()
+
+
+def test_items_reach_postgresql_exactly_through_the_array_literal(pg_schema_url):
+    """The append passes its items as one text[] literal: quotes, backslashes, braces, commas, "NULL",
+    escapes and non-ASCII text come back exactly as given, in order."""
+    sessions = SessionStore(pg_schema_url)
+    tricky = ['a"b', "back\\slash", "{braces}, commas", "NULL", "", "line\nbreak\ttab", "ünïcødé ✓ 😀",
+              '\\"', "\\\\N", "x" * 70000]
+    items = [{"role": "user", "content": t or "-", "n": i, "k": {"nested": [t, None, 1.5, 2**62]}}
+             for i, t in enumerate(tricky)]
+    stored = sessions.append("s", items)
+    assert [it.data for it in stored] == items
+    assert [it.data for it in sessions.items("s")] == items
+    assert sessions.append("s", []) == [] and sessions.get("s").item_count == len(items)
+    assert sessions.append("t", [{"type": "x", "v": ""}])[0].data == {"type": "x", "v": ""}

@@ -36,10 +36,11 @@ NEXT_VERSION = Stmt(sqlite="""
 # (pg_batch.locked_call): one statement, in one round trip with the holder record.
 # Returns one row: (status, last seq before, version before, now, new version, key's first_seq, key's
 # item_ids); status is ok, missing (and create is false), replay (the key was seen), seq or version (the
-# expectation failed). Nothing is written unless it is ok.
+# expectation failed). Nothing is written unless it is ok. :ids and :datas are array literals (text, see
+# sessions/pg_append.py: the driver's own list adaptation costs more client time than the whole write).
 PG_APPEND = Stmt(postgres="""
     SELECT * FROM agentstate_append(%(classid)s, %(objid)s, %(lock_timeout)s,
-        %(tenant)s, %(id)s, %(create)s, %(key)s, %(expect_seq)s, %(expect_version)s, %(ids)s, %(datas)s,
+        %(tenant)s, %(id)s, %(create)s, %(key)s, %(expect_seq)s, %(expect_version)s, %(ids)s::text[], %(datas)s::text[],
         %(title)s, %(item_ids)s)""")
 
 INSERT_ITEM = Stmt(both="""
