@@ -21,7 +21,7 @@ def append(store: Any, sid: str, ids: list[str], texts: list[str], datas: list[d
 
     db = store.db
     params = {"tenant": store.tenant, "id": sid, "create": create, "key": key, "expect_seq": expect_seq,
-              "expect_version": expect_version, "ids": _array(ids), "datas": _array(texts), "title": title,
+              "expect_version": expect_version, "ids": ids, "datas": texts, "title": title,
               "item_ids": orjson.dumps(ids).decode() if key is not None else None}
     rows = db.call("sessions append", db.resource("session", store.tenant, sid), q.PG_APPEND, params,
                    store.lock_timeout)
@@ -48,10 +48,4 @@ def append(store: Any, sid: str, ids: list[str], texts: list[str], datas: list[d
                             hint="another writer changed it (an append or a pop); re-read the session and retry",
                             version=version)
     raise AssertionError(f"unexpected append status {status!r}")
-
-
-def _array(texts: list[str]) -> str:
-    """A PostgreSQL text[] literal of ``texts`` (each element quoted; backslash and double quote escaped,
-    which is all array input needs inside quotes), bound as one text parameter and cast in SQL."""
-    return "{" + ",".join('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"' for t in texts) + "}"
 

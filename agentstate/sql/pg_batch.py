@@ -51,8 +51,9 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
     """Run ``text``, one statement (a function such as agentstate_append) that takes the lock of ``res``
     itself and then does the whole write, in its own transaction, in one round trip with the holder
     record: one simple-protocol message of several statements (psycopg's ClientCursor binds the
-    parameters; the server runs them one after the other, each with its own snapshot). Passed to it
-    besides ``params``: ``classid``, ``objid`` (the lock) and ``lock_timeout``. Its rows. A statement that
+    parameters; the server runs them one after the other, each with its own snapshot). ``text`` takes
+    one parameter, ``%(args)s``: a JSON object of ``params`` plus ``classid``, ``objid`` (the lock) and
+    ``lock_timeout``. Its rows. A statement that
     raises rolls the write back (nothing written); a connection lost during the call is "may or may not
     have been saved"."""
     import psycopg
@@ -66,9 +67,13 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
             log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
             cn.close()
             conn = cn.conn()
+    import orjson
+
     me = standing_record(cn, conn, operation)
     where = f"{cn.where} schema {cn.schema}"
-    params = {**(me or {}), **params, "classid": res.classid, "objid": res.objid, "lock_timeout": _timeout_ms(timeout)}
+    args = orjson.dumps({**params, "classid": res.classid, "objid": res.objid,
+                         "lock_timeout": _timeout_ms(timeout)}).decode()
+    params = {**(me or {}), "args": args}
     try:
         with signals.critical():  # held for the call: its outcome is known when it ends
             cur = psycopg.ClientCursor(conn)
