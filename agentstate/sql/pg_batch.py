@@ -31,11 +31,13 @@ def _alive(conn: Any) -> bool:
 
 # The message locked_call sends: the holder record in its own transaction (committed at once, so that
 # waiters see it; UNLOGGED: its COMMIT waits for no WAL flush), unless the connection's standing record
-# already names this operation; then the write's transaction: read committed whatever the server's
-# default, no statement timeout (the one statement's lock wait is bounded by lock_timeout, which it
-# sets), the statement, COMMIT.
+# already names this operation; then the write, one implicit transaction of two statements (one message,
+# so the server runs them back to back and commits after the last): its limits (no statement timeout:
+# the lock wait is bounded by lock_timeout), then the statement. Read committed: every connection sets
+# default_transaction_isolation so (pg_conn), whatever the server's default.
 _PUBLISHING = "BEGIN ISOLATION LEVEL READ COMMITTED; " + _PUBLISH + "; COMMIT; "
-_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL statement_timeout = 0; {statement}; COMMIT"
+_WRITE = ("SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout', %(lock_timeout)s, true); "
+          "{statement}")
 _messages: dict[tuple[str, bool], str] = {}
 
 
@@ -52,8 +54,8 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
     itself and then does the whole write, in its own transaction, in one round trip with the holder
     record: one simple-protocol message of several statements (psycopg's ClientCursor binds the
     parameters; the server runs them one after the other, each with its own snapshot). ``text`` takes
-    one parameter, ``%(args)s``: a JSON object of ``params`` plus ``classid``, ``objid`` (the lock) and
-    ``lock_timeout``. Its rows. A statement that
+    one parameter, ``%(args)s``: a JSON object of ``params`` plus ``classid`` and ``objid`` (the lock).
+    Its rows. A statement that
     raises rolls the write back (nothing written); a connection lost during the call is "may or may not
     have been saved"."""
     import psycopg
@@ -71,9 +73,8 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
 
     me = standing_record(cn, conn, operation)
     where = f"{cn.where} schema {cn.schema}"
-    args = orjson.dumps({**params, "classid": res.classid, "objid": res.objid,
-                         "lock_timeout": _timeout_ms(timeout)}).decode()
-    params = {**(me or {}), "args": args}
+    args = orjson.dumps({**params, "classid": res.classid, "objid": res.objid}).decode()
+    params = {**(me or {}), "args": args, "lock_timeout": _timeout_ms(timeout)}
     try:
         with signals.critical():  # held for the call: its outcome is known when it ends
             cur = psycopg.ClientCursor(conn)

@@ -41,7 +41,7 @@ NEXT_VERSION = Stmt(sqlite="""
 # than the server spends on the whole write.
 PG_APPEND = Stmt(postgres="""
     SELECT f.* FROM (SELECT %(args)s::jsonb AS a) AS x, LATERAL agentstate_append(
-        (a->>'classid')::integer, (a->>'objid')::integer, a->>'lock_timeout', a->>'tenant', a->>'id',
+        (a->>'classid')::integer, (a->>'objid')::integer, a->>'tenant', a->>'id',
         (a->>'create')::boolean, a->>'key', (a->>'expect_seq')::bigint, (a->>'expect_version')::bigint,
         ARRAY(SELECT e FROM jsonb_array_elements_text(a->'ids') WITH ORDINALITY AS t(e, i) ORDER BY i),
         ARRAY(SELECT e FROM jsonb_array_elements_text(a->'datas') WITH ORDINALITY AS t(e, i) ORDER BY i),

@@ -151,7 +151,7 @@ _SESSIONS_V2 = [
 # steps are small statements whose plans plpgsql keeps (cheaper than one statement of many CTEs).
 # #variable_conflict use_column: a name that is both a column and a variable means the column.
 _PG_APPEND_FN = """CREATE FUNCTION agentstate_append(
-    p_classid integer, p_objid integer, p_lock_timeout text,
+    p_classid integer, p_objid integer,
     p_tenant text, p_id text, p_create boolean, p_key text, p_expect_seq bigint, p_expect_version bigint,
     p_ids text[], p_datas text[], p_title text, p_item_ids text)
 RETURNS TABLE (o_status text, o_last bigint, o_version bigint, o_now text, o_new_version bigint,
@@ -169,8 +169,7 @@ DECLARE
     v_first bigint;
     v_item_ids text;
 BEGIN
-    PERFORM set_config('lock_timeout', p_lock_timeout, true);
-    PERFORM pg_advisory_xact_lock(p_classid, p_objid);
+    PERFORM pg_advisory_xact_lock(p_classid, p_objid);  -- waits up to the caller's lock_timeout
     SELECT s.last_seq, s.version, s.updated_at INTO v_last, v_version, v_updated
         FROM sessions s WHERE s.tenant = p_tenant AND s.id = p_id;
     v_found := FOUND;
@@ -180,23 +179,24 @@ BEGIN
     END IF;
     v_now := greatest(to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), v_updated);
     IF NOT v_found AND NOT p_create THEN
-        RETURN QUERY SELECT 'missing'::text, v_last, v_version, v_now, NULL::bigint, NULL::bigint, NULL::text;
+        o_status := 'missing'; o_last := v_last; o_version := v_version; o_now := v_now; RETURN NEXT;
         RETURN;
     END IF;
     IF v_found AND p_key IS NOT NULL THEN
         SELECT a.first_seq, a.item_ids INTO v_first, v_item_ids FROM session_appends a
             WHERE a.tenant = p_tenant AND a.session_id = p_id AND a.key = p_key;
         IF FOUND THEN
-            RETURN QUERY SELECT 'replay'::text, v_last, v_version, v_now, NULL::bigint, v_first, v_item_ids;
+            o_status := 'replay'; o_last := v_last; o_version := v_version; o_now := v_now;
+            o_first_seq := v_first; o_item_ids := v_item_ids; RETURN NEXT;
             RETURN;
         END IF;
     END IF;
     IF p_expect_seq IS NOT NULL AND p_expect_seq <> v_last THEN
-        RETURN QUERY SELECT 'seq'::text, v_last, v_version, v_now, NULL::bigint, NULL::bigint, NULL::text;
+        o_status := 'seq'; o_last := v_last; o_version := v_version; o_now := v_now; RETURN NEXT;
         RETURN;
     END IF;
     IF p_expect_version IS NOT NULL AND p_expect_version <> v_version THEN
-        RETURN QUERY SELECT 'version'::text, v_last, v_version, v_now, NULL::bigint, NULL::bigint, NULL::text;
+        o_status := 'version'; o_last := v_last; o_version := v_version; o_now := v_now; RETURN NEXT;
         RETURN;
     END IF;
     IF v_n > 0 OR NOT v_found THEN
@@ -221,7 +221,8 @@ BEGIN
         INSERT INTO session_appends (tenant, session_id, key, first_seq, item_ids, created_at)
             VALUES (p_tenant, p_id, p_key, v_last + 1, p_item_ids, v_now);
     END IF;
-    RETURN QUERY SELECT 'ok'::text, v_last, v_version, v_now, v_new, NULL::bigint, NULL::text;
+    o_status := 'ok'; o_last := v_last; o_version := v_version; o_now := v_now; o_new_version := v_new;
+    RETURN NEXT;
 END
 $fn$"""
 
