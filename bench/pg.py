@@ -1,7 +1,9 @@
 """PostgreSQL backend: a 1 KB state transaction and a session append on a local server, beside the
 local store doing the same and beside the server's floor (a plain autocommit ``UPDATE`` / ``INSERT``
 round trip on one open connection: what any durable write to that server costs), plus 10 processes
-contending for the state lock against one writer alone.
+contending for the state lock against one writer alone, and session appends from 16 warm client
+processes (bench/pg_worker.py) against plain single-row INSERTs from as many: each on its own session,
+all on one session, 1 against 16 clients, in interleaved 1 s windows (medians of the rounds).
 
 The server: ``AGENTSTATE_BENCH_PG_URL`` if set, else a throwaway one started here (tests/pgserver.py:
 initdb into a temp dir, fsync on, the server's defaults), stopped at the end.
@@ -10,12 +12,56 @@ initdb into a temp dir, fsync on, the server's defaults), stopped at the end.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
-from .common import KB, REPO, Config, Row, interleaved, median, seed_store
+from .common import KB, REPO, Config, Row, child_env, interleaved, median, seed_store
+
+CLIENTS = 16
+WINDOWS = [("plain", 1), ("plain", CLIENTS), ("own", 1), ("own", CLIENTS), ("one", CLIENTS)]
+
+
+def _scaling(url: str, rounds: int, window: float) -> dict[str, float]:
+    """Ops/s of each WINDOWS (mode, clients) case: CLIENTS warm workers started once (the barrier: all
+    "ready"), then every round runs each case for ``window`` seconds, all workers told the same START
+    and END (the ones beyond ``clients`` idle); the median of the rounds per case."""
+    argvs = [[sys.executable, "-m", "bench.pg_worker", url, str(i)] for i in range(CLIENTS)]
+    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=REPO, env=child_env()) for argv in argvs]
+    got: dict[str, list[float]] = {f"{m}-{k}": [] for m, k in WINDOWS}
+    try:
+        for p in procs:
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"pg worker did not start: {line!r} {p.stderr.read()[-2000:]}")
+        for _ in range(rounds):
+            for mode, clients in WINDOWS:
+                start = time.monotonic() + 0.05
+                for i, p in enumerate(procs):
+                    p.stdin.write(f"go {mode if i < clients else 'idle'} {start!r} {start + window!r}\n")
+                    p.stdin.flush()
+                done = 0
+                for p in procs:
+                    line = p.stdout.readline()
+                    if not line.strip():
+                        raise RuntimeError(f"pg worker failed ({p.wait()}): {p.stderr.read()[-2000:]}")
+                    done += json.loads(line)["n"]
+                got[f"{mode}-{clients}"].append(done / window)
+        for p in procs:
+            p.stdin.write("quit\n")
+            p.stdin.flush()
+            p.wait(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return {k: median(v) for k, v in got.items()}
 
 
 def _pgserver() -> Any:
@@ -95,6 +141,14 @@ def run(cfg: Config) -> list[Row]:
             raise RuntimeError(f"lost updates on PostgreSQL: counter is {got}, expected {expected}")
         one_tp = median([s["throughput"] for s in alone])
         many_tp = median([s["throughput"] for s in many])
+
+        conn.execute("CREATE TABLE floor_rows (id bigserial PRIMARY KEY, session_id text NOT NULL,"
+                     " item_id text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), data text NOT NULL)")
+        load = os.getloadavg()[0]  # the machine may be shared: report its load beside the figures
+        sc = _scaling(url, 1 if cfg.quick else cfg.rounds, 1.0)
+        sx = {"clients": CLIENTS, "rounds": 1 if cfg.quick else cfg.rounds, "window_s": 1.0,
+              "loadavg_1min_before": load, "loadavg_1min_after": os.getloadavg()[0],
+              **{f"{k}_ops": v for k, v in sc.items()}}
         conn.close()
         pg_store.close()
     finally:
@@ -113,4 +167,12 @@ def run(cfg: Config) -> list[Row]:
         Row("pg", "pg/contention", f"commits/s, {contention.WORKERS} processes on one counter, PostgreSQL",
             many_tp, "commits/s, one writer alone, PostgreSQL", one_tp, "ops/s", ">= 0.9",
             extra={"rounds": rounds, "duration_s": duration}),
+        Row("pg", "pg/append-16-own-vs-plain", f"appends/s, {CLIENTS} clients each on its own session",
+            sc[f"own-{CLIENTS}"], f"plain INSERT...COMMIT/s, {CLIENTS} clients", sc[f"plain-{CLIENTS}"], "ops/s",
+            ">= 0.5", extra=sx),
+        Row("pg", "pg/append-scaling", f"agentstate appends/s, {CLIENTS} clients / 1 client",
+            sc[f"own-{CLIENTS}"] / sc["own-1"], f"plain INSERTs/s, {CLIENTS} clients / 1 client",
+            sc[f"plain-{CLIENTS}"] / sc["plain-1"], "x", ">= 0.8", extra=sx),
+        Row("pg", "pg/append-16-one-session", f"appends/s, {CLIENTS} clients on one session",
+            sc[f"one-{CLIENTS}"], "appends/s, 1 client", sc["own-1"], "ops/s", ">= 0.8", extra=sx),
     ]

@@ -194,3 +194,24 @@ def _waiting(url: str) -> bool:
     with psycopg.connect(conninfo) as conn:
         return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
                             ).fetchone()[0] > 0
+
+
+def test_100_processes_append_to_one_session_gapless(pg_schema_url):
+    """Issue 17: with per-session locks and one-statement appends, 100 processes appending to one session at
+    once still get seqs 1..1000 with no gap, each process's items in its own order."""
+    from pathlib import Path
+
+    from agentstate_integration import PYTHON
+    from procs import run_burst
+
+    appender = str(Path(__file__).with_name("session_appender.py"))
+    writers, per = 100, 10
+    run_burst([[PYTHON, appender, "burst", pg_schema_url, "s", f"w{w}", str(per)] for w in range(writers)])
+    store = SessionStore(pg_schema_url)
+    items = store.items("s")
+    assert [i.seq for i in items] == list(range(1, writers * per + 1))
+    assert store.get("s").item_count == writers * per
+    for w in range(writers):
+        assert [it.data["i"] for it in items if it.data["writer"] == f"w{w}"] == list(range(per))
+    assert len({i.id for i in items}) == len(items)
+    store.close()

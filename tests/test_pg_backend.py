@@ -156,7 +156,7 @@ def test_a_version_1_schema_is_migrated_to_session_versions(pg_schema_url):
         assert s.get("old").version == 2
         with pytest.raises(ConflictError):
             s.append("old", [{"role": "user", "content": "stale"}], expect_version=1)
-    assert [r[0] for r in sql(pg_schema_url, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2]
+    assert [r[0] for r in sql(pg_schema_url, "SELECT version FROM schema_migrations ORDER BY version")] == list(range(1, SCHEMA_VERSION + 1))
 
 
 def test_migrate_command_creates_the_schema_explicitly(pg_schema_url):
@@ -219,10 +219,13 @@ def test_sessions_writers_name_their_holder_too(pg_schema_url):
     db = open_database(pg_schema_url)
     sessions = SessionStore(pg_schema_url, lock_timeout=0.2)
     sessions.create(session_id="s")
-    with db.write(operation="bulk import"):
-        with pytest.raises(StateLocked, match="bulk import"):
+    with db.write(operation="bulk import", locks=[db.resource("session", "default", "s")]):
+        with pytest.raises(StateLocked, match="session 's' .*bulk import"):
             sessions.append("s", [{"role": "user", "content": "x"}])
-    assert sessions.get("s").item_count == 0
+        sessions.append("other", [{"role": "user", "content": "x"}])  # another session's writer never waits
+        status = db.lock_status()
+        assert status["held"] and [h["operation"] for h in status["holders"]] == ["bulk import"]
+    assert sessions.get("s").item_count == 0 and sessions.get("other").item_count == 1
     db.close()
 
 

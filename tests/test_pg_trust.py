@@ -18,7 +18,7 @@ import pytest
 from pgserver import schema_url
 
 from agentstate import ConflictError, ResponseStore, SessionStore, StateStore
-from agentstate.sql.pg import LOCK_DB, LOCK_STATE, split_url
+from agentstate.sql.pg import LOCK_STATE, split_url
 from agentstate.sql.pg_conn import POOL_IDLE, lock_key
 from agentstate.state import codec
 
@@ -63,13 +63,18 @@ class RawHolder:
     """Holds agentstate's ``purpose`` advisory lock on a plain connection (as a writer would), until
     ``commit(statement, params)`` runs a statement in that transaction and commits it."""
 
-    def __init__(self, url: str, purpose: int) -> None:
+    def __init__(self, url: str, purpose: int | tuple[str, str, str]) -> None:
+        """``purpose``: a purpose lock (LOCK_STATE), or a resource lock (kind, tenant, name), e.g.
+        ("session", "default", "s") or ("response chain", "default", root id)."""
+        from agentstate.sql.pg_lock import resource_in
+
         conninfo, schema = split_url(url)
         self.conninfo = conninfo
         self.conn = psycopg.connect(conninfo, autocommit=True)
         self.conn.execute(f'SET search_path TO "{schema}"')
         self.conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-        self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (lock_key(schema), purpose))
+        key = (lock_key(schema), purpose) if isinstance(purpose, int) else resource_in(schema, *purpose)[:2]
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
 
     def wait_for_a_waiter(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -143,7 +148,7 @@ def test_a_writer_that_waited_sees_the_previous_holders_commit_whatever_the_defa
 
 def test_save_with_previous_after_a_concurrent_commit_whatever_the_default_isolation(iso_url):
     ResponseStore(iso_url, tenant="elsewhere").save({"id": "r1", "output": []})
-    holder = RawHolder(iso_url, LOCK_DB)
+    holder = RawHolder(iso_url, ("response chain", "default", "r1"))  # the chain r2 names, r1's (not there yet)
     t, out = in_thread(lambda: ResponseStore(iso_url).save({"id": "r2", "previous_response_id": "r1",
                                                              "output": []}))
     holder.wait_for_a_waiter()

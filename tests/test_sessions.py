@@ -585,7 +585,7 @@ def test_expect_version_on_a_missing_session(store: SessionStore) -> None:
 def test_a_version_1_database_is_migrated_to_session_versions(tmp_path) -> None:
     """A store written by the previous schema (version 1, no version columns) gets them on the next
     write; its sessions start at version 1 and move on with the next write."""
-    from agentstate.sql.schema import MIGRATIONS
+    from agentstate.sql.schema import MIGRATIONS, SCHEMA_VERSION
 
     d = tmp_path / "store"
     d.mkdir(mode=0o700)
@@ -620,6 +620,11 @@ def test_updated_at_never_goes_backwards(store: SessionStore, monkeypatch: pytes
     store.append("s", [U])
     before = store.get("s").updated_at
     monkeypatch.setattr(sessions, "_utcnow", lambda: "2001-01-01T00:00:00.000000Z")  # the clock stepped back
+    if store.db.dialect == "postgres":  # an append is stamped by the server's clock, under the session's lock:
+        before = "2999-01-01T00:00:00.000000Z"  # put the session ahead of that clock instead
+        conn = store.db.connector.conn()
+        with conn.transaction():
+            conn.execute("UPDATE sessions SET updated_at = %s WHERE id = 's'", (before,))
     added = store.append("s", [user("b")])
     assert store.get("s").updated_at == before and added[0].created_at == before
     store.pop("s")

@@ -60,6 +60,9 @@ def _render(st: dict[str, Any], label: str) -> None:
         if st.get("holder"):
             alive = {True: "alive", False: "not running", None: "cannot tell (another host or PID namespace)"}
             out(f"{label}holder process: {alive.get(st.get('holder_alive'), '?')}")
+    for h in (st.get("holders") or [])[1:] if st.get("held") else []:  # PostgreSQL: every session/chain lock held
+        out(f"{label}also held: {h.get('resource')} by PID {h.get('pid')} on {h.get('hostname')} "
+            f"(operation {h.get('operation')!r}, lock ID {h.get('lock_id')})")
     if st.get("next"):
         out(f"{label}next: {st['next']}")
 

@@ -231,13 +231,26 @@ class ResponseStore:
             return
         if self._pending:
             try:
-                with self.db.write(operation="responses use", lock_timeout=USE_LOCK_WAIT) as tx:
+                with self._write("responses use", USE_LOCK_WAIT) as tx:
                     roots = self._flush_uses(tx)
                 self._flushed(roots)
             except AgentStateError as e:
                 log.info("could not record %d response chain use(s) at close: %s", len(self._pending), e)
         self._db.close()
         self._db = None
+
+    def _write(self, operation: str, lock_timeout: Any = None, evicting: bool = False) -> Any:
+        """A write transaction. PostgreSQL: no schema-wide lock; the writer takes the locks of the chains it
+        writes (``_lock_chains``), and of the tenant's eviction when ``evicting``. SQLite: its one writer lock."""
+        if self.db.dialect != "postgres":
+            return self.db.write(operation=operation, lock_timeout=lock_timeout)
+        locks = [self.db.resource("response eviction", self.tenant)] if evicting else []
+        return self.db.write(operation=operation, lock_timeout=lock_timeout, locks=locks)
+
+    def _lock_chains(self, tx: Any, roots: Any, wait: bool = True) -> bool:
+        if tx.dialect != "postgres":
+            return True
+        return tx.lock(*[self.db.resource("response chain", self.tenant, r) for r in roots], wait=wait)
 
     def __enter__(self) -> ResponseStore:
         return self
@@ -274,16 +287,28 @@ class ResponseStore:
         infos: list[ResponseInfo] = []
         touched: OrderedDict[str, None] = OrderedDict()
         evicted: list[tuple[str, int]] = []
-        with self.db.write(operation="responses save") as tx:
+        with self._write("responses save", evicting=bool(self.max_responses)) as tx:
+            if tx.dialect == "postgres":  # the chains it writes to, locked before anything is decided
+                known = {rid: rid for rid, previous, _ in checked if previous is None}
+                for rid, previous, _ in checked:
+                    if previous is not None:
+                        link = tx.one(q.LINK, tenant=tenant, id=previous) if previous not in known else None
+                        known[rid] = known.get(previous) or (link[0] if link else previous)
+                self._lock_chains(tx, set(known.values()))
             now = _utcnow()  # under the lock: after every save this one waited for
             if len(checked) > 1:  # one query for the whole batch (a single save learns it from its INSERT)
                 taken = tx.value(q.ANY_EXISTING, tenant=tenant, ids=orjson.dumps(batch_ids).decode())
                 if taken is not None:
                     raise self._conflict(taken)
-            seq = int(tx.value(q.NEXT_SEQ))
+            if tx.dialect == "postgres":
+                seqs = iter([int(r[0]) for r in tx.run(q.NEXT_SEQS, n=len(checked))])
+            else:
+                first = int(tx.value(q.NEXT_SEQ))
+                seqs = iter(range(first, first + len(checked)))
             links: dict[str, tuple[str, int, int]] = {}  # id -> (root, depth, seq), the batch's own first
             new_rows: list[dict[str, Any]] = []
             for rid, previous, body in checked:
+                seq = next(seqs)
                 if previous is None:
                     root, depth, previous_seq = rid, 0, None
                 else:
@@ -302,7 +327,6 @@ class ResponseStore:
                 new_rows.append({"seq": seq, "tenant": tenant, "id": rid, "previous_id": previous,
                                  "previous_seq": previous_seq, "root_id": root, "depth": depth,
                                  "body": body.decode("utf-8"), "created_at": now})
-                seq += 1
                 touched.pop(root, None)
                 touched[root] = None
                 infos.append(ResponseInfo(id=rid, tenant=tenant, previous_response_id=previous, root_id=root,
@@ -342,6 +366,9 @@ class ResponseStore:
             root = next((r for (r,) in candidates if r not in keep), None)
             if root is None:
                 break
+            if not self._lock_chains(tx, [root], wait=False):  # being written now: not the least recently used
+                keep = {*keep, root}
+                continue
             gone = tx.run(q.EVICT_RESPONSES, tenant=tenant, root_id=root)
             tx.run(q.EVICT_CHAIN, tenant=tenant, root_id=root)
             count -= len(gone)
@@ -356,7 +383,7 @@ class ResponseStore:
         if not response_ids:
             raise InvalidInput("delete needs at least one response id")
         rids = list(dict.fromkeys(check_name(r, "response id") for r in response_ids))
-        with self.db.write(operation="responses delete") as tx:
+        with self._write("responses delete") as tx:
             now = _utcnow()
             for rid in rids:
                 if tx.one(q.SOFT_DELETE, tenant=self.tenant, id=rid, now=now) is None:
@@ -503,7 +530,7 @@ class ResponseStore:
         if time.monotonic() - self._flushed_at < USE_FLUSH_INTERVAL:
             return
         try:
-            with self.db.write(operation="responses use", lock_timeout=USE_LOCK_WAIT) as tx:
+            with self._write("responses use", USE_LOCK_WAIT) as tx:
                 roots = self._flush_uses(tx)
             self._flushed(roots)
         except (StateLocked, StorageError) as e:

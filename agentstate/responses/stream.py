@@ -47,8 +47,12 @@ def prune(store: ResponseStore, older_than: float | int | str | None = None, *, 
         with store.db.read() as tx:
             return [r[0] for root in roots(tx) for r in tx.run(q.CHAIN_IDS, tenant=store.tenant, root_id=root)]
     gone: list[str] = []
-    with store.db.write(operation="responses prune") as tx:
-        for root in roots(tx):
+    with store._write("responses prune") as tx:
+        found = roots(tx)
+        if found and tx.dialect == "postgres":  # lock those chains, then keep the ones still to prune
+            store._lock_chains(tx, found)
+            found = [r for r in roots(tx) if r in set(found)]
+        for root in found:
             gone += [r[0] for r in tx.run(q.EVICT_RESPONSES, tenant=store.tenant, root_id=root)]
             tx.run(q.EVICT_CHAIN, tenant=store.tenant, root_id=root)
     return gone

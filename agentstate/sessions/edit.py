@@ -92,7 +92,7 @@ class ItemEdits:
 
         sid = check_name(session_id, "session id")
         iid = _check_item_id(item_id)
-        with self._write(sid, "sessions delete-item") as tx:  # type: ignore[attr-defined]
+        with self._write("sessions delete-item", sid) as tx:  # type: ignore[attr-defined]
             row = self._row(tx, sid)  # type: ignore[attr-defined]
             last = int(row[6])
             rows = tx.run(q.GET_ITEM_BY_ID, tenant=self.tenant, session_id=sid, item_id=iid)
@@ -130,7 +130,7 @@ class ItemEdits:
             raise InvalidInput(f"metadata must be a JSON object (got {type(metadata).__name__})")
         datas, encoded = self._encode_all(list(items))  # type: ignore[attr-defined]
         meta = None if metadata is None else encode_value(metadata).decode()
-        with self._write(sid, "sessions create") as tx:  # type: ignore[attr-defined]
+        with self._write("sessions create", sid) as tx:  # type: ignore[attr-defined]
             now = _utcnow()  # under the lock
             if self._live_or_removed(tx, sid, now) is not None:  # type: ignore[attr-defined]
                 raise ConflictError(f"session {sid!r} already exists", session_id=sid)

@@ -45,7 +45,7 @@ def replace_items(store: SessionStore, session_id: str, items: Any, *, start: in
         raise InvalidInput("expect_ids must be a list of item ids")
     records = [(str(uuid.uuid4()), data.decode()) for data in encoded]
     scope = {"tenant": store.tenant, "session_id": sid}
-    with store._write(sid, "sessions replace") as tx:
+    with store._write("sessions replace", sid) as tx:
         row = store._live_or_removed(tx, sid, _utcnow())
         now = store._now_after(row)  # under the lock, never before the session's updated_at
         last = 0 if row is None else int(row[6])

@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -216,6 +217,24 @@ class SessionStore(FleetMixin, ItemEdits):
                                f"valid JSON: {e}", tenant=self.tenant, session_id=sid, seq=int(seq)) from None
         raise AssertionError("unreachable")
 
+    @contextmanager
+    def _write(self, operation: str, *sids: str) -> Iterator[Any]:
+        """A write transaction: on PostgreSQL holding the locks of sessions ``sids`` only (writers of other
+        sessions never wait for it), on SQLite the database's one writer lock; with a hot tier, each of
+        ``sids`` is fenced from once the lock is held until after the commit (agentstate.cache)."""
+        kw: dict[str, Any] = {}
+        if self.db.dialect == "postgres":
+            kw["locks"] = [self.db.resource("session", self.tenant, sid) for sid in sids]
+        if self._hot is None:
+            with self.db.write(operation, self.lock_timeout, **kw) as tx:
+                yield tx
+            return
+        with ExitStack() as after_commit:
+            with self.db.write(operation, self.lock_timeout, **kw) as tx:
+                for sid in sids:
+                    after_commit.enter_context(self._hot.fence(sid))
+                yield tx
+
     def _row(self, tx: Any, session_id: str, now: str | None = None) -> tuple:
         """The session's row; NotFound if there is none or it has expired."""
         from ..sql import q_sessions as q
@@ -275,7 +294,7 @@ class SessionStore(FleetMixin, ItemEdits):
         _check_title(title)
         meta = _meta_text(metadata)
         seconds = self._ttl(ttl)
-        with self._write(sid, "sessions create") as tx:
+        with self._write("sessions create", sid) as tx:
             now = _utcnow()  # under the lock
             expires = expires_at(now, seconds)
             if self._live_or_removed(tx, sid, now) is not None:
@@ -324,6 +343,16 @@ class SessionStore(FleetMixin, ItemEdits):
 
         ids = [_uuid4() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
         replayed: list[bool] = []
+
+        if self.db.dialect == "postgres" and self._hot is None and ttl is None:
+            from .pg_append import append  # one round trip, holding this session's lock only
+
+            fast = append(self, sid, ids, texts, datas, expect_seq=expect_seq, expect_version=expect_version,
+                          key=key, create=create, title=title)
+            if fast is not None:  # None: a session with a time to live, appended below
+                if fast and fast[0].id == ids[0]:  # not a replay of an earlier append
+                    stats.appended()
+                return fast
 
         def work(tx: Any) -> list[Item]:
             row = self._live_or_removed(tx, sid, _utcnow())  # an expired session is removed: this starts anew
@@ -378,7 +407,7 @@ class SessionStore(FleetMixin, ItemEdits):
         if grouped is not None:
             stored = grouped("sessions append", work, self.lock_timeout)
         else:
-            with self._write(sid, "sessions append") as tx:
+            with self._write("sessions append", sid) as tx:
                 stored = work(tx)
         if not replayed:
             stats.appended()
@@ -408,7 +437,7 @@ class SessionStore(FleetMixin, ItemEdits):
         from ..sql import q_sessions as q
 
         sid = check_name(session_id, "session id")
-        with self._write(sid, "sessions pop") as tx:
+        with self._write("sessions pop", sid) as tx:
             row = self._row(tx, sid)
             last = int(row[6])
             if last == 0:
@@ -432,7 +461,7 @@ class SessionStore(FleetMixin, ItemEdits):
             raise InvalidInput("delete needs at least one session id")
         sids = list(dict.fromkeys(check_name(s, "session id") for s in session_ids))
         try:
-            with self.db.write("sessions delete", self.lock_timeout) as tx:
+            with self._write("sessions delete", *sids) as tx:
                 now = _utcnow()
                 for sid in sids:
                     self._row(tx, sid, now)  # an expired session is not there to delete (prune removes it)
@@ -461,8 +490,13 @@ class SessionStore(FleetMixin, ItemEdits):
         if dry_run:
             with self.db.read() as tx:
                 return [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff, now=_utcnow())]
-        with self.db.write("sessions prune", self.lock_timeout) as tx:
-            ids = [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff, now=_utcnow())]
+        with self._write("sessions prune") as tx:
+            now = _utcnow()
+            ids = [r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff, now=now)]
+            if ids and tx.dialect == "postgres":  # lock those sessions, then keep the ones still stale
+                tx.lock(*[self.db.resource("session", self.tenant, sid) for sid in ids])
+                still = {r[0] for r in tx.run(q.STALE_SESSIONS, tenant=self.tenant, cutoff=cutoff, now=now)}
+                ids = [sid for sid in ids if sid in still]
             for sid in ids:
                 tx.run(q.DELETE_SESSION, tenant=self.tenant, id=sid)
             if ids:

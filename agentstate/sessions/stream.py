@@ -114,7 +114,7 @@ def _write(store: SessionStore, sid: str, spool: Any, count: int, title: str | N
     from ..sql import q_sessions as q
     from .store import _utcnow
 
-    with store._write(sid, "sessions import") as tx:
+    with store._write("sessions import", sid) as tx:
         if store._live_or_removed(tx, sid, _utcnow()) is not None:
             raise ConflictError(f"session {sid!r} already exists", hint="import it with --id NEW_ID", session_id=sid)
         now = _utcnow()  # under the lock

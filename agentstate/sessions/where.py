@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -189,19 +187,6 @@ class FleetMixin:
 
         return self.default_ttl if ttl is None else check_ttl(ttl)
 
-    @contextmanager
-    def _write(self, sid: str, operation: str) -> Iterator[Any]:
-        """The durable write transaction of one session, fenced for the hot tier (agentstate.cache) when
-        there is one: the fence begins once the writer lock is held and ends after the commit."""
-        if self._hot is None:
-            with self.db.write(operation, self.lock_timeout) as tx:
-                yield tx
-            return
-        with ExitStack() as after_commit:
-            with self.db.write(operation, self.lock_timeout) as tx:
-                after_commit.enter_context(self._hot.fence(sid))
-                yield tx
-
     def _list_where(self, tx: Any, conds: list[tuple[str, str]], limit: int, after: tuple | None,
                     now: str) -> tuple[list[tuple], int]:
         from ..sql import q_sessions as q
@@ -223,7 +208,7 @@ class FleetMixin:
 
         sid = check_name(session_id, "session id")
         meta = _meta_text(metadata)
-        with self._write(sid, "sessions update") as tx:
+        with self._write("sessions update", sid) as tx:
             row = self._row(tx, sid, _now())  # type: ignore[attr-defined]
             now = self._now_after(row)  # type: ignore[attr-defined]
             tx.run(q.SET_METADATA, tenant=self.tenant, id=sid, metadata=meta, now=now,

@@ -58,17 +58,25 @@ from .pg_conn import (  # noqa: F401 - also the names other modules use as pg.<n
     split_url,
 )
 from .pg_lock import (  # noqa: F401
+    KIND_CHAIN,
+    KIND_EVICT,
+    KIND_SESSION,
     LOCK_DB,
     LOCK_NAMES,
     LOCK_STATE,
+    Resource,
     _begin_locked,
+    _begin_resources,
     _record_for,
     _wait_locked,
     describe_holder,
     force_unlock,
+    lock_in_tx,
     lock_status,
     locked_error,
     read_holder,
+    read_resource_holders,
+    resource,
 )
 
 log = logging.getLogger("agentstate.pg")
@@ -118,6 +126,7 @@ class Tx:
         self._texts: dict[int, tuple[str, bool]] = {}
         self.deferred: list[tuple[str, Any, bool]] = []  # (text, params or rows, many)
         self.first_rows: list[tuple] | None = None
+        self._timeout = 0.0  # the write's lock timeout (for tx.lock's error)
 
     def _text(self, stmt: Any) -> tuple[str, bool]:
         got = self._texts.get(id(stmt))
@@ -180,6 +189,14 @@ class Tx:
     def execute(self, stmt: Any, **params: Any) -> int:
         return self._execute(self._text(stmt)[0], params).rowcount
 
+    def lock(self, *resources: Resource, wait: bool = True) -> bool:
+        """Take resource locks inside this transaction (see pg_lock.lock_in_tx); statements after it see
+        what every earlier holder committed."""
+        if self.deferred:
+            with self._conn.pipeline():
+                self._send_queued()
+        return lock_in_tx(self._connector, self._conn, list(resources), self._timeout, wait=wait)
+
     def many(self, stmt: Any, rows: Any) -> None:
         text, quiet = self._text(stmt)
         rows = list(rows)
@@ -213,18 +230,29 @@ class Database:
     def __repr__(self) -> str:
         return f"Database({redact(self.url)!r})"
 
+    def resource(self, kind: str, tenant: str, name: str = "") -> Resource:
+        """The lock of one session, one response chain (``name``) or one tenant's eviction (``name`` "")."""
+        return resource(self.connector, kind, tenant, name)
+
+    def timeout(self, lock_timeout: float | str | None = None) -> float:
+        from ..duration import parse_duration
+
+        return self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
+
     @contextmanager
     def write(self, operation: str = "write", lock_timeout: float | str | None = None,
-              on_wait: Any = None) -> Iterator[Tx]:
-        from ..duration import parse_duration
+              on_wait: Any = None, *, locks: list[Resource] | None = None) -> Iterator[Tx]:
+        """A write transaction holding the locks of ``locks`` (sessions, chains: see pg_lock) taken before
+        anything is read; ``locks=[]``: none at first (``tx.lock()`` takes them later); None: the whole
+        schema's sessions/responses lock (LOCK_DB)."""
         from ..state import signals
 
-        timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
+        timeout = self.timeout(lock_timeout)
         locked = False
         with signals.guarded():  # SIGINT/SIGTERM: abandoned before the COMMIT, finished once it is sent
             try:
-                with locked_transaction(self.connector, operation, LOCK_DB, timeout, on_wait,
-                                        "the sessions and responses store") as tx:
+                with locked_transaction(self.connector, operation, LOCK_DB if locks is None else locks, timeout,
+                                        on_wait, "the sessions and responses store") as tx:
                     locked = True
                     yield tx
             except KeyboardInterrupt as e:
@@ -232,6 +260,24 @@ class Database:
                 where = f"{self.connector.where} schema {self.connector.schema}"
                 raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {where}"
                                           if committed else None, locked=locked) from None
+
+    def call(self, operation: str, lock: Resource, stmt: Any, params: dict[str, Any],
+             lock_timeout: float | str | None = None) -> list[tuple]:
+        """A whole write in one statement and one round trip (pg_batch.locked_call): its rows."""
+        from ..state import signals
+        from .pg_batch import locked_call
+
+        timeout = self.timeout(lock_timeout)
+        with signals.guarded():
+            try:
+                return locked_call(self.connector, operation, lock, timeout, pg_text(stmt), params)
+            except KeyboardInterrupt as e:
+                where = f"{self.connector.where} schema {self.connector.schema}"
+                outcome = getattr(e, "outcome", None)
+                if outcome is None:  # a plain KeyboardInterrupt (no handler of ours): the call was cut short
+                    raise signals.unknown_outcome(e, operation, where) from None
+                raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {where}"
+                                          if outcome == "committed" else None) from None
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
@@ -332,8 +378,14 @@ def check(cn: Connector, purposes: tuple[int, ...] = (LOCK_DB,)) -> list[dict[st
                 + ("" if ok else f" (this agentstate knows {SCHEMA_VERSION})"), schema_version=version)
             for purpose in purposes:
                 holder = read_holder(conn, probe.key, purpose)
+                if purpose == LOCK_DB:  # the sessions', chains' and evictions' own locks (schema version 3)
+                    holders = read_resource_holders(conn, probe.schema)
+                    holder = holder or (holders[0] if holders else None)
+                    more = f" (and {len(holders) - 1} more session/chain locks)" if len(holders) > 1 else ""
+                else:
+                    more = ""
                 add("database lock" if purpose == LOCK_DB else "lock", True,
-                    "free" if holder is None else f"held by {describe_holder(holder)}")
+                    "free" if holder is None else f"held by {describe_holder(holder)}{more}")
     except AgentStateError as e:
         add("database", False, str(e))
     finally:
@@ -353,7 +405,7 @@ def _rollback(cn: Connector, conn: Any) -> None:
 
 
 @contextmanager
-def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: float, on_wait: Any,
+def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resource], timeout: float, on_wait: Any,
                        what: str, first: str | None = None) -> Iterator[Tx]:
     """One PostgreSQL transaction holding the ``purpose`` advisory lock: the holder record published
     (autocommit), BEGIN, the lock (all in one round trip when it is free), the block, then the
@@ -373,9 +425,13 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
         with cn.errors(f"starting a write ({operation})"):
             conn = cn.conn()
         try:
-            me = _record_for(cn, conn, purpose, operation)
-            got, rows = _begin_locked(cn, conn, purpose, timeout, me, what,
-                                      wait=timeout > 0 and on_wait is None, first=first)
+            if isinstance(purpose, int):
+                me = _record_for(cn, conn, purpose, operation)
+                got, rows = _begin_locked(cn, conn, purpose, timeout, me, what,
+                                          wait=timeout > 0 and on_wait is None, first=first)
+            else:  # resource locks (possibly none yet): always waited for, up to lock_timeout
+                _begin_resources(cn, conn, purpose, timeout, _record_for(cn, conn, LOCK_DB, operation))
+                got, rows = True, None
             break
         except psycopg.OperationalError as e:
             _rollback(cn, conn)
@@ -394,6 +450,7 @@ def locked_transaction(cn: Connector, operation: str, purpose: int, timeout: flo
         if not got:
             _wait_locked(cn, conn, purpose, timeout, on_wait, what)
         tx = Tx(conn, cn, operation, queue=True)
+        tx._timeout = timeout
         if first is not None:
             tx.first_rows = rows if rows is not None else conn.execute(first).fetchall()
         yield tx

@@ -337,7 +337,10 @@ class Connector:
             raise server_error(e, doing="connecting", where=self.where) from None
         try:
             # Every statement is bounded (readers by this; writers set their own limits per transaction).
-            conn.execute(sql.SQL("SET statement_timeout TO {}; SET search_path TO {}").format(
+            # Transactions that do not say their isolation are read committed whatever the server's
+            # default (pg_batch's one-statement writes rely on it: each statement sees what is committed).
+            conn.execute(sql.SQL("SET statement_timeout TO {}; SET search_path TO {}; "
+                                 "SET default_transaction_isolation TO 'read committed'").format(
                 sql.Literal(_timeout_ms(self.statement_timeout) if self.statement_timeout > 0 else "0"),
                 sql.Identifier(self.schema)))
             if self.migrate and (self.conninfo, self.schema) not in _migrated:

@@ -112,6 +112,10 @@ LINK = Stmt(
 # The seq the next response gets (seqs are global: 1 + the largest; writers are serialized).
 NEXT_SEQ = Stmt(both="SELECT COALESCE(MAX(seq), 0) + 1 FROM responses")
 
+# PostgreSQL (schema version 3): :n seqs from a sequence (writers of different chains run at once, so
+# "1 + the largest" would collide); never reused, ascending in the order drawn.
+NEXT_SEQS = Stmt(postgres="SELECT nextval('response_seqs') FROM generate_series(1, %(n)s)")
+
 # One id of the JSON array :ids that is taken in the tenant, or no row (a batch save's check).
 ANY_EXISTING = Stmt(
     sqlite="""SELECT id FROM responses

@@ -31,8 +31,32 @@ UPDATE_SESSION_SEQ = Stmt(both="""
     WHERE tenant = :tenant AND id = :id""")
 
 # The next session version of the tenant (its session_counts row exists once it has had a session).
-NEXT_VERSION = Stmt(both="""
-    UPDATE session_counts SET clock = clock + 1 WHERE tenant = :tenant RETURNING clock""")
+# PostgreSQL (schema version 3): a sequence instead, so that a write to one session never touches a row
+# every writer of the tenant shares; it never repeats a value either.
+NEXT_VERSION = Stmt(sqlite="""
+    UPDATE session_counts SET clock = clock + 1 WHERE tenant = :tenant RETURNING clock""",
+                    postgres="SELECT nextval('session_versions')")
+
+# PostgreSQL: a whole append in one statement, the function agentstate_append (schema.py, version 3): it
+# takes the session's lock, then (each statement of a function sees what is committed when it starts, so
+# every earlier append of the session) reads the session and the idempotency key, decides, and only when
+# the decision is 'ok' creates the session if missing (counted in session_counts; appends to an existing
+# session never touch a row the tenant's writers share), inserts the items at last + 1.., bumps the session
+# (last seq, version from the sequence, updated_at, title if none) and records the key. The time is the
+# server's, taken under the lock, never before the session's updated_at. Run in its own transaction
+# (pg_batch.locked_call): one statement, in one round trip with the holder record.
+# Returns one row: (status, last seq before, version before, now, new version, key's first_seq, key's
+# item_ids); status is ok, missing (and create is false), replay (the key was seen), seq or version (the
+# expectation failed). Nothing is written unless it is ok. The arguments travel as one JSON object
+# (pg_batch.locked_call): binding thirteen parameters and two lists costs the driver more client time
+# than the server spends on the whole write.
+PG_APPEND = Stmt(postgres="""
+    SELECT f.* FROM (SELECT %(args)s::jsonb AS a) AS x, LATERAL agentstate_append(
+        (a->>'classid')::integer, (a->>'objid')::integer, a->>'tenant', a->>'id',
+        (a->>'create')::boolean, a->>'key', (a->>'expect_seq')::bigint, (a->>'expect_version')::bigint,
+        ARRAY(SELECT e FROM jsonb_array_elements_text(a->'ids') WITH ORDINALITY AS t(e, i) ORDER BY i),
+        ARRAY(SELECT e FROM jsonb_array_elements_text(a->'datas') WITH ORDINALITY AS t(e, i) ORDER BY i),
+        a->>'title', a->>'item_ids') AS f""")
 
 INSERT_ITEM = Stmt(both="""
     INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)

@@ -11,6 +11,8 @@ Version 2 adds ``sessions.version`` (changes on every write to the session: ``ap
 detects a pop followed by an append, which ``expect_seq`` cannot) and ``session_counts.clock`` (the
 tenant's counter those versions are drawn from, so a version is never repeated for a session id, even
 across a delete and a re-create).
+Version 3 (PostgreSQL only; SQLite just records the number) adds the sequences ``session_versions`` and
+``response_seqs``: writers of different sessions and chains no longer share a lock (issue 17).
 
 Timestamps are ISO-8601 UTC text with microseconds and a 'Z' (``2026-01-02T03:04:05.123456Z``), so
 text order is time order. JSON payloads are TEXT holding the exact bytes of ``codec.encode_value``.
@@ -185,11 +187,115 @@ _FLEET = {
               OR jsonb_typeof(j.value) = 'number' AND (j.value #>> '{}') ~ '^-?[0-9]+$')"""],
 }
 
+# --- version 4: PostgreSQL writers of different sessions and chains run at once (issue 17) -------------
+# Session versions come from a sequence (never repeated, so still never seen twice by a session id, even
+# across a delete and a re-create; session_counts.clock stays for SQLite only), and response seqs too
+# (1 + the largest needs every saver serialized). Both start above every value already given out.
+# SQLite keeps its single writer (one disk) and changes nothing.
+
+# A session append in one statement (q_sessions.PG_APPEND says what it does). A function, because each of
+# its statements takes a new snapshot: the ones after the lock see every append committed before it. Its
+# steps are small statements whose plans plpgsql keeps (cheaper than one statement of many CTEs).
+# #variable_conflict use_column: a name that is both a column and a variable means the column.
+_PG_APPEND_FN = """CREATE FUNCTION agentstate_append(
+    p_classid integer, p_objid integer,
+    p_tenant text, p_id text, p_create boolean, p_key text, p_expect_seq bigint, p_expect_version bigint,
+    p_ids text[], p_datas text[], p_title text, p_item_ids text)
+RETURNS TABLE (o_status text, o_last bigint, o_version bigint, o_now text, o_new_version bigint,
+               o_first_seq bigint, o_item_ids text)
+LANGUAGE plpgsql VOLATILE AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_n bigint := coalesce(array_length(p_ids, 1), 0);
+    v_last bigint := 0;
+    v_version bigint := 0;
+    v_updated text;
+    v_expires text;
+    v_found boolean;
+    v_now text;
+    v_new bigint;
+    v_first bigint;
+    v_item_ids text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_classid, p_objid);  -- waits up to the caller's lock_timeout
+    SELECT s.last_seq, s.version, s.updated_at, s.expires_at INTO v_last, v_version, v_updated, v_expires
+        FROM sessions s WHERE s.tenant = p_tenant AND s.id = p_id;
+    v_found := FOUND;
+    IF v_found AND v_expires IS NOT NULL THEN
+        -- a session with a time to live (version 3): its expiry is judged by the caller's clock, on the
+        -- general path (sessions/store.py); nothing is written here
+        o_status := 'expiring'; o_last := v_last; o_version := v_version; RETURN NEXT;
+        RETURN;
+    END IF;
+    IF NOT v_found THEN
+        v_last := 0;
+        v_version := 0;
+    END IF;
+    v_now := greatest(to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), v_updated);
+    IF NOT v_found AND NOT p_create THEN
+        o_status := 'missing'; o_last := v_last; o_version := v_version; o_now := v_now; RETURN NEXT;
+        RETURN;
+    END IF;
+    IF v_found AND p_key IS NOT NULL THEN
+        SELECT a.first_seq, a.item_ids INTO v_first, v_item_ids FROM session_appends a
+            WHERE a.tenant = p_tenant AND a.session_id = p_id AND a.key = p_key;
+        IF FOUND THEN
+            o_status := 'replay'; o_last := v_last; o_version := v_version; o_now := v_now;
+            o_first_seq := v_first; o_item_ids := v_item_ids; RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
+    IF p_expect_seq IS NOT NULL AND p_expect_seq <> v_last THEN
+        o_status := 'seq'; o_last := v_last; o_version := v_version; o_now := v_now; RETURN NEXT;
+        RETURN;
+    END IF;
+    IF p_expect_version IS NOT NULL AND p_expect_version <> v_version THEN
+        o_status := 'version'; o_last := v_last; o_version := v_version; o_now := v_now; RETURN NEXT;
+        RETURN;
+    END IF;
+    IF v_n > 0 OR NOT v_found THEN
+        v_new := nextval('session_versions');
+    END IF;
+    IF NOT v_found THEN
+        INSERT INTO session_counts (tenant, sessions) VALUES (p_tenant, 1)
+            ON CONFLICT (tenant) DO UPDATE SET sessions = session_counts.sessions + 1;
+        INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count, version)
+            VALUES (p_tenant, p_id, p_title, NULL, v_now, v_now, v_n, v_n, v_new);
+    ELSIF v_n > 0 THEN
+        UPDATE sessions s SET last_seq = v_last + v_n, item_count = s.item_count + v_n, updated_at = v_now,
+                version = v_new, title = COALESCE(s.title, p_title)
+            WHERE s.tenant = p_tenant AND s.id = p_id;
+        UPDATE session_tags t SET updated_at = v_now WHERE t.tenant = p_tenant AND t.session_id = p_id;
+    END IF;
+    IF v_n > 0 THEN
+        INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
+            SELECT p_tenant, p_id, v_last + o.ord, o.item_id, v_now, o.item_data
+            FROM unnest(p_ids, p_datas) WITH ORDINALITY AS o(item_id, item_data, ord);
+    END IF;
+    IF p_key IS NOT NULL THEN
+        INSERT INTO session_appends (tenant, session_id, key, first_seq, item_ids, created_at)
+            VALUES (p_tenant, p_id, p_key, v_last + 1, p_item_ids, v_now);
+    END IF;
+    o_status := 'ok'; o_last := v_last; o_version := v_version; o_now := v_now; o_new_version := v_new;
+    RETURN NEXT;
+END
+$fn$"""
+
+_PG_V4 = [
+    "CREATE SEQUENCE session_versions AS BIGINT",
+    "SELECT setval('session_versions', GREATEST(1, (SELECT MAX(clock) FROM session_counts),"
+    " (SELECT MAX(version) FROM sessions)))",
+    "CREATE SEQUENCE response_seqs AS BIGINT",
+    "SELECT setval('response_seqs', COALESCE((SELECT MAX(seq) FROM responses), 0) + 1, false)",
+    _PG_APPEND_FN,
+]
+
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
      "postgres": _SESSIONS_V1 + _RESPONSES_V1["postgres"] + _PG_ONLY_V1},
     {"sqlite": _SESSIONS_V2, "postgres": _SESSIONS_V2},
     _FLEET,
+    {"sqlite": [], "postgres": _PG_V4},
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,54 @@
+"""A session append on PostgreSQL in one round trip (issue 17): the session's own lock (writers of other
+sessions never wait), then ``q_sessions.PG_APPEND`` (create-if-missing, compare, insert, bump, key) and
+its commit, with the holder record in the same round trip (``sql/pg_batch.py``). The same outcomes as
+the SQLite path in store.py: items, or NotFound / ConflictError with nothing written, or the items of
+an earlier append with the same key; None (nothing written) for a session with a time to live,
+whose expiry the general path judges by the caller's clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConflictError
+
+
+def append(store: Any, sid: str, ids: list[str], texts: list[str], datas: list[dict[str, Any]], *,
+           expect_seq: int | None, expect_version: int | None, key: str | None, create: bool,
+           title: str | None) -> list[Any] | None:
+    import orjson
+
+    from ..sql import q_sessions as q
+    from .store import Item, _not_found
+
+    db = store.db
+    params = {"tenant": store.tenant, "id": sid, "create": create, "key": key, "expect_seq": expect_seq,
+              "expect_version": expect_version, "ids": ids, "datas": texts, "title": title,
+              "item_ids": orjson.dumps(ids).decode() if key is not None else None}
+    rows = db.call("sessions append", db.resource("session", store.tenant, sid), q.PG_APPEND, params,
+                   store.lock_timeout)
+    status, last, version, now, _new_version, first_seq, item_ids = rows[0]
+    if status == "expiring":  # a session with a time to live: the general path judges its expiry
+        return None
+    last, version = int(last), int(version)
+    if status == "ok":
+        return [Item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
+    if status == "missing":
+        raise _not_found(sid)
+    if status == "replay":
+        with db.read() as tx:
+            return store._replay(tx, sid, int(first_seq), orjson.loads(item_ids))
+    if status == "seq":
+        if version == 0:
+            raise ConflictError(f"session {sid!r} does not exist yet (last seq 0), expected seq {expect_seq}",
+                                hint="re-read the session and retry", last_seq=0)
+        raise ConflictError(f"session {sid!r} is at seq {last}, expected {expect_seq}",
+                            hint="another writer appended first; re-read the session and retry", last_seq=last)
+    if status == "version":
+        if version == 0:
+            raise ConflictError(f"session {sid!r} does not exist (version 0), expected version {expect_version}",
+                                hint="re-read the session and retry", version=0)
+        raise ConflictError(f"session {sid!r} is at version {version}, expected {expect_version}",
+                            hint="another writer changed it (an append or a pop); re-read the session and retry",
+                            version=version)
+    raise AssertionError(f"unexpected append status {status!r}")
+

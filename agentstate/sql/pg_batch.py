@@ -1,0 +1,108 @@
+"""One round trip for a whole PostgreSQL write (issue 17): the holder record, then one statement that
+takes its lock and does the write, and its COMMIT, in one message. The server waits for the lock itself, then
+runs the write and commits without waiting for the client, so a lock is held for the server's time only
+(never for a round trip), and writers of different resources share WAL flushes.
+
+Used where the whole write is known up front and decides in SQL (a session append: create-if-missing,
+compare, insert, bump: ``q_sessions.PG_APPEND``). Signals are held for the call, so its outcome is
+always known (a lock wait is bounded by lock_timeout)."""
+
+from __future__ import annotations
+
+import logging
+import select
+from typing import Any
+
+from .pg_conn import Connector, _timeout_ms, server_error
+from .pg_lock import _PUBLISH, Resource, keep_standing, resources_locked, standing_record
+
+log = logging.getLogger("agentstate.pg")
+
+
+def _alive(conn: Any) -> bool:
+    """Whether an idle pooled connection may still be used: a server that ended it (a restart, an
+    idle timeout, pg_terminate_backend) has sent its goodbye, so the socket is readable. No round trip."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+# The message locked_call sends: the holder record in its own transaction (committed at once, so that
+# waiters see it; UNLOGGED: its COMMIT waits for no WAL flush), unless the connection's standing record
+# already names this operation; then the write, one implicit transaction of two statements (one message,
+# so the server runs them back to back and commits after the last): its limits (no statement timeout:
+# the lock wait is bounded by lock_timeout), then the statement. Read committed: every connection sets
+# default_transaction_isolation so (pg_conn), whatever the server's default.
+_PUBLISHING = "BEGIN ISOLATION LEVEL READ COMMITTED; " + _PUBLISH + "; COMMIT; "
+_WRITE = ("SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout', %(lock_timeout)s, true); "
+          "{statement}")
+_messages: dict[tuple[str, bool], str] = {}
+
+
+def _message(text: str, publish: bool) -> str:
+    got = _messages.get((text, publish))
+    if got is None:
+        got = _messages[(text, publish)] = (_PUBLISHING if publish else "") + _WRITE.format(statement=text)
+    return got
+
+
+def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, text: str,
+                params: dict[str, Any]) -> list[tuple]:
+    """Run ``text``, one statement (a function such as agentstate_append) that takes the lock of ``res``
+    itself and then does the whole write, in its own transaction, in one round trip with the holder
+    record: one simple-protocol message of several statements (psycopg's ClientCursor binds the
+    parameters; the server runs them one after the other, each with its own snapshot). ``text`` takes
+    one parameter, ``%(args)s``: a JSON object of ``params`` plus ``classid`` and ``objid`` (the lock).
+    Its rows. A statement that
+    raises rolls the write back (nothing written); a connection lost during the call is "may or may not
+    have been saved"."""
+    import psycopg
+    from psycopg import errors as pe
+
+    from ..state import signals
+
+    with cn.errors(f"starting a write ({operation})"):
+        conn = cn.conn()
+        if not _alive(conn):
+            log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
+            cn.close()
+            conn = cn.conn()
+    import orjson
+
+    me = standing_record(cn, conn, operation)
+    where = f"{cn.where} schema {cn.schema}"
+    args = orjson.dumps({**params, "classid": res.classid, "objid": res.objid}).decode()
+    params = {**(me or {}), "args": args, "lock_timeout": _timeout_ms(timeout)}
+    try:
+        with signals.critical():  # held for the call: its outcome is known when it ends
+            cur = psycopg.ClientCursor(conn)
+            cur.execute(_message(text, me is not None), params)
+            rows: list[tuple] = []
+            while True:
+                if cur.description is not None:
+                    rows = cur.fetchall()
+                if not cur.nextset():
+                    break
+            signals.note_committed(f"the {operation} is committed to {where}")
+        if me is not None:
+            keep_standing(conn, operation)
+        return rows
+    except pe.LockNotAvailable:
+        _rollback(cn, conn)
+        raise resources_locked(cn, conn, [res], timeout) from None
+    except psycopg.Error as e:
+        lost = isinstance(e, psycopg.OperationalError) and (conn.broken or conn.closed)
+        _rollback(cn, conn)
+        cn.after_error(e)
+        raise server_error(e, doing=f"writing ({operation})", where=cn.where, committing=lost) from None
+    except BaseException:
+        _rollback(cn, conn)
+        raise
+
+
+def _rollback(cn: Connector, conn: Any) -> None:
+    from .pg import _rollback
+
+    _rollback(cn, conn)

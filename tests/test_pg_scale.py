@@ -1,0 +1,143 @@
+"""Issue 17 on PostgreSQL: writers of different sessions and of different response chains never wait for
+each other (only one session's writes, one chain's and one tenant's eviction are serial); an append is one
+round trip; the locks that remain are named in `lock status` and in the lock-timeout error."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from agentstate import ResponseStore, SessionStore, StateLocked
+from agentstate.sql import open_database
+
+U = {"role": "user", "content": "hi"}
+
+
+def test_writers_of_different_sessions_never_wait(pg_schema_url):
+    sessions = SessionStore(pg_schema_url, lock_timeout=0.3)
+    sessions.append("a", [U])
+    db = open_database(pg_schema_url)
+    with db.write(operation="held by the test", locks=[db.resource("session", "default", "a")]):
+        started = time.monotonic()
+        sessions.append("b", [U])  # another session: no wait at all
+        sessions.create("c")
+        sessions.pop("b")
+        sessions.delete("c")
+        assert time.monotonic() - started < 0.3 * 3
+        with pytest.raises(StateLocked) as ei:  # the same session: waits, then names the lock and its holder
+            sessions.append("a", [U])
+        assert "session 'a' (tenant 'default')" in str(ei.value) and "held by the test" in str(ei.value)
+        assert ei.value.exit_code == 3
+        status = db.lock_status()
+        assert status["held"] and status["holders"][0]["resource"].startswith("session #")
+    assert sessions.get("a").item_count == 1 and sessions.get("b").item_count == 0
+    db.close()
+
+
+def test_writers_of_different_chains_never_wait(pg_schema_url):
+    responses = ResponseStore(pg_schema_url, lock_timeout=0.3)
+    responses.save({"id": "x1", "output": []})
+    responses.save({"id": "y1", "output": []})
+    db = open_database(pg_schema_url)
+    with db.write(operation="held by the test", locks=[db.resource("response chain", "default", "x1")]):
+        responses.save({"id": "y2", "previous_response_id": "y1", "output": []})  # another chain
+        responses.save({"id": "z1", "output": []})  # a new chain
+        with pytest.raises(StateLocked, match="response chain 'x1'"):
+            responses.save({"id": "x2", "previous_response_id": "x1", "output": []})
+    responses.save({"id": "x2", "previous_response_id": "x1", "output": []})
+    assert [r["id"] for r in responses.chain("x2")] == ["x1", "x2"]
+    assert [r["id"] for r in responses.chain("y2")] == ["y1", "y2"]
+    db.close()
+
+
+def test_concurrent_saves_to_many_chains_with_eviction_keep_every_chain_whole(pg_schema_url):
+    """Savers of different chains run at once, eviction (max_responses) stays one decision per tenant:
+    every surviving chain is whole and the cap holds."""
+    errors: list = []
+
+    def saver(n: int) -> None:
+        store = ResponseStore(pg_schema_url, max_responses=30, lock_timeout="60s")
+        try:
+            for c in range(4):
+                root = f"t{n}-c{c}"
+                store.save({"id": root, "output": []})
+                for d in range(1, 3):
+                    store.save({"id": f"{root}-{d}", "previous_response_id": f"{root}-{d - 1}" if d > 1 else root,
+                                "output": []})
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=saver, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    store = ResponseStore(pg_schema_url)
+    page = store.list(limit=100, include_deleted=True)
+    assert page.total <= 30 + 3  # the cap, plus what a save in flight may hold beyond it
+    for r in page.items:  # whole: the walk (which refuses a broken chain) reaches a root
+        assert "previous_response_id" not in store.chain(r.id)[0] or store.chain(r.id)[0]["previous_response_id"] is None
+
+
+def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch):
+    """After the first append of a process (which publishes its holder record), an append sends one
+    message and reads its answer: one execute, no pipeline, no second statement."""
+    sessions = SessionStore(pg_schema_url)
+    sessions.append("s", [U])
+    sent: list[str] = []
+    real_client, real_conn = psycopg.ClientCursor.execute, psycopg.Connection.execute
+
+    def client_execute(self, query, params=None, **kw):
+        sent.append("client")
+        return real_client(self, query, params, **kw)
+
+    def conn_execute(self, query, params=None, **kw):
+        sent.append(str(query)[:40])
+        return real_conn(self, query, params, **kw)
+
+    monkeypatch.setattr(psycopg.ClientCursor, "execute", client_execute)
+    monkeypatch.setattr(psycopg.Connection, "execute", conn_execute)
+    for n in range(3):
+        sent.clear()
+        sessions.append("s", [U], expect_seq=n + 1, idempotency_key=f"k{n}")
+        assert sent == ["client"]
+    assert sessions.get("s").item_count == 4
+
+
+def test_lock_ids_of_session_locks_name_one_acquisition(pg_schema_url):
+    """The record a process's appends share stands for all of them; the lock ID shown adds the holder's
+    transaction, so force-unlock with an ID seen during one write never ends a later one."""
+    db = open_database(pg_schema_url)
+    other = open_database(pg_schema_url)
+    res = db.resource("session", "default", "s")
+    with db.write(operation="first", locks=[res]):
+        first = other.lock_status()["holders"][0]["lock_id"]
+    with db.write(operation="second", locks=[res]):
+        second = other.lock_status()["holders"][0]["lock_id"]
+        assert second != first
+        with pytest.raises(Exception, match="not the current holder"):
+            other.force_unlock(first)
+    assert other.lock_status()["held"] is False
+    db.close()
+    other.close()
+
+
+def test_items_reach_postgresql_exactly_through_the_array_literal(pg_schema_url):
+    """The append passes its items as one text[] literal: quotes, backslashes, braces, commas, "NULL",
+    escapes and non-ASCII text come back exactly as given, in order."""
+    sessions = SessionStore(pg_schema_url)
+    tricky = ['a"b', "back\\slash", "{braces}, commas", "NULL", "", "line\nbreak\ttab", "ünïcødé ✓ 😀",
+              '\\"', "\\\\N", "x" * 70000]
+    items = [{"role": "user", "content": t or "-", "n": i, "k": {"nested": [t, None, 1.5, 2**62]}}
+             for i, t in enumerate(tricky)]
+    stored = sessions.append("s", items)
+    assert [it.data for it in stored] == items
+    assert [it.data for it in sessions.items("s")] == items
+    assert sessions.append("s", []) == [] and sessions.get("s").item_count == len(items)
+    assert sessions.append("t", [{"type": "x", "v": ""}])[0].data == {"type": "x", "v": ""}
