@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -232,3 +233,84 @@ def test_a_signal_at_a_random_moment_of_a_big_write(tmp_path: Path) -> None:
     write_report_record("signals", cases=sum(_cases.values()), violations=len(violations))
     assert "abandoned" in outcomes, outcomes  # the signals did land inside the command
     assert not violations, "\n".join(violations)
+
+
+# -- while a short command starts or exits ----------------------------------------------------------
+
+
+def _one_interrupted_line(where: str, sig: int, proc: subprocess.CompletedProcess[str]) -> list[str]:
+    name, code = SIGS[sig]
+    lines = proc.stderr.splitlines()
+    if proc.returncode == code and len(lines) == 1 and lines[0].startswith(f"error: interrupted by {name}"):
+        return []
+    return [f"{where}: {name}: exit {proc.returncode}, expected {code} and one line; stderr {proc.stderr[-800:]!r}"]
+
+
+def _opens(cmd: list[str], work: Path) -> list[tuple[int, str]]:
+    """(strace ``when=`` number, path) of every openat of a clean run of ``cmd``, traced the second time
+    (the first may write the .pyc files, which changes what is opened)."""
+    for k in range(2):
+        proc = run_strace(cmd, work / f"opens{k}.txt", trace="openat")
+        assert proc.returncode == 0, proc.stderr
+    calls = [c for c in parse_strace((work / "opens1.txt").read_text()) if c.name == "openat"]
+    return [(i + 1, c.args[1].strip('"')) for i, c in enumerate(calls)]
+
+
+def _signal_on_open(cmd: list[str], when: int, sig: int, work: Path) -> subprocess.CompletedProcess[str]:
+    return run_strace(cmd, work / "trace.txt", trace="openat", seccomp=False,
+                      inject=[f"openat:signal={SIGS[sig][0]}:when={when}"])
+
+
+def test_a_signal_while_the_command_module_loads_names_its_signal(tmp_path: Path) -> None:
+    """The command's module is imported when the command is resolved, outside its run(): typer's main()
+    turned a KeyboardInterrupt there into a silent exit 130, so SIGTERM came out as 130 with no message."""
+    directory = make_seeded_store(tmp_path / "store")
+    cmd = [AGENTSTATE_CLI, "show", "--dir", str(directory)]
+    points = [(w, p) for w, p in _opens(cmd, tmp_path) if "agentstate/cli/" in p and "/state." in p.replace(
+        "/__pycache__", "")]
+    assert points, "show never opened agentstate/cli/state.py"
+    violations = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        for when, path in points:
+            violations += _one_interrupted_line(f"openat#{when} {path}", sig, _signal_on_open(cmd, when, sig, tmp_path))
+    assert not violations, "\n".join(violations)
+
+
+def test_a_signal_while_orjson_initialises_is_not_a_crash(tmp_path: Path) -> None:
+    """orjson's module initialisation imports json (and more) without checking for errors: a KeyboardInterrupt
+    raised in there was a SIGSEGV. The CLI loads it with the signals held: one line and 130/143 instead."""
+    directory = make_seeded_store(tmp_path / "store")
+    cmd = [AGENTSTATE_CLI, "show", "--dir", str(directory)]
+    opens = _opens(cmd, tmp_path)
+    first = next(i for i, (_, p) in enumerate(opens) if "/orjson/orjson" in p and p.endswith(".so"))
+    points = list(opens[first:first + 8])  # the extension itself, then what its initialisation imports
+    assert any("/json/" in p for _, p in points), points
+    violations = []
+    for when, path in points:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            violations += _one_interrupted_line(f"openat#{when} {path}", sig, _signal_on_open(cmd, when, sig, tmp_path))
+    assert not violations, "\n".join(violations)
+
+
+def test_a_signal_caught_while_the_cli_exits_is_dropped(tmp_path: Path) -> None:
+    """A signal whose handler runs inside the last step's pthread_sigmask (it arrived just before) comes
+    after the outcome was reported: it is dropped, not raised there as a traceback over exit 0."""
+    directory = make_seeded_store(tmp_path / "store")
+    script = (
+        "import os, signal, sys\n"
+        "from agentstate.cli import main\n"
+        "from agentstate.state import signals\n"
+        "real, block = signal.pthread_sigmask, signals.block\n"
+        "def sending(how, mask):\n"
+        "    os.kill(os.getpid(), int(sys.argv[1]))\n"
+        "    return real(how, mask)\n"
+        "def last_step():\n"
+        "    signal.pthread_sigmask = sending\n"
+        "    block()\n"
+        "signals.block = last_step\n"
+        "main(['show', '--dir', sys.argv[2]])\n"
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        p = subprocess.run([sys.executable, "-c", script, str(int(sig)), str(directory)], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 0 and p.stderr == "" and "counter" in p.stdout, (sig, p.returncode, p.stderr)
