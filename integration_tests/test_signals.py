@@ -314,3 +314,62 @@ def test_a_signal_caught_while_the_cli_exits_is_dropped(tmp_path: Path) -> None:
         p = subprocess.run([sys.executable, "-c", script, str(int(sig)), str(directory)], capture_output=True,
                            text=True, timeout=60)
         assert p.returncode == 0 and p.stderr == "" and "counter" in p.stdout, (sig, p.returncode, p.stderr)
+
+
+def _wait_until_sigterm_is_caught(p: subprocess.Popen[str], timeout: float = 30.0) -> bool:
+    """Wait until the process catches SIGTERM (SigCgt in /proc: the CLI installed its handlers); False if it
+    exited first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+        except OSError:
+            return False
+        caught = int(next(x for x in status.splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+def test_a_signal_at_a_random_moment_of_a_short_command(tmp_path: Path) -> None:
+    """show, list, apply and sessions append, each sent SIGTERM or SIGINT at a random moment once its handlers
+    are in (before that, Python's defaults apply: death by SIGTERM, a KeyboardInterrupt traceback at start-up):
+    exit 0 (it finished first) or one `error: interrupted by ...` line and 130/143; never a crash, never a
+    silent exit, never 130 for SIGTERM."""
+    directory = make_seeded_store(tmp_path / "store")
+    commands = {
+        "show": ["show"], "list": ["list"], "apply": ["apply", "--set", "counter=7"],
+        "sessions append": ["sessions", "append", "s1", '{"role": "user", "content": "hi"}'],
+    }
+    spans = {}
+    for name, args in commands.items():
+        t0 = time.monotonic()
+        subprocess.run([AGENTSTATE_CLI, *args, "--dir", str(directory)], check=True, capture_output=True)
+        spans[name] = time.monotonic() - t0
+    rng = random.Random(int(os.environ.get("AGENTSTATE_SIGNAL_SEED", "11")))
+    n = rounds(40, 400)
+    violations: list[str] = []
+    outcomes = {"finished": 0, "interrupted": 0}
+    for k in range(n):
+        name = rng.choice(sorted(commands))
+        sig = signal.SIGTERM if k % 2 == 0 else signal.SIGINT
+        delay = rng.uniform(0, 0.8) * spans[name]
+        p = subprocess.Popen([AGENTSTATE_CLI, *commands[name], "--dir", str(directory)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        if _wait_until_sigterm_is_caught(p):
+            time.sleep(delay)
+            p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+        if p.returncode == 0:
+            outcomes["finished"] += 1
+            continue
+        outcomes["interrupted"] += 1
+        violations += _one_interrupted_line(f"{name} after {delay * 1000:.0f} ms",
+                                            sig, subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        if leftover_temps(directory) or not _lock_is_released(directory):
+            violations.append(f"{name}: temp files left or the lock not released")
+    _cases["short_commands"] = n
+    write_report_record("signals", cases=sum(_cases.values()), violations=len(violations))
+    assert outcomes["interrupted"], outcomes  # the signals did land inside the commands
+    assert not violations, "\n".join(violations)
