@@ -115,10 +115,10 @@ def install() -> None:
     """Handle SIGINT and SIGTERM as Interruptions for the rest of the process (the CLI's start).
 
     orjson is loaded first, with both signals held: its module initialisation calls into Python
-    (``import datetime``, ``uuid``, ...) without checking for errors, so an exception raised inside
-    it, as an Interruption (or Python's own KeyboardInterrupt) can be at any bytecode, crashes the
-    process with SIGSEGV, there or at the next ``import orjson``. A signal that arrives meanwhile is
-    delivered when they are released, to the handlers just installed: an Interruption raised here."""
+    (``import json``, ...) without checking for errors, so an Interruption (or Python's own
+    KeyboardInterrupt) raised in there crashes the process with SIGSEGV, then or at the next
+    ``import orjson``. A signal that arrives meanwhile is delivered when they are released, to
+    the handlers just installed: an Interruption raised here."""
     held = _in_main_thread() and hasattr(signal, "pthread_sigmask")
     before = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS) if held else None
     try:
@@ -216,10 +216,12 @@ def unknown_outcome(e: KeyboardInterrupt, what: str, where: str) -> Interrupted:
 def behind(e: BaseException) -> KeyboardInterrupt | None:
     """The Interruption (or KeyboardInterrupt) that ``e`` was raised from, if any: Python 3.11 re-raises
     one that lands in a ``__set_name__`` (a class statement, a dataclass) as a RuntimeError."""
-    cause = e.__cause__
-    while cause is not None and not isinstance(cause, KeyboardInterrupt):
-        cause = cause.__cause__
-    return cause
+    cause, seen = e.__cause__, 0
+    while cause is not None and seen < 20:  # bounded: a chain can loop
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        cause, seen = cause.__cause__, seen + 1
+    return None
 
 
 def outside(e: KeyboardInterrupt) -> Interrupted:
