@@ -595,6 +595,54 @@ def test_internal_error_is_one_line_unless_debug(store: Path, monkeypatch: pytes
     assert r.exit_code == 1 and "Traceback" in r.stderr and r.stderr.splitlines()[-1].startswith("error:")
 
 
+def test_a_signal_outside_a_commands_run_names_its_signal(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM while the command is being resolved (its module imported, its options parsed) is outside
+    run(): typer's own main() turned any KeyboardInterrupt there into a silent exit 130, so a SIGTERM
+    came out as exit 130 with no message. RootGroup reports it: exit 143, one line (and JSON with --json)."""
+    import signal
+
+    from agentstate.cli.common import RootGroup
+    from agentstate.state import signals
+    from agentstate.state.signals import Interruption
+
+    monkeypatch.setattr(signals, "_last_commit", [])  # the fixture's apply ran in this process
+    for sig, code, name in ((signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")):
+        def landing(self, ctx, args, sig=sig):
+            raise Interruption(sig)
+
+        monkeypatch.setattr(RootGroup, "resolve_command", landing)
+        line = assert_one_error_line(run(["show", "--dir", str(store)]), code)
+        assert line.startswith(f"error: interrupted by {name} outside any write"), line
+        err = assert_json_error(run(["show", "--dir", str(store), "--json"]), code, "interrupted")
+        assert err["signal"] == sig and err["outcome"] == "abandoned", err
+
+
+def test_a_signal_python_reraised_as_a_runtime_error_names_its_signal(store: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11 re-raises an exception from ``__set_name__`` as a RuntimeError (its cause): a SIGTERM
+    landing while a class statement runs (a lazily imported module's dataclass) must still be exit 143,
+    not an internal error."""
+    import signal
+
+    import agentstate.state.open
+    from agentstate.state import signals
+    from agentstate.state.signals import Interruption
+
+    monkeypatch.setattr(signals, "_last_commit", [])  # the fixture's apply ran in this process
+
+    class Landing:
+        def __set_name__(self, owner, name):
+            raise Interruption(signal.SIGTERM)
+
+    def open_state(*a, **k):
+        type("Late", (), {"field": Landing()})
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(agentstate.state.open, "open_state", open_state)
+    line = assert_one_error_line(run(["show", "--dir", str(store)]), 143)
+    assert line.startswith("error: interrupted by SIGTERM outside any write"), line
+
+
 def test_log_format_json(store: Path) -> None:
     r = run(["apply", "--set", "a=7", "--dir", str(store), "-v", "--log-format", "json"])
     assert r.exit_code == 0

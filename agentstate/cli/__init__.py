@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point (the ``agentstate`` console script). Exits with the documented exit code."""
     from ..state import signals
 
-    signals.install()  # SIGINT/SIGTERM: a write finishes or is abandoned cleanly; exit 130/143, one line
     try:
+        signals.install()  # SIGINT/SIGTERM: a write finishes or is abandoned cleanly; exit 130/143, one line
         typer.main.get_command(app).main(args=sys.argv[1:] if argv is None else argv, prog_name="agentstate")
     except KeyboardInterrupt as e:  # between commands' own handling (parsing, start-up)
         err = signals.outside(e)
@@ -63,5 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         # The outcome is decided and reported. Interpreter shutdown puts the default handlers back, so a
         # signal landing from here on would kill the process and replace the documented exit code with a
-        # bare "killed by signal": block both; a pending one is discarded when the process exits.
-        signals.block()
+        # bare "killed by signal": block both; a pending one is discarded when the process exits. One whose
+        # handler runs before block() takes effect is dropped as well (it came after the outcome).
+        try:
+            signals.block()
+        except KeyboardInterrupt:
+            signals.block()

@@ -256,8 +256,9 @@ class RootGroup(Group):
         args = list(sys.argv[1:] if args is None else args)
         as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
         try:
-            rc = super().main(args=args, prog_name=prog_name or "agentstate", complete_var=complete_var,
-                              standalone_mode=False, **extra)
+            rc = self._main(args, prog_name or "agentstate", complete_var, extra)
+        except KeyboardInterrupt as e:  # SIGINT/SIGTERM outside a command's run(): parsing, importing it, unwinding
+            rc = _interrupted(e, as_json)
         except UsageError as e:
             rc = _usage_fail(_usage_message(e), as_json)
         except Exception as e:
@@ -271,7 +272,12 @@ class RootGroup(Group):
                 err("aborted; the stored state is unchanged")
                 rc = 1
             else:
-                raise
+                from ..state.signals import behind
+
+                signal = behind(e)
+                if signal is None:
+                    raise
+                rc = _interrupted(signal, as_json)
         rc = rc if isinstance(rc, int) else 0
         try:
             sys.stdout.flush()
@@ -282,6 +288,32 @@ class RootGroup(Group):
         if standalone_mode:
             sys.exit(rc)
         return rc
+
+    def _main(self, args: list[str], prog_name: str, complete_var: str | None, extra: dict[str, Any]) -> Any:
+        """typer's main() with standalone_mode=False, minus its ``except KeyboardInterrupt: raise Exit(130)``
+        (typer >= 0.28; older typer: an Abort): that turned a SIGTERM or SIGINT landing outside a command's
+        run() into a silent exit 130, whichever the signal. Here it reaches main() above, which reports it."""
+        self._main_shell_completion(extra, prog_name, complete_var)
+        try:
+            with self.make_context(prog_name, args, **extra) as ctx:
+                return self.invoke(ctx)
+        except typer.Exit as e:
+            return e.exit_code
+        except EOFError as e:
+            raise typer.Abort() from e
+        except BrokenPipeError:  # `agentstate --help | head -1`: as typer does, exit 1 quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+
+
+def _interrupted(e: KeyboardInterrupt, as_json: bool) -> int:
+    from ..state.signals import outside
+
+    error = outside(e)
+    err(str(error))
+    if as_json:
+        emit_json({"error": error.to_dict()})
+    return error.exit_code
 
 
 _built: dict[str, Any] = {}
@@ -542,6 +574,12 @@ def run(body: Callable[[Opts], int | None]) -> None:
     except typer.Exit:
         raise
     except Exception as e:  # never a traceback unless --debug
+        from ..state.signals import behind, outside
+
+        signal = behind(e)
+        if signal is not None:  # SIGINT/SIGTERM, re-raised by Python as another exception
+            error = outside(signal)
+            _fail(opts, error.code, _in_group(str(error)), error.exit_code, error.to_dict())
         _traceback(opts)
         _fail(opts, "internal", f"internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", 1,
               {})

@@ -41,6 +41,7 @@ _previous: dict[int, Any] = {}  # signal -> the handler ours replaced (to call, 
 _installed_by: list[str] = []  # "install" (for good) or "guarded" (restored on exit)
 _critical = 0  # depth of critical sections in the main thread
 _pending: list[int] = []  # signals received during a critical section
+_closed = False  # set by block(): the CLI reported its outcome; signals are dropped from then on
 
 
 class Interruption(KeyboardInterrupt):
@@ -66,6 +67,8 @@ def _deliver(signum: int, frame: Any) -> None:
 
 
 def _handler(signum: int, frame: Any) -> None:
+    if _closed:
+        return  # the outcome is reported (block() below): a late signal is dropped
     if _critical:
         if signum not in _pending:
             _pending.append(signum)
@@ -90,7 +93,13 @@ def _install() -> bool:
 
 def block() -> None:
     """Block SIGINT and SIGTERM for the rest of the process (the CLI's last step, once its outcome is
-    reported: interpreter shutdown restores the default handlers, which would turn a late signal into a kill)."""
+    reported: interpreter shutdown restores the default handlers, which would turn a late signal into a kill).
+
+    A signal that arrived just before is dropped too: pthread_sigmask runs the Python handlers of the
+    signals already caught, and an Interruption raised there would replace the reported outcome with a
+    traceback (the caller also catches one raised before this function's first line)."""
+    global _closed
+    _closed = True
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
@@ -103,9 +112,23 @@ def _uninstall() -> None:
 
 
 def install() -> None:
-    """Handle SIGINT and SIGTERM as Interruptions for the rest of the process (the CLI's start)."""
-    if _install() or not _installed_by:
-        _installed_by[:] = ["install"]
+    """Handle SIGINT and SIGTERM as Interruptions for the rest of the process (the CLI's start).
+
+    orjson is loaded first, with both signals held: its module initialisation calls into Python
+    (``import json``, ...) without checking for errors, so an Interruption (or Python's own
+    KeyboardInterrupt) raised in there crashes the process with SIGSEGV, then or at the next
+    ``import orjson``. A signal that arrives meanwhile is delivered when they are released, to
+    the handlers just installed: an Interruption raised here."""
+    held = _in_main_thread() and hasattr(signal, "pthread_sigmask")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS) if held else None
+    try:
+        import orjson  # noqa: F401
+
+        if _install() or not _installed_by:
+            _installed_by[:] = ["install"]
+    finally:
+        if before is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 @contextmanager
@@ -188,6 +211,17 @@ def unknown_outcome(e: KeyboardInterrupt, what: str, where: str) -> Interrupted:
     return Interrupted(f"interrupted by {name} while the {what} was committing to {where}: the outcome is unknown "
                        "(run `agentstate sessions show` or `agentstate doctor` to see what is stored)",
                        signal_number=signum, outcome="unknown")
+
+
+def behind(e: BaseException) -> KeyboardInterrupt | None:
+    """The Interruption (or KeyboardInterrupt) that ``e`` was raised from, if any: Python 3.11 re-raises
+    one that lands in a ``__set_name__`` (a class statement, a dataclass) as a RuntimeError."""
+    cause, seen = e.__cause__, 0
+    while cause is not None and seen < 20:  # bounded: a chain can loop
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        cause, seen = cause.__cause__, seen + 1
+    return None
 
 
 def outside(e: KeyboardInterrupt) -> Interrupted:
