@@ -47,6 +47,7 @@ import orjson
 from ..errors import AgentStateError, ConflictError, InvalidInput, NotFound, StateCorrupted, StateLocked, StorageError
 from ..names import check_name, check_tenant, shown
 from ..page import Page, check_limit, decode_cursor, encode_cursor
+from ..sql import q_responses as q
 from ..state.codec import encode_value
 
 log = logging.getLogger("agentstate.responses")
@@ -272,8 +273,6 @@ class ResponseStore:
         """Store several responses in one transaction, all or none (e.g. an imported conversation);
         each may name an earlier one of the batch as its previous. Eviction runs once, after the
         batch, and spares every chain the batch saved to."""
-        from ..sql import q_responses as q
-
         if isinstance(responses, dict) or not isinstance(responses, (list, tuple)):
             raise InvalidInput("save_many takes a list of responses")
         checked = [check_response(r, self.max_item_bytes) for r in responses]
@@ -356,8 +355,6 @@ class ResponseStore:
     def _evict(self, tx: Any, keep: Any) -> list[tuple[str, int]]:
         """Inside the save: evict least recently used whole chains (never one in ``keep``) until the
         tenant holds at most max_responses, or only chains in ``keep`` are left."""
-        from ..sql import q_responses as q
-
         tenant, cap = self.tenant, self.max_responses
         count = int(tx.value(q.COUNT_ALL, tenant=tenant))
         evicted: list[tuple[str, int]] = []
@@ -378,8 +375,6 @@ class ResponseStore:
     def delete(self, *response_ids: str) -> list[str]:
         """Soft delete, in one transaction, all or nothing: hidden from ``get`` and ``list``, still part of
         chains. NotFound (nothing deleted) if any is missing or already deleted. Returns the ids deleted."""
-        from ..sql import q_responses as q
-
         if not response_ids:
             raise InvalidInput("delete needs at least one response id")
         rids = list(dict.fromkeys(check_name(r, "response id") for r in response_ids))
@@ -414,8 +409,6 @@ class ResponseStore:
         return self._get(response_id, include_deleted=True)
 
     def _get(self, response_id: str, include_deleted: bool) -> dict[str, Any]:
-        from ..sql import q_responses as q
-
         rid = check_name(response_id, "response id")
         with self.db.read() as tx:
             row = tx.one(q.GET, tenant=self.tenant, id=rid)
@@ -430,8 +423,6 @@ class ResponseStore:
 
         NotFound if response_id is missing; StateCorrupted if the chain has a cycle or a missing
         link (a damaged database)."""
-        from ..sql import q_responses as q
-
         rid = check_name(response_id, "response id")
         with self.db.read() as tx:
             rows = tx.run(q.CHAIN, tenant=self.tenant, id=rid, max_links=MAX_CHAIN)
@@ -447,8 +438,6 @@ class ResponseStore:
 
     def info(self, response_id: str) -> ResponseInfo:
         """The store's facts about a response (soft-deleted included); does not count as a use."""
-        from ..sql import q_responses as q
-
         rid = check_name(response_id, "response id")
         with self.db.read() as tx:
             row = tx.one(q.INFO, tenant=self.tenant, id=rid)
@@ -461,8 +450,6 @@ class ResponseStore:
              include_deleted: bool = False) -> Page[StoredResponse]:
         """Live (not deleted) responses, newest first; ``Page(items, next_cursor, total)``.
         ``include_deleted=True``: soft-deleted ones too (``.info.deleted_at`` set), counted in total."""
-        from ..sql import q_responses as q
-
         limit = check_limit(limit)
         # The cursor is the (created_at, id) of the page's last response: the caller's own row, seen on
         # that page, so it tells nothing about other tenants (a global seq would count their saves).
@@ -540,8 +527,6 @@ class ResponseStore:
     def _flush_uses(self, tx: Any) -> list[str]:
         """Inside a write: record the queued uses, in read order; returns them, for ``_flushed``
         once the transaction committed (a rolled-back write keeps them queued)."""
-        from ..sql import q_responses as q
-
         roots = list(self._pending)
         for root in roots:
             tx.run(q.MARK_USED, tenant=self.tenant, root_id=root)

@@ -24,9 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from ..errors import ConflictError, InvalidInput, NotFound
 from ..names import check_name, check_tenant, shown
 from ..page import Page, check_limit, decode_cursor, encode_cursor
+from ..sql import q_sessions as q
 from .checks import (  # noqa: F401 - MAX_ITEM_BYTES and encode_item are re-exported
     MAX_ITEM_BYTES,
     MAX_SEQ,
@@ -191,8 +194,6 @@ class SessionStore(FleetMixin, ItemEdits):
     # -- rows -> objects ----------------------------------------------------------------------------------
 
     def _info(self, row: tuple) -> SessionInfo:
-        import orjson
-
         sid, title, metadata, created_at, updated_at, item_count, _last, version, expires = row[:9]
         try:
             meta = None if metadata is None else orjson.loads(metadata)
@@ -203,8 +204,6 @@ class SessionStore(FleetMixin, ItemEdits):
                            expires)
 
     def _items(self, rows: Iterable[tuple], sid: str) -> list[Item]:
-        import orjson
-
         try:
             return [Item(int(seq), iid, created_at, orjson.loads(data)) for seq, iid, created_at, data in rows]
         except orjson.JSONDecodeError:
@@ -237,7 +236,6 @@ class SessionStore(FleetMixin, ItemEdits):
 
     def _row(self, tx: Any, session_id: str, now: str | None = None) -> tuple:
         """The session's row; NotFound if there is none or it has expired."""
-        from ..sql import q_sessions as q
         from .where import is_expired
 
         row = tx.one(q.GET_SESSION, tenant=self.tenant, id=session_id)
@@ -249,8 +247,6 @@ class SessionStore(FleetMixin, ItemEdits):
                 expires: str | None = None, created_at: str | None = None) -> int:
         """A new session row, counted in session_counts (as every insert must be), with its metadata's tags;
         its version."""
-        from ..sql import q_sessions as q
-
         tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
         version = self._next_version(tx)
         tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=metadata, now=now,
@@ -263,8 +259,6 @@ class SessionStore(FleetMixin, ItemEdits):
 
     def _next_version(self, tx: Any) -> int:
         """The tenant's next session version (its clock only grows, so no session id sees one twice)."""
-        from ..sql import q_sessions as q
-
         return int(tx.value(q.NEXT_VERSION, tenant=self.tenant))
 
     @staticmethod
@@ -334,9 +328,6 @@ class SessionStore(FleetMixin, ItemEdits):
                 expect_version: int | None, key: str | None, create: bool, title: str | None,
                 ttl: float | None = None) -> list[Item]:
         """The write behind append: ``texts`` are the items' stored JSON text, ``datas`` the objects."""
-        import orjson
-
-        from ..sql import q_sessions as q
         from ..sql import stats
         from ..state.lock_record import _uuid4
         from .where import expires_at
@@ -415,8 +406,6 @@ class SessionStore(FleetMixin, ItemEdits):
 
     def _replay(self, tx: Any, sid: str, first_seq: int, ids: list[str]) -> list[Item]:
         """The items an earlier append with the same key stored (those still there)."""
-        from ..sql import q_sessions as q
-
         if not ids:
             return []
         rows = tx.run(q.ITEMS_RANGE, tenant=self.tenant, session_id=sid, first=first_seq,
@@ -434,8 +423,6 @@ class SessionStore(FleetMixin, ItemEdits):
 
     def pop(self, session_id: str) -> Item | None:
         """Remove and return the last item (its seq is free again), or None when the session is empty."""
-        from ..sql import q_sessions as q
-
         sid = check_name(session_id, "session id")
         with self._write("sessions pop", sid) as tx:
             row = self._row(tx, sid)
@@ -455,8 +442,6 @@ class SessionStore(FleetMixin, ItemEdits):
     def delete(self, *session_ids: str) -> list[str]:
         """Delete the sessions and all their items in one transaction, all or nothing: NotFound (and
         nothing deleted) if any does not exist. Returns the ids deleted (each once, in the order given)."""
-        from ..sql import q_sessions as q
-
         if not session_ids:
             raise InvalidInput("delete needs at least one session id")
         sids = list(dict.fromkeys(check_name(s, "session id") for s in session_ids))
@@ -478,8 +463,6 @@ class SessionStore(FleetMixin, ItemEdits):
         "30d", "12h"...) when given; their ids. ``dry_run=True``: the ids it would delete now, deleting
         nothing (no lock taken)."""
         from ..duration import parse_duration
-        from ..sql import q_sessions as q
-
         cutoff = ""  # no session is older than that: expired ones only
         if older_than is not None:
             seconds = parse_duration(older_than, "age")
@@ -519,7 +502,6 @@ class SessionStore(FleetMixin, ItemEdits):
 
     def items(self, session_id: str, limit: int | None = None, after: int | None = None) -> list[Item]:
         """Items oldest first: those after seq ``after`` (default: from the start), at most ``limit``."""
-
         sid = check_name(session_id, "session id")
         after = 0 if after is None else _check_seq(after, "after")
         limit = _ALL if limit is None else _check_seq(limit, "limit")
@@ -528,8 +510,6 @@ class SessionStore(FleetMixin, ItemEdits):
         return self._items_after(sid, after, limit)
 
     def _items_after(self, sid: str, after: int, limit: int) -> list[Item]:
-        from ..sql import q_sessions as q
-
         now = _utcnow()
         with self.db.read() as tx:
             rows = tx.run(q.ITEMS_AFTER, tenant=self.tenant, session_id=sid, after=after, limit=limit,
@@ -540,7 +520,6 @@ class SessionStore(FleetMixin, ItemEdits):
 
     def context(self, session_id: str, limit: int = 20) -> list[Item]:
         """The last ``limit`` items, oldest first (what a model's context window gets)."""
-
         sid = check_name(session_id, "session id")
         _check_seq(limit, "limit")
         if self._hot is not None:
@@ -548,8 +527,6 @@ class SessionStore(FleetMixin, ItemEdits):
         return self._context(sid, limit)
 
     def _context(self, sid: str, limit: int) -> list[Item]:
-        from ..sql import q_sessions as q
-
         now = _utcnow()
         with self.db.read() as tx:
             rows = tx.run(q.LAST_ITEMS, tenant=self.tenant, session_id=sid, limit=limit, now=now) if limit else []
@@ -568,8 +545,6 @@ class SessionStore(FleetMixin, ItemEdits):
         return self._show(sid, last)
 
     def _show(self, sid: str, last: int | None) -> tuple[SessionInfo, list[Item]]:
-        from ..sql import q_sessions as q
-
         now = _utcnow()
         with self.db.read() as tx:
             info = self._info(self._row(tx, sid, now))
@@ -587,7 +562,6 @@ class SessionStore(FleetMixin, ItemEdits):
         """Sessions most recently updated first; with ``where`` ({"agent_id": "a1", ...}: top-level metadata
         values, all must match) only the matching ones, through an index. Paging with ``next_cursor``
         never repeats or skips a session that did not change meanwhile; ``total`` counts the matches."""
-        from ..sql import q_sessions as q
         from .where import check_where
 
         check_limit(limit)
