@@ -428,8 +428,9 @@ def test_machine_reads_do_not_import_what_they_do_not_use(store: Path, args: lis
     modules = {m.split(".")[0] for m in full}
     assert "typer" in modules and "agentstate" in modules  # the trace is real
     assert not modules & {"rich", "psutil", "sqlite3", "_sqlite3", "psycopg"}, sorted(modules)
-    assert "agentstate.lock" not in full
-    assert not any(m.startswith("agentstate.cli.") and m not in ("agentstate.cli.common", "agentstate.cli.state")
+    assert "agentstate.state.lock" not in full
+    assert not any(m.startswith("agentstate.cli.") and m not in ("agentstate.cli.common", "agentstate.cli.output",
+                                                                 "agentstate.cli.state")
                    for m in full), sorted(full)  # only the command's own group is imported
 
 
