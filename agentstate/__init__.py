@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._lazy import exports
 from ._version import __version__
 
 _EXPORTS = {
@@ -86,15 +87,7 @@ if TYPE_CHECKING:
     from .state.store import State, StateStore
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agentstate' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, _EXPORTS)[0]
 
 
 def __dir__() -> list[str]:

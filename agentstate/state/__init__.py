@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
-_EXPORTS = {
+from .._lazy import exports
+
+__getattr__, __dir__, __all__ = exports(__name__, {
     "State": "store",
     "StateStore": "store",
     "PgStateStore": "pgstore",
@@ -22,21 +24,4 @@ _EXPORTS = {
     "plan": "planner",
     "remove": "planner",
     "Lock": "lock",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+})
