@@ -19,7 +19,6 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -215,24 +214,6 @@ class SessionStore(FleetMixin, ItemEdits):
                 raise _damaged(f"the stored item {int(seq)} of session {sid!r} (tenant {self.tenant!r}) is not "
                                f"valid JSON: {e}", tenant=self.tenant, session_id=sid, seq=int(seq)) from None
         raise AssertionError("unreachable")
-
-    @contextmanager
-    def _write(self, operation: str, *sids: str) -> Iterator[Any]:
-        """A write transaction: on PostgreSQL holding the locks of sessions ``sids`` only (writers of other
-        sessions never wait for it), on SQLite the database's one writer lock; with a hot tier, each of
-        ``sids`` is fenced from once the lock is held until after the commit (agentstate.cache)."""
-        kw: dict[str, Any] = {}
-        if self.db.dialect == "postgres":
-            kw["locks"] = [self.db.resource("session", self.tenant, sid) for sid in sids]
-        if self._hot is None:
-            with self.db.write(operation, self.lock_timeout, **kw) as tx:
-                yield tx
-            return
-        with ExitStack() as after_commit:
-            with self.db.write(operation, self.lock_timeout, **kw) as tx:
-                for sid in sids:
-                    after_commit.enter_context(self._hot.fence(sid))
-                yield tx
 
     def _row(self, tx: Any, session_id: str, now: str | None = None) -> tuple:
         """The session's row; NotFound if there is none or it has expired."""

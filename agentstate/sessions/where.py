@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -186,6 +188,24 @@ class FleetMixin:
         from .where import check_ttl
 
         return self.default_ttl if ttl is None else check_ttl(ttl)
+
+    @contextmanager
+    def _write(self, operation: str, *sids: str) -> Iterator[Any]:
+        """A write transaction: on PostgreSQL holding the locks of sessions ``sids`` only (writers of other
+        sessions never wait for it), on SQLite the database's one writer lock; with a hot tier, each of
+        ``sids`` is fenced from once the lock is held until after the commit (agentstate.cache)."""
+        kw: dict[str, Any] = {}
+        if self.db.dialect == "postgres":
+            kw["locks"] = [self.db.resource("session", self.tenant, sid) for sid in sids]
+        if self._hot is None:
+            with self.db.write(operation, self.lock_timeout, **kw) as tx:
+                yield tx
+            return
+        with ExitStack() as after_commit:
+            with self.db.write(operation, self.lock_timeout, **kw) as tx:
+                for sid in sids:
+                    after_commit.enter_context(self._hot.fence(sid))
+                yield tx
 
     def _list_where(self, tx: Any, conds: list[tuple[str, str]], limit: int, after: tuple | None,
                     now: str) -> tuple[list[tuple], int]:
