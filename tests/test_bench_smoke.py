@@ -20,7 +20,7 @@ EXPECTED = (
     + [f"peers/{p}/{s}" for s in QUICK_SIZES[:3]
        for p in ("sqlite-doc", "sqlite-rows", "tinydb", "json-replace", "raw-floor")]
     + [f"pg/{r}" for r in ("txn-1KB-vs-floor", "txn-1KB-vs-local", "append-vs-floor", "append-vs-local",
-                           "contention")]
+                           "contention", "append-16-own-vs-plain", "append-scaling", "append-16-one-session")]
     + [f"sessions/{r}" for r in ("append-flat", "append-vs-floor", "context20", "list50", "contention",
                                  "sdk-add_items", "sdk-get_items20")]
     + [f"responses/{r}" for r in ("chain-1000", "chain-10000", "chain-10000-full", "chain-10000-query", "save")]
@@ -40,6 +40,9 @@ GOALS = {
     "contention/throughput": ">= 0.9",
     "cli/show": "<= 1.3",
     "pg/contention": ">= 0.9",
+    "pg/append-16-own-vs-plain": ">= 0.5",
+    "pg/append-scaling": ">= 0.8",
+    "pg/append-16-one-session": ">= 0.8",
     "sessions/append-flat": "<= 1.2",
     "sessions/contention": ">= 0.9",
     "serve/throughput": ">= 1.0",

@@ -50,14 +50,17 @@ class Backend:
         return s
 
     @contextmanager
-    def writes_blocked(self):
-        """Another holder of the backend's write lock until the block ends (a thread)."""
+    def writes_blocked(self, session_id: str):
+        """Another holder of the write lock ``session_id``'s writers wait for, until the block ends (a thread):
+        on a directory the database's one writer lock, on PostgreSQL that session's own lock."""
         started, release = threading.Event(), threading.Event()
         if self.agentstate:
             store = SessionStore(self.where)
 
             def hold() -> None:
-                with store.db.write("hold"):
+                from agentstate.integrations.openai_agents import stored_id
+
+                with store._write("hold", stored_id(session_id)):
                     started.set()
                     release.wait()
         else:
@@ -208,7 +211,7 @@ def test_cancelled_add_items_waiting_for_the_lock(be: Backend) -> None:
     batch = [{"role": "user", "content": f"c{i}"} for i in range(20)]
 
     async def body() -> list[Any]:
-        with be.writes_blocked():
+        with be.writes_blocked("cancel"):
             task = asyncio.create_task(s.add_items(batch))
             await asyncio.sleep(0.3)  # the worker is waiting for the lock
             task.cancel()
