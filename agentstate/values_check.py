@@ -13,35 +13,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import AgentStateError
-
 CHECK = "database values"
 LIMIT = 20
 BATCH = 1000
 
 
 def check_values(target: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    from .sql import is_url, open_database
+    from .sql import read_check
 
-    if not is_url(target):
-        from .sql.engine import DB_NAME
-        from .state.store import default_dir
-
-        if not os.path.exists(os.path.join(os.fspath(target) if target is not None else default_dir(), DB_NAME)):
-            return []  # no database: nothing stored (the database check says so)
-    try:
-        db = open_database(target)
-    except AgentStateError as e:
-        return [{"check": CHECK, "ok": False, "detail": f"cannot open the database: {e}"}]
-    try:
-        with db.read() as tx:
-            return _scan(tx)
-    except AgentStateError as e:
-        if "no such table" in str(e) or "does not exist" in str(e):
-            return [{"check": CHECK, "ok": True, "detail": "no sessions or responses stored"}]
-        return [{"check": CHECK, "ok": False, "detail": f"cannot read the stored values: {e}"}]
-    finally:
-        db.close()
+    return read_check(target, CHECK, _scan, empty="no sessions or responses stored", reading="the stored values")
 
 
 def _bad(text: Any) -> str | None:

@@ -16,34 +16,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import AgentStateError
-
 CHECK = "responses chains"
 LIMIT = 20
 
 
 def check_responses(target: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    from ..sql import is_url, open_database
+    from ..sql import read_check
 
-    if not is_url(target):
-        from ..names import default_dir
-        from ..sql.engine import DB_NAME
-
-        if not os.path.exists(os.path.join(os.fspath(target) if target is not None else default_dir(), DB_NAME)):
-            return []  # no database: nothing stored, nothing to check (the database check says so)
-    try:
-        db = open_database(target)
-    except AgentStateError as e:
-        return [{"check": CHECK, "ok": False, "detail": f"cannot open the database: {e}"}]
-    try:
-        with db.read() as tx:
-            return _check(tx)
-    except AgentStateError as e:
-        if "no such table" in str(e) or "does not exist" in str(e):
-            return [{"check": CHECK, "ok": True, "detail": "no responses stored"}]
-        return [{"check": CHECK, "ok": False, "detail": f"cannot read the responses: {e}"}]
-    finally:
-        db.close()
+    return read_check(target, CHECK, _check, empty="no responses stored", reading="the responses")
 
 
 def _check(tx: Any) -> list[dict[str, Any]]:

@@ -113,3 +113,31 @@ def check(target: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     from .engine import check_sqlite
 
     return check_sqlite(os.fspath(target) if target is not None else default_dir())
+
+
+def read_check(target: str | os.PathLike[str] | None, check: str, scan: Any, *, empty: str,
+               reading: str) -> list[dict[str, Any]]:
+    """Doctor's run of ``scan(tx)`` over a store's database in one read snapshot: no finding when a
+    directory has no database yet, one finding (``check``) when it cannot be opened or read, ``empty``
+    when its tables do not exist yet; else what ``scan`` found."""
+    from ..errors import AgentStateError
+
+    if not is_url(target):
+        from ..names import default_dir
+        from .engine import DB_NAME
+
+        if not os.path.exists(os.path.join(os.fspath(target) if target is not None else default_dir(), DB_NAME)):
+            return []  # no database: nothing stored, nothing to check (the database check says so)
+    try:
+        db = open_database(target)
+    except AgentStateError as e:
+        return [{"check": check, "ok": False, "detail": f"cannot open the database: {e}"}]
+    try:
+        with db.read() as tx:
+            return scan(tx)
+    except AgentStateError as e:
+        if "no such table" in str(e) or "does not exist" in str(e):
+            return [{"check": check, "ok": True, "detail": empty}]
+        return [{"check": check, "ok": False, "detail": f"cannot read {reading}: {e}"}]
+    finally:
+        db.close()
