@@ -283,22 +283,14 @@ def import_(
     already stored). Soft-deleted ones stay soft-deleted."""
 
     def body(o: Opts) -> None:
-        from ..errors import InvalidInput
-        from ..state.fileio import describe
+        from .sessions import _read_lines, open_input
 
+        store = _store(o, max_responses, max_item_bytes, writing=True)
         if file == "-":
-            data = sys.stdin.buffer.read()
+            infos = store.import_lines(sys.stdin.buffer)
         else:
-            try:
-                with open(file, "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                raise InvalidInput(f"{file} does not exist", hint="check the path, or pass - to read stdin") from None
-            except IsADirectoryError:
-                raise InvalidInput(f"{file} is a directory, not a JSON lines file") from None
-            except OSError as e:
-                raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
-        infos = _store(o, max_responses, max_item_bytes, writing=True).import_lines(data.splitlines())
+            with open_input(file) as f:
+                infos = store.import_lines(_read_lines(f, file))
         _print_saved(o, infos, max_responses)
 
     run(body)

@@ -420,6 +420,22 @@ def export(session_id: Annotated[str, typer.Argument(metavar="ID")], output: Out
     _run(body)
 
 
+def open_input(file: str) -> Any:
+    """``file`` opened for reading (binary) for an import; a path that cannot be opened is the input's
+    fault (exit 1 with one line naming it)."""
+    from ..errors import InvalidInput
+    from ..state.fileio import describe
+
+    try:
+        return open(file, "rb")  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        raise InvalidInput(f"{file} does not exist", hint="check the path, or pass - to read stdin") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{file} is a directory, not a JSON lines file") from None
+    except OSError as e:
+        raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
+
+
 def _read_lines(f: Any, file: str) -> Any:
     """The lines of an open file; a read error is the input's fault (exit 1 with one line)."""
     from ..errors import InvalidInput
@@ -443,22 +459,12 @@ def import_(
     """Import an exported session as a new session, in one transaction."""
 
     def body(o: Opts) -> None:
-        from ..errors import InvalidInput
-        from ..state.fileio import describe
 
         store = _store(o, True)
         if file == "-":
             info = store.import_lines(sys.stdin.buffer, new_id)  # read a line at a time, checked before the lock
         else:
-            try:
-                f = open(file, "rb")  # noqa: SIM115 - closed below
-            except FileNotFoundError:
-                raise InvalidInput(f"{file} does not exist", hint="check the path, or pass - to read stdin") from None
-            except IsADirectoryError:
-                raise InvalidInput(f"{file} is a directory, not a JSON lines file") from None
-            except OSError as e:
-                raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
-            with f:
+            with open_input(file) as f:
                 info = store.import_lines(_read_lines(f, file), new_id)
         emit(o, info.to_dict(), f"imported {info.item_count} item(s) into session {info.id}")
 
