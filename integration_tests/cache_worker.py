@@ -33,7 +33,7 @@ def _unfenced() -> None:
     @contextmanager
     def fence(self, sid):  # type: ignore[no-untyped-def]
         yield
-        self.redis.hdel(self._keys(sid)[0], "entry")  # after the commit, but a promotion may have read before it
+        self.redis.delete(self._keys(sid)[2])  # after the commit, but a promotion may have read before it
 
     HotTier.fence = fence  # type: ignore[method-assign]
 

@@ -312,12 +312,14 @@ def test_serve_with_a_cache_reads_through_the_hot_tier(tmp_path: Path, cache_url
         oa = client(srv, "cached")
         conv = oa.conversations.create(items=[{"role": "user", "content": "hot"}])
         oa.conversations.items.create(conv.id, items=[{"role": "assistant", "content": "tier"}])
-        for _ in range(3):  # the first read promotes, the next ones hit
+        for _ in range(3):  # items are listed from the durable store (a page by item id is not cached)
             assert [it.content for it in oa.conversations.items.list(conv.id, order="asc")] == ["hot", "tier"]
+        for _ in range(3):  # the conversation's info: the first read promotes, the next ones hit
+            assert oa.conversations.retrieve(conv.id).id == conv.id
     finally:
         assert srv.stop() == 0
     stats = subprocess.run([*CLI, "sessions", "cache", "stats", "--json", "--dir", str(srv.store),
                             "--cache", cache_url], capture_output=True, text=True, timeout=60)
     assert stats.returncode == 0, stats.stderr
     rows = {r["tenant"]: r for r in json.loads(stats.stdout)["tenants"]}
-    assert rows["cached"]["keys"] >= 1, rows
+    assert rows["cached"]["keys"] == 1 and rows["cached"]["hits"] >= 2, rows

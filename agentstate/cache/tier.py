@@ -19,8 +19,10 @@ A read never misses an acknowledged append, whatever dies or races (scripts.py h
 * a writer killed between its commit and its second bump leaves its lease, under which nothing is
   promoted, so every reader goes to the durable store until it ends (``LEASE_MS``): an item it
   committed without acknowledging is not hidden beyond that.
-* a lost generation (FLUSHALL, a restart, eviction) drops the entry with it (one hash holds both), and
-  a new generation starts at a random value: an entry never matches a generation it was not built at.
+* the entry is its own key, stamped with the generation it was built at; a hit is plain commands in
+  one round trip (the entry, the generation, the TTLs refreshed, the read counted) and is valid only if
+  the stamps agree. Every bump also deletes the entry. A lost generation (FLUSHALL, a restart, eviction)
+  restarts at a random value: an entry never matches a generation it was not built at.
 
 Redis down, slow or flushed: each call has a short socket timeout; a failure logs one warning per
 outage and the call goes to the durable store; for ``RETRY_S`` after a failure no read tries Redis (a
@@ -41,7 +43,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -141,7 +143,13 @@ class HotTier:
     # -- keys and calls -----------------------------------------------------------------------------------
 
     def _keys(self, sid: str) -> list[str]:
-        return [f"{self.prefix}s:{sid}", f"{self.prefix}l:{sid}", f"{self.prefix}stats"]
+        """The session's generation hash, lease set and entry, and the tenant's counters."""
+        p = self.prefix
+        return [f"{p}s:{sid}", f"{p}l:{sid}", f"{p}e:{sid}", f"{p}stats"]
+
+    def _pairs(self, sids: Iterable[str]) -> list[str]:
+        """INVALIDATE's keys: each session's generation hash and entry."""
+        return [k for sid in sids for k in (f"{self.prefix}s:{sid}", f"{self.prefix}e:{sid}")]
 
     def _call(self, fn: Any, *args: Any, writing: bool = False, **kwargs: Any) -> Any:
         """``fn(...)`` against Redis, or _AWAY if Redis is away: failing now, or (for a read) failed less than
@@ -177,7 +185,7 @@ class HotTier:
             pending, self._pending = self._pending, set()
         try:
             if pending:
-                self._invalidate(keys=[f"{self.prefix}s:{sid}" for sid in pending], args=[_init(), self.hot_ttl_ms])
+                self._invalidate(keys=self._pairs(pending), args=[_init(), self.hot_ttl_ms])
         except BaseException:
             with self._lock:
                 self._pending |= pending
@@ -190,9 +198,9 @@ class HotTier:
         """Around one write's durable transaction, entered once the writer holds the lock: the lease and the
         first bump before the body (and so before the commit), the second bump and the lease's end after the
         commit, or after the failure."""
-        h, lease, _ = self._keys(sid)
+        h, lease, e, _ = self._keys(sid)
         token = secrets.token_hex(8)
-        if self._call(self._fence_begin, keys=[h, lease], args=[token, LEASE_MS, _init(), self.hot_ttl_ms],
+        if self._call(self._fence_begin, keys=[h, lease, e], args=[token, LEASE_MS, _init(), self.hot_ttl_ms],
                       writing=True) is _AWAY:
             self._remember(sid)
         try:
@@ -201,7 +209,7 @@ class HotTier:
             from ..state import signals
 
             with signals.critical(outcome=None):  # a SIGINT/SIGTERM waits for the second bump (one short call)
-                if self._call(self._fence_end, keys=[h, lease], args=[token, _init(), self.hot_ttl_ms],
+                if self._call(self._fence_end, keys=[h, lease, e], args=[token, _init(), self.hot_ttl_ms],
                               writing=True) is _AWAY:
                     self._remember(sid)
 
@@ -211,40 +219,56 @@ class HotTier:
 
     def invalidate(self, sids: list[str]) -> None:
         """After a write that removed sessions (prune)."""
-        if sids and self._call(self._invalidate, keys=[f"{self.prefix}s:{s}" for s in sids],
+        if sids and self._call(self._invalidate, keys=self._pairs(sids),
                                args=[_init(), self.hot_ttl_ms], writing=True) is _AWAY:
             for sid in sids:
                 self._remember(sid)
 
     # -- reads --------------------------------------------------------------------------------------------
 
-    def _fetch(self, sid: str) -> list:
-        """One round trip, plain commands (no script: a hit costs Redis a few microseconds): the entry's
-        fields, its TTL refreshed, the tenant's read counted. No lease check is needed here: a write bumps
-        the generation as it takes its lease, and nothing installs while a lease lives, so an entry whose
-        ``built`` equals ``gen`` was built after the last write began and its lease ended, or before none."""
-        h, _, stats = self._keys(sid)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(h, "gen", "built", "entry", "n", "count")
-        pipe.pexpire(h, self.hot_ttl_ms)
-        pipe.hincrby(stats, "reads", 1)
-        return pipe.execute()[0]
+    def _fetch(self, sid: str) -> bytes | None:
+        """One round trip of plain commands, sent as one packed write on a pooled connection (the client's
+        pipeline object costs about as much again as the round trip): the entry and the generation, both
+        TTLs refreshed, the tenant's read counted. The entry if it was built at the current generation, else
+        None. No lease check is needed: a write bumps the generation as it takes its lease, and nothing
+        installs while a lease lives, so an entry built at the current generation was built after the last
+        write began and its lease ended, or before none."""
+        h, _, e, stats = (k.encode("utf-8", "surrogateescape") for k in self._keys(sid))
+        ttl = b"%d" % self.hot_ttl_ms
+        pool = self.redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([_pack((b"GETEX", e, b"PX", ttl), (b"HGET", h, b"gen"), (b"PEXPIRE", h, ttl),
+                                            (b"HINCRBY", stats, b"reads", b"1"))])
+            got = conn.read_response()
+            gen = conn.read_response()
+            conn.read_response()
+            conn.read_response()
+        except BaseException:
+            conn.disconnect()  # a reply may be left unread: this connection is not reused as it is
+            raise
+        finally:
+            pool.release(conn)
+        if got is None or gen is None or not got.startswith(gen + b" "):
+            return None
+        return got[len(gen) + 1:]
 
     def _hot(self, sid: str, kind: str, param: int) -> Any:
         """The entry (info row, item rows) on a hit; else MISS (promote), DURABLE (read the durable store)."""
         got = self._call(self._fetch, sid)
         if got is _AWAY:
             return _DURABLE
-        gen, built, entry, n, count = got
-        if gen is None or entry is None or gen != built:
+        if got is None:
             return _MISS  # counted by BEGIN_PROMOTE
+        head = got.index(b"\n")
+        n, count = got[:head].split()
         if not _covers_counts(kind, param, int(n), int(count)):
-            self._call(self.redis.hincrby, self._keys(sid)[2], "misses", 1)
+            self._call(self.redis.hincrby, self._keys(sid)[3], "misses", 1)
             return _DURABLE
         import orjson
 
-        got = orjson.loads(entry)
-        return got["row"], got["items"]
+        entry = orjson.loads(memoryview(got)[head + 1:])
+        return entry["row"], entry["items"]
 
     def _promote(self, sid: str) -> tuple[list, list] | None:
         """Read the durable store (info and window) and install it unless a write began meanwhile; the rows
@@ -253,7 +277,7 @@ class HotTier:
 
         from ..sql import q_sessions as q
 
-        h, lease, stats = self._keys(sid)
+        h, lease, e, stats = self._keys(sid)
         gen = self._call(self._begin, keys=[h, lease, stats], args=[_init(), self.hot_ttl_ms])
         if gen is _AWAY or gen is None:
             return None
@@ -267,8 +291,8 @@ class HotTier:
             b"[%d,%s,%s,%s]" % (seq, orjson.dumps(iid), orjson.dumps(created), data.encode())
             for seq, iid, created, data in reversed(items)), b"]}"))
         if len(entry) <= MAX_ENTRY_BYTES:
-            self._call(self._install, keys=[h, lease, stats],
-                       args=[gen, entry, len(items), int(row[5]), self.hot_ttl_ms])
+            self._call(self._install, keys=[h, lease, stats, e],
+                       args=[gen, b"%s %d %d\n%s" % (gen, len(items), int(row[5]), entry), self.hot_ttl_ms])
         got = orjson.loads(entry)
         return got["row"], got["items"]
 
@@ -310,6 +334,17 @@ class HotTier:
         if got is None:
             return self.store._items_after(sid, after, limit)
         return _items([r for r in got[1] if r[0] > after][:limit])
+
+
+def _pack(*commands: tuple[bytes, ...]) -> bytes:
+    """Commands in RESP (arrays of bulk strings), for one write: the client's packer costs a hit more than
+    the round trip does."""
+    out = []
+    for cmd in commands:
+        out.append(b"*%d\r\n" % len(cmd))
+        for arg in cmd:
+            out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
 
 
 def _items(rows: list[list]) -> list[Any]:
@@ -404,7 +439,7 @@ def stats(url: str, target: str) -> list[dict[str, Any]]:
                 counts = {k.decode(): int(v) for k, v in client.hgetall(key).items()}
                 row["misses"], row["promotions"] = counts.get("misses", 0), counts.get("promotions", 0)
                 row["hits"] = max(0, counts.get("reads", 0) - row["misses"])
-            elif kind.startswith("s:"):
+            elif kind.startswith("e:"):  # a session with a cached entry
                 row["keys"] += 1
         for row in out.values():
             reads = row["hits"] + row["misses"]
