@@ -86,28 +86,49 @@ def test_concurrent_saves_to_many_chains_with_eviction_keep_every_chain_whole(pg
 
 
 def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch):
-    """After the first append of a process (which publishes its holder record), an append sends one
-    message and reads its answer: one execute, no pipeline, no second statement."""
+    """After the first appends of a process (the first publishes its holder record, the next sets the
+    connection's limits once), an append sends one message and reads its answer: one prepared execute of
+    agentstate_append, no pipeline, no second statement, no client-side binding."""
     sessions = SessionStore(pg_schema_url)
     sessions.append("s", [U])
-    sent: list[str] = []
+    sessions.append("s", [U])
+    sent: list[tuple[str, object]] = []
     real_client, real_conn = psycopg.ClientCursor.execute, psycopg.Connection.execute
 
     def client_execute(self, query, params=None, **kw):
-        sent.append("client")
+        sent.append(("client", None))
         return real_client(self, query, params, **kw)
 
     def conn_execute(self, query, params=None, **kw):
-        sent.append(str(query)[:40])
+        sent.append((" ".join(str(query).split())[:40], kw.get("prepare")))
         return real_conn(self, query, params, **kw)
 
     monkeypatch.setattr(psycopg.ClientCursor, "execute", client_execute)
     monkeypatch.setattr(psycopg.Connection, "execute", conn_execute)
     for n in range(3):
         sent.clear()
-        sessions.append("s", [U], expect_seq=n + 1, idempotency_key=f"k{n}")
-        assert sent == ["client"]
-    assert sessions.get("s").item_count == 4
+        sessions.append("s", [U], expect_seq=n + 2, idempotency_key=f"k{n}")
+        assert sent == [("SELECT * FROM agentstate_append(%(classi", True)]
+    assert sessions.get("s").item_count == 5
+
+
+def test_the_prepared_append_waits_only_its_lock_timeout_and_names_the_holder(pg_schema_url):
+    """The prepared path runs under the connection's session-level lock_timeout: a session locked by
+    another writer ends the wait after --lock-timeout with the holder named, nothing written; the reads
+    on that connection keep working."""
+    sessions = SessionStore(pg_schema_url, lock_timeout="0.3s")
+    sessions.append("s", [U])
+    sessions.append("s", [U])  # the prepared path from here on
+    db = open_database(pg_schema_url)
+    with db.write(operation="a long import", locks=[db.resource("session", "default", "s")]):
+        t0 = time.monotonic()
+        with pytest.raises(StateLocked, match="a long import"):
+            sessions.append("s", [U])
+        assert time.monotonic() - t0 < 10
+        sessions.append("other", [U])  # another session's writer does not wait
+    assert sessions.get("s").item_count == 2 and [i.seq for i in sessions.context("s")] == [1, 2]
+    sessions.append("s", [U])
+    assert sessions.get("s").item_count == 3
 
 
 def test_lock_ids_of_session_locks_name_one_acquisition(pg_schema_url):

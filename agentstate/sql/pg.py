@@ -283,6 +283,8 @@ class Database:
     def read(self) -> Iterator[Tx]:
         import psycopg
 
+        from .pg_batch import reader_begin
+
         cn = self.connector
         for attempt in (1, 2):
             with cn.errors("reading"):
@@ -291,7 +293,7 @@ class Database:
                     if cn.absent and conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
                         yield EmptyTx("postgres")  # nothing stored yet, and a read creates nothing
                         return
-                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    conn.execute(reader_begin(cn, conn))
                     break
                 except psycopg.OperationalError:  # dead since its last use: reconnect once
                     if attempt == 2 or not (conn.broken or conn.closed):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import select
+import weakref
 from typing import Any
 
 from .pg_conn import Connector, _timeout_ms, server_error
@@ -29,7 +30,8 @@ def _alive(conn: Any) -> bool:
     return not readable
 
 
-# The message locked_call sends: the holder record in its own transaction (committed at once, so that
+# The message locked_call sends when it must publish the holder record (or the URL sets a statement
+# timeout): the holder record in its own transaction (committed at once, so that
 # waiters see it; UNLOGGED: its COMMIT waits for no WAL flush), unless the connection's standing record
 # already names this operation; then the write, one implicit transaction of two statements (one message,
 # so the server runs them back to back and commits after the last): its limits (no statement timeout:
@@ -39,6 +41,19 @@ _PUBLISHING = "BEGIN ISOLATION LEVEL READ COMMITTED; " + _PUBLISH + "; COMMIT; "
 _WRITE = ("SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout', %(lock_timeout)s, true); "
           "{statement}")
 _messages: dict[tuple[str, bool], str] = {}
+# Connections whose session-level limits the prepared path set (no statement timeout, this lock_timeout:
+# every lock wait on them is bounded by it); read transactions on them set the readers' statement
+# timeout themselves (reader_begin).
+_write_limits: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def reader_begin(cn: Connector, conn: Any) -> str:
+    """The BEGIN of a read transaction on ``conn``: with the readers' statement timeout as a local setting
+    when a prepared write cleared the connection's own."""
+    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    if conn in _write_limits and cn.statement_timeout > 0:
+        begin += f"; SET LOCAL statement_timeout TO '{_timeout_ms(cn.statement_timeout)}'"
+    return begin
 
 
 def _message(text: str, publish: bool) -> str:
@@ -51,13 +66,16 @@ def _message(text: str, publish: bool) -> str:
 def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, text: str,
                 params: dict[str, Any]) -> list[tuple]:
     """Run ``text``, one statement (a function such as agentstate_append) that takes the lock of ``res``
-    itself and then does the whole write, in its own transaction, in one round trip with the holder
-    record: one simple-protocol message of several statements (psycopg's ClientCursor binds the
-    parameters; the server runs them one after the other, each with its own snapshot). ``text`` takes
-    one parameter, ``%(args)s``: a JSON object of ``params`` plus ``classid`` and ``objid`` (the lock).
-    Its rows. A statement that
-    raises rolls the write back (nothing written); a connection lost during the call is "may or may not
-    have been saved"."""
+    itself and then does the whole write, in its own transaction, in one round trip. ``text`` takes
+    ``params`` plus ``classid`` and ``objid`` (the lock). In the common case (the connection's standing
+    holder record already names this operation) it runs alone as a prepared statement (the extended
+    protocol: the server binds the values and plans the statement once per connection), in autocommit
+    (its own transaction, committed when it ends), under the connection's session-level limits: this
+    lock_timeout and no statement timeout, set once (and again when the timeout differs). Else it
+    goes in one simple-protocol message after the holder record and the transaction's own limits
+    (psycopg's ClientCursor binds the parameters; the server runs the statements one after the other,
+    each with its own snapshot). Its rows. A statement that raises rolls the write back (nothing
+    written); a connection lost during the call is "may or may not have been saved"."""
     import psycopg
     from psycopg import errors as pe
 
@@ -69,22 +87,29 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
             log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
             cn.close()
             conn = cn.conn()
-    import orjson
-
     me = standing_record(cn, conn, operation)
     where = f"{cn.where} schema {cn.schema}"
-    args = orjson.dumps({**params, "classid": res.classid, "objid": res.objid}).decode()
-    params = {**(me or {}), "args": args, "lock_timeout": _timeout_ms(timeout)}
+    lock_timeout = _timeout_ms(timeout)
+    params = {**params, "classid": res.classid, "objid": res.objid}
+    prepared = me is None
     try:
+        if prepared and _write_limits.get(conn) != lock_timeout:
+            _write_limits.pop(conn, None)  # until the new ones are known to be set
+            conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', '0', false)",
+                         (lock_timeout,))
+            _write_limits[conn] = lock_timeout
         with signals.critical():  # held for the call: its outcome is known when it ends
-            cur = psycopg.ClientCursor(conn)
-            cur.execute(_message(text, me is not None), params)
-            rows: list[tuple] = []
-            while True:
-                if cur.description is not None:
-                    rows = cur.fetchall()
-                if not cur.nextset():
-                    break
+            if prepared:
+                rows = conn.execute(text, params, prepare=True).fetchall()
+            else:
+                cur = psycopg.ClientCursor(conn)
+                cur.execute(_message(text, me is not None), {**params, **(me or {}), "lock_timeout": lock_timeout})
+                rows = []
+                while True:
+                    if cur.description is not None:
+                        rows = cur.fetchall()
+                    if not cur.nextset():
+                        break
             signals.note_committed(f"the {operation} is committed to {where}")
         if me is not None:
             keep_standing(conn, operation)
