@@ -108,7 +108,7 @@ def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch):
     for n in range(3):
         sent.clear()
         sessions.append("s", [U], expect_seq=n + 2, idempotency_key=f"k{n}")
-        assert sent == [("SELECT * FROM agentstate_append(%(classi", True)]
+        assert sent == [("SELECT f.* FROM (SELECT %(args)s::jsonb ", True)]
     assert sessions.get("s").item_count == 5
 
 

@@ -67,11 +67,11 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
                 params: dict[str, Any]) -> list[tuple]:
     """Run ``text``, one statement (a function such as agentstate_append) that takes the lock of ``res``
     itself and then does the whole write, in its own transaction, in one round trip. ``text`` takes
-    ``params`` plus ``classid`` and ``objid`` (the lock). In the common case (the connection's standing
-    holder record already names this operation) it runs alone as a prepared statement (the extended
-    protocol: the server binds the values and plans the statement once per connection), in autocommit
-    (its own transaction, committed when it ends), under the connection's session-level limits: this
-    lock_timeout and no statement timeout, set once (and again when the timeout differs). Else it
+    one parameter, ``%(args)s``: a JSON object of ``params`` plus ``classid`` and ``objid`` (the lock).
+    In the common case (the connection's standing holder record already names this operation) it runs
+    alone as a prepared statement (the extended protocol: the server plans it once per connection), in
+    autocommit (its own transaction, committed when it ends), under the connection's session-level
+    limits: this lock_timeout and no statement timeout, set once (and again when the timeout differs). Else it
     goes in one simple-protocol message after the holder record and the transaction's own limits
     (psycopg's ClientCursor binds the parameters; the server runs the statements one after the other,
     each with its own snapshot). Its rows. A statement that raises rolls the write back (nothing
@@ -90,7 +90,9 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
     me = standing_record(cn, conn, operation)
     where = f"{cn.where} schema {cn.schema}"
     lock_timeout = _timeout_ms(timeout)
-    params = {**params, "classid": res.classid, "objid": res.objid}
+    import orjson
+
+    params = {"args": orjson.dumps({**params, "classid": res.classid, "objid": res.objid}).decode()}
     prepared = me is None
     try:
         if prepared and _write_limits.get(conn) != lock_timeout:

@@ -47,13 +47,17 @@ NEXT_VERSION = Stmt(sqlite="""
 # (pg_batch.locked_call): one statement, in one round trip with the holder record.
 # Returns one row: (status, last seq before, version before, now, new version, key's first_seq, key's
 # item_ids); status is ok, missing (and create is false), replay (the key was seen), seq or version (the
-# expectation failed). Nothing is written unless it is ok. In the common case (pg_batch.locked_call) it is
-# a prepared statement, its parameters bound by the server (typed, the lists as text[]): the server plans
-# it once per connection and the driver sends values, not SQL text.
+# expectation failed). Nothing is written unless it is ok. The arguments travel as one JSON object: binding
+# twelve typed parameters and two lists costs the driver more client time (~45 us) than the server spends
+# parsing the object. In the common case (pg_batch.locked_call) it is a prepared statement (planned once per
+# connection).
 PG_APPEND = Stmt(postgres="""
-    SELECT * FROM agentstate_append(%(classid)s::integer, %(objid)s::integer, %(tenant)s::text, %(id)s::text,
-        %(create)s::boolean, %(key)s::text, %(expect_seq)s::bigint, %(expect_version)s::bigint,
-        %(ids)s::text[], %(datas)s::text[], %(title)s::text, %(item_ids)s::text)""")
+    SELECT f.* FROM (SELECT %(args)s::jsonb AS a) AS x, LATERAL agentstate_append(
+        (a->>'classid')::integer, (a->>'objid')::integer, a->>'tenant', a->>'id',
+        (a->>'create')::boolean, a->>'key', (a->>'expect_seq')::bigint, (a->>'expect_version')::bigint,
+        ARRAY(SELECT e FROM jsonb_array_elements_text(a->'ids') WITH ORDINALITY AS t(e, i) ORDER BY i),
+        ARRAY(SELECT e FROM jsonb_array_elements_text(a->'datas') WITH ORDINALITY AS t(e, i) ORDER BY i),
+        a->>'title', a->>'item_ids') AS f""")
 
 INSERT_ITEM = Stmt(both="""
     INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
