@@ -34,6 +34,7 @@ def _scaling(url: str, rounds: int, window: float) -> dict[str, float]:
     procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, cwd=REPO, env=child_env()) for argv in argvs]
     got: dict[str, list[float]] = {f"{m}-{k}": [] for m, k in WINDOWS}
+    cpu: dict[str, list[float]] = {f"{m}-{k}": [] for m, k in WINDOWS}
     try:
         for p in procs:
             line = p.stdout.readline()
@@ -45,6 +46,7 @@ def _scaling(url: str, rounds: int, window: float) -> dict[str, float]:
                 for i, p in enumerate(procs):
                     p.stdin.write(f"go {mode if i < clients else 'idle'} {start!r} {start + window!r}\n")
                     p.stdin.flush()
+                busy0 = _busy(start)
                 done = 0
                 for p in procs:
                     line = p.stdout.readline()
@@ -52,6 +54,7 @@ def _scaling(url: str, rounds: int, window: float) -> dict[str, float]:
                         raise RuntimeError(f"pg worker failed ({p.wait()}): {p.stderr.read()[-2000:]}")
                     done += json.loads(line)["n"]
                 got[f"{mode}-{clients}"].append(done / window)
+                cpu[f"{mode}-{clients}"].append((_busy(None) - busy0) / max(1, done))
         for p in procs:
             p.stdin.write("quit\n")
             p.stdin.flush()
@@ -61,7 +64,21 @@ def _scaling(url: str, rounds: int, window: float) -> dict[str, float]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return {k: median(v) for k, v in got.items()}
+    return {k: median(v) for k, v in got.items()} | {f"cpu-{k}": median(v) for k, v in cpu.items()}
+
+
+def _busy(at: float | None) -> float:
+    """The machine's busy CPU seconds so far (all cores, every process: the clients, the server, anything
+    else running), read at monotonic time ``at`` (waiting for it) or now. /proc/stat on Linux, else 0."""
+    if at is not None:
+        while time.monotonic() < at:
+            time.sleep(max(0.0, min(0.001, at - time.monotonic())))
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:8]]
+    except OSError:
+        return 0.0
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
 
 
 def _pgserver() -> Any:
@@ -148,7 +165,10 @@ def run(cfg: Config) -> list[Row]:
         sc = _scaling(url, 1 if cfg.quick else cfg.rounds, 1.0)
         sx = {"clients": CLIENTS, "rounds": 1 if cfg.quick else cfg.rounds, "window_s": 1.0,
               "loadavg_1min_before": load, "loadavg_1min_after": os.getloadavg()[0],
-              **{f"{k}_ops": v for k, v in sc.items()}}
+              **{f"{k}_ops": v for k, v in sc.items() if not k.startswith("cpu-")},
+              **{f"{k[4:]}_cpu_s_per_op": v for k, v in sc.items() if k.startswith("cpu-")}}
+        cpu_note = (f"CPU per op, all processes: {sc[f'cpu-own-{CLIENTS}'] * 1e6:.0f} us against "
+                    f"{sc[f'cpu-plain-{CLIENTS}'] * 1e6:.0f} us")
         conn.close()
         pg_store.close()
     finally:
@@ -169,7 +189,7 @@ def run(cfg: Config) -> list[Row]:
             extra={"rounds": rounds, "duration_s": duration}),
         Row("pg", "pg/append-16-own-vs-plain", f"appends/s, {CLIENTS} clients each on its own session",
             sc[f"own-{CLIENTS}"], f"plain INSERT...COMMIT/s, {CLIENTS} clients", sc[f"plain-{CLIENTS}"], "ops/s",
-            ">= 0.5", extra=sx),
+            ">= 0.5", note=cpu_note, extra=sx),
         Row("pg", "pg/append-scaling", f"agentstate appends/s, {CLIENTS} clients / 1 client",
             sc[f"own-{CLIENTS}"] / sc["own-1"], f"plain INSERTs/s, {CLIENTS} clients / 1 client",
             sc[f"plain-{CLIENTS}"] / sc["plain-1"], "x", ">= 0.8", extra=sx),
