@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..errors import ConflictError
+from ..sql import q_sessions as q
 
 
 def append(store: Any, sid: str, ids: list[str], texts: list[str], datas: list[dict[str, Any]], *,
            expect_seq: int | None, expect_version: int | None, key: str | None, create: bool,
            title: str | None) -> list[Any] | None:
-    import orjson
-
-    from ..sql import q_sessions as q
     from .store import Item, _not_found
 
     db = store.db

@@ -264,8 +264,7 @@ class Database:
     def call(self, operation: str, lock: Resource, stmt: Any, params: dict[str, Any],
              lock_timeout: float | str | None = None) -> list[tuple]:
         """A whole write in one statement and one round trip (pg_batch.locked_call): its rows."""
-        from ..state import signals
-        from .pg_batch import locked_call
+        from .pg_batch import locked_call, signals
 
         timeout = self.timeout(lock_timeout)
         with signals.guarded():

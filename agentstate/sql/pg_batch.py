@@ -14,6 +14,11 @@ import select
 import weakref
 from typing import Any
 
+import orjson
+import psycopg
+from psycopg import errors as pe
+
+from ..state import signals
 from .pg_conn import Connector, _timeout_ms, server_error
 from .pg_lock import _PUBLISH, Resource, keep_standing, resources_locked, standing_record
 
@@ -76,11 +81,6 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
     (psycopg's ClientCursor binds the parameters; the server runs the statements one after the other,
     each with its own snapshot). Its rows. A statement that raises rolls the write back (nothing
     written); a connection lost during the call is "may or may not have been saved"."""
-    import psycopg
-    from psycopg import errors as pe
-
-    from ..state import signals
-
     with cn.errors(f"starting a write ({operation})"):
         conn = cn.conn()
         if not _alive(conn):
@@ -90,8 +90,6 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
     me = standing_record(cn, conn, operation)
     where = f"{cn.where} schema {cn.schema}"
     lock_timeout = _timeout_ms(timeout)
-    import orjson
-
     params = {"args": orjson.dumps({**params, "classid": res.classid, "objid": res.objid}).decode()}
     prepared = me is None
     try:
