@@ -13,14 +13,22 @@ the clients' own CPU included):
 * ``serve/append-p50``, ``serve/append-p99``: one append over HTTP (one client, sequential) vs the
   library call in this process, interleaved sample by sample (reported, no goal).
 
+The throughput row's extra also says where the CPU went, per committed append: the server process's
+(``/proc/PID/stat`` across the HTTP windows), the clients' and the library writer's (each child's own
+``getrusage`` over its window). On 2 shared cores these are steadier than the rates: the server's
+event loop holds the GIL, so its CPU per append bounds its rate (1 / that, at most).
+
 Children: ``python -m bench.serve clients URL CONV_ID,...`` (a thread per conversation, raw http.client) and
-``python -m bench.serve library DIR``; both speak workers_started's ready/go protocol and print a count.
+``python -m bench.serve library DIR``; both speak workers_started's ready/go protocol and print their CPU
+seconds over the window, then a count.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -80,12 +88,29 @@ def _start_server(store: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("agentstate serve did not start")
 
 
-def _window(argv: list[str], duration: float) -> int:
+def _window(argv: list[str], duration: float) -> tuple[int, float]:
+    """A child's count over the window, and its CPU seconds."""
     with workers_started([argv], duration) as (procs, _start, _end):
         out, err = procs[0].communicate(timeout=duration + 120)
         if procs[0].returncode != 0:
             raise RuntimeError(f"{argv[3]} failed: {err[-2000:]}")
-    return int(out.split()[-1])
+    cpu, count = out.split()[-2:]
+    return int(count), float(cpu)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU so far (Linux /proc; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def run(cfg: Config) -> list[Row]:
@@ -104,12 +129,24 @@ def run(cfg: Config) -> list[Row]:
         clients_argv = [sys.executable, "-m", "bench.serve", "clients", url, ",".join(convs[:CLIENTS])]
         library_argv = [sys.executable, "-m", "bench.serve", "library", str(cfg.workdir / "serve-library")]
         http_rates, lib_rates = [], []
+        server_cpu = client_cpu = lib_cpu = 0.0
+        http_n = lib_n = 0
         before = _metrics(url)
         for i in range(windows):
             order = [("http", clients_argv), ("lib", library_argv)]
             for name, argv in order if i % 2 == 0 else order[::-1]:
-                n = _window(argv, window)
-                (http_rates if name == "http" else lib_rates).append(n / window)
+                if name == "http":
+                    c0 = _cpu_seconds(proc.pid)
+                    n, cpu = _window(argv, window)
+                    server_cpu += _cpu_seconds(proc.pid) - c0
+                    http_rates.append(n / window)
+                    client_cpu += cpu
+                    http_n += n
+                else:
+                    n, cpu = _window(argv, window)
+                    lib_rates.append(n / window)
+                    lib_cpu += cpu
+                    lib_n += n
         after = _metrics(url)
         appends = after["agentstate_appends_total"] - before["agentstate_appends_total"]
         writes = after["agentstate_write_transactions_total"] - before["agentstate_write_transactions_total"]
@@ -149,7 +186,11 @@ def run(cfg: Config) -> list[Row]:
 
     extra = {"window_s": window, "windows": windows, "http_rates": http_rates, "library_rates": lib_rates,
              "appends": appends, "write_transactions": writes, "clients": CLIENTS,
-             "group_commit_batch_size": after.get("agentstate_group_commit_batch_size")}
+             "group_commit_batch_size": after.get("agentstate_group_commit_batch_size"),
+             # CPU per committed append, milliseconds (the server's includes its /metrics scrapes: two)
+             "server_cpu_ms_per_append": 1000 * server_cpu / http_n if http_n else None,
+             "client_cpu_ms_per_append": 1000 * client_cpu / http_n if http_n else None,
+             "library_cpu_ms_per_append": 1000 * lib_cpu / lib_n if lib_n else None}
     return [
         Row("serve", "serve/throughput", f"appends/s, {CLIENTS} HTTP clients -> agentstate serve",
             median(http_rates), "appends/s, one library process", median(lib_rates), "ops/s", goal=">= 1.0",
@@ -177,6 +218,7 @@ def _clients(url: str, conversations: str) -> None:
     counts = [0] * n
     failed: list[str] = []
     start, end = await_go()
+    cpu0 = _own_cpu()
 
     def loop(k: int) -> None:
         path = f"/v1/conversations/{convs[k]}/items"
@@ -195,7 +237,7 @@ def _clients(url: str, conversations: str) -> None:
     if failed:
         sys.stderr.write(f"{len(failed)} client(s) failed: {failed[0]}\n")
         sys.exit(1)
-    print(sum(counts), flush=True)
+    print(_own_cpu() - cpu0, sum(counts), flush=True)
 
 
 def _library(directory: str) -> None:
@@ -205,10 +247,11 @@ def _library(directory: str) -> None:
     store.append("warm", [ITEM])
     n = 0
     start, end = await_go()
+    cpu0 = _own_cpu()
     while time.monotonic() < end:
         store.append("loop", [ITEM])
         n += 1
-    print(n, flush=True)
+    print(_own_cpu() - cpu0, n, flush=True)
 
 
 if __name__ == "__main__":
