@@ -93,8 +93,7 @@ async def append_items(ctx: Context, conversation_id: str, request: Request) -> 
     body = await bodies.json_object(request, ctx.config.max_body_bytes)
     bodies.only(body, ("items",))
     items = check_items(bodies.field(body, "items", list, required=True))
-    stored = await ctx.stores.with_sessions(
-        tenant, lambda s: s.append(conversation_id, items, create=False), write=True)
+    stored = await ctx.stores.append(tenant, conversation_id, items)
     ctx.metrics.appends.inc()
     return json(item_list(stored, False))
 
