@@ -1,6 +1,7 @@
 """The append route without the framework: ``POST /v1/conversations/{id}/items`` answered before
-FastAPI's routing, exception and dependency layers, which cost more CPU per request than the
-append itself (the library call is ~0.5 ms of CPU; the framework around it was about as much again).
+FastAPI is called at all (its middleware, routing, exception and dependency layers), which cost more
+CPU per request than the append itself (the library call is ~0.5 ms of CPU; the framework around it
+was about as much again).
 
 The route stays registered with FastAPI (its OpenAPI entry, and the same answers if this layer is
 removed); both call ``conversations.append_items``, so the behaviour is one. Errors are rendered
