@@ -61,6 +61,18 @@ class Metrics:
                                  ("route",), registry=self.registry, buckets=_BUCKETS)
         self.appends = Counter("agentstate_appends", "Append requests committed", registry=self.registry)
         self.registry.register(_StoreCollector(self))
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, template: str, method: str, status: int, seconds: float) -> None:
+        """One request counted and timed (the labelled series kept: ``labels()`` costs more than ``inc()``;
+        templates, methods and statuses are few)."""
+        key = (template, method, status)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = (self.requests.labels(template, method, str(status)),
+                                            self.latency.labels(template))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def appends_value(self) -> float:
         return self.appends._value.get()
@@ -98,8 +110,7 @@ class RequestLog:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            self.metrics.requests.labels(template, method, str(status[0])).inc()
-            self.metrics.latency.labels(template).observe(elapsed)
+            self.metrics.observe(template, method, status[0], elapsed)
             if log.isEnabledFor(logging.INFO):
                 tenant = (scope.get("state") or {}).get("tenant", "-")
                 log.info("%s %s %d %.1fms tenant=%s", scope["method"], scope["path"][:300], status[0],
