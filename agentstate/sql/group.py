@@ -110,12 +110,11 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
     """``work(tx)`` committed in a transaction of ``db`` (a sql.engine.Database), possibly shared with
     other calls of this process; its return value once durable, or its error (see the module docstring).
     Inside this thread's :func:`batch` of ``db``: its return value at once, durable at the block's end."""
-    from ..duration import parse_duration
-    from .engine import Database
-
     b = _local.batch
     if b is not None and b.db is db:
         return b.run(work)
+    from ..duration import parse_duration
+    from .engine import Database
 
     timeout = db.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
     files = db.files
