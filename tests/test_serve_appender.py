@@ -190,3 +190,59 @@ def test_the_writer_thread_ends_with_the_server(tmp_path: Path) -> None:
     with SessionStore(srv.store, tenant="alice") as s:
         assert len(s.items(conv)) == 3
     assert os.path.exists(srv.store / "agentstate.db")
+
+
+def _raw(srv: ServeProc, head: str, chunks: list[bytes]) -> tuple[int, dict[str, Any]]:
+    """One request over a raw socket (``head`` without its blank line; ``chunks`` sent chunked, each in
+    its own write; a server that answers early may stop reading); the status and the JSON body."""
+    import json
+    import socket
+
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        try:
+            s.sendall(head.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for c in chunks:
+                s.sendall(b"%x\r\n%s\r\n" % (len(c), c))
+                time.sleep(0.01)
+            s.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # answered (and closed) before the whole body was sent
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head_bytes, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":", 1)[1] for line in head_bytes.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(body) < length:
+            body += s.recv(65536)
+    return int(head_bytes.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_the_append_route_reads_a_chunked_body_under_its_limit(tmp_path: Path) -> None:
+    srv = ServeProc(tmp_path, extra=["--max-body-bytes", "4096"]).start()
+    try:
+        with srv.client() as http:
+            conv = http.post("/v1/conversations", json={}).json()["id"]
+        before = store_bytes(srv.store)
+        path = f"/v1/conversations/{conv}/items"
+        token = srv.token("alice")
+        # a repeated Authorization header: the first one counts (as Starlette's Headers.get reads it)
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nAuthorization: Bearer nonsense"
+        body = b'{"items": [{"role": "user", "content": "in three chunks"}]}'
+        status, out = _raw(srv, head, [body[:10], body[10:30], body[30:]])
+        assert status == 200 and out["data"][0]["content"] == "in three chunks", out
+        after = store_bytes(srv.store)
+        head_bad = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nonsense\r\nAuthorization: Bearer {token}"
+        status, out = _raw(srv, head_bad, [body])
+        assert status == 401 and out["error"]["code"] == "invalid_token", out
+        # no Content-Length to refuse early: the stream runs past the limit, 413, nothing kept or stored
+        big = b'{"items": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}'
+        status, out = _raw(srv, head, [big[i:i + 1000] for i in range(0, len(big), 1000)])
+        assert status == 413 and "over the limit of 4096 bytes" in out["error"]["message"], out
+        status, out = _raw(srv, head, [b'{"items": [{"role": "user", "content": "x"}], "items": []}'])
+        assert status == 400 and out["error"]["type"] == "invalid_request_error", out
+        assert store_bytes(srv.store) == after != before
+        with srv.client() as http:
+            assert http.post(path, json={"items": [MSG]}).status_code == 200  # still answering
+    finally:
+        assert srv.stop() == 0
