@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 log = logging.getLogger("agentstate.serve.access")
 
 _METHODS = frozenset(("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"))
+_LINE = "%s %s %d %.1fms tenant=%s"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -113,5 +114,6 @@ class RequestLog:
             self.metrics.observe(template, method, status[0], elapsed)
             if log.isEnabledFor(logging.INFO):
                 tenant = (scope.get("state") or {}).get("tenant", "-")
-                log.info("%s %s %d %.1fms tenant=%s", scope["method"], scope["path"][:300], status[0],
-                         elapsed * 1000, tenant)
+                # log.info's record without its search of the stack for the caller (no format here names it)
+                log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, _LINE, (
+                    scope["method"], scope["path"][:300], status[0], elapsed * 1000, tenant), None))
