@@ -15,6 +15,7 @@ The modules, by concern (FastAPI, uvicorn, PyJWT and prometheus-client are impor
   class that renders every failure, JSON responses, query parameters); ``schemas``: their JSON bodies
   for /openapi.json.
 - ``hotpath``: the append route answered without the framework's layers (the same handler).
+- ``appender``: the append route's writes, committed in groups by one writer thread.
 - ``metrics``: Prometheus counters, the request log line (one per request, never a token).
 - ``run``: uvicorn with SIGTERM draining in-flight requests and exit 0.
 

@@ -47,17 +47,18 @@ class Verifier:
     def tenant(self, request: Request) -> str:
         """The tenant of the request (401 if its token is not good); kept in ``request.state.tenant``
         for the request log."""
-        if self.none:
-            tenant = "default"
-        else:
-            header = request.headers.get("authorization")
-            seen = self._seen.get(header) if header else None
-            if seen is not None and seen[1] > time.time():
-                tenant = seen[0]
-            else:
-                tenant = self._verify(header)
+        tenant = self.tenant_of(None if self.none else request.headers.get("authorization"))
         request.state.tenant = tenant
         return tenant
+
+    def tenant_of(self, header: str | None) -> str:
+        """The tenant of a request whose Authorization header is ``header`` (401 if its token is not good)."""
+        if self.none:
+            return "default"
+        seen = self._seen.get(header) if header else None
+        if seen is not None and seen[1] > time.time():
+            return seen[0]
+        return self._verify(header)
 
     def _verify(self, header: str | None) -> str:
         import jwt

@@ -19,7 +19,12 @@ from .errors import ApiError, bad_request
 async def read(request: Request, limit: int) -> bytes:
     """The raw body, at most ``limit`` bytes: a larger Content-Length, or a stream that runs past it, is
     413 without reading (or keeping) the rest."""
-    length = request.headers.get("content-length")
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def receive_body(receive: Any, length: str | None, limit: int) -> bytes:
+    """``read`` on the ASGI ``receive`` itself (the append route has no Request); ``length`` is the
+    Content-Length header's value, if any."""
     if length is not None:
         if not (length.isascii() and length.isdigit()):
             raise bad_request("the Content-Length header is not a number")
@@ -27,12 +32,22 @@ async def read(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"the request body is {int(length)} bytes, over the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            if message["type"] == "http.disconnect":
+                from starlette.requests import ClientDisconnect
+
+                raise ClientDisconnect()
+            continue
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse(raw: bytes, what: str = "the request body") -> Any:
@@ -50,7 +65,12 @@ def parse(raw: bytes, what: str = "the request body") -> Any:
 
 async def json_object(request: Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object (400 for any other JSON value)."""
-    value = parse(await read(request, limit))
+    return parse_object(await read(request, limit))
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` parsed (``parse``) as a JSON object (400 for any other JSON value)."""
+    value = parse(raw)
     if not isinstance(value, dict):
         raise bad_request(f"the request body must be a JSON object, not {_kind(value)}")
     return value

@@ -88,15 +88,21 @@ ADD_ITEMS_PATH = "/v1/conversations/{conversation_id}/items"
 
 
 async def append_items(ctx: Context, conversation_id: str, request: Request) -> Any:
-    """``POST /v1/conversations/{id}/items``: the hot path (``hotpath`` calls it without FastAPI's routing)."""
+    """``POST /v1/conversations/{id}/items`` through FastAPI (``hotpath`` answers it before FastAPI, the
+    same way: the token, then the body read under its limit, then ``append``)."""
     tenant = ctx.verifier.tenant(request)
-    body = await bodies.json_object(request, ctx.config.max_body_bytes)
+    raw = await bodies.read(request, ctx.config.max_body_bytes)
+    return json(await append(ctx, tenant, conversation_id, raw))
+
+
+async def append(ctx: Context, tenant: str, conversation_id: str, raw: bytes) -> dict[str, Any]:
+    """The append route's work once the token is checked and the body read: its answer's JSON."""
+    body = bodies.parse_object(raw)
     bodies.only(body, ("items",))
     items = check_items(bodies.field(body, "items", list, required=True))
-    stored = await ctx.stores.with_sessions(
-        tenant, lambda s: s.append(conversation_id, items, create=False), write=True)
+    stored = await ctx.stores.append(tenant, conversation_id, items)
     ctx.metrics.appends.inc()
-    return json(item_list(stored, False))
+    return item_list(stored, False)
 
 
 def router(ctx: Context) -> APIRouter:

@@ -6,6 +6,9 @@ the library directly; concurrent appends thus reach the library together (where 
 transaction) and reads never wait for writes. At most MAX_WRITERS writing calls are in the library
 at once (``write=True``); the others wait on a semaphore, not on the lock file. A ResponseStore keeps a small queue of chain uses
 that is not meant to be shared by threads, so one tenant's response calls take turns.
+
+Appends (the hot path, ``append``) to a SQLite store without a hot tier take no thread of their own:
+one writer thread commits them in groups (``appender``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class Stores:
         self._lock = threading.Lock()
         self._db: Any = None
         self._writers = threading.BoundedSemaphore(MAX_WRITERS)
+        self._appender: Any = None  # an appender.Appender once the first append found a store it suits
+        self._grouping: bool | None = None  # whether it suits (None: not known until the database opens)
 
     @property
     def db(self) -> Any:
@@ -94,6 +99,22 @@ class Stores:
 
         return await anyio.to_thread.run_sync(call)
 
+    async def append(self, tenant: str, conversation_id: str, items: list[Any]) -> Any:
+        """``SessionStore.append(conversation_id, items, create=False)`` for the tenant, committed."""
+        store = self.sessions(tenant)
+        if self._grouping is None:
+            db = await anyio.to_thread.run_sync(lambda: self.db)  # opening it may block
+            self._grouping = not self.cache and getattr(db, "dialect", None) == "sqlite" and hasattr(db, "grouped")
+        if not self._grouping:
+            return await self.with_sessions(tenant, lambda s: s.append(conversation_id, items, create=False),
+                                            write=True)
+        appender = self._appender
+        if appender is None:
+            from .appender import Appender
+
+            appender = self._appender = Appender(self.db, self.lock_timeout)
+        return await appender.append(store, conversation_id, items)
+
     async def with_responses(self, tenant: str, fn: Callable[[ResponseStore], T], *, write: bool = False) -> T:
         store, lock = self.responses(tenant)
 
@@ -120,7 +141,11 @@ class Stores:
 
     def close(self) -> None:
         """At shutdown: the responses' queued chain uses recorded, then the shared database closed."""
+        appender, self._appender = self._appender, None
+        if appender is not None:
+            appender.close()  # the appends queued are answered first (requests have drained by now)
         with self._lock:
+            self._grouping = None
             for r, lock in self._responses.values():
                 with lock:
                     r.close()  # records pending uses, closes the (shared) database: reopened if used again

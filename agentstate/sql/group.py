@@ -26,6 +26,12 @@ milliseconds) and reports the outcome: "committed" or "abandoned".
 
 Calls are grouped per database file, lock timeout and I/O seam, across Database objects of the
 process (each SessionStore has its own). A forked child starts with no group.
+
+A caller that already holds many calls (a server's one writer thread, fed by its event loop) groups
+them itself with :func:`batch` instead of a thread per call: inside the block, this thread's calls on
+that Database run at once in the block's one transaction, each in its own SAVEPOINT, and return (or
+raise their own error) before anything is durable; the COMMIT is at the end of the block. That caller
+answers each call only once the block returned (see :func:`batch`).
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import Interrupted
 from . import stats
 
-__all__ = ["run"]
+__all__ = ["Batch", "batch", "run"]
 
 _QUEUED, _LEAD, _TAKEN, _DONE, _GONE = range(5)
 
@@ -101,7 +108,11 @@ def _group(key: tuple) -> _Group:
 
 def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float | str | None = None) -> Any:
     """``work(tx)`` committed in a transaction of ``db`` (a sql.engine.Database), possibly shared with
-    other calls of this process; its return value once durable, or its error (see the module docstring)."""
+    other calls of this process; its return value once durable, or its error (see the module docstring).
+    Inside this thread's :func:`batch` of ``db``: its return value at once, durable at the block's end."""
+    b = _local.batch
+    if b is not None and b.db is db:
+        return b.run(work)
     from ..duration import parse_duration
     from .engine import Database
 
@@ -202,7 +213,7 @@ def _lead(g: _Group, e: _Entry, db: Any, operation: str, timeout: float) -> Any:
     return e.outcome()
 
 
-def _run_one(db: Any, tx: Any, x: _Entry, operation: str) -> None:
+def _run_one(db: Any, tx: Any, x: _Entry | _Call, operation: str) -> None:
     """One call's work in its own SAVEPOINT: its error rolls back only its statements."""
     import sqlite3
 
@@ -221,6 +232,86 @@ def _run_one(db: Any, tx: Any, x: _Entry, operation: str) -> None:
             raise
     else:
         tx.release_savepoint()
+
+
+class _Local(threading.local):
+    batch: Batch | None = None
+
+
+_local = _Local()
+
+
+class _Call:
+    """A call of a Batch: what _run_one reads and sets of an _Entry (no Event: nobody waits on it)."""
+
+    __slots__ = ("error", "result", "work")
+
+    def __init__(self, work: Callable[[Any], Any]) -> None:
+        self.work = work
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class Batch:
+    """The open transaction of a :func:`batch` block: ``calls`` counts the calls run in it (as a group
+    commit's batch size does, failed ones included); ``broken`` is the error that ended the transaction
+    itself (nothing of the block will commit)."""
+
+    __slots__ = ("broken", "calls", "db", "operation", "tx")
+
+    def __init__(self, db: Any, tx: Any, operation: str) -> None:
+        self.db = db
+        self.tx = tx
+        self.operation = operation
+        self.calls = 0
+        self.broken: BaseException | None = None
+
+    def run(self, work: Callable[[Any], Any]) -> Any:
+        """One call's ``work(tx)`` in its own SAVEPOINT: its result, or its own error (its statements
+        rolled back, the others' kept). An error that took the whole transaction is ``broken`` and raised."""
+        if self.broken is not None:
+            raise self.broken
+        x = _Call(work)
+        try:
+            _run_one(self.db, self.tx, x, self.operation)
+        except BaseException as exc:
+            self.broken = exc
+            raise
+        self.calls += 1
+        return x.outcome()
+
+
+@contextmanager
+def batch(db: Any, operation: str, lock_timeout: float | str | None = None) -> Iterator[Batch]:
+    """One write transaction of ``db`` for the grouped calls (``run``) this thread makes inside the block.
+
+    Each call runs at once in its own SAVEPOINT and returns its result, or raises its own error with its
+    statements rolled back, as in a group commit; nothing is durable until the block exits: the COMMIT.
+    The caller answers a call only after the block returned. If the block raises (the lock not acquired
+    in time, a failed COMMIT, ``Batch.broken``: an error that took the whole transaction, or the
+    caller's own), nothing of it was written: every call that had succeeded gets that error. A caller
+    must leave the block once ``broken`` is set (further calls raise it again)."""
+    from ..duration import parse_duration
+
+    timeout = db.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
+    if _local.batch is not None:
+        raise RuntimeError("group.batch() blocks do not nest")
+    with db.write(operation, timeout) as tx:
+        b = Batch(db, tx, operation)
+        _local.batch = b
+        try:
+            yield b
+        finally:
+            _local.batch = None
+        if b.broken is not None:
+            raise b.broken
+    if b.calls:
+        stats.batch(b.calls)
 
 
 def _fail_others(g: _Group, batch: list[_Entry], e: _Entry, exc: BaseException, interrupted: bool) -> None:
