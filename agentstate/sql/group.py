@@ -36,8 +36,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..duration import parse_duration
 from ..errors import Interrupted
+from ..state import signals
 from . import stats
+from .engine import Database, storage_error
 
 __all__ = ["run"]
 
@@ -50,7 +53,9 @@ class _Entry:
     def __init__(self, work: Callable[[Any], Any], state: int) -> None:
         self.work = work
         self.state = state
-        self.event = threading.Event()  # made before the call is queued: whoever takes it may set it
+        # A call that waits in the queue waits on its Event: made (under the group's mutex) before it is
+        # queued behind a leader, so whoever takes it may set it. A call that leads at once needs none.
+        self.event: threading.Event = None  # type: ignore[assignment]
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -102,9 +107,6 @@ def _group(key: tuple) -> _Group:
 def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float | str | None = None) -> Any:
     """``work(tx)`` committed in a transaction of ``db`` (a sql.engine.Database), possibly shared with
     other calls of this process; its return value once durable, or its error (see the module docstring)."""
-    from ..duration import parse_duration
-    from .engine import Database
-
     timeout = db.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
     files = db.files
     key = (db.path, timeout, None if type(files).__module__ == "agentstate.state.fileio" else id(files))
@@ -113,6 +115,8 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
     e = _Entry(work, _QUEUED)
     try:
         with g.mutex:
+            if g.leading:
+                e.event = threading.Event()
             g.queue.append(e)
             if not g.leading:
                 g.leading, e.state = True, _LEAD  # no call (no signal check) between the two stores
@@ -122,8 +126,6 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
                 return e.outcome()
         return _lead(g, e, db, operation, timeout)  # handles one while it leads
     except KeyboardInterrupt as ki:  # a signal in a gap between those steps (the CLI turns signals into these)
-        from ..state import signals
-
         with g.mutex:
             if e.state not in (_QUEUED, _LEAD) or e not in g.queue:
                 raise  # taken by a batch already: the write path reports it
@@ -136,8 +138,6 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
 
 def _follow(g: _Group, e: _Entry, db: Any, operation: str) -> None:
     """Wait until ``e`` is done or promoted to leader (see the module docstring for interruptions)."""
-    from ..state import signals
-
     with signals.guarded():  # in the main thread a SIGTERM becomes an Interruption here too
         caught: KeyboardInterrupt | None = None
         while True:
@@ -205,8 +205,6 @@ def _lead(g: _Group, e: _Entry, db: Any, operation: str, timeout: float) -> Any:
 def _run_one(db: Any, tx: Any, x: _Entry, operation: str) -> None:
     """One call's work in its own SAVEPOINT: its error rolls back only its statements."""
     import sqlite3
-
-    from .engine import storage_error
 
     tx.savepoint()
     try:
