@@ -30,7 +30,6 @@ from ..names import check_name, check_tenant, shown
 from ..page import Page, check_limit, decode_cursor, encode_cursor
 from ..sql import q_sessions as q
 from ..sql import stats
-from ..state.lock_record import _uuid4
 from .checks import (  # noqa: F401 - MAX_ITEM_BYTES and encode_item are re-exported
     MAX_ITEM_BYTES,
     MAX_SEQ,
@@ -311,6 +310,8 @@ class SessionStore(FleetMixin, ItemEdits):
                 expect_version: int | None, key: str | None, create: bool, title: str | None,
                 ttl: float | None = None) -> list[Item]:
         """The write behind append: ``texts`` are the items' stored JSON text, ``datas`` the objects."""
+        from ..state.lock_record import _uuid4  # here: lock_record (socket, random) is not for a reader's start-up
+
         ids = [_uuid4() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
         replayed: list[bool] = []
 
