@@ -6,7 +6,7 @@ import re
 
 from .errors import InvalidInput
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_DURATION = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$"  # compiled by re on first use (cached)
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -17,7 +17,7 @@ def parse_duration(value: str | float | int, what: str = "duration") -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        m = _DURATION.match(str(value))
+        m = re.match(_DURATION, str(value))
         if not m:
             raise InvalidInput(f"invalid {what} {value!r}: use e.g. 500ms, 10s, 2m, 1h, 30d or plain seconds")
         seconds = float(m.group(1)) * _UNIT[m.group(2) or "s"]

@@ -14,8 +14,6 @@ never of a store-wide counter: a cursor tells its holder nothing beyond the rows
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -50,6 +48,8 @@ def check_limit(limit: Any) -> int:
 
 
 def encode_cursor(kind: str, position: list[Any]) -> str:
+    import base64  # here, as in decode_cursor: base64 (struct, binascii) is not for every command's start-up
+
     import orjson
 
     raw = orjson.dumps([kind, *position])
@@ -60,6 +60,9 @@ def decode_cursor(kind: str, cursor: Any, types: tuple[type, ...]) -> list[Any]:
     """The position ``encode_cursor(kind, position)`` made; InvalidInput if ``cursor`` is anything else.
 
     ``types`` gives the exact type of each element of the position."""
+    import base64
+    import binascii
+
     import orjson
 
     bad = InvalidInput(f"cursor {str(cursor)[:60]!r} is not valid", hint="pass a next_cursor this listing returned")

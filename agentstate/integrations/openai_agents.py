@@ -100,7 +100,7 @@ class _Closed:
         yield  # pragma: no cover - makes this a generator
 
 
-async def _settle(work: Awaitable[Any], abort: threading.Event) -> Any:
+async def _settle(work: Awaitable[Any], abort: list[bool]) -> Any:
     """Await a mutation's outcome despite cancellation, then re-raise the first cancellation: the
     caller learns of it only once the write is committed or known not to happen (``abort`` tells a
     worker that has not begun to leave it)."""
@@ -110,7 +110,7 @@ async def _settle(work: Awaitable[Any], abort: threading.Event) -> Any:
         try:
             await asyncio.wait({task})
         except asyncio.CancelledError as e:
-            abort.set()
+            abort.append(True)
             cancelled = cancelled or e
     if cancelled is not None:
         if not task.cancelled():
@@ -187,10 +187,10 @@ class AgentStateSession:
     async def _mutate(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A write in a worker thread, settled before any cancellation surfaces (see _settle)."""
         self._enter()
-        abort = threading.Event()
+        abort: list[bool] = []  # non-empty once cancelled (a list: appending is atomic, and cheaper than an Event)
 
         def body() -> Any:
-            if abort.is_set():  # cancelled before the worker began: nothing is written
+            if abort:  # cancelled before the worker began: nothing is written
                 raise _Aborted
             return fn(*args)
 

@@ -57,7 +57,7 @@ def _check_message(item: dict[str, Any], where: str) -> None:
 def encode_item(value: Any, max_bytes: int = MAX_ITEM_BYTES, where: str = "item", check_message: bool = True) -> bytes:
     """The stored bytes of one item: a strict-JSON object, a valid message if it has a role (unless
     ``check_message`` is False), at most ``max_bytes`` encoded. InvalidInput otherwise."""
-    from ..state.codec import encode_value
+    from ..state.codec import encode_value  # here: a reader's start-up does without the codec
 
     if not isinstance(value, dict):
         raise InvalidInput(f"{where} is not a JSON object (got {type(value).__name__})")

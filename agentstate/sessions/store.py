@@ -29,6 +29,7 @@ from ..errors import ConflictError, InvalidInput, NotFound
 from ..names import check_name, check_tenant, shown
 from ..page import Page, check_limit, decode_cursor, encode_cursor
 from ..sql import q_sessions as q
+from ..sql import stats
 from .checks import (  # noqa: F401 - MAX_ITEM_BYTES and encode_item are re-exported
     MAX_ITEM_BYTES,
     MAX_SEQ,
@@ -40,7 +41,7 @@ from .checks import (  # noqa: F401 - MAX_ITEM_BYTES and encode_item are re-expo
     encode_item,
 )
 from .edit import ItemEdits
-from .where import FleetMixin, _meta_text
+from .where import FleetMixin, _meta_text, expires_at
 
 EXPORT_TYPE = "agentstate.session"
 _ALL = 1 << 62  # "no limit" for LIMIT :limit in both dialects
@@ -309,9 +310,7 @@ class SessionStore(FleetMixin, ItemEdits):
                 expect_version: int | None, key: str | None, create: bool, title: str | None,
                 ttl: float | None = None) -> list[Item]:
         """The write behind append: ``texts`` are the items' stored JSON text, ``datas`` the objects."""
-        from ..sql import stats
-        from ..state.lock_record import _uuid4
-        from .where import expires_at
+        from ..state.lock_record import _uuid4  # here: lock_record (socket, random) is not for a reader's start-up
 
         ids = [_uuid4() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
         replayed: list[bool] = []
@@ -327,8 +326,10 @@ class SessionStore(FleetMixin, ItemEdits):
                 return fast
 
         def work(tx: Any) -> list[Item]:
-            row = self._live_or_removed(tx, sid, _utcnow())  # an expired session is removed: this starts anew
-            now = self._now_after(row)  # under the lock: after every write this one waited for
+            now = _utcnow()  # under the lock: after every write this one waited for
+            row = self._live_or_removed(tx, sid, now)  # an expired session is removed: this starts anew
+            if row is not None and row[4] > now:  # never before the session's updated_at (_now_after)
+                now = row[4]
             if row is None:
                 if not create:
                     raise _not_found(sid)
@@ -363,7 +364,8 @@ class SessionStore(FleetMixin, ItemEdits):
             if texts or row is None:
                 tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last + len(texts), now=now,
                        title=title, version=self._next_version(tx), added=len(texts))
-                tx.run(q.TOUCH_TAGS, tenant=self.tenant, session_id=sid, now=now)
+                if row is not None and row[2] is not None:  # tags come from metadata only: none without it
+                    tx.run(q.TOUCH_TAGS, tenant=self.tenant, session_id=sid, now=now)
             if ttl is not None:
                 expires = expires_at(now, ttl)
                 tx.run(q.SET_EXPIRES, tenant=self.tenant, id=sid, expires_at=expires)

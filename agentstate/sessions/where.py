@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..errors import InvalidInput
+from ..sql import q_sessions as q
 
 MAX_WHERE = 8  # conditions in one list(where=...): each is one join
 MAX_TAG_VALUE = 1024  # characters of a filterable string value (longer ones are kept but not indexed)
@@ -160,11 +161,8 @@ class FleetMixin:
 
     def _live_or_removed(self, tx: Any, sid: str, now: str) -> tuple | None:
         """In a write: the session's row, or None; an expired one is removed here (the write noticed it)."""
-        from ..sql import q_sessions as q
-        from .where import is_expired
-
         row = tx.one(q.GET_SESSION, tenant=self.tenant, id=sid)
-        if row is not None and is_expired(row[8], now):
+        if row is not None and row[8] is not None and row[8] <= now:  # is_expired
             tx.run(q.DELETE_SESSION, tenant=self.tenant, id=sid)
             tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=-1)
             return None
@@ -174,9 +172,6 @@ class FleetMixin:
                   fresh: bool = False) -> None:
         import orjson
 
-        from ..sql import q_sessions as q
-        from .where import tags_of
-
         if not fresh:
             tx.run(q.DELETE_TAGS, tenant=self.tenant, session_id=sid)
         tags = tags_of(None if metadata is None else orjson.loads(metadata))
@@ -185,8 +180,6 @@ class FleetMixin:
                                     "now": updated_at, "expires_at": expires} for k, v in tags])
 
     def _ttl(self, ttl: Any) -> float | None:
-        from .where import check_ttl
-
         return self.default_ttl if ttl is None else check_ttl(ttl)
 
     @contextmanager
@@ -209,8 +202,6 @@ class FleetMixin:
 
     def _list_where(self, tx: Any, conds: list[tuple[str, str]], limit: int, after: tuple | None,
                     now: str) -> tuple[list[tuple], int]:
-        from ..sql import q_sessions as q
-
         first, nxt, count = q.where_statements(len(conds))
         params: dict[str, Any] = {"tenant": self.tenant, "now": now}
         for i, (k, v) in enumerate(conds):
@@ -224,8 +215,6 @@ class FleetMixin:
         """Replace the session's metadata (None clears it) and its filterable values; NotFound if missing.
         A write like any other: stamped under the lock, and the session gets a new version."""
         from ..names import check_name
-        from ..sql import q_sessions as q
-
         sid = check_name(session_id, "session id")
         meta = _meta_text(metadata)
         with self._write("sessions update", sid) as tx:

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..duration import parse_duration
 from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
-from ..state import fileio
+from ..state import fileio, signals
 from . import EmptyTx, Stmt, stats
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
@@ -45,6 +45,7 @@ LOCK_SUFFIX = ".lock"
 BUSY_BACKSTOP = 10.0  # seconds; only reached when a program other than agentstate holds SQLite's lock
 POOL_IDLE = 4  # idle connections kept open per Database (more are closed when given back)
 _ABANDONED: list[Any] = []  # connections inherited across fork: never used, never closed, never freed
+_Lock: Any = None  # agentstate.state.lock.Lock, once a write needed it
 _pid = [os.getpid()]  # this process's PID, kept (os.getpid() is a system call), updated in a forked child
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
@@ -265,25 +266,33 @@ class Database:
     # -- the lock ----------------------------------------------------------------------------------------
 
     def lock(self) -> Any:
-        from ..state.lock import Lock
+        global _Lock
+        if _Lock is None:  # imported on the first write (a read never needs it), then kept
+            from ..state.lock import Lock as _Lock
+        return _Lock(self.lock_path, files=self.files)
 
-        return Lock(self.lock_path, files=self.files)
-
-    @contextmanager
-    def _locked(self, operation: str, lock_timeout: float | str | None) -> Iterator[None]:
+    def _new_lock(self, lock_timeout: float | str | None) -> tuple[Any, float]:
+        """The writer lock (not acquired yet) and the timeout to acquire it with; the store directory
+        is made once."""
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
         if not self._dir_ok:
             fileio.ensure_dir(self.files, self.directory)
             self._dir_ok = True
-        lk = self.lock()
+        return self.lock(), timeout
+
+    @staticmethod
+    def _unlock(lk: Any) -> None:
+        with signals.critical(outcome=None):  # a signal never cuts a release short
+            lk.release()
+
+    @contextmanager
+    def _locked(self, operation: str, lock_timeout: float | str | None) -> Iterator[None]:
+        lk, timeout = self._new_lock(lock_timeout)
         try:  # acquire inside: a signal right after it returns still ends in release() (a no-op if not held)
             lk.acquire(timeout, operation)  # StateLocked, or StorageError naming the problem (never a bare OSError)
             yield
         finally:
-            from ..state import signals
-
-            with signals.critical(outcome=None):  # a signal never cuts a release short
-                lk.release()
+            self._unlock(lk)
 
     # -- schema ------------------------------------------------------------------------------------------
 
@@ -382,13 +391,12 @@ class Database:
         the lock is released, say) is reported as after a completed write."""
         import sqlite3
 
-        from ..state import signals
-
         locked = committed = False
-        what = f"the {operation} is committed to {self.path}"
         with signals.guarded():
             try:
-                with self._locked(operation, lock_timeout):
+                lk, timeout = self._new_lock(lock_timeout)
+                try:  # acquire inside: a signal right after it returns still ends in release() (a no-op if not held)
+                    lk.acquire(timeout, operation)  # StateLocked, or StorageError (never a bare OSError)
                     locked = True
                     conn = None
                     committing = False
@@ -403,7 +411,7 @@ class Database:
                             if done is not None:
                                 done.append(True)
                             stats.committed()
-                            signals.note_committed(what)
+                            signals.note_committed(f"the {operation} is committed to {self.path}")
                     except sqlite3.Error as e:
                         if committing and not self._bury_failed_commit(conn):
                             raise self._unknown(e, operation) from None
@@ -416,7 +424,10 @@ class Database:
                             self._give(conn)
                         raise
                     self._give(conn)
+                finally:
+                    self._unlock(lk)
             except KeyboardInterrupt as e:
+                what = f"the {operation} is committed to {self.path}"
                 committed = committed or getattr(e, "outcome", None) == "committed"
                 raise signals.interrupted(e, operation, committed=what if committed else None,
                                           locked=locked) from None

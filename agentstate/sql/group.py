@@ -43,8 +43,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..duration import parse_duration
 from ..errors import Interrupted
+from ..state import signals
 from . import stats
+from .engine import Database, storage_error
 
 __all__ = ["Batch", "batch", "run"]
 
@@ -57,7 +60,9 @@ class _Entry:
     def __init__(self, work: Callable[[Any], Any], state: int) -> None:
         self.work = work
         self.state = state
-        self.event = threading.Event()  # made before the call is queued: whoever takes it may set it
+        # A call that waits in the queue waits on its Event: made (under the group's mutex) before it is
+        # queued behind a leader, so whoever takes it may set it. A call that leads at once needs none.
+        self.event: threading.Event = None  # type: ignore[assignment]
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -113,9 +118,6 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
     b = _local.batch
     if b is not None and b.db is db:
         return b.run(work)
-    from ..duration import parse_duration
-    from .engine import Database
-
     timeout = db.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
     files = db.files
     key = (db.path, timeout, None if type(files).__module__ == "agentstate.state.fileio" else id(files))
@@ -124,6 +126,8 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
     e = _Entry(work, _QUEUED)
     try:
         with g.mutex:
+            if g.leading:
+                e.event = threading.Event()
             g.queue.append(e)
             if not g.leading:
                 g.leading, e.state = True, _LEAD  # no call (no signal check) between the two stores
@@ -133,8 +137,6 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
                 return e.outcome()
         return _lead(g, e, db, operation, timeout)  # handles one while it leads
     except KeyboardInterrupt as ki:  # a signal in a gap between those steps (the CLI turns signals into these)
-        from ..state import signals
-
         with g.mutex:
             if e.state not in (_QUEUED, _LEAD) or e not in g.queue:
                 raise  # taken by a batch already: the write path reports it
@@ -147,8 +149,6 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
 
 def _follow(g: _Group, e: _Entry, db: Any, operation: str) -> None:
     """Wait until ``e`` is done or promoted to leader (see the module docstring for interruptions)."""
-    from ..state import signals
-
     with signals.guarded():  # in the main thread a SIGTERM becomes an Interruption here too
         caught: KeyboardInterrupt | None = None
         while True:
@@ -216,8 +216,6 @@ def _lead(g: _Group, e: _Entry, db: Any, operation: str, timeout: float) -> Any:
 def _run_one(db: Any, tx: Any, x: _Entry | _Call, operation: str) -> None:
     """One call's work in its own SAVEPOINT: its error rolls back only its statements."""
     import sqlite3
-
-    from .engine import storage_error
 
     tx.savepoint()
     try:
@@ -296,8 +294,6 @@ def batch(db: Any, operation: str, lock_timeout: float | str | None = None) -> I
     in time, a failed COMMIT, ``Batch.broken``: an error that took the whole transaction, or the
     caller's own), nothing of it was written: every call that had succeeded gets that error. A caller
     must leave the block once ``broken`` is set (further calls raise it again)."""
-    from ..duration import parse_duration
-
     timeout = db.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
     if _local.batch is not None:
         raise RuntimeError("group.batch() blocks do not nest")

@@ -141,7 +141,12 @@ def write_all(files: OsFiles, fd: int, data: bytes | Sequence[bytes]) -> None:
 
 def write_all_at(files: OsFiles, fd: int, data: bytes, offset: int) -> None:
     """pwrite every byte at ``offset``, looping on short writes."""
-    view = memoryview(data)
+    n = files.pwrite(fd, data, offset)
+    if n == len(data):  # the usual case: one call, no view to slice
+        return
+    if n <= 0:
+        raise OSError(errno.EIO, "pwrite returned no progress")
+    view, offset = memoryview(data)[n:], offset + n
     while view:
         n = files.pwrite(fd, view, offset)
         if n <= 0:

@@ -206,7 +206,8 @@ class Lock:
         Other failures are StorageError."""
         if self.held:
             raise RuntimeError("lock already held by this object")
-        timeout = parse_duration(timeout, "lock timeout")
+        if type(timeout) is not float:  # the SQLite engine and the state store pass seconds already
+            timeout = parse_duration(timeout, "lock timeout")
         start = time.monotonic()
         deadline = start + timeout
         check_filesystem(self.path)
@@ -296,8 +297,9 @@ class Lock:
                     self._blank_unlock_close(fd, self._size)
                 except BaseException:
                     pass  # another signal: close again (the first one is on its way out)
-        log.info("lock %s released by PID %d after holding it %.1f ms (lock ID %s)",
-                 self.path, holder.pid, (time.monotonic() - self._acquired) * 1000, holder.lock_id)
+        if log.isEnabledFor(logging.INFO):
+            log.info("lock %s released by PID %d after holding it %.1f ms (lock ID %s)",
+                     self.path, holder.pid, (time.monotonic() - self._acquired) * 1000, holder.lock_id)
 
     def _blank_unlock_close(self, fd: int, size: int) -> None:
         """The release order: the record is blank before anyone else can hold the lock."""

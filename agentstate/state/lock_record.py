@@ -265,6 +265,14 @@ def padded(body: bytes, size: int) -> bytes:
     return body + b" " * (size - len(body) - 1) + b"\n"
 
 
+_blanks: dict[int, bytes] = {}
+
+
 def blank(size: int) -> bytes:
-    """A blank record of ``size`` bytes (a free lock's): spaces and a newline."""
-    return b" " * (size - 1) + b"\n"
+    """A blank record of ``size`` bytes (a free lock's): spaces and a newline (made once per size)."""
+    out = _blanks.get(size)
+    if out is None:
+        out = b" " * (size - 1) + b"\n"
+        if len(_blanks) < 16:
+            _blanks[size] = out
+    return out

@@ -131,14 +131,34 @@ def install() -> None:
             signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-@contextmanager
-def critical(outcome: str | None = "committed") -> Iterator[None]:
+class _Nothing:
+    """A reusable context manager that does nothing: what critical() and guarded() return where they
+    have nothing to do (any thread but the main one, or handlers already in place), without building a
+    generator-based context manager on every transaction."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NOTHING = _Nothing()
+
+
+def critical(outcome: str | None = "committed") -> Any:
     """Hold SIGINT/SIGTERM until the block ends (the rename and the directory fsync), then deliver
     the first one held: an Interruption whose ``outcome`` is set to ``outcome`` if the block completed."""
-    global _critical
     if not _in_main_thread() or _sig.getsignal(signal.SIGTERM) is not _handler:
-        yield  # our handler is not installed here: nothing to hold
-        return
+        return _NOTHING  # our handler is not installed here: nothing to hold
+    return _critical_section(outcome)
+
+
+@contextmanager
+def _critical_section(outcome: str | None) -> Iterator[None]:
+    global _critical
     _critical += 1
     ok = False
     try:
@@ -178,9 +198,15 @@ def interrupted(e: KeyboardInterrupt, what: str, committed: str | None = None, l
     return Interrupted(msg, signal_number=signum, outcome=outcome)
 
 
-@contextmanager
-def guarded() -> Iterator[None]:
+def guarded() -> Any:
     """Install the handlers for the block if nobody has (restored after it)."""
+    if _installed_by or not _in_main_thread():
+        return _NOTHING  # installed already (the CLI), or a thread that cannot install them
+    return _guarded()
+
+
+@contextmanager
+def _guarded() -> Iterator[None]:
     mine = not _installed_by and _install()
     if mine:
         _installed_by.append("guarded")
