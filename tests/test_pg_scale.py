@@ -162,3 +162,28 @@ def test_items_reach_postgresql_exactly_through_the_array_literal(pg_schema_url)
     assert [it.data for it in sessions.items("s")] == items
     assert sessions.append("s", []) == [] and sessions.get("s").item_count == len(items)
     assert sessions.append("t", [{"type": "x", "v": ""}])[0].data == {"type": "x", "v": ""}
+
+
+def test_the_one_round_trip_append_stamps_with_the_writers_clock(pg_schema_url, monkeypatch):
+    """Schema version 5: the append function stamps with the time the writer passes (the same clock as
+    every other write path), never before the session's updated_at; so a ttl set by a later write counts
+    from that clock too (the function stamped with the server's clock before, and expiry drifted by the
+    clocks' difference)."""
+    import agentstate.sessions.store as sessions_mod
+
+    now = ["2031-01-01T00:00:00.000000Z"]
+    monkeypatch.setattr(sessions_mod, "_utcnow", lambda: now[0])
+    sessions = SessionStore(pg_schema_url)
+    for _ in range(3):  # the first publishes the holder record; the others take the prepared path
+        got = sessions.append("s", [U])
+        assert got[0].created_at == now[0]
+    assert sessions.get("s").updated_at == now[0]
+    now[0] = "2031-01-01T00:00:05.000000Z"
+    sessions.append("s", [U], ttl=60)  # the general path (a ttl), the same clock
+    info = sessions.get("s")
+    assert (info.updated_at, info.expires_at) == (now[0], "2031-01-01T00:01:05.000000Z")
+    sessions.append("u", [U])
+    sessions.append("u", [U])
+    now[0] = "2030-12-31T00:00:00.000000Z"  # a writer whose clock is behind: never before updated_at
+    assert sessions.append("u", [U])[0].created_at == "2031-01-01T00:00:05.000000Z"
+    assert sessions.get("u").updated_at == "2031-01-01T00:00:05.000000Z"

@@ -18,12 +18,12 @@ from ..sql import q_sessions as q
 def append(store: Any, sid: str, ids: list[str], texts: list[str], datas: list[dict[str, Any]], *,
            expect_seq: int | None, expect_version: int | None, key: str | None, create: bool,
            title: str | None) -> list[Any] | None:
-    from .store import Item, _not_found
+    from .store import Item, _not_found, _utcnow
 
     db = store.db
     params = {"tenant": store.tenant, "id": sid, "create": create, "key": key, "expect_seq": expect_seq,
               "expect_version": expect_version, "ids": ids, "datas": texts, "title": title,
-              "item_ids": orjson.dumps(ids).decode() if key is not None else None}
+              "item_ids": orjson.dumps(ids).decode() if key is not None else None, "now": _utcnow()}
     rows = db.call("sessions append", db.resource("session", store.tenant, sid), q.PG_APPEND, params,
                    store.lock_timeout)
     status, last, version, now, _new_version, first_seq, item_ids = rows[0]

@@ -37,13 +37,14 @@ NEXT_VERSION = Stmt(sqlite="""
     UPDATE session_counts SET clock = clock + 1 WHERE tenant = :tenant RETURNING clock""",
                     postgres="SELECT nextval('session_versions')")
 
-# PostgreSQL: a whole append in one statement, the function agentstate_append (schema.py, version 3): it
+# PostgreSQL: a whole append in one statement, the function agentstate_append (schema.py, versions 4 and 5): it
 # takes the session's lock, then (each statement of a function sees what is committed when it starts, so
 # every earlier append of the session) reads the session and the idempotency key, decides, and only when
 # the decision is 'ok' creates the session if missing (counted in session_counts; appends to an existing
 # session never touch a row the tenant's writers share), inserts the items at last + 1.., bumps the session
 # (last seq, version from the sequence, updated_at, title if none) and records the key. The time is the
-# server's, taken under the lock, never before the session's updated_at. Run in its own transaction
+# writer's (``now``, schema version 5: every path stamps with the client's clock), never before the
+# session's updated_at. Run in its own transaction
 # (pg_batch.locked_call): one statement, in one round trip with the holder record.
 # Returns one row: (status, last seq before, version before, now, new version, key's first_seq, key's
 # item_ids); status is ok, missing (and create is false), replay (the key was seen), seq or version (the
@@ -57,7 +58,7 @@ PG_APPEND = Stmt(postgres="""
         (a->>'create')::boolean, a->>'key', (a->>'expect_seq')::bigint, (a->>'expect_version')::bigint,
         ARRAY(SELECT e FROM jsonb_array_elements_text(a->'ids') WITH ORDINALITY AS t(e, i) ORDER BY i),
         ARRAY(SELECT e FROM jsonb_array_elements_text(a->'datas') WITH ORDINALITY AS t(e, i) ORDER BY i),
-        a->>'title', a->>'item_ids') AS f""")
+        a->>'title', a->>'item_ids', a->>'now') AS f""")
 
 INSERT_ITEM = Stmt(both="""
     INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)

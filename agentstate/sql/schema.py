@@ -290,12 +290,26 @@ _PG_V4 = [
     _PG_APPEND_FN,
 ]
 
+# --- version 5: one clock for every write (PostgreSQL only) --------------------------------------------
+# The append function takes the writer's time (p_now) instead of reading the server's clock, so every
+# path stamps with the same (the client's) clock, never before the session's updated_at, as SQLite and
+# the general path do: expiry (a ttl counted from the last write) then means the same on both.
+_PG_V5 = [
+    "DROP FUNCTION agentstate_append(integer, integer, text, text, boolean, text, bigint, bigint, text[], text[], text, text)",
+    _PG_APPEND_FN.replace(
+        "p_ids text[], p_datas text[], p_title text, p_item_ids text)",
+        "p_ids text[], p_datas text[], p_title text, p_item_ids text, p_now text)").replace(
+        """v_now := greatest(to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), v_updated);""",
+        "v_now := greatest(p_now, v_updated);"),
+]
+
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
      "postgres": _SESSIONS_V1 + _RESPONSES_V1["postgres"] + _PG_ONLY_V1},
     {"sqlite": _SESSIONS_V2, "postgres": _SESSIONS_V2},
     _FLEET,
     {"sqlite": [], "postgres": _PG_V4},
+    {"sqlite": [], "postgres": _PG_V5},
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
