@@ -50,7 +50,7 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI on ``argv`` (default: sys.argv[1:]); exits (SystemExit) with the documented exit code."""
+    """Entry point (the ``agentstate`` console script). Exits with the documented exit code."""
     from ..state import signals
 
     try:
@@ -69,42 +69,3 @@ def main(argv: list[str] | None = None) -> None:
             signals.block()
         except KeyboardInterrupt:
             signals.block()
-
-
-def console() -> None:
-    """The ``agentstate`` console script and ``python -m agentstate``: main(), then the process ends at
-    once (_end_process). A program calling main() itself keeps its interpreter."""
-    try:
-        main()
-    except SystemExit as e:
-        _end_process(e.code)
-        raise
-
-
-def _end_process(code: object) -> None:
-    """End the process now that the command's outcome is reported: atexit handlers (logging's flush...)
-    and the flush of stdout/stderr as at a normal exit, but not the interpreter's teardown of every module
-    and object, which is ~20 ms of a short command's wall time and does nothing a command needs (its stores
-    were closed by the command; the kernel releases descriptors and locks). Returns (the caller raises the
-    SystemExit as usual) when that is not certain: another non-daemon thread still running, or an exit
-    status that is not a number."""
-    import threading
-
-    if not (code is None or type(code) is int) or any(
-        t.is_alive() and not t.daemon and t is not threading.main_thread() for t in threading.enumerate()
-    ):
-        return
-    import atexit
-    import os
-
-    atexit._run_exitfuncs()
-    rc = code or 0
-    try:
-        sys.stdout.flush()
-    except Exception:  # noqa: BLE001 - as Python's own exit: a failed flush of stdout is status 120
-        rc = rc or 120
-    try:
-        sys.stderr.flush()
-    except Exception:  # noqa: BLE001
-        pass
-    os._exit(rc)
