@@ -54,15 +54,13 @@ __all__ = ["Batch", "batch", "run"]
 _QUEUED, _LEAD, _TAKEN, _DONE, _GONE = range(5)
 
 
-class _Entry:
-    __slots__ = ("error", "event", "result", "state", "work")
+class _Call:
+    """One call's work and outcome (a Batch's calls; _Entry adds what a queued call waits on)."""
 
-    def __init__(self, work: Callable[[Any], Any], state: int) -> None:
+    __slots__ = ("error", "result", "work")
+
+    def __init__(self, work: Callable[[Any], Any]) -> None:
         self.work = work
-        self.state = state
-        # A call that waits in the queue waits on its Event: made (under the group's mutex) before it is
-        # queued behind a leader, so whoever takes it may set it. A call that leads at once needs none.
-        self.event: threading.Event = None  # type: ignore[assignment]
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -70,6 +68,17 @@ class _Entry:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+class _Entry(_Call):
+    __slots__ = ("event", "state")
+
+    def __init__(self, work: Callable[[Any], Any], state: int) -> None:
+        super().__init__(work)
+        self.state = state
+        # A call that waits in the queue waits on its Event: made (under the group's mutex) before it is
+        # queued behind a leader, so whoever takes it may set it. A call that leads at once needs none.
+        self.event: threading.Event = None  # type: ignore[assignment]
 
 
 class _Group:
@@ -237,22 +246,6 @@ class _Local(threading.local):
 
 
 _local = _Local()
-
-
-class _Call:
-    """A call of a Batch: what _run_one reads and sets of an _Entry (no Event: nobody waits on it)."""
-
-    __slots__ = ("error", "result", "work")
-
-    def __init__(self, work: Callable[[Any], Any]) -> None:
-        self.work = work
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def outcome(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 class Batch:
