@@ -190,3 +190,37 @@ def test_sigint_at_random_moments_of_acquire_never_leaves_it_held(tmp_path: Path
     rounds, interrupted = map(int, out.split())
     assert rounds > 50 and interrupted > 20, out
     assert free_here(path) and free_elsewhere(path)
+
+
+def test_an_interruption_that_escapes_a_transaction_never_leaves_its_lock_behind(tmp_path: Path, monkeypatch) -> None:
+    """A signal handled at the entry of a context manager's ``__exit__``, before it resumes the transaction's
+    generator, leaves the generator suspended with the lock held (until it is garbage-collected, at
+    interpreter shutdown or never). The CLI releases every lock the process still holds before it reports
+    the interruption, so the record is blank and the lock free once the command has answered."""
+    from typer.testing import CliRunner
+
+    from agentstate import StateStore
+    from agentstate.cli import app
+    from agentstate.state import planner, signals
+
+    store_dir = tmp_path / "s"
+    with StateStore(store_dir).transaction() as st:
+        st.resources["a"] = 1
+    kept: list = []
+
+    def escaping_apply(store, **kw):  # the transaction entered, then the signal escapes it
+        cm = store.transaction(operation="apply")
+        cm.__enter__()
+        kept.append(cm)  # still referenced: the generator stays suspended, holding the lock
+        raise signals.Interruption(signal.SIGTERM)
+
+    monkeypatch.setattr(planner, "apply", escaping_apply)
+    r = CliRunner().invoke(app, ["apply", "--set", "a=2", "--dir", str(store_dir)])
+    assert r.exit_code == 143, r.output
+    assert "interrupted by SIGTERM" in r.output
+    lock_path = str(store_dir / "state.json.lock")
+    assert kept and Path(lock_path).read_bytes().strip() == b""  # the record is blank
+    assert free_here(lock_path) and free_elsewhere(lock_path)
+    assert StateStore(store_dir).read().resources == {"a": 1}
+    kept.clear()  # the generator's own clean-up later is harmless: the lock was already released
+    assert agentstate.state.lock.release_held() == 0

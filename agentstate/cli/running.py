@@ -41,8 +41,10 @@ def run(body: Callable[[Opts], int | None]) -> None:
         _traceback(opts)
         _fail(opts, e.code, _in_group(str(e)), e.exit_code, e.to_dict())
     except KeyboardInterrupt as e:  # SIGINT/SIGTERM outside any write (a write turns it into Interrupted)
+        from ..state.lock import release_held
         from ..state.signals import outside
 
+        release_held()  # one that escaped a transaction's clean-up: its lock must not outlive the report
         err = outside(e)
         _fail(opts, err.code, _in_group(str(err)), err.exit_code, err.to_dict())
     except BrokenPipeError:
@@ -65,6 +67,9 @@ def run(body: Callable[[Opts], int | None]) -> None:
 
         signal = behind(e)
         if signal is not None:  # SIGINT/SIGTERM, re-raised by Python as another exception
+            from ..state.lock import release_held
+
+            release_held()
             error = outside(signal)
             _fail(opts, error.code, _in_group(str(error)), error.exit_code, error.to_dict())
         _traceback(opts)

@@ -93,6 +93,20 @@ def _close(fd: int) -> None:
         os.close(fd)
 
 
+def release_held() -> int:
+    """Release every lock this process still holds; how many. The CLI calls it before it reports an
+    interruption that escaped a transaction's own clean-up: a signal handled at the entry of a context
+    manager's ``__exit__``, before it resumed the transaction's generator, leaves that generator
+    suspended with its lock held until it is garbage-collected (at interpreter shutdown, perhaps never),
+    so the holder record would outlive the process."""
+    n = 0
+    for lk in list(_fds.values()):
+        if isinstance(lk, Lock) and lk.held:
+            lk.release()
+            n += 1
+    return n
+
+
 def _try(fd: int, op: int = fcntl.LOCK_EX) -> bool:
     """One non-blocking attempt; False if someone else holds it."""
     try:
