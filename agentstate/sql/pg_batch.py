@@ -35,12 +35,11 @@ def _alive(conn: Any) -> bool:
     return not readable
 
 
-# The message locked_call sends when it must publish the holder record (or the URL sets a statement
-# timeout): the holder record in its own transaction (committed at once, so that
-# waiters see it; UNLOGGED: its COMMIT waits for no WAL flush), unless the connection's standing record
-# already names this operation; then the write, one implicit transaction of two statements (one message,
-# so the server runs them back to back and commits after the last): its limits (no statement timeout:
-# the lock wait is bounded by lock_timeout), then the statement. Read committed: every connection sets
+# The message locked_call sends when it must publish the holder record (the connection's standing record
+# does not name this operation yet): the holder record in its own transaction (committed at once, so that
+# waiters see it; UNLOGGED: its COMMIT waits for no WAL flush); then the write, one implicit transaction
+# of two statements (one message, so the server runs them back to back and commits after the last): its
+# limits (no statement timeout: the lock wait is bounded by lock_timeout), then the statement. Read committed: every connection sets
 # default_transaction_isolation so (pg_conn), whatever the server's default.
 _PUBLISHING = "BEGIN ISOLATION LEVEL READ COMMITTED; " + _PUBLISH + "; COMMIT; "
 _WRITE = ("SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout', %(lock_timeout)s, true); "
@@ -76,8 +75,8 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
     In the common case (the connection's standing holder record already names this operation) it runs
     alone as a prepared statement (the extended protocol: the server plans it once per connection), in
     autocommit (its own transaction, committed when it ends), under the connection's session-level
-    limits: this lock_timeout and no statement timeout, set once (and again when the timeout differs). Else it
-    goes in one simple-protocol message after the holder record and the transaction's own limits
+    limits: this lock_timeout and no statement timeout, set once (and again when the timeout differs).
+    Else it goes in one simple-protocol message after the holder record and the transaction's own limits
     (psycopg's ClientCursor binds the parameters; the server runs the statements one after the other,
     each with its own snapshot). Its rows. A statement that raises rolls the write back (nothing
     written); a connection lost during the call is "may or may not have been saved"."""
