@@ -63,6 +63,12 @@ def query_str(request: Request, name: str) -> str | None:
     return raw
 
 
+def list_query(request: Request) -> tuple[int, str, str | None]:
+    """An OpenAI list's query: ``limit`` (1-100, default 20), ``order`` (asc/desc, default desc), ``after``."""
+    return (query_int(request, "limit", 20, 1, 100), query_choice(request, "order", "desc", ("asc", "desc")),
+            query_str(request, "after"))
+
+
 class Route(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = super().get_route_handler()

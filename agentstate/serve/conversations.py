@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from . import body as bodies
 from . import schemas
-from .common import Context, Route, json, query_choice, query_int, query_str, unix
+from .common import Context, Route, json, list_query, query_int, query_str, unix
 from .errors import bad_request
 
 MAX_ITEMS = 20
@@ -166,9 +166,7 @@ def router(ctx: Context) -> APIRouter:
     @r.get("/{conversation_id}/items", summary="List a conversation's items")
     async def list_items(conversation_id: str, request: Request) -> Any:
         tenant = ctx.verifier.tenant(request)
-        n = query_int(request, "limit", 20, 1, 100)
-        order = query_choice(request, "order", "desc", ("asc", "desc"))
-        after = query_str(request, "after")
+        n, order, after = list_query(request)
         items, more = await ctx.stores.with_sessions(
             tenant, lambda s: s.item_page(conversation_id, n, after_id=after, order=order))
         return json(item_list(items, more))

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from . import body as bodies
 from . import schemas
-from .common import Context, Route, json, query_choice, query_int, query_str
+from .common import Context, Route, json, list_query
 from .errors import ApiError, bad_request
 
 
@@ -62,9 +62,7 @@ def router(ctx: Context) -> APIRouter:
     @r.get("/{response_id}/input_items", summary="List a stored response's input items (newest first)")
     async def input_items(response_id: str, request: Request) -> Any:
         tenant = ctx.verifier.tenant(request)
-        n = query_int(request, "limit", 20, 1, 100)
-        order = query_choice(request, "order", "desc", ("asc", "desc"))
-        after = query_str(request, "after")
+        n, order, after = list_query(request)
         saved = await ctx.stores.with_responses(tenant, lambda s: s.get(response_id))
         items = _input_items(response_id, saved)
         if order == "desc":
