@@ -80,6 +80,25 @@ class Row:
         return d
 
 
+# Two items as an agent's turn stores them: the SDK peer rows' batch (bench/disk.py, bench/sessions.py).
+SDK_BATCH = [{"role": "user", "content": "Plan a trip to Lisbon."},
+             {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
+              "content": [{"type": "output_text", "text": "Day 1: Alfama. Day 2: Belem.", "annotations": []}]}]
+
+
+def sdk_pair(cfg: Any, name: str) -> tuple[Any, Any] | None:
+    """An AgentStateSession and the Agents SDK's SQLiteSession, session "peer", in ``cfg.workdir`` under
+    ``name``; None if the SDK is not installed."""
+    try:
+        from agents.memory import SQLiteSession
+    except ImportError:
+        return None
+    from agentstate.integrations.openai_agents import AgentStateSession
+
+    return (AgentStateSession("peer", dir=cfg.workdir / name),
+            SQLiteSession("peer", cfg.workdir / f"{name}-sqlite.db"))
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from .common import KB, Config, Row, interleaved, median
+from .common import KB, SDK_BATCH, Config, Row, interleaved, median, sdk_pair
 
 THREADS = 10
 ITEM = {"role": "user", "content": "What is the weather like in Lisbon tomorrow morning?"}
@@ -55,17 +55,11 @@ def _append_rows(cfg: Config) -> list[Row]:
 def _sdk_rows(cfg: Config) -> list[Row]:
     import asyncio
 
-    try:
-        from agents.memory import SQLiteSession
-    except ImportError:
+    pair = sdk_pair(cfg, "disk-sdk")
+    if pair is None:
         return []
-    from agentstate.integrations.openai_agents import AgentStateSession
-
-    ours = AgentStateSession("peer", dir=cfg.workdir / "disk-sdk")
-    theirs = SQLiteSession("peer", cfg.workdir / "disk-sdk-sqlite.db")
-    batch = [{"role": "user", "content": "Plan a trip to Lisbon."},
-             {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
-              "content": [{"type": "output_text", "text": "Day 1: Alfama. Day 2: Belem.", "annotations": []}]}]
+    ours, theirs = pair
+    batch = SDK_BATCH
     loop = asyncio.new_event_loop()
     n = 3 if cfg.quick else 60 * cfg.rounds
     try:

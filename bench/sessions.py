@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import Config, Row, await_go, interleaved, median, workers_started
+from .common import SDK_BATCH, Config, Row, await_go, interleaved, median, sdk_pair, workers_started
 
 WORKERS = 10
 ITEM = {"role": "user", "content": "What is the weather like in Lisbon tomorrow morning?"}
@@ -198,17 +198,11 @@ def worker(store_dir: str, name: str) -> None:
 def _sdk_peer(cfg: Config) -> list[Row]:
     import asyncio
 
-    try:
-        from agents.memory import SQLiteSession
-    except ImportError:
+    pair = sdk_pair(cfg, "sessions-sdk")
+    if pair is None:
         return []
-    from agentstate.integrations.openai_agents import AgentStateSession
-
-    ours = AgentStateSession("peer", dir=cfg.workdir / "sessions-sdk")
-    theirs = SQLiteSession("peer", cfg.workdir / "sdk-sqlite.db")
-    batch = [{"role": "user", "content": "Plan a trip to Lisbon."},
-             {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
-              "content": [{"type": "output_text", "text": "Day 1: Alfama. Day 2: Belem.", "annotations": []}]}]
+    ours, theirs = pair
+    batch = SDK_BATCH
     loop = asyncio.new_event_loop()
     n = 3 if cfg.quick else 40 * cfg.rounds
     try:
