@@ -507,3 +507,16 @@ def test_store_threads_count_exactly(tmp_path):
     for t in threads:
         t.join(30)
     assert store.read().resources["n"] == 40
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf"), -0.5])
+def test_acquire_refuses_a_float_timeout_that_is_not_a_finite_non_negative_number(tmp_path, bad) -> None:
+    """Parsed seconds skip the duration parser; a float that no parser would return still goes through it."""
+    from agentstate.errors import InvalidInput
+
+    lk = Lock(str(tmp_path / "x.lock"))
+    with pytest.raises(InvalidInput, match="lock timeout"):
+        lk.acquire(bad)
+    assert not lk.held
+    lk.acquire(0.5)
+    lk.release()

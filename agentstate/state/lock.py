@@ -93,6 +93,9 @@ def _close(fd: int) -> None:
         os.close(fd)
 
 
+_INF = float("inf")
+
+
 def release_held() -> int:
     """Release every lock this process still holds; how many. The CLI calls it before it reports an
     interruption that escaped a transaction's own clean-up: a signal handled at the entry of a context
@@ -220,8 +223,8 @@ class Lock:
         Other failures are StorageError."""
         if self.held:
             raise RuntimeError("lock already held by this object")
-        if type(timeout) is not float:  # the SQLite engine and the state store pass seconds already
-            timeout = parse_duration(timeout, "lock timeout")
+        if type(timeout) is not float or not 0 <= timeout < _INF:  # seconds already parsed skip the parser;
+            timeout = parse_duration(timeout, "lock timeout")  # anything else (NaN, -1, "10s") goes through it
         start = time.monotonic()
         deadline = start + timeout
         check_filesystem(self.path)
