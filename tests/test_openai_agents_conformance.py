@@ -240,6 +240,35 @@ def test_cancelled_before_the_worker_starts_stores_nothing(be: Backend) -> None:
     assert run(s.get_items()) == []
 
 
+def test_cancelled_while_queued_for_a_worker_stores_nothing(be: Backend) -> None:
+    """Cancelled after add_items handed its write to the executor but before a worker thread took it
+    (every worker busy): the cancellation surfaces once the write is settled; agentstate's never runs
+    (deviation: the SDK's runs all the same)."""
+    import concurrent.futures
+    import threading
+
+    s = be.make("queued")
+    gate = threading.Event()
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+        busy = loop.run_in_executor(None, gate.wait)  # the only worker
+        task = asyncio.create_task(s.add_items(MSG))
+        for _ in range(20):
+            await asyncio.sleep(0)  # add_items is now waiting on its queued write
+        task.cancel()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        gate.set()
+        await busy
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(body())
+    assert run(be.make("queued").get_items()) == be.deviation([], MSG)
+
+
 # -- what is accepted ------------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ import asyncio
 import os
 import re
 import threading
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from ..errors import ConflictError, InvalidInput, NotFound
@@ -100,23 +100,35 @@ class _Closed:
         yield  # pragma: no cover - makes this a generator
 
 
-async def _settle(work: Awaitable[Any], abort: list[bool]) -> Any:
+async def _settle(work: asyncio.Future[Any], abort: list[bool]) -> Any:
     """Await a mutation's outcome despite cancellation, then re-raise the first cancellation: the
     caller learns of it only once the write is committed or known not to happen (``abort`` tells a
-    worker that has not begun to leave it)."""
-    task = asyncio.ensure_future(work)
+    worker that has not begun to leave it). ``shield`` keeps a cancellation of the caller's task from
+    reaching ``work`` (the worker thread's future): each round waits for that same outcome."""
     cancelled: asyncio.CancelledError | None = None
-    while not task.done():
+    while not work.done():
         try:
-            await asyncio.wait({task})
+            await asyncio.shield(work)
         except asyncio.CancelledError as e:
+            if work.cancelled():  # the future itself (never by this module): its result() says so
+                break
             abort.append(True)
             cancelled = cancelled or e
+        except BaseException:  # noqa: BLE001 - the write's own error: raised by result() below
+            break
     if cancelled is not None:
-        if not task.cancelled():
-            task.exception()  # retrieved: the cancellation is what the caller asked for
+        if not work.cancelled():
+            work.exception()  # retrieved: the cancellation is what the caller asked for
         raise cancelled
-    return task.result()
+    return work.result()
+
+
+def _in_thread(fn: Callable[[], Any]) -> asyncio.Future[Any]:
+    """``fn()`` in the loop's default executor (as asyncio.to_thread, without its coroutine), with the
+    caller's context variables."""
+    import contextvars
+
+    return asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, fn)
 
 
 class _Aborted(Exception):
@@ -180,7 +192,7 @@ class AgentStateSession:
         """A read in a worker thread."""
         self._enter()
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await _in_thread(lambda: fn(*args))
         finally:
             self._leave()
 
@@ -195,7 +207,7 @@ class AgentStateSession:
             return fn(*args)
 
         try:
-            return await _settle(asyncio.to_thread(body), abort)
+            return await _settle(_in_thread(body), abort)
         finally:
             self._leave()
 
