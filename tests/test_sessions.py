@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -567,6 +568,37 @@ def test_version_grows_on_every_write_and_across_delete_and_recreate(store: Sess
     assert versions == sorted(set(versions)), versions
     assert store.show("s")[0].version == versions[-1]
     assert store.list().items[0].version == versions[-1]
+
+
+@pytest.mark.parametrize("how", ["delete", "prune", "expired"])
+def test_a_recreated_session_never_sees_a_version_it_had(store: SessionStore, how: str, monkeypatch) -> None:
+    """On SQLite a write to an existing session advances its own version only (schema version 6: no
+    shared clock row per append), so a deletion, whichever path makes it, must fold the session's last
+    version into the tenant's clock: else the re-created session would count up through versions the
+    old one had, and a stale expect_version would pass (ABA)."""
+    from agentstate.sessions import store as store_module
+
+    store.append("s", [U], ttl=None if how == "delete" else "1h")
+    seen = {store.get("s").version}
+    for _ in range(12):  # the old session's versions run far ahead of everything else in the tenant
+        store.append("s", [U])
+        seen.add(store.get("s").version)
+    store.pop("s")
+    seen.add(store.get("s").version)
+    later = store_module._iso(datetime.now(UTC) + timedelta(hours=2))
+    if how == "delete":
+        store.delete("s")
+    else:
+        monkeypatch.setattr(store_module, "_utcnow", lambda: later)  # two hours on: expired
+    if how == "prune":
+        assert store.prune() == ["s"]
+    store.append("s", [U])  # "expired": this write finds it expired, removes it and starts anew
+    assert store.get("s").item_count == 1
+    fresh = store.get("s").version
+    assert fresh > max(seen), (fresh, sorted(seen))
+    for _ in range(12):
+        store.append("s", [U])
+        assert store.get("s").version not in seen
 
 
 def test_expect_version_on_a_missing_session(store: SessionStore) -> None:

@@ -103,7 +103,7 @@ class ItemEdits:
             if item.seq == last:
                 last = int(tx.value(q.MAX_SEQ, tenant=self.tenant, session_id=sid) or 0)
             tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last,
-                   now=self._now_after(row), title=None, version=self._next_version(tx), added=-1)  # type: ignore
+                   now=self._now_after(row), title=None, version=self._next_version(tx, sid, int(row[7])), added=-1)  # type: ignore
         return item
 
     def list_after(self, after_id: str, limit: int = 50) -> Any:
@@ -134,10 +134,10 @@ class ItemEdits:
             now = _utcnow()  # under the lock
             if self._live_or_removed(tx, sid, now) is not None:  # type: ignore[attr-defined]
                 raise ConflictError(f"session {sid!r} already exists", session_id=sid)
-            self._insert(tx, sid, _title_from(datas), meta, now)  # type: ignore[attr-defined]
+            version = self._insert(tx, sid, _title_from(datas), meta, now)  # type: ignore[attr-defined]
             if encoded:
                 tx.many(q.INSERT_ITEM, [{"tenant": self.tenant, "session_id": sid, "seq": seq, "id": str(uuid.uuid4()),
                                          "now": now, "data": data.decode()} for seq, data in enumerate(encoded, 1)])
                 tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=len(encoded), now=now, title=None,
-                       version=self._next_version(tx), added=len(encoded))  # type: ignore[attr-defined]
+                       version=self._next_version(tx, sid, version), added=len(encoded))  # type: ignore[attr-defined]
         return self.get(sid)  # type: ignore[attr-defined]

@@ -80,6 +80,6 @@ def replace_items(store: SessionStore, session_id: str, items: Any, *, start: in
             tx.many(q.INSERT_ITEM, [{**scope, "seq": base + i, "id": iid, "now": now, "data": data}
                                     for i, (iid, data) in enumerate(records, 1)])
         tx.run(q.UPDATE_SESSION_SEQ, tenant=store.tenant, id=sid, last_seq=base + len(records), now=now,
-               title=_title_from(datas), version=store._next_version(tx),
+               title=_title_from(datas), version=store._next_version(tx, sid),
                added=base + len(records) - (0 if row is None else int(row[5])))
     return [Item(base + i, iid, now, data) for i, ((iid, _), data) in enumerate(zip(records, datas, strict=True), 1)]

@@ -230,7 +230,7 @@ class SessionStore(FleetMixin, ItemEdits):
         """A new session row, counted in session_counts (as every insert must be), with its metadata's tags;
         its version."""
         tx.run(q.ADD_SESSIONS, tenant=self.tenant, delta=1)
-        version = self._next_version(tx)
+        version = self._next_version(tx, sid)
         tx.run(q.INSERT_SESSION, tenant=self.tenant, id=sid, title=title, metadata=metadata, now=now,
                created_at=created_at or now, version=version)
         if expires is not None:
@@ -239,9 +239,14 @@ class SessionStore(FleetMixin, ItemEdits):
             self._set_tags(tx, sid, metadata, now, expires, fresh=True)
         return version
 
-    def _next_version(self, tx: Any) -> int:
-        """The tenant's next session version (its clock only grows, so no session id sees one twice)."""
-        return int(tx.value(q.NEXT_VERSION, tenant=self.tenant))
+    def _next_version(self, tx: Any, sid: str, current: int | None = None) -> int:
+        """The version a write gives session ``sid``, never one the id had before: ``current`` + 1 when
+        the caller holds the session's row (SQLite: no row the tenant's writers share is written), else
+        from the tenant's clock (q_sessions.NEXT_VERSION), above the session's own. PostgreSQL: its
+        sequence, always."""
+        if current is not None and tx.dialect == "sqlite":
+            return current + 1
+        return int(tx.value(q.NEXT_VERSION, tenant=self.tenant, id=sid))
 
     @staticmethod
     def _now_after(row: tuple | None) -> str:
@@ -339,7 +344,7 @@ class SessionStore(FleetMixin, ItemEdits):
                 if expect_version not in (None, 0):
                     raise ConflictError(f"session {sid!r} does not exist (version 0), expected version "
                                         f"{expect_version}", hint="re-read the session and retry", version=0)
-                self._insert(tx, sid, None, None, now)
+                version = self._insert(tx, sid, None, None, now)
                 last = 0
             else:
                 last, version = int(row[6]), int(row[7])
@@ -363,7 +368,7 @@ class SessionStore(FleetMixin, ItemEdits):
                 ])
             if texts or row is None:
                 tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=last + len(texts), now=now,
-                       title=title, version=self._next_version(tx), added=len(texts))
+                       title=title, version=self._next_version(tx, sid, version), added=len(texts))
                 if row is not None and row[2] is not None:  # tags come from metadata only: none without it
                     tx.run(q.TOUCH_TAGS, tenant=self.tenant, session_id=sid, now=now)
             if ttl is not None:
@@ -418,7 +423,7 @@ class SessionStore(FleetMixin, ItemEdits):
             # the next last seq: last - 1, unless delete_item left a gap below it
             below = int(tx.value(q.MAX_SEQ, tenant=self.tenant, session_id=sid) or 0)
             tx.run(q.UPDATE_SESSION_SEQ, tenant=self.tenant, id=sid, last_seq=below, now=now,
-                   title=None, version=self._next_version(tx), added=-1)
+                   title=None, version=self._next_version(tx, sid, int(row[7])), added=-1)
             tx.run(q.TOUCH_TAGS, tenant=self.tenant, session_id=sid, now=now)
         return item
 

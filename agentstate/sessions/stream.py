@@ -135,4 +135,4 @@ def _write(store: SessionStore, sid: str, spool: Any, count: int, title: str | N
         if seq != count:
             raise AssertionError(f"the import spool holds {seq} items, not {count}")
         tx.run(q.UPDATE_SESSION_SEQ, tenant=store.tenant, id=sid, last_seq=count, now=now, title=None,
-               version=store._next_version(tx), added=count)
+               version=store._next_version(tx, sid), added=count)

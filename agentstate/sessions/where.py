@@ -221,7 +221,7 @@ class FleetMixin:
             row = self._row(tx, sid, _now())  # type: ignore[attr-defined]
             now = self._now_after(row)  # type: ignore[attr-defined]
             tx.run(q.SET_METADATA, tenant=self.tenant, id=sid, metadata=meta, now=now,
-                   version=self._next_version(tx))  # type: ignore[attr-defined]
+                   version=self._next_version(tx, sid, int(row[7])))  # type: ignore[attr-defined]
             self._set_tags(tx, sid, meta, now, row[8])
             row = self._row(tx, sid, now)  # type: ignore[attr-defined]
         return self._info(row)

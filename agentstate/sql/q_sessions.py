@@ -30,11 +30,15 @@ UPDATE_SESSION_SEQ = Stmt(both="""
         title = COALESCE(title, :title)
     WHERE tenant = :tenant AND id = :id""")
 
-# The next session version of the tenant (its session_counts row exists once it has had a session).
-# PostgreSQL (schema version 3): a sequence instead, so that a write to one session never touches a row
-# every writer of the tenant shares; it never repeats a value either.
+# The next version of session :id from the tenant's clock (its session_counts row exists once it has had a
+# session): above the clock and above the session's own version (an existing session's writes advance
+# its version only: sessions/store.py _next_version; a deleted one's last version is folded into the
+# clock by the trigger of schema version 6). PostgreSQL (schema version 3): a sequence instead, so that a
+# write to one session never touches a row every writer of the tenant shares; it never repeats a value.
 NEXT_VERSION = Stmt(sqlite="""
-    UPDATE session_counts SET clock = clock + 1 WHERE tenant = :tenant RETURNING clock""",
+    UPDATE session_counts
+    SET clock = MAX(clock, COALESCE((SELECT version FROM sessions WHERE tenant = :tenant AND id = :id), 0)) + 1
+    WHERE tenant = :tenant RETURNING clock""",
                     postgres="SELECT nextval('session_versions')")
 
 # PostgreSQL: a whole append in one statement, the function agentstate_append (schema.py, versions 4 and 5): it

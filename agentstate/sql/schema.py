@@ -303,6 +303,19 @@ _PG_V5 = [
         "v_now := greatest(p_now, v_updated);"),
 ]
 
+# --- version 6: an append to an existing session writes no row the tenant's writers share (SQLite only) ---
+# A write to an existing session sets version = its version + 1 (q_sessions.NEXT_VERSION is for new
+# sessions and the rare paths that do not hold the row): the tenant's clock is no longer bumped by every
+# write, so it must still cover every version a deleted session had, or a re-created one could see a
+# version again. This trigger does that for every delete, whichever path deletes. The version number
+# also keeps agentstate releases that bump the clock on every write (and would draw a version below a
+# session's own) from writing to the database.
+_SQLITE_V6 = [
+    """CREATE TRIGGER sessions_retire_version AFTER DELETE ON sessions FOR EACH ROW BEGIN
+        UPDATE session_counts SET clock = MAX(clock, OLD.version) WHERE tenant = OLD.tenant;
+    END""",
+]
+
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
      "postgres": _SESSIONS_V1 + _RESPONSES_V1["postgres"] + _PG_ONLY_V1},
@@ -310,6 +323,7 @@ MIGRATIONS: list[dict[str, list[str]]] = [
     _FLEET,
     {"sqlite": [], "postgres": _PG_V4},
     {"sqlite": [], "postgres": _PG_V5},
+    {"sqlite": _SQLITE_V6, "postgres": []},
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
