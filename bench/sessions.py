@@ -45,14 +45,14 @@ def _fill(store: Any, session_id: str, n: int) -> None:
                          "content": [{"type": "output_text", "text": "It will be sunny, 24 degrees."}]}).decode()
     now = _utcnow()
     with store.db.write("bench fill") as tx:
-        store._insert(tx, session_id, None, None, now)
+        version = store._insert(tx, session_id, None, None, now)
         chunk = 50_000
         for start in range(1, n + 1, chunk):
             tx.many(q.INSERT_ITEM, ({"tenant": store.tenant, "session_id": session_id, "seq": s,
                                       "id": f"item-{s}", "now": now, "data": data}
                                      for s in range(start, min(n, start + chunk - 1) + 1)))
         tx.run(q.UPDATE_SESSION_SEQ, tenant=store.tenant, id=session_id, last_seq=n, now=now, title=None,
-               version=store._next_version(tx), added=n)
+               version=store._next_version(tx, session_id, version), added=n)
 
 
 def _floor_conn(path: Path) -> Any:
@@ -120,7 +120,7 @@ def _listing(cfg: Config, many: int) -> list[Row]:
     for s, n in ((store, many), (few, 50)):
         with s.db.write("bench fill") as tx:
             tx.run(q.ADD_SESSIONS, tenant=s.tenant, delta=n)
-            version = s._next_version(tx)  # one for all of them (as migrated sessions have): only listed here
+            version = s._next_version(tx, "s000000")  # one for all of them (as migrated sessions have): only listed here
             for i in range(n):
                 now = _utcnow()
                 tx.run(q.INSERT_SESSION, tenant=s.tenant, id=f"s{i:06d}", title=f"session {i}", metadata=None,
