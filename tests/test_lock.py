@@ -520,3 +520,154 @@ def test_acquire_refuses_a_float_timeout_that_is_not_a_finite_non_negative_numbe
     assert not lk.held
     lk.acquire(0.5)
     lk.release()
+
+
+# -- keep=True: a writer lock that keeps its descriptor between acquisitions --------------------------------
+
+
+def _free_for_others(path: Path) -> bool:
+    """Whether a separate open file description can take the flock now (the kernel's answer)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_kept_descriptor_is_unlocked_between_acquisitions_and_closed_by_close(tmp_path):
+    path = tmp_path / "agentstate.db.lock"
+    before = open_fds()
+    lk = Lock(path, keep=True)
+    for _ in range(3):
+        lk.acquire(1, "append")
+        assert not _free_for_others(path)
+        assert Lock(path).read_holder().operation == "append"
+        kept = open_fds() - before
+        lk.release()
+        assert open_fds() - before == kept and len(kept) == 1  # the same descriptor, still open
+        assert _free_for_others(path) and Lock(path).read_holder() is None  # but unlocked and blanked
+    lk.close()
+    assert not open_fds() - before and lk._kept == -1
+    lk.close()  # twice: a no-op
+    lk.acquire(1)  # and usable again (a new descriptor)
+    lk.release()
+    lk.close()
+    assert not open_fds() - before
+
+
+def test_a_kept_descriptor_of_a_replaced_lock_file_is_not_what_is_locked(tmp_path):
+    """The lock file replaced between two acquisitions (by hand): the kept descriptor names the old
+    inode, so the next acquire locks the file the path names now, as every other process does."""
+    path = tmp_path / "agentstate.db.lock"
+    lk = Lock(path, keep=True)
+    lk.acquire(1)
+    lk.release()
+    path.unlink()
+    path.write_bytes(b"")
+    os.chmod(path, 0o600)
+    lk.acquire(1)
+    try:
+        assert not _free_for_others(path)
+    finally:
+        lk.release()
+        lk.close()
+
+
+def test_a_forked_child_never_reuses_its_parents_kept_descriptor(tmp_path):
+    """A kept descriptor shares its open file description with the child's copy: a child locking that
+    copy would "hold" the lock its parent holds. The copy is closed at the fork; the child opens its own."""
+    path = tmp_path / "agentstate.db.lock"
+    lk = Lock(path, keep=True)
+    lk.acquire(1)
+    lk.release()  # kept
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: wait until the parent holds it, then try once
+        os.close(w)
+        os.read(r, 1)
+        try:
+            lk.acquire(0)
+            code = 1  # got it while the parent holds it: the bug
+        except StateLocked:
+            code = 0
+        except BaseException:  # noqa: BLE001
+            code = 2
+        os._exit(code)
+    os.close(r)
+    lk.acquire(1)
+    try:
+        os.write(w, b"x")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(w)
+        lk.release()
+        lk.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_database_keeps_at_most_two_writer_descriptors_and_close_closes_them(tmp_path):
+    from agentstate import SessionStore
+
+    s = SessionStore(tmp_path / "store")
+    threads = [threading.Thread(target=lambda i=i: [s.append(f"t{i}", [{"n": k}]) for k in range(20)])
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lock_path = str(tmp_path / "store" / "agentstate.db.lock")
+
+    def lock_fds() -> list[int]:
+        found = []
+        for fd in open_fds():
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == lock_path:
+                    found.append(fd)
+            except FileNotFoundError:  # the listing's own descriptor, closed since
+                pass
+        return found
+
+    assert 1 <= len(lock_fds()) <= 2
+    assert _free_for_others(Path(lock_path))
+    s.close()
+    assert lock_fds() == []
+
+
+def test_a_state_store_keeps_one_writer_descriptor_and_close_closes_it(tmp_path):
+    from agentstate import StateStore
+
+    store = StateStore(tmp_path / "s")
+    lock_path = str(tmp_path / "s" / "state.json.lock")
+
+    def lock_fds() -> int:
+        n = 0
+        for fd in open_fds():
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}") == lock_path
+            except FileNotFoundError:  # the listing's own descriptor, closed since
+                pass
+        return n
+
+    def bump(store: StateStore) -> None:
+        for _ in range(10):
+            with store.transaction() as st:
+                st.resources["n"] = st.resources.get("n", 0) + 1
+
+    threads = [threading.Thread(target=bump, args=(store,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.read().resources["n"] == 40
+    assert lock_fds() == 1 and _free_for_others(Path(lock_path))
+    store.close()
+    assert lock_fds() == 0
+    bump(store)  # still usable
+    del store
+    gc.collect()
+    assert lock_fds() == 0  # a collected store closes its descriptor

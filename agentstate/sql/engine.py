@@ -28,6 +28,7 @@ import logging
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -44,6 +45,15 @@ DB_NAME = "agentstate.db"
 LOCK_SUFFIX = ".lock"
 BUSY_BACKSTOP = 10.0  # seconds; only reached when a program other than agentstate holds SQLite's lock
 POOL_IDLE = 4  # idle connections kept open per Database (more are closed when given back)
+LOCKS_IDLE = 2  # idle writer Locks (each an open lock-file descriptor) kept per Database
+
+
+def _close_locks(locks: list[Any]) -> None:
+    while locks:
+        try:
+            locks.pop().close()
+        except IndexError:  # another thread took the last one
+            break
 _ABANDONED: list[Any] = []  # connections inherited across fork: never used, never closed, never freed
 _Lock: Any = None  # agentstate.state.lock.Lock, once a write needed it
 _pid = [os.getpid()]  # this process's PID, kept (os.getpid() is a system call), updated in a forked child
@@ -149,6 +159,11 @@ class Database:
         self._wal_known = False
         self._ready = False  # this process found the schema current under the lock (one PRAGMA per write since)
         self._dir_ok = False  # the store directory exists (checked once)
+        # Idle writer Locks, each keeping its lock-file descriptor open between writes (Lock keep=True):
+        # a write takes one (or makes one), gives it back after the release; closed by close() or
+        # when this object is collected.
+        self._locks: list[Any] = []
+        weakref.finalize(self, _close_locks, self._locks)
 
     def __repr__(self) -> str:
         return f"Database({self.path!r})"
@@ -249,6 +264,7 @@ class Database:
         if _pid[0] != self._pid:
             self._forget_after_fork()
             return
+        _close_locks(self._locks)
         with self._all_lock:
             conns, self._all, self._idle = self._all, [], []
         for conn in conns:
@@ -266,10 +282,15 @@ class Database:
     # -- the lock ----------------------------------------------------------------------------------------
 
     def lock(self) -> Any:
+        """An unacquired writer Lock of this database (one that keeps its descriptor between writes)."""
         global _Lock
+        try:
+            return self._locks.pop()
+        except IndexError:
+            pass
         if _Lock is None:  # imported on the first write (a read never needs it), then kept
             from ..state.lock import Lock as _Lock
-        return _Lock(self.lock_path, files=self.files)
+        return _Lock(self.lock_path, files=self.files, keep=True)
 
     def _new_lock(self, lock_timeout: float | str | None) -> tuple[Any, float]:
         """The writer lock (not acquired yet) and the timeout to acquire it with; the store directory
@@ -280,10 +301,13 @@ class Database:
             self._dir_ok = True
         return self.lock(), timeout
 
-    @staticmethod
-    def _unlock(lk: Any) -> None:
+    def _unlock(self, lk: Any) -> None:
         with signals.critical(outcome=None):  # a signal never cuts a release short
             lk.release()
+        if len(self._locks) < LOCKS_IDLE:
+            self._locks.append(lk)
+        else:
+            lk.close()
 
     @contextmanager
     def _locked(self, operation: str, lock_timeout: float | str | None) -> Iterator[None]:

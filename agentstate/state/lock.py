@@ -13,7 +13,10 @@ section 5 gives the layout.
 Waiting: in the main thread, a blocking ``flock`` interrupted by a one-shot ``ITIMER_REAL``
 (SIGALRM) at the deadline, so a release hands the lock over at once and nothing outlives the
 call; elsewhere (other threads, or a program that uses SIGALRM itself), ``LOCK_NB`` attempts
-with a back-off capped at 1 ms. No helper thread, no descriptor outlives a call.
+with a back-off capped at 1 ms. No helper thread, and no descriptor outlives a call, except that a
+Lock made with ``keep=True`` (a store's writer lock, taken again and again) keeps its descriptor open,
+unlocked, between a release and its next acquire (``close()`` closes it): the next acquire skips the
+open and its path lookup, and still checks that the path names the same inode once it holds the flock.
 
 Where flock does not work (ENOLCK, EOPNOTSUPP, EINVAL, ENOSYS), or on a filesystem whose flock
 is not shared between the hosts that may mount it (``UNSHARED_FLOCK``, agentstate.state.lock_fs), the
@@ -181,11 +184,13 @@ def _wait(fd: int, deadline: float) -> bool:
 class Lock:
     """Exclusive lock on a lock file. ``acquire(timeout, operation)`` then ``release()``, or ``with``."""
 
-    def __init__(self, path: str | os.PathLike[str], *, files: OsFiles | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, files: OsFiles | None = None, keep: bool = False) -> None:
         self.path = os.fspath(path)
         self.files = files or OsFiles()
         self.holder: Holder | None = None
         self._fd: int | None = None
+        self._keep = keep
+        self._kept = -1  # keep=True: the descriptor kept open (unlocked, still in _fds) since the last release
         self._size = RECORD_BLOCK
         self._owner_pid = 0
         self._acquired = 0.0
@@ -239,7 +244,9 @@ class Lock:
         fd, size, written = -1, RECORD_BLOCK, False
         try:
             while True:
-                fd = self._open(create=True)
+                fd = self._take_kept() if self._kept >= 0 else -1
+                if fd < 0:
+                    fd = self._open(create=True)
                 if not self._flock(fd, fcntl.LOCK_EX):
                     if not waited:
                         waited = True
@@ -306,10 +313,10 @@ class Lock:
         try:
             if _pid[0] != owner:
                 return  # the child's copy of the descriptor was closed at fork
-            self._blank_unlock_close(fd, self._size)
+            self._blank_unlock_close(fd, self._size, self._keep)
         finally:
             self.holder, self._fd = None, None
-            while _fds.get(fd) is self and _pid[0] == owner:  # a signal before the close: never leave it held
+            while _fds.get(fd) is self and _pid[0] == owner and self._kept != fd:  # a signal before the close: never leave it held
                 try:
                     self._blank_unlock_close(fd, self._size)
                 except BaseException:
@@ -318,15 +325,34 @@ class Lock:
             log.info("lock %s released by PID %d after holding it %.1f ms (lock ID %s)",
                      self.path, holder.pid, (time.monotonic() - self._acquired) * 1000, holder.lock_id)
 
-    def _blank_unlock_close(self, fd: int, size: int) -> None:
-        """The release order: the record is blank before anyone else can hold the lock."""
+    def _blank_unlock_close(self, fd: int, size: int, keep: bool = False) -> None:
+        """The release order: the record is blank before anyone else can hold the lock. ``keep``: the
+        descriptor stays open (unlocked) for the next acquire, unless anything on the way failed."""
+        kept = False
         try:
             try:
                 write_all_at(self.files, fd, blank(size), 0)
             except OSError as e:  # the next holder overwrites it; the kernel says it is free
                 log.warning("could not blank the holder record in %s: %s", self.path, e)
             fcntl.flock(fd, fcntl.LOCK_UN)
+            if keep:
+                self._kept = fd
+                kept = True
         finally:
+            if not kept:
+                _close(fd)
+
+    def _take_kept(self) -> int:
+        """The descriptor kept since the last release, now this acquire's; -1 if there is none (a forked
+        child's copies were closed at the fork; a number closed since may be another Lock's now)."""
+        fd, self._kept = self._kept, -1
+        return fd if fd >= 0 and _fds.get(fd) is self else -1
+
+    def close(self) -> None:
+        """Close the descriptor a ``keep=True`` Lock keeps between acquisitions (a no-op otherwise, and
+        while held: release() first)."""
+        fd = self._take_kept()
+        if fd >= 0:
             _close(fd)
 
     # -- inspection ----------------------------------------------------------------------------------
