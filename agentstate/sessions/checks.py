@@ -11,6 +11,7 @@ from ..errors import InvalidInput
 MAX_ITEM_BYTES = 1 << 20
 ROLES = ("system", "developer", "user", "assistant", "tool")
 TITLE_CHARS = 50
+_encode_value: Any = None  # agentstate.state.codec.encode_value, once an item was encoded
 MAX_TITLE_CHARS = 200  # a title given or imported is at most this long (InvalidInput beyond)
 MAX_SEQ = 2**63 - 1  # the largest integer both SQL engines store: seqs, limits and expect_seq stay within
 _TEXT_PARTS = ("text", "input_text", "output_text")
@@ -57,14 +58,15 @@ def _check_message(item: dict[str, Any], where: str) -> None:
 def encode_item(value: Any, max_bytes: int = MAX_ITEM_BYTES, where: str = "item", check_message: bool = True) -> bytes:
     """The stored bytes of one item: a strict-JSON object, a valid message if it has a role (unless
     ``check_message`` is False), at most ``max_bytes`` encoded. InvalidInput otherwise."""
-    from ..state.codec import encode_value  # here: a reader's start-up does without the codec
-
+    global _encode_value
+    if _encode_value is None:  # here: a reader's start-up does without the codec
+        from ..state.codec import encode_value as _encode_value
     if not isinstance(value, dict):
         raise InvalidInput(f"{where} is not a JSON object (got {type(value).__name__})")
     if check_message:
         _check_message(value, where)
     try:
-        data = encode_value(value)
+        data = _encode_value(value)
     except InvalidInput as e:
         raise InvalidInput(f"{where}: {e.message}", hint=e.hint) from None
     if len(data) > max_bytes:

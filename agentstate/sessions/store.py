@@ -44,6 +44,7 @@ from .edit import ItemEdits
 from .where import FleetMixin, _meta_text, expires_at
 
 EXPORT_TYPE = "agentstate.session"
+_new_id: Any = None  # state.lock_record._uuid4, imported by the first append
 _ALL = 1 << 62  # "no limit" for LIMIT :limit in both dialects
 
 __all__ = ["Item", "MAX_ITEM_BYTES", "Page", "SessionInfo", "SessionStore", "encode_item"]
@@ -315,9 +316,11 @@ class SessionStore(FleetMixin, ItemEdits):
                 expect_version: int | None, key: str | None, create: bool, title: str | None,
                 ttl: float | None = None) -> list[Item]:
         """The write behind append: ``texts`` are the items' stored JSON text, ``datas`` the objects."""
-        from ..state.lock_record import _uuid4  # here: lock_record (socket, random) is not for a reader's start-up
+        global _new_id
+        if _new_id is None:  # lock_record (socket, random) is not for a reader's start-up: on the first write
+            from ..state.lock_record import _uuid4 as _new_id
 
-        ids = [_uuid4() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
+        ids = [_new_id() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
         replayed: list[bool] = []
 
         if self.db.dialect == "postgres" and self._hot is None and ttl is None:

@@ -56,6 +56,7 @@ def _close_locks(locks: list[Any]) -> None:
             break
 _ABANDONED: list[Any] = []  # connections inherited across fork: never used, never closed, never freed
 _Lock: Any = None  # agentstate.state.lock.Lock, once a write needed it
+_group_run: Any = None  # agentstate.sql.group.run, once a grouped write needed it
 _pid = [os.getpid()]  # this process's PID, kept (os.getpid() is a system call), updated in a forked child
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
@@ -400,9 +401,10 @@ class Database:
     def grouped(self, operation: str, work: Any, lock_timeout: float | str | None = None) -> Any:
         """``work(tx)`` committed in a write transaction that concurrent grouped calls of this process may
         share (group commit, agentstate.sql.group); its result once durable, or its own error."""
-        from .group import run
-
-        return run(self, operation, work, lock_timeout)
+        global _group_run
+        if _group_run is None:
+            from .group import run as _group_run
+        return _group_run(self, operation, work, lock_timeout)
 
     @contextmanager
     def write(self, operation: str = "write", lock_timeout: float | str | None = None, *,

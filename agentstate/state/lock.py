@@ -262,7 +262,8 @@ class Lock:
                 replaced, fd = fd, -1
                 _close(replaced)  # closing drops the flock on the old inode
             size = max(RECORD_BLOCK, st.st_size)
-            me.acquired_at = now_iso()
+            if waited:  # else mine() stamped it just now
+                me.acquired_at = now_iso()
             body = me.to_bytes()
             size = record_size(body, st.st_size)
             # a record left by a holder that died ("{..."), else spaces: one byte says which
