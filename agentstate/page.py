@@ -15,9 +15,9 @@ never of a store-wide counter: a cursor tells its holder nothing beyond the rows
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from ._record import Record, setattr_
 from .errors import InvalidInput
 
 T = TypeVar("T")
@@ -25,14 +25,21 @@ T = TypeVar("T")
 MAX_LIMIT = 10_000
 
 
-@dataclass(frozen=True)
-class Page(Generic[T]):
+class Page(Record, Generic[T]):
     """``items`` in listing order; ``next_cursor`` is None on the last page; ``total`` counts every
     item the listing covers (all pages)."""
 
-    items: list[T] = field(default_factory=list)
-    next_cursor: str | None = None
-    total: int = 0
+    __slots__ = ("items", "next_cursor", "total")
+    _fields = __slots__
+    __match_args__ = __slots__
+    items: list[T]
+    next_cursor: str | None
+    total: int
+
+    def __init__(self, items: list[T] | None = None, next_cursor: str | None = None, total: int = 0) -> None:
+        setattr_(self, "items", [] if items is None else items)
+        setattr_(self, "next_cursor", next_cursor)
+        setattr_(self, "total", total)
 
     def __iter__(self) -> Iterator[T]:
         return iter(self.items)

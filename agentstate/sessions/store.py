@@ -19,12 +19,12 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
+from .._record import Record, setattr_
 from ..errors import ConflictError, InvalidInput, NotFound
 from ..names import check_name, check_tenant, shown
 from ..page import Page, check_limit, decode_cursor, encode_cursor
@@ -68,14 +68,22 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(Record):
     """One stored item: ``seq`` (1, 2, 3... in the session), a unique ``id``, ``created_at``, ``data``."""
 
+    __slots__ = ("seq", "id", "created_at", "data")
+    _fields = __slots__
+    __match_args__ = __slots__
     seq: int
     id: str
     created_at: str
     data: dict[str, Any]
+
+    def __init__(self, seq: int, id: str, created_at: str, data: dict[str, Any]) -> None:  # noqa: A002 - the field's name
+        setattr_(self, "seq", seq)
+        setattr_(self, "id", id)
+        setattr_(self, "created_at", created_at)
+        setattr_(self, "data", data)
 
     @property
     def role(self) -> str | None:
@@ -86,8 +94,14 @@ class Item:
         return {"seq": self.seq, "id": self.id, "created_at": self.created_at, "data": self.data}
 
 
-@dataclass(frozen=True)
-class SessionInfo:
+class SessionInfo(Record):
+    """A session's row: ``version`` changes on every write to it (see append(expect_version=));
+    ``expires_at`` None: it lives until deleted or pruned."""
+
+    __slots__ = ("id", "tenant", "title", "metadata", "created_at", "updated_at", "item_count", "version",
+                 "expires_at")
+    _fields = __slots__
+    __match_args__ = __slots__
     id: str
     tenant: str
     title: str | None
@@ -95,8 +109,21 @@ class SessionInfo:
     created_at: str
     updated_at: str
     item_count: int
-    version: int = 0  # changes on every write to the session (see append(expect_version=))
-    expires_at: str | None = None  # None: lives until deleted or pruned
+    version: int
+    expires_at: str | None
+
+    def __init__(self, id: str, tenant: str, title: str | None, metadata: dict[str, Any] | None,  # noqa: A002
+                 created_at: str, updated_at: str, item_count: int, version: int = 0,
+                 expires_at: str | None = None) -> None:
+        setattr_(self, "id", id)
+        setattr_(self, "tenant", tenant)
+        setattr_(self, "title", title)
+        setattr_(self, "metadata", metadata)
+        setattr_(self, "created_at", created_at)
+        setattr_(self, "updated_at", updated_at)
+        setattr_(self, "item_count", item_count)
+        setattr_(self, "version", version)
+        setattr_(self, "expires_at", expires_at)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -26,9 +26,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._record import Record, setattr_
 from ..errors import InvalidInput
 from ..names import is_url  # noqa: F401 - re-exported: where a store lives
 
@@ -42,20 +42,23 @@ def _to_pyformat(text: str) -> str:
     return _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
 
 
-@dataclass(frozen=True)
-class Stmt:
-    """One SQL statement in both dialects."""
+class Stmt(Record):
+    """One SQL statement in both dialects (``both``: the same text, with ``:name`` parameters that
+    PostgreSQL gets as ``%(name)s``)."""
 
-    sqlite: str = ""
-    postgres: str = ""
-    both: str = field(default="", repr=False)
+    __slots__ = ("sqlite", "postgres", "both")
+    _fields = ("sqlite", "postgres")
+    sqlite: str
+    postgres: str
+    both: str
 
-    def __post_init__(self) -> None:
-        if self.both:
-            if not self.sqlite:
-                object.__setattr__(self, "sqlite", self.both)
-            if not self.postgres:
-                object.__setattr__(self, "postgres", _to_pyformat(self.both))
+    def __init__(self, sqlite: str = "", postgres: str = "", both: str = "") -> None:
+        if both:
+            sqlite = sqlite or both
+            postgres = postgres or _to_pyformat(both)
+        setattr_(self, "sqlite", sqlite)
+        setattr_(self, "postgres", postgres)
+        setattr_(self, "both", both)
 
     def text(self, dialect: str) -> str:
         return self.sqlite if dialect == "sqlite" else self.postgres
