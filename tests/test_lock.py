@@ -20,6 +20,7 @@ import pytest
 from agentstate.errors import ConflictError, InvalidInput, NotFound, StateLocked, StorageError
 from agentstate.state import lock as lockmod
 from agentstate.state.lock import DEFAULT_TIMEOUT, RECORD_BLOCK, Holder, Lock, parse_duration
+from tests.test_lock_interrupts import free_here
 
 HOLD = """
 import sys
@@ -523,20 +524,7 @@ def test_acquire_refuses_a_float_timeout_that_is_not_a_finite_non_negative_numbe
 
 
 # -- keep=True: a writer lock that keeps its descriptor between acquisitions --------------------------------
-
-
-def _free_for_others(path: Path) -> bool:
-    """Whether a separate open file description can take the flock now (the kernel's answer)."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+# free_here (test_lock_interrupts): the kernel's answer on a separate open file description.
 
 
 def test_a_kept_descriptor_is_unlocked_between_acquisitions_and_closed_by_close(tmp_path):
@@ -545,12 +533,12 @@ def test_a_kept_descriptor_is_unlocked_between_acquisitions_and_closed_by_close(
     lk = Lock(path, keep=True)
     for _ in range(3):
         lk.acquire(1, "append")
-        assert not _free_for_others(path)
+        assert not free_here(path)
         assert Lock(path).read_holder().operation == "append"
         kept = open_fds() - before
         lk.release()
         assert open_fds() - before == kept and len(kept) == 1  # the same descriptor, still open
-        assert _free_for_others(path) and Lock(path).read_holder() is None  # but unlocked and blanked
+        assert free_here(path) and Lock(path).read_holder() is None  # but unlocked and blanked
     lk.close()
     assert not open_fds() - before and lk._kept == -1
     lk.close()  # twice: a no-op
@@ -572,7 +560,7 @@ def test_a_kept_descriptor_of_a_replaced_lock_file_is_not_what_is_locked(tmp_pat
     os.chmod(path, 0o600)
     lk.acquire(1)
     try:
-        assert not _free_for_others(path)
+        assert not free_here(path)
     finally:
         lk.release()
         lk.close()
@@ -633,7 +621,7 @@ def test_a_database_keeps_at_most_two_writer_descriptors_and_close_closes_them(t
         return found
 
     assert 1 <= len(lock_fds()) <= 2
-    assert _free_for_others(Path(lock_path))
+    assert free_here(lock_path)
     s.close()
     assert lock_fds() == []
 
@@ -664,7 +652,7 @@ def test_a_state_store_keeps_one_writer_descriptor_and_close_closes_it(tmp_path)
     for t in threads:
         t.join()
     assert store.read().resources["n"] == 40
-    assert lock_fds() == 1 and _free_for_others(Path(lock_path))
+    assert lock_fds() == 1 and free_here(lock_path)
     store.close()
     assert lock_fds() == 0
     bump(store)  # still usable
