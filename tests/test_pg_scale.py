@@ -87,8 +87,9 @@ def test_concurrent_saves_to_many_chains_with_eviction_keep_every_chain_whole(pg
 
 def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch):
     """After the first appends of a process (the first publishes its holder record, the next sets the
-    connection's limits once), an append sends one message and reads its answer: one prepared execute of
-    agentstate_append, no pipeline, no second statement, no client-side binding."""
+    connection's limits once and prepares the statement), an append sends one message and reads its
+    answer: one exec_prepared of the agentstate_append call on the connection's libpq object, nothing
+    else sent (no psycopg execute, no pipeline, no second statement, no client-side binding)."""
     sessions = SessionStore(pg_schema_url)
     sessions.append("s", [U])
     sessions.append("s", [U])
@@ -100,16 +101,37 @@ def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch):
         return real_client(self, query, params, **kw)
 
     def conn_execute(self, query, params=None, **kw):
-        sent.append((" ".join(str(query).split())[:40], kw.get("prepare")))
+        sent.append(("execute", " ".join(str(query).split())[:40]))
         return real_conn(self, query, params, **kw)
+
+    class Recorder:  # the connection's libpq object, every call that sends something recorded
+        def __init__(self, pgconn):
+            self._pgconn = pgconn
+
+        def __getattr__(self, name):
+            got = getattr(self._pgconn, name)
+            if not callable(got) or not name.startswith(("exec", "send", "prepare", "flush", "put", "pipeline")):
+                return got
+
+            def call(*args, **kw):
+                sent.append((name, args[0] if args else None))
+                return got(*args, **kw)
+            return call
 
     monkeypatch.setattr(psycopg.ClientCursor, "execute", client_execute)
     monkeypatch.setattr(psycopg.Connection, "execute", conn_execute)
+    conn = sessions.db.connector.conn()
+    monkeypatch.setattr(conn, "pgconn", Recorder(conn.pgconn))
     for n in range(3):
         sent.clear()
         sessions.append("s", [U], expect_seq=n + 2, idempotency_key=f"k{n}")
-        assert sent == [("SELECT f.* FROM (SELECT %(args)s::jsonb ", True)]
+        assert len(sent) == 1 and sent[0][0] == "exec_prepared", sent
+    monkeypatch.undo()
     assert sessions.get("s").item_count == 5
+    # what that prepared statement is, as its server session says (pg_prepared_statements is per session)
+    (text,), = real_conn(conn, "SELECT statement FROM pg_prepared_statements WHERE name = %s",
+                         (sent[0][1].decode(),)).fetchall()
+    assert " ".join(text.split()).startswith("SELECT * FROM agentstate_append($1::integer, $2::integer,")
 
 
 def test_the_prepared_append_waits_only_its_lock_timeout_and_names_the_holder(pg_schema_url):

@@ -27,11 +27,12 @@ def append(store: Any, sid: str, ids: list[str], texts: list[str], datas: list[d
     rows = db.call("sessions append", db.resource("session", store.tenant, sid), q.PG_APPEND, params,
                    store.lock_timeout)
     status, last, version, now, _new_version, first_seq, item_ids = rows[0]
+    if status == "ok":
+        last = int(last)
+        return [Item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
     if status == "expiring":  # a session with a time to live: the general path judges its expiry
         return None
     last, version = int(last), int(version)
-    if status == "ok":
-        return [Item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
     if status == "missing":
         raise _not_found(sid)
     if status == "replay":
