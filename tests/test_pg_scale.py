@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from agentstate import ResponseStore, SessionStore, StateLocked
+from agentstate import ConflictError, ResponseStore, SessionStore, StateLocked
 from agentstate.sql import open_database
 
 U = {"role": "user", "content": "hi"}
@@ -132,6 +132,28 @@ def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch):
     (text,), = real_conn(conn, "SELECT statement FROM pg_prepared_statements WHERE name = %s",
                          (sent[0][1].decode(),)).fetchall()
     assert " ".join(text.split()).startswith("SELECT * FROM agentstate_append($1::integer, $2::integer,")
+
+
+def test_the_prepared_append_survives_its_statement_being_deallocated(pg_schema_url):
+    """psycopg sends DEALLOCATE ALL on a connection after a ROLLBACK (a write that raised, a lock that
+    timed out), a DROP or an ALTER once it has prepared statements of its own there (reads repeated 5
+    times): the append's statement, prepared by agentstate, goes with them. The next append prepares it
+    again and runs: nothing fails, nothing is written twice."""
+    sessions = SessionStore(pg_schema_url)
+    for _ in range(3):
+        sessions.append("s", [U])
+    conn = sessions.db.connector.conn()
+    for _ in range(6):  # psycopg prepares a read it has run 5 times
+        sessions.get("s")
+    with pytest.raises(ConflictError):  # a write transaction that raises: rolled back
+        sessions.create("s")
+    sessions.append("s", [U])  # publishes the holder record again (the create replaced it)
+    conn.execute("DEALLOCATE ALL")  # whatever psycopg did, none of agentstate's statements is left
+    assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+    assert [i.seq for i in sessions.append("s", [U, U])] == [5, 6]  # the prepared path
+    assert sessions.db.connector.conn() is conn  # the same connection: re-prepared, not reconnected
+    assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (1,)
+    assert sessions.get("s").item_count == 6 and [i.seq for i in sessions.context("s")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_the_prepared_append_waits_only_its_lock_timeout_and_names_the_holder(pg_schema_url):

@@ -67,7 +67,7 @@ def reader_begin(cn: Connector, conn: Any) -> str:
 # the same protocol (adaptation, the prepared-statement cache, result conversion) cost ~55 us of client
 # CPU per append, more than the rest of agentstate's work on the call. The blocking libpq call releases
 # the GIL; signals arriving meanwhile are held (signals.critical) and delivered after it.
-_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_TUPLES_OK, _CONN_OK, _SQLSTATE = pq.ExecStatus.TUPLES_OK, pq.ConnStatus.OK, pq.DiagnosticField.SQLSTATE
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 # text -> (statement name, its SQL with $n placeholders, the parameter names in $n order)
 _statements: dict[str, tuple[bytes, bytes, tuple[str, ...]]] = {}
@@ -91,41 +91,50 @@ def _statement(text: str) -> tuple[bytes, bytes, tuple[str, ...]]:
     return got
 
 
-def _text_value(v: Any, encoding: str) -> bytes | None:
-    """A parameter in PostgreSQL's text format: None (NULL), a bool, an int, a str, or a list of str (a
-    text[] literal, each element quoted). libpq sends text parameters as C strings: a NUL is refused
-    here, as psycopg refuses it."""
-    if v is None:
-        return None
-    if v is True or v is False:
-        return b"t" if v else b"f"
-    if isinstance(v, int):
-        return str(v).encode()
-    if isinstance(v, list):
-        v = "{" + ",".join('"' + e.replace("\\", "\\\\").replace('"', '\\"') + '"' for e in v) + "}"
+def _text_str(v: str, encoding: str) -> bytes:
     b = v.encode(encoding)
-    if b"\0" in b:
+    if b"\0" in b:  # libpq sends text parameters as C strings: refused here, as psycopg refuses it
         raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
     return b
+
+
+def _text_array(v: list[str], encoding: str) -> bytes:  # a text[] literal, each element quoted
+    return _text_str("{" + ",".join(['"' + e.replace("\\", "\\\\").replace('"', '\\"') + '"' for e in v]) + "}",
+                     encoding)
+
+
+# A parameter in PostgreSQL's text format, by its Python type.
+_TEXT: dict[type, Any] = {
+    type(None): lambda v, encoding: None,
+    bool: lambda v, encoding: b"t" if v else b"f",
+    int: lambda v, encoding: str(v).encode(),
+    str: _text_str,
+    list: _text_array,
+}
 
 
 def _exec_prepared(conn: Any, text: str, params: dict[str, Any]) -> list[tuple]:
     """``text`` as a prepared statement of ``conn`` (prepared first if it is not yet): its rows, each
     value as text (str) or None. Errors are psycopg's (by SQLSTATE); a connection lost meanwhile is an
-    OperationalError with ``conn.broken`` set."""
+    OperationalError with ``conn.broken`` set. A statement deallocated behind our back (psycopg sends
+    DEALLOCATE ALL after a ROLLBACK, DROP or ALTER on a connection where it prepared statements of its
+    own) is prepared again and run once more: it did not run."""
     name, sql, names = _statement(text)
     pgc = conn.pgconn
     known = _prepared.get(conn)
     if known is None:
         known = _prepared[conn] = (conn.info.encoding, set())
     encoding, done = known
-    values = [_text_value(params[n], encoding) for n in names]
+    values = [_TEXT[v.__class__](v, encoding) for v in [params[n] for n in names]]
     with conn.lock:
         if name not in done:
             _check(conn, pgc.prepare(name, sql))
             done.add(name)
         res = pgc.exec_prepared(name, values)
         if res.status != _TUPLES_OK:
+            if res.error_field(_SQLSTATE) == b"26000" and pgc.status == _CONN_OK:  # no such prepared statement
+                _check(conn, pgc.prepare(name, sql))
+                res = pgc.exec_prepared(name, values)
             _check(conn, res)
         get, width = res.get_value, range(res.nfields)
         return [tuple([None if v is None else v.decode(encoding) for v in [get(i, j) for j in width]])
@@ -136,7 +145,7 @@ def _check(conn: Any, res: Any) -> None:
     if res.status in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
         return
     encoding = conn.info.encoding
-    if conn.pgconn.status != pq.ConnStatus.OK:  # lost: libpq's words, no SQLSTATE (or a FATAL one)
+    if conn.pgconn.status != _CONN_OK:  # lost: libpq's words, no SQLSTATE (or a FATAL one)
         e = pe.error_from_result(res, encoding)
         raise e if isinstance(e, psycopg.OperationalError) else psycopg.OperationalError(str(e))
     raise pe.error_from_result(res, encoding)
@@ -163,12 +172,15 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
     (psycopg's ClientCursor binds the parameters; the server runs the statements one after the other,
     each with its own snapshot). Its rows, each value as text (str) or None. A statement that raises rolls the write back (nothing
     written); a connection lost during the call is "may or may not have been saved"."""
-    with cn.errors(f"starting a write ({operation})"):
+    try:
         conn = cn.conn()
         if not _alive(conn):
             log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
             cn.close()
             conn = cn.conn()
+    except psycopg.Error as e:  # cn.errors(), without a generator on every call
+        cn.after_error(e)
+        raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
     me = standing_record(cn, conn, operation)
     where = f"{cn.where} schema {cn.schema}"
     lock_timeout = _timeout_ms(timeout)
