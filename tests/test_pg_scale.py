@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from agentstate import ConflictError, ResponseStore, SessionStore, StateLocked
+from agentstate import ConflictError, ResponseStore, SessionStore, StateLocked, StorageError
 from agentstate.sql import open_database
 
 U = {"role": "user", "content": "hi"}
@@ -154,6 +154,43 @@ def test_the_prepared_append_survives_its_statement_being_deallocated(pg_schema_
     assert sessions.db.connector.conn() is conn  # the same connection: re-prepared, not reconnected
     assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (1,)
     assert sessions.get("s").item_count == 6 and [i.seq for i in sessions.context("s")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_prepared_append_whose_connection_is_killed_is_one_clear_error_and_the_next_reconnects(pg_schema_url):
+    """The prepared path on libpq directly: a connection ended while the append waits for its session's
+    lock (pg_terminate_backend) is one StorageError (the outcome may be unknown: the connection went
+    during the call), not a traceback; nothing of it is stored (it never got the lock), and the next
+    append reconnects, prepares the statement on the new connection and stores gaplessly."""
+    sessions = SessionStore(pg_schema_url, lock_timeout="30s")
+    sessions.append("s", [U])
+    sessions.append("s", [U])  # the prepared path from here on
+    backend = sessions.db.connector.conn().info.backend_pid  # this thread's connection
+    db = open_database(pg_schema_url)
+    killed: list[bool] = []
+
+    def kill_once_waiting() -> None:
+        with psycopg.connect(pg_schema_url.split("?")[0], autocommit=True) as admin:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                row = admin.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()
+                if row and row[0] == "Lock":
+                    killed.append(admin.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone()[0])
+                    return
+                time.sleep(0.01)
+
+    with db.write(operation="held by the test", locks=[db.resource("session", "default", "s")]):
+        killer = threading.Thread(target=kill_once_waiting)
+        killer.start()
+        with pytest.raises(StorageError) as ei:
+            sessions.append("s", [U])
+        killer.join(10)
+    assert killed == [True]
+    assert "connection" in str(ei.value) and "\n" not in str(ei.value)
+    assert "may or may not have been saved" in str(ei.value) or "nothing was saved" in str(ei.value)
+    assert [i.seq for i in sessions.append("s", [U])] == [3]  # a new connection: prepared anew
+    assert sessions.db.connector.conn().info.backend_pid != backend
+    assert [i.seq for i in sessions.context("s")] == [1, 2, 3]
+    db.close()
 
 
 def test_the_prepared_append_waits_only_its_lock_timeout_and_names_the_holder(pg_schema_url):
