@@ -26,15 +26,20 @@ CLIENTS = 16
 WINDOWS = [("plain", 1), ("plain", CLIENTS), ("own", 1), ("own", CLIENTS), ("one", CLIENTS)]
 
 
-def _scaling(url: str, rounds: int, window: float) -> dict[str, float]:
+def _scaling(url: str, rounds: int, window: float, server_dir: str | None = None) -> dict[str, float]:
     """Ops/s of each WINDOWS (mode, clients) case: CLIENTS warm workers started once (the barrier: all
     "ready"), then every round runs each case for ``window`` seconds, all workers told the same START
-    and END (the ones beyond ``clients`` idle); the median of the rounds per case."""
+    and END (the ones beyond ``clients`` idle); the median of the rounds per case. Also the CPU per op:
+    the whole machine's (``cpu-``), and that of the worker processes and (``server_dir``: a server
+    started here) of every process of the server (``own-cpu-``: what the case itself burns, whatever
+    else runs on a shared machine; ``server-cpu-``: the server's part)."""
     argvs = [[sys.executable, "-m", "bench.pg_worker", url, str(i)] for i in range(CLIENTS)]
     procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, cwd=REPO, env=child_env()) for argv in argvs]
     got: dict[str, list[float]] = {f"{m}-{k}": [] for m, k in WINDOWS}
     cpu: dict[str, list[float]] = {f"{m}-{k}": [] for m, k in WINDOWS}
+    own: dict[str, list[float]] = {f"{m}-{k}": [] for m, k in WINDOWS}
+    srv: dict[str, list[float]] = {f"{m}-{k}": [] for m, k in WINDOWS}
     try:
         for p in procs:
             line = p.stdout.readline()
@@ -46,7 +51,9 @@ def _scaling(url: str, rounds: int, window: float) -> dict[str, float]:
                 for i, p in enumerate(procs):
                     p.stdin.write(f"go {mode if i < clients else 'idle'} {start!r} {start + window!r}\n")
                     p.stdin.flush()
+                clients_pids, server_pids = [p.pid for p in procs], _server_pids(server_dir)
                 busy0 = _busy(start)
+                own0, srv0 = _cpu_of(clients_pids), _cpu_of(server_pids)
                 done = 0
                 for p in procs:
                     line = p.stdout.readline()
@@ -55,6 +62,9 @@ def _scaling(url: str, rounds: int, window: float) -> dict[str, float]:
                     done += json.loads(line)["n"]
                 got[f"{mode}-{clients}"].append(done / window)
                 cpu[f"{mode}-{clients}"].append((_busy(None) - busy0) / max(1, done))
+                server_cpu = _cpu_of(server_pids) - srv0
+                own[f"{mode}-{clients}"].append((_cpu_of(clients_pids) - own0 + server_cpu) / max(1, done))
+                srv[f"{mode}-{clients}"].append(server_cpu / max(1, done))
         for p in procs:
             p.stdin.write("quit\n")
             p.stdin.flush()
@@ -64,7 +74,43 @@ def _scaling(url: str, rounds: int, window: float) -> dict[str, float]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return {k: median(v) for k, v in got.items()} | {f"cpu-{k}": median(v) for k, v in cpu.items()}
+    return ({k: median(v) for k, v in got.items()} | {f"cpu-{k}": median(v) for k, v in cpu.items()}
+            | {f"own-cpu-{k}": median(v) for k, v in own.items()} | {f"server-cpu-{k}": median(v) for k, v in srv.items()})
+
+
+def _cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids`` (those gone are left out)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _server_pids(data: str | None) -> list[int]:
+    """The postmaster of the server in ``data`` and its children (backends, WAL writer, checkpointer...),
+    from /proc; [] when unknown (a server given by URL, or no /proc)."""
+    if data is None:
+        return []
+    try:
+        with open(os.path.join(data, "postmaster.pid"), encoding="ascii") as f:
+            postmaster = int(f.readline())
+        pids = [postmaster]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == postmaster:
+                            pids.append(int(entry))
+                except (OSError, ValueError, IndexError):
+                    continue
+        return pids
+    except (OSError, ValueError):
+        return []
 
 
 def _busy(at: float | None) -> float:
@@ -162,13 +208,18 @@ def run(cfg: Config) -> list[Row]:
         conn.execute("CREATE TABLE floor_rows (id bigserial PRIMARY KEY, session_id text NOT NULL,"
                      " item_id text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), data text NOT NULL)")
         load = os.getloadavg()[0]  # the machine may be shared: report its load beside the figures
-        sc = _scaling(url, 1 if cfg.quick else cfg.rounds, 1.0)
+        sc = _scaling(url, 1 if cfg.quick else cfg.rounds, 1.0, None if server is None else server.data)
         sx = {"clients": CLIENTS, "rounds": 1 if cfg.quick else cfg.rounds, "window_s": 1.0,
               "loadavg_1min_before": load, "loadavg_1min_after": os.getloadavg()[0],
-              **{f"{k}_ops": v for k, v in sc.items() if not k.startswith("cpu-")},
-              **{f"{k[4:]}_cpu_s_per_op": v for k, v in sc.items() if k.startswith("cpu-")}}
+              **{f"{k}_ops": v for k, v in sc.items() if not k.startswith(("cpu-", "own-cpu-", "server-cpu-"))},
+              **{f"{k[4:]}_cpu_s_per_op": v for k, v in sc.items() if k.startswith("cpu-")},
+              **{f"{k[8:]}_own_cpu_s_per_op": v for k, v in sc.items() if k.startswith("own-cpu-")},
+              **{f"{k[11:]}_server_cpu_s_per_op": v for k, v in sc.items() if k.startswith("server-cpu-")}}
         cpu_note = (f"CPU per op, all processes: {sc[f'cpu-own-{CLIENTS}'] * 1e6:.0f} us against "
-                    f"{sc[f'cpu-plain-{CLIENTS}'] * 1e6:.0f} us")
+                    f"{sc[f'cpu-plain-{CLIENTS}'] * 1e6:.0f} us; clients and server only: "
+                    f"{sc[f'own-cpu-own-{CLIENTS}'] * 1e6:.0f} us (server "
+                    f"{sc[f'server-cpu-own-{CLIENTS}'] * 1e6:.0f}) against {sc[f'own-cpu-plain-{CLIENTS}'] * 1e6:.0f} us "
+                    f"(server {sc[f'server-cpu-plain-{CLIENTS}'] * 1e6:.0f})")
         conn.close()
         pg_store.close()
     finally:

@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from agentstate import ResponseStore, SessionStore, StateLocked
+from agentstate import ConflictError, ResponseStore, SessionStore, StateLocked, StorageError
 from agentstate.sql import open_database
 
 U = {"role": "user", "content": "hi"}
@@ -87,8 +87,9 @@ def test_concurrent_saves_to_many_chains_with_eviction_keep_every_chain_whole(pg
 
 def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch):
     """After the first appends of a process (the first publishes its holder record, the next sets the
-    connection's limits once), an append sends one message and reads its answer: one prepared execute of
-    agentstate_append, no pipeline, no second statement, no client-side binding."""
+    connection's limits once and prepares the statement), an append sends one message and reads its
+    answer: one exec_prepared of the agentstate_append call on the connection's libpq object, nothing
+    else sent (no psycopg execute, no pipeline, no second statement, no client-side binding)."""
     sessions = SessionStore(pg_schema_url)
     sessions.append("s", [U])
     sessions.append("s", [U])
@@ -100,16 +101,96 @@ def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch):
         return real_client(self, query, params, **kw)
 
     def conn_execute(self, query, params=None, **kw):
-        sent.append((" ".join(str(query).split())[:40], kw.get("prepare")))
+        sent.append(("execute", " ".join(str(query).split())[:40]))
         return real_conn(self, query, params, **kw)
+
+    class Recorder:  # the connection's libpq object, every call that sends something recorded
+        def __init__(self, pgconn):
+            self._pgconn = pgconn
+
+        def __getattr__(self, name):
+            got = getattr(self._pgconn, name)
+            if not callable(got) or not name.startswith(("exec", "send", "prepare", "flush", "put", "pipeline")):
+                return got
+
+            def call(*args, **kw):
+                sent.append((name, args[0] if args else None))
+                return got(*args, **kw)
+            return call
 
     monkeypatch.setattr(psycopg.ClientCursor, "execute", client_execute)
     monkeypatch.setattr(psycopg.Connection, "execute", conn_execute)
+    conn = sessions.db.connector.conn()
+    monkeypatch.setattr(conn, "pgconn", Recorder(conn.pgconn))
     for n in range(3):
         sent.clear()
         sessions.append("s", [U], expect_seq=n + 2, idempotency_key=f"k{n}")
-        assert sent == [("SELECT f.* FROM (SELECT %(args)s::jsonb ", True)]
+        assert len(sent) == 1 and sent[0][0] == "exec_prepared", sent
+    monkeypatch.undo()
     assert sessions.get("s").item_count == 5
+    # what that prepared statement is, as its server session says (pg_prepared_statements is per session)
+    (text,), = real_conn(conn, "SELECT statement FROM pg_prepared_statements WHERE name = %s",
+                         (sent[0][1].decode(),)).fetchall()
+    assert " ".join(text.split()).startswith("SELECT * FROM agentstate_append($1::integer, $2::integer,")
+
+
+def test_the_prepared_append_survives_its_statement_being_deallocated(pg_schema_url):
+    """psycopg sends DEALLOCATE ALL on a connection after a ROLLBACK (a write that raised, a lock that
+    timed out), a DROP or an ALTER once it has prepared statements of its own there (reads repeated 5
+    times): the append's statement, prepared by agentstate, goes with them. The next append prepares it
+    again and runs: nothing fails, nothing is written twice."""
+    sessions = SessionStore(pg_schema_url)
+    for _ in range(3):
+        sessions.append("s", [U])
+    conn = sessions.db.connector.conn()
+    for _ in range(6):  # psycopg prepares a read it has run 5 times
+        sessions.get("s")
+    with pytest.raises(ConflictError):  # a write transaction that raises: rolled back
+        sessions.create("s")
+    sessions.append("s", [U])  # publishes the holder record again (the create replaced it)
+    conn.execute("DEALLOCATE ALL")  # whatever psycopg did, none of agentstate's statements is left
+    assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+    assert [i.seq for i in sessions.append("s", [U, U])] == [5, 6]  # the prepared path
+    assert sessions.db.connector.conn() is conn  # the same connection: re-prepared, not reconnected
+    assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (1,)
+    assert sessions.get("s").item_count == 6 and [i.seq for i in sessions.context("s")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_prepared_append_whose_connection_is_killed_is_one_clear_error_and_the_next_reconnects(pg_schema_url):
+    """The prepared path on libpq directly: a connection ended while the append waits for its session's
+    lock (pg_terminate_backend) is one StorageError (the outcome may be unknown: the connection went
+    during the call), not a traceback; nothing of it is stored (it never got the lock), and the next
+    append reconnects, prepares the statement on the new connection and stores gaplessly."""
+    sessions = SessionStore(pg_schema_url, lock_timeout="30s")
+    sessions.append("s", [U])
+    sessions.append("s", [U])  # the prepared path from here on
+    backend = sessions.db.connector.conn().info.backend_pid  # this thread's connection
+    db = open_database(pg_schema_url)
+    killed: list[bool] = []
+
+    def kill_once_waiting() -> None:
+        with psycopg.connect(pg_schema_url.split("?")[0], autocommit=True) as admin:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                row = admin.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()
+                if row and row[0] == "Lock":
+                    killed.append(admin.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone()[0])
+                    return
+                time.sleep(0.01)
+
+    with db.write(operation="held by the test", locks=[db.resource("session", "default", "s")]):
+        killer = threading.Thread(target=kill_once_waiting)
+        killer.start()
+        with pytest.raises(StorageError) as ei:
+            sessions.append("s", [U])
+        killer.join(10)
+    assert killed == [True]
+    assert "connection" in str(ei.value) and "\n" not in str(ei.value)
+    assert "may or may not have been saved" in str(ei.value) or "nothing was saved" in str(ei.value)
+    assert [i.seq for i in sessions.append("s", [U])] == [3]  # a new connection: prepared anew
+    assert sessions.db.connector.conn().info.backend_pid != backend
+    assert [i.seq for i in sessions.context("s")] == [1, 2, 3]
+    db.close()
 
 
 def test_the_prepared_append_waits_only_its_lock_timeout_and_names_the_holder(pg_schema_url):

@@ -235,9 +235,11 @@ class Database:
         return resource(self.connector, kind, tenant, name)
 
     def timeout(self, lock_timeout: float | str | None = None) -> float:
+        if lock_timeout is None:
+            return self.lock_timeout
         from ..duration import parse_duration
 
-        return self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
+        return parse_duration(lock_timeout, "lock timeout")
 
     @contextmanager
     def write(self, operation: str = "write", lock_timeout: float | str | None = None,

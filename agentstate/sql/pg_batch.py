@@ -10,13 +10,14 @@ always known (a lock wait is bounded by lock_timeout)."""
 from __future__ import annotations
 
 import logging
+import re
 import select
 import weakref
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import errors as pe
+from psycopg import pq
 
 from ..state import signals
 from .pg_conn import Connector, _timeout_ms, server_error
@@ -60,6 +61,96 @@ def reader_begin(cn: Connector, conn: Any) -> str:
     return begin
 
 
+# The prepared path (the common case) goes to libpq directly (psycopg's PGconn): the statement prepared
+# once per connection under a name of ours, then each call one exec_prepared (Bind, Execute, Sync: one
+# message, one answer), its parameters and result values as text. psycopg's cursor machinery around
+# the same protocol (adaptation, the prepared-statement cache, result conversion) cost ~55 us of client
+# CPU per append, more than the rest of agentstate's work on the call. The blocking libpq call releases
+# the GIL; signals arriving meanwhile are held (signals.critical) and delivered after it.
+_TUPLES_OK, _CONN_OK, _SQLSTATE = pq.ExecStatus.TUPLES_OK, pq.ConnStatus.OK, pq.DiagnosticField.SQLSTATE
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+# text -> (statement name, its SQL with $n placeholders, the parameter names in $n order)
+_statements: dict[str, tuple[bytes, bytes, tuple[str, ...]]] = {}
+# Connections -> their client encoding and the names of the statements prepared on them (a new
+# connection prepares anew).
+_prepared: weakref.WeakKeyDictionary[Any, tuple[str, set[bytes]]] = weakref.WeakKeyDictionary()
+
+
+def _statement(text: str) -> tuple[bytes, bytes, tuple[str, ...]]:
+    got = _statements.get(text)
+    if got is None:
+        names: list[str] = []
+
+        def number(m: re.Match[str]) -> str:
+            if m.group(1) not in names:
+                names.append(m.group(1))
+            return f"${names.index(m.group(1)) + 1}"
+
+        sql = _PLACEHOLDER.sub(number, text)
+        got = _statements[text] = (f"agentstate_call_{len(_statements)}".encode(), sql.encode(), tuple(names))
+    return got
+
+
+def _text_str(v: str, encoding: str) -> bytes:
+    b = v.encode(encoding)
+    if b"\0" in b:  # libpq sends text parameters as C strings: refused here, as psycopg refuses it
+        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    return b
+
+
+def _text_array(v: list[str], encoding: str) -> bytes:  # a text[] literal, each element quoted
+    return _text_str("{" + ",".join(['"' + e.replace("\\", "\\\\").replace('"', '\\"') + '"' for e in v]) + "}",
+                     encoding)
+
+
+# A parameter in PostgreSQL's text format, by its Python type.
+_TEXT: dict[type, Any] = {
+    type(None): lambda v, encoding: None,
+    bool: lambda v, encoding: b"t" if v else b"f",
+    int: lambda v, encoding: str(v).encode(),
+    str: _text_str,
+    list: _text_array,
+}
+
+
+def _exec_prepared(conn: Any, text: str, params: dict[str, Any]) -> list[tuple]:
+    """``text`` as a prepared statement of ``conn`` (prepared first if it is not yet): its rows, each
+    value as text (str) or None. Errors are psycopg's (by SQLSTATE); a connection lost meanwhile is an
+    OperationalError with ``conn.broken`` set. A statement deallocated behind our back (psycopg sends
+    DEALLOCATE ALL after a ROLLBACK, DROP or ALTER on a connection where it prepared statements of its
+    own) is prepared again and run once more: it did not run."""
+    name, sql, names = _statement(text)
+    pgc = conn.pgconn
+    known = _prepared.get(conn)
+    if known is None:
+        known = _prepared[conn] = (conn.info.encoding, set())
+    encoding, done = known
+    values = [_TEXT[v.__class__](v, encoding) for v in [params[n] for n in names]]
+    with conn.lock:
+        if name not in done:
+            _check(conn, pgc.prepare(name, sql))
+            done.add(name)
+        res = pgc.exec_prepared(name, values)
+        if res.status != _TUPLES_OK:
+            if res.error_field(_SQLSTATE) == b"26000" and pgc.status == _CONN_OK:  # no such prepared statement
+                _check(conn, pgc.prepare(name, sql))
+                res = pgc.exec_prepared(name, values)
+            _check(conn, res)
+        get, width = res.get_value, range(res.nfields)
+        return [tuple([None if v is None else v.decode(encoding) for v in [get(i, j) for j in width]])
+                for i in range(res.ntuples)]
+
+
+def _check(conn: Any, res: Any) -> None:
+    if res.status in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+        return
+    encoding = conn.info.encoding
+    if conn.pgconn.status != _CONN_OK:  # lost: libpq's words, no SQLSTATE (or a FATAL one)
+        e = pe.error_from_result(res, encoding)
+        raise e if isinstance(e, psycopg.OperationalError) else psycopg.OperationalError(str(e))
+    raise pe.error_from_result(res, encoding)
+
+
 def _message(text: str, publish: bool) -> str:
     got = _messages.get((text, publish))
     if got is None:
@@ -71,25 +162,29 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
                 params: dict[str, Any]) -> list[tuple]:
     """Run ``text``, one statement (a function such as agentstate_append) that takes the lock of ``res``
     itself and then does the whole write, in its own transaction, in one round trip. ``text`` takes
-    one parameter, ``%(args)s``: a JSON object of ``params`` plus ``classid`` and ``objid`` (the lock).
-    In the common case (the connection's standing holder record already names this operation) it runs
-    alone as a prepared statement (the extended protocol: the server plans it once per connection), in
-    autocommit (its own transaction, committed when it ends), under the connection's session-level
+    the named parameters ``%(name)s`` of ``params`` plus ``classid`` and ``objid`` (the lock), each cast
+    to its type in the text (values: None, bool, int, str, list of str). In the common case (the
+    connection's standing holder record already names this operation) it runs alone as a prepared
+    statement (the extended protocol: the server plans it once per connection; libpq directly, see
+    _exec_prepared), in autocommit (its own transaction, committed when it ends), under the connection's session-level
     limits: this lock_timeout and no statement timeout, set once (and again when the timeout differs).
     Else it goes in one simple-protocol message after the holder record and the transaction's own limits
     (psycopg's ClientCursor binds the parameters; the server runs the statements one after the other,
-    each with its own snapshot). Its rows. A statement that raises rolls the write back (nothing
+    each with its own snapshot). Its rows, each value as text (str) or None. A statement that raises rolls the write back (nothing
     written); a connection lost during the call is "may or may not have been saved"."""
-    with cn.errors(f"starting a write ({operation})"):
+    try:
         conn = cn.conn()
         if not _alive(conn):
             log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
             cn.close()
             conn = cn.conn()
+    except psycopg.Error as e:  # cn.errors(), without a generator on every call
+        cn.after_error(e)
+        raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
     me = standing_record(cn, conn, operation)
     where = f"{cn.where} schema {cn.schema}"
     lock_timeout = _timeout_ms(timeout)
-    params = {"args": orjson.dumps({**params, "classid": res.classid, "objid": res.objid}).decode()}
+    params = {**params, "classid": res.classid, "objid": res.objid}
     prepared = me is None
     try:
         if prepared and _write_limits.get(conn) != lock_timeout:
@@ -99,14 +194,14 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
             _write_limits[conn] = lock_timeout
         with signals.critical():  # held for the call: its outcome is known when it ends
             if prepared:
-                rows = conn.execute(text, params, prepare=True).fetchall()
+                rows = _exec_prepared(conn, text, params)
             else:
                 cur = psycopg.ClientCursor(conn)
                 cur.execute(_message(text, me is not None), {**params, **(me or {}), "lock_timeout": lock_timeout})
                 rows = []
                 while True:
                     if cur.description is not None:
-                        rows = cur.fetchall()
+                        rows = [tuple(None if v is None else str(v) for v in row) for row in cur.fetchall()]
                     if not cur.nextset():
                         break
             signals.note_committed(f"the {operation} is committed to {where}")

@@ -13,6 +13,9 @@ tenant's counter those versions are drawn from, so a version is never repeated f
 across a delete and a re-create).
 Version 3 (PostgreSQL only; SQLite just records the number) adds the sequences ``session_versions`` and
 ``response_seqs``: writers of different sessions and chains no longer share a lock (issue 17).
+Versions 4 to 6 (on PostgreSQL) create and replace the append function ``agentstate_append``;
+version 6 also makes ``sessions_expiry`` partial there. On SQLite, version 6 adds the trigger
+``sessions_retire_version`` (an append to an existing session no longer bumps the tenant's clock).
 
 Timestamps are ISO-8601 UTC text with microseconds and a 'Z' (``2026-01-02T03:04:05.123456Z``), so
 text order is time order. JSON payloads are TEXT holding the exact bytes of ``codec.encode_value``.
@@ -303,7 +306,7 @@ _PG_V5 = [
         "v_now := greatest(p_now, v_updated);"),
 ]
 
-# --- version 6: an append to an existing session writes no row the tenant's writers share (SQLite only) ---
+# --- version 6, SQLite: an append to an existing session writes no row the tenant's writers share -----
 # A write to an existing session sets version = its version + 1 (q_sessions.NEXT_VERSION is for new
 # sessions and the rare paths that do not hold the row): the tenant's clock is no longer bumped by every
 # write, so it must still cover every version a deleted session had, or a re-created one could see a
@@ -316,6 +319,132 @@ _SQLITE_V6 = [
     END""",
 ]
 
+# --- version 6, PostgreSQL: less server work per append ----------------------------------------------------
+# The function takes typed parameters (the statement binds them directly: no JSON object to unpack) and
+# returns one row through OUT parameters (not a set, so no tuplestore). The common case (no idempotency
+# key, at least one item) is one UPDATE ... RETURNING of the session row, its expectations in the WHERE,
+# then the items: no separate read; anything else (a missing or expiring session, an expectation that
+# fails, a key) falls through to the general path, unchanged, which reads the row first. session_tags is
+# touched only for a session with metadata (tags come from metadata only, as on SQLite). sessions_expiry
+# becomes partial (the rows with a time to live: every query that uses it compares expires_at, so its
+# NULLs are never looked up), so that an append to a session without one inserts one index entry fewer.
+_PG_APPEND_FN_V6 = """CREATE FUNCTION agentstate_append(
+    p_classid integer, p_objid integer,
+    p_tenant text, p_id text, p_create boolean, p_key text, p_expect_seq bigint, p_expect_version bigint,
+    p_ids text[], p_datas text[], p_title text, p_item_ids text, p_now text,
+    OUT o_status text, OUT o_last bigint, OUT o_version bigint, OUT o_now text, OUT o_new_version bigint,
+    OUT o_first_seq bigint, OUT o_item_ids text)
+LANGUAGE plpgsql VOLATILE AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_n bigint := coalesce(array_length(p_ids, 1), 0);
+    v_last bigint := 0;
+    v_version bigint := 0;
+    v_updated text;
+    v_expires text;
+    v_tagged boolean;
+    v_found boolean;
+    v_now text;
+    v_new bigint;
+    v_first bigint;
+    v_item_ids text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_classid, p_objid);  -- waits up to the caller's lock_timeout
+    IF p_key IS NULL AND v_n > 0 THEN
+        -- the common case in one statement: an existing session without a time to live whose
+        -- expectations (if any) hold; o_version (the version before) is not read on this path
+        UPDATE sessions s SET last_seq = s.last_seq + v_n, item_count = s.item_count + v_n,
+                updated_at = greatest(p_now, s.updated_at), version = nextval('session_versions'),
+                title = COALESCE(s.title, p_title)
+            WHERE s.tenant = p_tenant AND s.id = p_id AND s.expires_at IS NULL
+                AND (p_expect_seq IS NULL OR s.last_seq = p_expect_seq)
+                AND (p_expect_version IS NULL OR s.version = p_expect_version)
+            RETURNING s.last_seq - v_n, s.updated_at, s.version, s.metadata IS NOT NULL
+            INTO v_last, v_now, v_new, v_tagged;
+        IF FOUND THEN
+            IF v_tagged THEN
+                UPDATE session_tags t SET updated_at = v_now WHERE t.tenant = p_tenant AND t.session_id = p_id;
+            END IF;
+            INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
+                SELECT p_tenant, p_id, v_last + o.ord, o.item_id, v_now, o.item_data
+                FROM unnest(p_ids, p_datas) WITH ORDINALITY AS o(item_id, item_data, ord);
+            o_status := 'ok'; o_last := v_last; o_now := v_now; o_new_version := v_new;
+            RETURN;
+        END IF;
+    END IF;
+    SELECT s.last_seq, s.version, s.updated_at, s.expires_at, s.metadata IS NOT NULL
+        INTO v_last, v_version, v_updated, v_expires, v_tagged
+        FROM sessions s WHERE s.tenant = p_tenant AND s.id = p_id;
+    v_found := FOUND;
+    IF v_found AND v_expires IS NOT NULL THEN
+        -- a session with a time to live (version 3): its expiry is judged by the caller's clock, on the
+        -- general path (sessions/store.py); nothing is written here
+        o_status := 'expiring'; o_last := v_last; o_version := v_version;
+        RETURN;
+    END IF;
+    IF NOT v_found THEN
+        v_last := 0;
+        v_version := 0;
+    END IF;
+    v_now := greatest(p_now, v_updated);
+    IF NOT v_found AND NOT p_create THEN
+        o_status := 'missing'; o_last := v_last; o_version := v_version; o_now := v_now;
+        RETURN;
+    END IF;
+    IF v_found AND p_key IS NOT NULL THEN
+        SELECT a.first_seq, a.item_ids INTO v_first, v_item_ids FROM session_appends a
+            WHERE a.tenant = p_tenant AND a.session_id = p_id AND a.key = p_key;
+        IF FOUND THEN
+            o_status := 'replay'; o_last := v_last; o_version := v_version; o_now := v_now;
+            o_first_seq := v_first; o_item_ids := v_item_ids;
+            RETURN;
+        END IF;
+    END IF;
+    IF p_expect_seq IS NOT NULL AND p_expect_seq <> v_last THEN
+        o_status := 'seq'; o_last := v_last; o_version := v_version; o_now := v_now;
+        RETURN;
+    END IF;
+    IF p_expect_version IS NOT NULL AND p_expect_version <> v_version THEN
+        o_status := 'version'; o_last := v_last; o_version := v_version; o_now := v_now;
+        RETURN;
+    END IF;
+    IF v_n > 0 OR NOT v_found THEN
+        v_new := nextval('session_versions');
+    END IF;
+    IF NOT v_found THEN
+        INSERT INTO session_counts (tenant, sessions) VALUES (p_tenant, 1)
+            ON CONFLICT (tenant) DO UPDATE SET sessions = session_counts.sessions + 1;
+        INSERT INTO sessions (tenant, id, title, metadata, created_at, updated_at, last_seq, item_count, version)
+            VALUES (p_tenant, p_id, p_title, NULL, v_now, v_now, v_n, v_n, v_new);
+    ELSIF v_n > 0 THEN
+        UPDATE sessions s SET last_seq = v_last + v_n, item_count = s.item_count + v_n, updated_at = v_now,
+                version = v_new, title = COALESCE(s.title, p_title)
+            WHERE s.tenant = p_tenant AND s.id = p_id;
+        IF v_tagged THEN
+            UPDATE session_tags t SET updated_at = v_now WHERE t.tenant = p_tenant AND t.session_id = p_id;
+        END IF;
+    END IF;
+    IF v_n > 0 THEN
+        INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
+            SELECT p_tenant, p_id, v_last + o.ord, o.item_id, v_now, o.item_data
+            FROM unnest(p_ids, p_datas) WITH ORDINALITY AS o(item_id, item_data, ord);
+    END IF;
+    IF p_key IS NOT NULL THEN
+        INSERT INTO session_appends (tenant, session_id, key, first_seq, item_ids, created_at)
+            VALUES (p_tenant, p_id, p_key, v_last + 1, p_item_ids, v_now);
+    END IF;
+    o_status := 'ok'; o_last := v_last; o_version := v_version; o_now := v_now; o_new_version := v_new;
+END
+$fn$"""
+
+_PG_V6 = [
+    "DROP FUNCTION agentstate_append(integer, integer, text, text, boolean, text, bigint, bigint, text[], text[], text, text,"
+    " text)",
+    _PG_APPEND_FN_V6,
+    "DROP INDEX sessions_expiry",
+    "CREATE INDEX sessions_expiry ON sessions (tenant, expires_at) WHERE expires_at IS NOT NULL",
+]
+
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
      "postgres": _SESSIONS_V1 + _RESPONSES_V1["postgres"] + _PG_ONLY_V1},
@@ -323,7 +452,7 @@ MIGRATIONS: list[dict[str, list[str]]] = [
     _FLEET,
     {"sqlite": [], "postgres": _PG_V4},
     {"sqlite": [], "postgres": _PG_V5},
-    {"sqlite": _SQLITE_V6, "postgres": []},
+    {"sqlite": _SQLITE_V6, "postgres": _PG_V6},
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
