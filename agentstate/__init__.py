@@ -33,11 +33,11 @@ _EXPORTS = {
     "apply": "state.planner",
     "plan": "state.planner",
     "remove": "state.planner",
-    "Item": "sessions.store",
+    "Item": "sessions.values",
     "Page": "page",
     "ResponseInfo": "responses.store",
     "ResponseStore": "responses.store",
-    "SessionInfo": "sessions.store",
+    "SessionInfo": "sessions.values",
     "SessionStore": "sessions.store",
 }
 
@@ -81,7 +81,8 @@ if TYPE_CHECKING:
     )
     from .page import Page
     from .responses.store import ResponseInfo, ResponseStore
-    from .sessions.store import Item, SessionInfo, SessionStore
+    from .sessions.store import SessionStore
+    from .sessions.values import Item, SessionInfo
     from .state.open import open_state
     from .state.planner import Plan, apply, plan, remove
     from .state.store import State, StateStore
