@@ -36,6 +36,7 @@ from typing import Any
 from ..duration import parse_duration
 from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
 from ..state import fileio, signals
+from ..state.lock_pool import LockPool
 from . import EmptyTx, Stmt, stats
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
@@ -46,16 +47,7 @@ LOCK_SUFFIX = ".lock"
 BUSY_BACKSTOP = 10.0  # seconds; only reached when a program other than agentstate holds SQLite's lock
 POOL_IDLE = 4  # idle connections kept open per Database (more are closed when given back)
 LOCKS_IDLE = 2  # idle writer Locks (each an open lock-file descriptor) kept per Database
-
-
-def _close_locks(locks: list[Any]) -> None:
-    while locks:
-        try:
-            locks.pop().close()
-        except IndexError:  # another thread took the last one
-            break
 _ABANDONED: list[Any] = []  # connections inherited across fork: never used, never closed, never freed
-_Lock: Any = None  # agentstate.state.lock.Lock, once a write needed it
 _group_run: Any = None  # agentstate.sql.group.run, once a grouped write needed it
 _pid = [os.getpid()]  # this process's PID, kept (os.getpid() is a system call), updated in a forked child
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
@@ -160,11 +152,10 @@ class Database:
         self._wal_known = False
         self._ready = False  # this process found the schema current under the lock (one PRAGMA per write since)
         self._dir_ok = False  # the store directory exists (checked once)
-        # Idle writer Locks, each keeping its lock-file descriptor open between writes (Lock keep=True):
-        # a write takes one (or makes one), gives it back after the release; closed by close() or
-        # when this object is collected.
-        self._locks: list[Any] = []
-        weakref.finalize(self, _close_locks, self._locks)
+        # Idle writer Locks, each keeping its lock-file descriptor open between writes: a write takes one
+        # (or makes one), gives it back after the release; closed by close() or when this object is collected.
+        self._locks = LockPool(self.lock_path, self.files, LOCKS_IDLE)
+        weakref.finalize(self, self._locks.close)
 
     def __repr__(self) -> str:
         return f"Database({self.path!r})"
@@ -265,7 +256,7 @@ class Database:
         if _pid[0] != self._pid:
             self._forget_after_fork()
             return
-        _close_locks(self._locks)
+        self._locks.close()
         with self._all_lock:
             conns, self._all, self._idle = self._all, [], []
         for conn in conns:
@@ -284,14 +275,7 @@ class Database:
 
     def lock(self) -> Any:
         """An unacquired writer Lock of this database (one that keeps its descriptor between writes)."""
-        global _Lock
-        try:
-            return self._locks.pop()
-        except IndexError:
-            pass
-        if _Lock is None:  # imported on the first write (a read never needs it), then kept
-            from ..state.lock import Lock as _Lock
-        return _Lock(self.lock_path, files=self.files, keep=True)
+        return self._locks.take()
 
     def _new_lock(self, lock_timeout: float | str | None) -> tuple[Any, float]:
         """The writer lock (not acquired yet) and the timeout to acquire it with; the store directory
@@ -305,10 +289,7 @@ class Database:
     def _unlock(self, lk: Any) -> None:
         with signals.critical(outcome=None):  # a signal never cuts a release short
             lk.release()
-        if len(self._locks) < LOCKS_IDLE:
-            self._locks.append(lk)
-        else:
-            lk.close()
+        self._locks.give(lk)
 
     @contextmanager
     def _locked(self, operation: str, lock_timeout: float | str | None) -> Iterator[None]:

@@ -20,6 +20,7 @@ from ..errors import ConflictError, InvalidInput, StateCorrupted, StorageError
 from ..names import DEFAULT_DIR, default_dir, is_url  # noqa: F401 - re-exported
 from . import codec, fileio, signals
 from .fileio import OsFiles
+from .lock_pool import LockPool
 
 log = logging.getLogger("agentstate.store")
 
@@ -106,15 +107,6 @@ class _Loaded:
     source: str = "state"
 
 
-def _close_locks(locks: list[Any]) -> None:
-    """Close the kept writer Locks in ``locks`` (another thread may be taking them too)."""
-    while locks:
-        try:
-            locks.pop().close()
-        except IndexError:
-            return
-
-
 def _utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -173,18 +165,18 @@ class StateStore(metaclass=_OpensUrls):
             lock_timeout = os.environ.get("AGENTSTATE_LOCK_TIMEOUT") or 30.0
         self.lock_timeout = parse_duration(lock_timeout, "lock timeout")
         self.files = files or OsFiles()
-        # An idle writer Lock that keeps its lock-file descriptor open between transactions (Lock
-        # keep=True; at most one is kept: a second concurrent transaction's is closed). close() or
-        # the collection of this object closes it.
-        self._locks: list[Any] = []
-        weakref.finalize(self, _close_locks, self._locks)
+        # An idle writer Lock that keeps its lock-file descriptor open between transactions (at most one
+        # is kept: a second concurrent transaction's is closed). close() or the collection of this object
+        # closes it.
+        self._locks = LockPool(self.lock_path, self.files, 1)
+        weakref.finalize(self, self._locks.close)
 
     def __repr__(self) -> str:
         return f"StateStore({self.path!r})"
 
     def close(self) -> None:
         """Close the lock-file descriptor kept between transactions (the store stays usable)."""
-        _close_locks(self._locks)
+        self._locks.close()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -267,14 +259,6 @@ class StateStore(metaclass=_OpensUrls):
 
     # -- writing -------------------------------------------------------------------------
 
-    def _writer_lock(self) -> Any:
-        try:
-            return self._locks.pop()
-        except IndexError:
-            from .lock import Lock
-
-            return Lock(self.lock_path, files=self.files, keep=True)
-
     def lock(self, *, operation: str = "transaction"):
         """An unacquired Lock for this store (see agentstate.lock.Lock)."""
         from .lock import Lock
@@ -303,7 +287,7 @@ class StateStore(metaclass=_OpensUrls):
                 if not self._dir_ok:  # once per store object: a stat on every transaction otherwise
                     fileio.ensure_dir(self.files, self.path)
                     self._dir_ok = True
-                lk = self._writer_lock()
+                lk = self._locks.take()
                 try:  # acquire inside: a signal right after it returns still ends in release()
                     lk.acquire(timeout, operation, on_wait)  # StateLocked, or StorageError naming the problem
                     locked = True
@@ -321,10 +305,7 @@ class StateStore(metaclass=_OpensUrls):
                 finally:
                     with signals.critical(outcome=None):
                         lk.release()
-                    if self._locks:
-                        lk.close()
-                    else:
-                        self._locks.append(lk)
+                    self._locks.give(lk)
             except KeyboardInterrupt as e:
                 committed = committed or getattr(e, "outcome", None) == "committed"
                 raise signals.interrupted(
