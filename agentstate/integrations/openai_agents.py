@@ -34,6 +34,7 @@ the event loop never waits on the disk or on the writer lock.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import re
 import threading
@@ -126,8 +127,6 @@ async def _settle(work: asyncio.Future[Any], abort: list[bool]) -> Any:
 def _in_thread(fn: Callable[[], Any]) -> asyncio.Future[Any]:
     """``fn()`` in the loop's default executor (as asyncio.to_thread, without its coroutine), with the
     caller's context variables."""
-    import contextvars
-
     return asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, fn)
 
 
