@@ -379,3 +379,42 @@ def test_a_bad_statement_timeout_is_named(pg_schema_url):
     assert "AGENTSTATE_STATEMENT_TIMEOUT" in line
     line = one_line(cli("show", "--url", pg_schema_url + "&statement_timeout=soon"), 1)
     assert "statement_timeout" in line
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3], ids=["while-taking-the-lock", "first-batch", "second-batch"])
+def test_a_signal_while_psycopg_leaves_a_pipeline_is_reported_as_the_signal(pg_schema_url, monkeypatch, nth):
+    """psycopg's pipeline, interrupted while it waits for the server, still leaves pipeline mode in a
+    ``finally``; that fails ("cannot exit pipeline mode while busy") and its OperationalError replaces
+    the interruption. It must come out as the signal (exit 130/143), never as "the connection was lost"
+    (CI saw this once in `sessions import`), nor be swallowed by the write's reconnect-once retry and the
+    import carried on. Here the interruption is raised as the ``nth`` pipeline of the import is left
+    (1: the holder record, BEGIN and the session's lock; then executemany's batches)."""
+    import signal
+
+    from agentstate.errors import Interrupted
+    from agentstate.state import signals
+
+    store = SessionStore(pg_schema_url)
+    store.append("warm", [{"role": "user", "content": "x"}])
+    real = psycopg.Connection.wait
+    left: list[int] = []
+
+    def wait(self, gen, *args, **kwargs):
+        if getattr(gen, "__name__", "") == "_exit_gen":
+            left.append(1)
+            if len(left) == nth:
+                gen.close()
+                raise signals.Interruption(signal.SIGINT)
+        return real(self, gen, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "wait", wait)
+    lines = [json.dumps({"role": "user", "content": f"item {n}"}) for n in range(3000)]
+    with pytest.raises(Interrupted) as caught:
+        store.import_lines(lines, "imp")
+    assert caught.value.exit_code == 130 and caught.value.outcome == "abandoned", caught.value
+    assert "lost" not in str(caught.value), caught.value
+    assert len(left) == nth  # nothing went on after the signal
+    monkeypatch.undo()
+    assert store.list() and [s.id for s in store.list()] == ["warm"]  # nothing of the import is stored
+    store.append("after", [{"role": "user", "content": "y"}])
+    assert store.get("after").item_count == 1  # the store still works

@@ -49,6 +49,7 @@ from .pg_conn import (  # noqa: F401 - also the names other modules use as pg.<n
     _migrated,
     check_schema,
     describe_server,
+    interruption_in,
     is_url,
     migrate,
     psycopg_module,
@@ -296,8 +297,8 @@ class Database:
                         return
                     conn.execute(reader_begin(cn, conn))
                     break
-                except psycopg.OperationalError:  # dead since its last use: reconnect once
-                    if attempt == 2 or not (conn.broken or conn.closed):
+                except psycopg.OperationalError as e:  # dead since its last use: reconnect once
+                    if attempt == 2 or not (conn.broken or conn.closed) or interruption_in(e) is not None:
                         raise
                     cn.close()
         try:
@@ -436,12 +437,16 @@ def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resour
                 _begin_resources(cn, conn, purpose, timeout, _record_for(cn, conn, LOCK_DB, operation))
                 got, rows = True, None
             break
-        except psycopg.OperationalError as e:
-            _rollback(cn, conn)
-            if attempt == 2 or not (conn.broken or conn.closed):
-                raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
-            log.info("connection to %s was lost since its last use; reconnecting", cn.where)
         except psycopg.Error as e:
+            if interruption_in(e) is not None:  # an interrupted pipeline: drop it (the server rolls back)
+                cn.close()
+                raise interruption_in(e) from None
+            if isinstance(e, psycopg.OperationalError):
+                _rollback(cn, conn)
+                if attempt == 2 or not (conn.broken or conn.closed):
+                    raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
+                log.info("connection to %s was lost since its last use; reconnecting", cn.where)
+                continue
             _rollback(cn, conn)
             cn.after_error(e)
             raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
@@ -463,6 +468,12 @@ def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resour
             signals.note_committed(f"the {operation} is committed to {cn.where} schema {cn.schema}")
         stats.committed()
     except psycopg.Error as e:
+        interrupted = interruption_in(e)
+        if interrupted is not None:  # an interrupted pipeline: drop the connection (the server rolls back)
+            cn.close()
+            if committing and getattr(interrupted, "outcome", None) != "committed":
+                raise signals.unknown_outcome(interrupted, operation, f"{cn.where} schema {cn.schema}") from None
+            raise interrupted from None
         _rollback(cn, conn)
         cn.after_error(e)
         if isinstance(e, psycopg.errors.LockNotAvailable):  # a row lock held by a program other than agentstate

@@ -132,13 +132,34 @@ def _first_line(e: BaseException) -> str:
     return text[0].strip() if text else type(e).__name__
 
 
-def server_error(e: BaseException, *, doing: str, where: str, committing: bool = False) -> AgentStateError:
-    """One clear AgentStateError for a psycopg error met while ``doing`` something."""
+def interruption_in(e: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt (a signal's Interruption) that ``e`` replaced, if any.
+
+    psycopg's pipeline, when the block it wraps was interrupted while it waited for the server, still
+    leaves pipeline mode in a ``finally``; that fails ("cannot exit pipeline mode while busy") and its
+    OperationalError replaces the interruption, which survives only as the error's ``__context__``.
+    Reported as a lost connection it would hide the signal (wrong line, wrong exit code), and a write
+    path that retries a lost connection once would carry on after a Ctrl-C."""
+    seen = 0
+    ctx = e.__context__
+    while ctx is not None and seen < 8:
+        if isinstance(ctx, KeyboardInterrupt):
+            return ctx
+        ctx, seen = ctx.__context__, seen + 1
+    return None
+
+
+def server_error(e: BaseException, *, doing: str, where: str, committing: bool = False) -> BaseException:
+    """One clear AgentStateError for a psycopg error met while ``doing`` something (or the interruption
+    the error replaced: see interruption_in)."""
     import psycopg
     from psycopg import errors as pe
 
     if isinstance(e, AgentStateError):
         return e
+    interrupted = interruption_in(e)
+    if interrupted is not None:
+        return interrupted
     sqlstate = getattr(e, "sqlstate", None) or ""
     msg = _first_line(e)
     if isinstance(e, pe.DiskFull) or sqlstate.startswith("53"):
@@ -402,8 +423,8 @@ class Connector:
         if isinstance(e, (pe.UndefinedTable, pe.InvalidSchemaName)):
             _migrated.discard((self.conninfo, self.schema))
             self.close()
-        elif self._conn is not None and (self._conn.broken or self._conn.closed):
-            self.close()
+        elif self._conn is not None and (self._conn.broken or self._conn.closed or interruption_in(e) is not None):
+            self.close()  # an interrupted pipeline leaves the connection in pipeline mode: not reusable
 
     def query(self, doing: str, text: str, params: Any = None, lock_timeout: float | None = None) -> list[tuple]:
         """One autocommit read ([] while the schema does not exist); a connection found dead (the server
@@ -431,8 +452,8 @@ class Connector:
                     if self.absent:
                         return []
                     raise
-                except psycopg.OperationalError:
-                    if attempt == 2 or not (conn.broken or conn.closed):
+                except psycopg.OperationalError as e:
+                    if attempt == 2 or not (conn.broken or conn.closed) or interruption_in(e) is not None:
                         raise
                     self.close()
         raise AssertionError("unreachable")
