@@ -764,3 +764,31 @@ def test_a_handler_the_program_installed_is_called_and_an_ignored_signal_stays_i
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 3 * 65536 + 17, 5 << 20])
+def test_the_file_layer_reads_a_whole_file_of_any_size(tmp_path, size):
+    """OsFiles.read: one read for a small file (no fstat), else the whole size from the start again
+    (no concatenation); every byte, in order, at each boundary of the 64 KiB first read."""
+    path = tmp_path / "f"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    assert OsFiles().read(str(path)) == data
+    assert OsFiles().read(str(tmp_path / "missing")) is None
+
+
+def test_the_file_layer_reads_what_a_file_grew_to_while_read(tmp_path, monkeypatch):
+    """A file that grows between the size asked and the read that follows is still read to its end."""
+    path = tmp_path / "f"
+    data = os.urandom(200_000)
+    path.write_bytes(data[:100_000])
+    real_fstat = os.fstat
+
+    def fstat(fd):  # the file grows right after its size was taken
+        st = real_fstat(fd)
+        with open(path, "ab") as f:
+            f.write(data[100_000:])
+        return st
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    assert OsFiles().read(str(path)) == data

@@ -45,10 +45,18 @@ def resource(cn: Connector, kind: str, tenant: str, name: str) -> Resource:
     return resource_in(cn.schema, kind, tenant, name)
 
 
+_resources: dict[tuple[str, str, str, str], Resource] = {}  # the last ones named: computed once (per append)
+
+
 def resource_in(schema: str, kind: str, tenant: str, name: str) -> Resource:
-    objid = zlib.crc32(f"{tenant}\0{name}".encode()) & 0x7FFFFFFF
-    what = f"{kind} {name!r} (tenant {tenant!r})" if name else f"{kind} of tenant {tenant!r}"
-    return Resource(kind_key(schema, kind), objid, what)
+    got = _resources.get((schema, kind, tenant, name))
+    if got is None:
+        objid = zlib.crc32(f"{tenant}\0{name}".encode()) & 0x7FFFFFFF
+        what = f"{kind} {name!r} (tenant {tenant!r})" if name else f"{kind} of tenant {tenant!r}"
+        if len(_resources) >= 1024:
+            _resources.clear()
+        got = _resources[(schema, kind, tenant, name)] = Resource(kind_key(schema, kind), objid, what)
+    return got
 
 
 _HOLDER_COLUMNS = "lock_id, host, pid, operation, version, since"

@@ -38,14 +38,19 @@ class OsFiles:
         except FileNotFoundError:
             return None
         try:
-            # One read of the whole size: no chunk list to join (a second copy of a large state).
-            want = max(os.fstat(fd).st_size + 1, 1 << 16)
-            data = os.read(fd, want)
-            if len(data) < want:  # a short read of a regular file is its end: no second read
+            # A small file (the usual state) in one read, without asking its size; a larger one in one
+            # read of its whole size: no chunk list to join (a second copy of a large state).
+            data = os.read(fd, 1 << 16)
+            if len(data) < 1 << 16:  # a short read of a regular file is its end
                 return data
-            chunks = [data]
-            while data:
-                data = os.read(fd, 1 << 20)
+            want = os.fstat(fd).st_size + 1
+            data = os.pread(fd, want, 0)  # from the start again: no concatenation of the first piece
+            if len(data) < want:
+                return data
+            chunks, at = [data], len(data)
+            while data:  # it grew meanwhile
+                data = os.pread(fd, 1 << 20, at)
+                at += len(data)
                 chunks.append(data)
             return b"".join(chunks)
         finally:

@@ -184,6 +184,14 @@ class StateStore(metaclass=_OpensUrls):
         """The current state, verified; recovered in memory from the backup if needed. Never writes.
 
         ``quiet`` skips the ERROR/WARNING logs of a fallback to the backup."""
+        primary = self._read_file(self.state_path)
+        if primary is not None:  # the usual case, without what a transaction needs of _load
+            try:
+                doc = codec.decode_document(primary)
+            except codec.CorruptDocument:
+                pass  # _load reads it again and says why
+            else:
+                return State(doc.resources, doc.serial, doc.lineage, doc.updated_at, doc.format_version)
         return self._load(quiet=quiet).state
 
     def _read_file(self, path: str) -> bytes | None:
