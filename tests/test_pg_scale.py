@@ -268,3 +268,91 @@ def test_the_one_round_trip_append_stamps_with_the_writers_clock(pg_schema_url, 
     now[0] = "2030-12-31T00:00:00.000000Z"  # a writer whose clock is behind: never before updated_at
     assert sessions.append("u", [U])[0].created_at == "2031-01-01T00:00:05.000000Z"
     assert sessions.get("u").updated_at == "2031-01-01T00:00:05.000000Z"
+
+
+# -- signals during the one-call append, in a program without agentstate's handlers (library use) --------
+
+def _signal_during_the_call(monkeypatch, signum, fail=False):
+    """Send ``signum`` to this process from inside the append's one call (before the statement is sent);
+    ``fail``: the call then fails as a server error would."""
+    import os
+
+    from agentstate.sql import pg_batch
+
+    real = pg_batch._exec_prepared
+
+    def exec_prepared(conn, text, params):
+        os.kill(os.getpid(), signum)
+        if fail:
+            raise psycopg.errors.InternalError("failed on purpose")
+        return real(conn, text, params)
+
+    monkeypatch.setattr(pg_batch, "_exec_prepared", exec_prepared)
+
+
+@pytest.mark.parametrize("signum,code", [(15, 143), (2, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_call_is_held_and_reported_as_committed(pg_schema_url, monkeypatch, signum, code):
+    """SIGTERM (its default: die) or SIGINT (KeyboardInterrupt) while the append's one call runs is held
+    until the call returns, then raised as Interrupted saying the append completed; the items are stored,
+    and the program's own signal dispositions and mask are as they were."""
+    import signal
+
+    from agentstate.errors import Interrupted
+
+    store = SessionStore(pg_schema_url)
+    store.append("s", [U])
+    store.append("s", [U])  # the connection's holder record is standing: the next append is the prepared call
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if signum == 15 else None
+    try:
+        _signal_during_the_call(monkeypatch, signum)
+        with pytest.raises(Interrupted) as ei:
+            store.append("s", [{"role": "user", "content": "third"}])
+        assert ei.value.exit_code == code and ei.value.outcome == "committed", ei.value
+        assert "completed" in str(ei.value), ei.value
+        assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM}
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (
+            before if signum == 2 else (before[0], signal.SIG_DFL))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert [i.data["content"] for i in store.items("s")] == ["hi", "hi", "third"]
+
+
+def test_a_signal_during_the_call_goes_to_the_programs_own_handler_after_it(pg_schema_url, monkeypatch):
+    import signal
+
+    store = SessionStore(pg_schema_url)
+    store.append("s", [U])
+    store.append("s", [U])
+    seen: list[tuple[int, int]] = []
+    previous = signal.signal(signal.SIGTERM, lambda n, f: seen.append((n, store.get("s").item_count)))
+    try:
+        _signal_during_the_call(monkeypatch, signal.SIGTERM)
+        got = store.append("s", [U])
+        monkeypatch.undo()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert [i.seq for i in got] == [3]
+    assert seen == [(signal.SIGTERM, 3)]  # once, after the call: the append was already stored
+
+
+def test_a_signal_during_a_call_that_fails_is_dropped_behind_the_error(pg_schema_url, monkeypatch):
+    """The call's error is the news (nothing stored): the held SIGTERM is dropped, never a kill."""
+    import signal
+
+    store = SessionStore(pg_schema_url)
+    store.append("s", [U])
+    store.append("s", [U])
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        _signal_during_the_call(monkeypatch, signal.SIGTERM, fail=True)
+        with pytest.raises(StorageError):
+            store.append("s", [U])
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert store.get("s").item_count == 2

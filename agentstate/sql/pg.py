@@ -266,20 +266,21 @@ class Database:
 
     def call(self, operation: str, lock: Resource, stmt: Any, params: dict[str, Any],
              lock_timeout: float | str | None = None) -> list[tuple]:
-        """A whole write in one statement and one round trip (pg_batch.locked_call): its rows."""
+        """A whole write in one statement and one round trip (pg_batch.locked_call): its rows. ``params``
+        is the caller's to give up: the lock's keys are added to it."""
         from .pg_batch import locked_call, signals
 
-        timeout = self.timeout(lock_timeout)
-        with signals.guarded():
-            try:
+        timeout = self.lock_timeout if lock_timeout is None else self.timeout(lock_timeout)
+        try:
+            with signals.held():  # library use: blocked for the call, delivered after it (CLI: critical())
                 return locked_call(self.connector, operation, lock, timeout, pg_text(stmt), params)
-            except KeyboardInterrupt as e:
-                where = f"{self.connector.where} schema {self.connector.schema}"
-                outcome = getattr(e, "outcome", None)
-                if outcome is None:  # a plain KeyboardInterrupt (no handler of ours): the call was cut short
-                    raise signals.unknown_outcome(e, operation, where) from None
-                raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {where}"
-                                          if outcome == "committed" else None) from None
+        except KeyboardInterrupt as e:
+            where = f"{self.connector.where} schema {self.connector.schema}"
+            outcome = getattr(e, "outcome", None)
+            if outcome is None:  # a plain KeyboardInterrupt (no handler of ours): the call was cut short
+                raise signals.unknown_outcome(e, operation, where) from None
+            raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {where}"
+                                      if outcome == "committed" else None) from None
 
     @contextmanager
     def read(self) -> Iterator[Tx]:

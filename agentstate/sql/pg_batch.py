@@ -26,14 +26,21 @@ from .pg_lock import _PUBLISH, Resource, keep_standing, resources_locked, standi
 log = logging.getLogger("agentstate.pg")
 
 
+_pollers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def _alive(conn: Any) -> bool:
     """Whether an idle pooled connection may still be used: a server that ended it (a restart, an
-    idle timeout, pg_terminate_backend) has sent its goodbye, so the socket is readable. No round trip."""
+    idle timeout, pg_terminate_backend) has sent its goodbye, so the socket is readable. No round trip:
+    one poll(2) with a zero timeout, through a poll object kept per connection."""
+    poller = _pollers.get(conn)
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        if poller is None:
+            poller = _pollers[conn] = select.poll()
+            poller.register(conn.fileno(), select.POLLIN)
+        return not poller.poll(0)
     except (OSError, ValueError):
         return False
-    return not readable
 
 
 # The message locked_call sends when it must publish the holder record (the connection's standing record
@@ -182,9 +189,8 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
         cn.after_error(e)
         raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
     me = standing_record(cn, conn, operation)
-    where = f"{cn.where} schema {cn.schema}"
     lock_timeout = _timeout_ms(timeout)
-    params = {**params, "classid": res.classid, "objid": res.objid}
+    params["classid"], params["objid"] = res.classid, res.objid  # the caller's own dict (Database.call's)
     prepared = me is None
     try:
         if prepared and _write_limits.get(conn) != lock_timeout:
@@ -204,7 +210,7 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
                         rows = [tuple(None if v is None else str(v) for v in row) for row in cur.fetchall()]
                     if not cur.nextset():
                         break
-            signals.note_committed(f"the {operation} is committed to {where}")
+            signals.note_committed("the %s is committed to %s schema %s", operation, cn.where, cn.schema)
         if me is not None:
             keep_standing(conn, operation)
         return rows

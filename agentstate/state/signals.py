@@ -227,13 +227,75 @@ class _Guarded:
             _uninstall()
 
 
-_last_commit: list[str] = []  # what this process last committed (set by the write paths), for the message
+def held() -> Any:
+    """SIGINT and SIGTERM held for a write that is one call whose outcome is known when it returns (a
+    PostgreSQL locked_call), in a program that has not installed agentstate's handlers (library use):
+    the call runs with both blocked (pthread_sigmask), and one that arrived meanwhile is delivered when
+    it returns, to agentstate's handler, as an Interruption whose ``outcome`` is "committed" (the call
+    returned) — what guarded() and critical() give, for three system calls and without installing and
+    restoring the handlers on every write. A failed call drops the held signal (its error is the news).
+
+    Where the handlers are installed (the CLI, or an enclosing guarded()) or off the main thread:
+    nothing here (the write's own critical() holds them)."""
+    if _installed_by or not _in_main_thread() or _sigmask is None:
+        return _NOTHING
+    return _Held()
 
 
-def note_committed(what: str) -> None:
+_sigmask = getattr(signal, "pthread_sigmask", None)
+_SIGNAL_SET = frozenset(SIGNALS)
+
+
+class _Held:
+    __slots__ = ("before",)
+
+    def __enter__(self) -> None:
+        self.before = _sigmask(signal.SIG_BLOCK, SIGNALS)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        global _critical
+        if not (_SIGNAL_SET & signal.sigpending()):  # the usual case: nothing arrived
+            _sigmask(signal.SIG_SETMASK, self.before)
+            return
+        mine = _install()  # a signal arrived: delivered to our handler, held as critical() holds it
+        if mine:
+            _installed_by.append("guarded")
+        _critical += 1
+        try:
+            _sigmask(signal.SIG_SETMASK, self.before)  # the handler runs here: the signal goes to _pending
+        finally:
+            _critical -= 1
+        try:
+            if _pending and not _critical:
+                signum = _pending.pop(0)
+                _pending.clear()
+                if exc_type is None:  # the call returned: its outcome is known and committed
+                    try:
+                        _deliver(signum, None)
+                    except Interruption as e:
+                        e.outcome = "committed"
+                        raise
+        finally:
+            if mine:
+                _installed_by.clear()
+                _uninstall()
+
+
+_last_commit: list[Any] = []  # what this process last committed (set by the write paths), for the message
+
+
+def note_committed(what: str, *args: Any) -> None:
     """A write path says what it committed ("state.json is at serial 5"): a signal that arrives
-    afterwards, outside any write, is then reported as arriving after that commit."""
-    _last_commit[:] = [what]
+    afterwards, outside any write, is then reported as arriving after that commit. With ``args``,
+    ``what`` is a format string (``what % args``), formatted only if the message is ever needed."""
+    _last_commit[:] = [(what, args) if args else what]
+
+
+def _committed_text() -> str | None:
+    if not _last_commit:
+        return None
+    what = _last_commit[0]
+    return what if isinstance(what, str) else what[0] % what[1]
 
 
 def unknown_outcome(e: KeyboardInterrupt, what: str, where: str) -> Interrupted:
@@ -262,11 +324,11 @@ def outside(e: KeyboardInterrupt) -> Interrupted:
     signum = getattr(e, "signal_number", signal.SIGINT)
     name = NAMES.get(signum, f"signal {signum}")
     if getattr(e, "outcome", None) == "committed":  # held through a COMMIT that completed
-        what = _last_commit[0] if _last_commit else "the write was committed"
+        what = _committed_text() or "the write was committed"
         return Interrupted(f"interrupted by {name} after the write completed: {what}",
                            signal_number=signum, outcome="committed")
     if _last_commit:
-        return Interrupted(f"interrupted by {name} after the write completed: {_last_commit[0]}",
+        return Interrupted(f"interrupted by {name} after the write completed: {_committed_text()}",
                            signal_number=signum, outcome="committed")
     return Interrupted(f"interrupted by {name} outside any write: nothing was written or half-written",
                        signal_number=signum, outcome="abandoned")
