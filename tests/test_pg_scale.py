@@ -356,3 +356,32 @@ def test_a_signal_during_a_call_that_fails_is_dropped_behind_the_error(pg_schema
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert store.get("s").item_count == 2
+
+
+def test_a_signal_during_the_call_of_a_program_with_other_threads_is_held_too(pg_schema_url, monkeypatch):
+    """With another thread running, a mask on the main thread alone would not hold a process-directed
+    SIGTERM (the kernel would give it to the other thread, whose default action kills the process): the
+    handlers are installed for the call instead, and the outcome is the same."""
+    import signal
+
+    from agentstate.errors import Interrupted
+
+    store = SessionStore(pg_schema_url)
+    store.append("s", [U])
+    store.append("s", [U])
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        _signal_during_the_call(monkeypatch, signal.SIGTERM)
+        with pytest.raises(Interrupted) as ei:
+            store.append("s", [U])
+        monkeypatch.undo()
+        assert ei.value.exit_code == 143 and ei.value.outcome == "committed", ei.value
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop.set()
+        other.join()
+    assert store.get("s").item_count == 3

@@ -236,9 +236,13 @@ def held() -> Any:
     restoring the handlers on every write. A failed call drops the held signal (its error is the news).
 
     Where the handlers are installed (the CLI, or an enclosing guarded()) or off the main thread:
-    nothing here (the write's own critical() holds them)."""
+    nothing here (the write's own critical() holds them). Where other threads run: guarded(), as a
+    multi-step write (a mask is per thread: the kernel would hand a process-directed signal to another
+    thread, and its default action, or Python's flag for the main thread, would not wait for the call)."""
     if _installed_by or not _in_main_thread() or _sigmask is None:
         return _NOTHING
+    if threading.active_count() > 1:
+        return _Guarded()
     return _Held()
 
 
