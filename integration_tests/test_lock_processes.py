@@ -152,7 +152,7 @@ def test_processes_increment_counter_exactly(tmp_path):
     assert state.resources["counter"] == n * m
     assert state.serial == n * m  # every transaction saved exactly once
     decode_document((d / "state.json").read_bytes())  # valid, checksum verified
-    assert sorted(os.listdir(d)) == ["state.json", "state.json.bak", "state.json.lock"]
+    assert sorted(os.listdir(d)) == ["state.json", "state.json.bak", "state.json.lock", "state.json.spare"]
     assert (d / "state.json.lock").read_bytes() == BLANK
 
 

@@ -8,7 +8,9 @@ Then each call is made to fail in its own run, counting with strace's per-task `
 * ``fsync`` EIO: the temp-file fsync, the directory fsync (the lock record is not fsynced)
 * ``openat`` EACCES and EROFS on the temp file's open
 * ``rename`` (or renameat/renameat2) EACCES and EROFS, each rename
-* ``link`` EPERM (no hard links: the backup must be copied and the save must succeed) and EIO
+* ``link`` EPERM (no hard links: the backup must be copied and the save must succeed) and EIO; for the
+  first link (the old backup to ``state.json.spare``, the next save's spare) EPERM means no spare (the
+  save succeeds, no spare is left) and EIO fails the save with nothing replaced
 
 Every failing run must exit 1 with exactly one ``error:`` line on stderr naming the injected
 errno (nothing else on stderr; never a traceback) and leave no temp file. A failure before the
@@ -53,6 +55,7 @@ from agentstate_integration import (
 
 from agentstate.state.store import StateStore
 
+SPARE = STATE + ".spare"
 DISCOVER = "openat,write,pwrite64,fsync,fdatasync,ftruncate,rename,renameat,renameat2,link,linkat,unlink,unlinkat,close"
 
 
@@ -128,16 +131,25 @@ def faults(template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Fau
                 out.append(Fault(f"{c.name}#{k} -> {dst} {err}", (f"{c.name}:error={err}:when={k}",),
                                  ("state.json.bak.tmp-*" if dst == BACKUP else "state.json.tmp-*",), err,
                                  "unchanged" if dst == BACKUP else "backup-replaced"))
+        elif c.name in LINKS and os.path.basename(c.paths()[1] or "") == SPARE:
+            # the old backup kept as the next spare: without links the save goes on (and frees the old
+            # backup, as a plain replace does); an I/O error fails it before anything was replaced
+            links.append((c.name, k, SPARE))
+            out.append(Fault(f"{c.name}#{k} -> spare EPERM (no spare)", (f"{c.name}:error=EPERM:when={k}",),
+                             (BACKUP,), "EPERM", "no-spare"))
+            out.append(Fault(f"{c.name}#{k} -> spare EIO", (f"{c.name}:error=EIO:when={k}",), (BACKUP,), "EIO",
+                             "unchanged"))
         elif c.name in LINKS:
-            links.append((c.name, k))
+            links.append((c.name, k, os.path.basename(c.paths()[1] or "")))
             out.append(Fault(f"{c.name}#{k} EPERM (copy fallback)", (f"{c.name}:error=EPERM:when={k}",),
                              ("state.json",), "EPERM", "success"))
             out.append(Fault(f"{c.name}#{k} EIO", (f"{c.name}:error=EIO:when={k}",), ("state.json",), "EIO",
                              "unchanged"))
-    # The protocol as documented: 2 fsyncs (temp file, directory), 2 renames, 1 link, no unlink.
+    # The protocol as documented: 2 fsyncs (temp file, directory), 2 renames, 2 links (the old backup
+    # to the spare's name, the state to the backup's temp name), no unlink.
     assert [w for _, w in fsyncs] == ["temp file", "directory"], fsyncs
     assert [d for _, _, d in renames] == [BACKUP, STATE], renames
-    assert len(links) == 1, links
+    assert [d for _, _, d in links] == [SPARE, "state.json.bak.tmp-new"], links
     assert counts.get("unlink", 0) + counts.get("unlinkat", 0) == 0
     return out
 
@@ -158,6 +170,17 @@ def _check(f: Fault, directory: Path, trace: Path, proc, before: dict[str, bytes
     lines = proc.stderr.splitlines()
     if "Traceback" in proc.stderr:
         v.append(f"traceback on stderr: {proc.stderr}")
+    if f.expect == "no-spare":
+        if proc.returncode != 0:
+            v.append(f"exit {proc.returncode}, expected success without a spare: {proc.stderr}")
+        state = load_state_alone(directory / STATE)
+        if state is None or state.resources != {"counter": 3}:
+            v.append(f"state.json is not the new version: {state}")
+        if after[BACKUP] != before[STATE]:
+            v.append("the backup is not the previous state.json")
+        if (directory / SPARE).exists():
+            v.append("a spare exists although its link failed")
+        return v
     if f.expect == "success":
         if proc.returncode != 0:
             v.append(f"exit {proc.returncode}, expected success: {proc.stderr}")
@@ -217,9 +240,9 @@ def _run_fault(f: Fault, template: Path, work: Path) -> list[str]:
 def test_injected_faults(faults: list[Fault], template: Path, tmp_path: Path) -> None:
     labels = [f.label for f in faults]
     # each write to the temp file, pwrite64 (lock record), 2 fsyncs, openat x 2 errnos,
-    # 2 renames x 2 errnos, link x 2 errnos
+    # 2 renames x 2 errnos, 2 links x 2 errnos
     writes = sum(1 for label in labels if label.startswith("write#"))
-    assert writes >= 1 and len(faults) == 11 + writes, labels
+    assert writes >= 1 and len(faults) == 13 + writes, labels
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda ix: _run_fault(ix[1], template, _mkdir(tmp_path / f"f{ix[0]:02d}")),
                                  enumerate(faults)))

@@ -80,12 +80,24 @@ def check_save_order(calls: list[Syscall], directory: str, scenario: str) -> lis
     tmp = calls[r].paths()[0] or ""
     if not fnmatch.fnmatch(os.path.basename(tmp), "state.json.tmp-*"):
         v.append(f"state.json replaced from {tmp!r}, not a state.json.tmp-* file")
+    spare = state + ".spare"
     created = _first(calls, lambda c: c.name == "openat" and c.paths()[0] == tmp and c.ok)
-    if created is None:
+    reused = _first(calls, lambda c: c.name in RENAMES and c.paths() == (spare, tmp) and c.ok)
+    if reused is not None:  # the spare inode, opened (never created, never through a symlink), renamed to tmp
+        created = _first(calls, lambda c: c.name == "openat" and c.paths()[0] == spare and c.ok)
+        if created is None or not created < reused:
+            return v + [f"the spare was renamed to {tmp} but never opened before"]
+        if "O_NOFOLLOW" not in _flags(calls[created]) or _flags(calls[created]) & {"O_CREAT", "O_TRUNC"}:
+            v.append(f"spare not opened O_NOFOLLOW without O_CREAT/O_TRUNC: {calls[created].line}")
+        if scenario != "spare reused":
+            v.append("the spare was reused in a scenario without one")
+    elif created is None:
         return v + [f"temp file {tmp} never created"]
-    if not {"O_CREAT", "O_EXCL"} <= _flags(calls[created]):
+    elif not {"O_CREAT", "O_EXCL"} <= _flags(calls[created]):
         v.append(f"temp file not created O_CREAT|O_EXCL: {calls[created].line}")
-    on_tmp = [i for i, c in enumerate(calls) if c.fd_path(0) == tmp and i > created]
+    elif scenario == "spare reused":
+        v.append("the spare was not reused")
+    on_tmp = [i for i, c in enumerate(calls) if c.fd_path(0) in (tmp, spare) and i > created]
     writes = [i for i in on_tmp if calls[i].name in ("write", "pwrite64")]
     fsyncs = [i for i in on_tmp if calls[i].name in ("fsync", "fdatasync")]
     closes = [i for i in on_tmp if calls[i].name == "close"]
@@ -132,7 +144,15 @@ def check_save_order(calls: list[Syscall], directory: str, scenario: str) -> lis
 
     # Keeping the previous version.
     links = [i for i, c in enumerate(calls) if c.name in LINKS]
-    if scenario == "valid previous":
+    # The old backup keeps a name (the next spare) before it is replaced, so that nothing is freed.
+    spare_links = [i for i in links if calls[i].paths() == (backup, spare)]
+    links = [i for i in links if i not in spare_links]
+    bak_replaced = _first(calls, lambda c: c.name in RENAMES and c.paths()[1] == backup)
+    if len(spare_links) > 1 or (spare_links and (bak_replaced is None or spare_links[0] > bak_replaced)):
+        v.append("the old backup was not linked to state.json.spare once, before it was replaced")
+    if scenario in ("valid previous", "spare reused") and not spare_links:
+        v.append("the old backup was not kept as the next spare")
+    if scenario in ("valid previous", "spare reused"):
         bak_renames = [i for i, c in enumerate(calls) if c.name in RENAMES and c.paths()[1] == backup]
         if len(links) != 1 or len(bak_renames) != 1:
             v.append(f"backup: expected one link and one rename to state.json.bak, got {len(links)} and "
@@ -174,13 +194,17 @@ def check_save_order(calls: list[Syscall], directory: str, scenario: str) -> lis
 def _prepare(scenario: str, tmp_path: Path, seeded_store: Path) -> tuple[Path, dict]:
     if scenario == "first save":
         return tmp_path / "fresh", {"state.json": None, "state.json.bak": None}
+    if scenario == "spare reused":  # a third save: the backup before last is state.json.spare
+        with StateStore(seeded_store).transaction() as st:
+            st.resources["counter"] = 5
+        assert (seeded_store / "state.json.spare").exists()
     if scenario == "corrupt previous":
         state = seeded_store / STATE
         state.write_bytes(state.read_bytes()[:100])  # torn
     return seeded_store, store_files(seeded_store)
 
 
-@pytest.mark.parametrize("scenario", ["valid previous", "first save", "corrupt previous"])
+@pytest.mark.parametrize("scenario", ["valid previous", "spare reused", "first save", "corrupt previous"])
 def test_save_syscall_order(scenario: str, tmp_path: Path, seeded_store: Path) -> None:
     directory, before = _prepare(scenario, tmp_path, seeded_store)
     trace = tmp_path / "trace.txt"

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -244,6 +245,32 @@ class CrashFS(OsFiles):
         fd = self._new_fd(self.names[name])
         self._done(f"open_rw {name}")
         return fd
+
+    def open_spare(self, path: str) -> int:
+        name = self._modelled(path)
+        if name is None:
+            return super().open_spare(path)
+        fd = self._new_fd(self._ino(name, path))
+        self._done(f"open {name}")
+        return fd
+
+    def fstat(self, fd: int) -> os.stat_result:
+        if fd not in self.fds:
+            return super().fstat(fd)
+        ino = self.fds[fd][0]
+        links = sum(1 for i in self.names.values() if i == ino)
+        inode = self.inodes[ino]
+        return os.stat_result((stat.S_IFREG | inode.mode, ino, 0, links, 0, 0, len(inode.data), 0, 0, 0))
+
+    def truncate(self, fd: int, size: int) -> None:
+        if fd not in self.fds:
+            return super().truncate(fd, size)
+        buf = self.inodes[self.fds[fd][0]].data
+        if len(buf) > size:
+            del buf[size:]
+        else:
+            buf.extend(bytes(size - len(buf)))
+        self._done(f"truncate ino{self.fds[fd][0]} {size}")
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         if fd not in self.fds:

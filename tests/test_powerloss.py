@@ -214,6 +214,12 @@ SCENARIOS: dict[str, tuple[dict[str, Any], Callable[[Any], None]]] = {
     # state.json and .bak are one inode (as after a commit that failed at its last rename):
     # renaming over .bak does nothing
     "same-inode": ({"state.json": doc(2, resources(2)), "state.json.bak": "state.json"}, _set(3)),
+    # the spare inode (the backup before last, kept by the previous commit) is overwritten in place
+    "spare": ({"state.json": doc(2, resources(2)), "state.json.bak": doc(1, resources(1)),
+               "state.json.spare": doc(0, {}) + b"x" * 300}, _set(3)),
+    # a spare that is also the backup (a second name): never written in place
+    "spare-shared": ({"state.json": doc(2, resources(2)), "state.json.bak": doc(1, resources(1)),
+                      "state.json.spare": "state.json.bak"}, _set(3)),
     # the temp files of a writer killed before its renames (fixed names) are replaced by the next one
     "temps-left": (
         {"state.json": doc(1, resources(1)), "state.json.tmp-new": b'{"checksum":"sha256:00',
@@ -335,3 +341,42 @@ def test_failed_directory_fsync_is_fail_stop(tmp_path, links):
     assert out.ops[-1] == "rename state.json.tmp-new -> state.json" or out.ops[-1].startswith("rename"), out.ops[-3:]
     assert not any("restore" in op for op in out.ops)
     assert out.violations == []
+
+
+def test_three_saves_reuse_the_spare_and_every_crash_state_is_old_or_new(tmp_path):
+    """From the third save on, the new version is written into the spare inode (no inode created or
+    freed): a crash anywhere in saves 2-4 leaves version 1 to 4, never anything else."""
+
+    def save(fs: CrashFS, store_dir: Path) -> Version:
+        store = StateStore(store_dir, files=fs, lock_timeout=5)
+        for n in (2, 3, 4):
+            with store.transaction() as st:
+                st.resources = resources(n)
+        return version_of(st)
+
+    mids = tuple((n, codec.encode_value(resources(n)), LINEAGE) for n in (2, 3))
+    out = check_save(tmp_path, {"state.json": doc(1, resources(1))}, _nothing, save=save, follow_up=False,
+                     also_allowed=mids)
+    record("three-saves", out)
+    assert out.violations == []
+    assert any(op == "open state.json.spare" for op in out.ops), out.ops  # the spare was reused
+    assert sum(op.startswith("create ") for op in out.ops) == 2, out.ops  # saves 2 and 3 only
+
+
+def test_a_spare_with_another_name_is_never_written_in_place(tmp_path):
+    """A spare that someone hard-linked elsewhere (a snapshot tool) keeps its bytes: the commit writes a
+    new file instead, and the backup and the outside copy are intact."""
+    store = StateStore(tmp_path / "s")
+    for n in (1, 2, 3):
+        with store.transaction() as st:
+            st.resources = resources(n)
+    spare = tmp_path / "s" / "state.json.spare"
+    assert spare.exists() and spare.stat().st_nlink == 1  # the backup before last, kept
+    outside = tmp_path / "snapshot"
+    os.link(spare, outside)
+    kept = outside.read_bytes()
+    with store.transaction() as st:
+        st.resources = resources(4)
+    assert outside.read_bytes() == kept
+    assert store.read().resources == resources(4)
+    assert codec.decode_document((tmp_path / "s" / "state.json.bak").read_bytes()).resources == resources(3)

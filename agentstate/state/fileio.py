@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import time
 from collections.abc import Sequence
 
@@ -63,6 +64,17 @@ class OsFiles:
     def open_rw(self, path: str, mode: int = 0o600, create: bool = True) -> int:
         """Open (or create) for reading and writing, never through a symlink; used for the lock file."""
         return os.open(path, os.O_RDWR | (os.O_CREAT if create else 0) | _NOFOLLOW | _CLOEXEC, mode)
+
+    def open_spare(self, path: str) -> int:
+        """Open an existing file to overwrite it (the spare inode, see commit): never create it, never
+        follow a symlink, never block (a FIFO planted there fails with ENXIO instead)."""
+        return os.open(path, os.O_WRONLY | _NOFOLLOW | os.O_NONBLOCK | _CLOEXEC)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        return os.fstat(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         return os.write(fd, data)
@@ -159,6 +171,9 @@ def write_all_at(files: OsFiles, fd: int, data: bytes, offset: int) -> None:
 
 
 SMALL_JOIN = 1 << 16
+# A state up to this size keeps a spare inode (a third copy on disk; see commit). A larger one does not:
+# freeing its old backup is a small part of writing it, and its size is better not kept three times.
+SPARE_BYTES = 1 << 20
 
 
 def temp_name(path: str, kind: str = "tmp") -> str:
@@ -257,6 +272,49 @@ def _write_new(files: OsFiles, path: str, data: bytes | Sequence[bytes], mode: i
         raise io_error("close temp file", path, e) from None
 
 
+def _open_spare(files: OsFiles, path: str) -> int | None:
+    """The spare inode at ``path`` opened to be overwritten, if it may be: a regular file with no other
+    name (a name of the state or the backup, or a hard link someone made elsewhere, is never written
+    in place). None: there is none to reuse (a new temp file is created instead)."""
+    try:
+        fd = files.open_spare(path)
+    except OSError:
+        return None
+    try:
+        st = files.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return fd
+    except OSError:
+        pass
+    _quiet_close(files, fd)
+    return None
+
+
+def _write_spare(files: OsFiles, fd: int, path: str, data: bytes | Sequence[bytes], mode: int) -> None:
+    """Overwrite the spare inode with ``data`` (from its start, then cut to length), fsync, close. On error
+    it is left as it is: no name of the state or the backup refers to it, so its bytes are nobody's."""
+    try:
+        try:
+            if stat.S_IMODE(files.fstat(fd).st_mode) != mode:
+                files.fchmod(fd, mode)
+            write_all(files, fd, data)
+            files.truncate(fd, sum(map(len, data)) if isinstance(data, list) else len(data))
+        except OSError as e:
+            raise io_error("write temp file", path, e) from None
+        try:
+            files.fsync(fd)
+        except OSError as e:
+            raise io_error("fsync temp file", path, e, tail="; the new version was discarded before it "
+                           "replaced anything: the stored state is unchanged") from None
+    except BaseException:
+        _quiet_close(files, fd)
+        raise
+    try:
+        files.close(fd)
+    except OSError as e:
+        raise io_error("close temp file", path, e) from None
+
+
 def _unlink_leftover(files: OsFiles, path: str) -> None:
     """Remove a temp file a killed writer left at our fixed temp name (we hold the lock)."""
     try:
@@ -337,18 +395,26 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
     """Atomically replace ``path`` with ``data``; keep the previous valid version as ``path.bak``.
 
     Steps (docs/format.md, "Write protocol"):
-      1. write ``data`` to the temp file ``path.tmp-new`` (O_EXCL, 0600), looping on short writes;
-      2. fsync the temp file, close it;
-      3. if ``path`` holds a valid version: link it to ``path.bak.tmp-new`` and rename that over
-         ``path.bak`` (copy+fsync if links are unsupported); if it holds an invalid one: link it
-         aside as ``path.corrupt-<time>`` (evidence, never deleted); the backup is left alone;
+      1. the new version's file is the temp file ``path.tmp-new``: the spare inode ``path.spare`` (the
+         backup before last, kept by the previous commit) renamed to that name if it is a regular file
+         with no other name, else a new file (O_EXCL, 0600); ``data`` is written into it from its
+         start (and it is cut to length), looping on short writes;
+      2. fsync it, close it;
+      3. if ``path`` holds a valid version: link the backup to ``path.spare`` (so that replacing it
+         frees no inode: it is the next commit's spare), link ``path`` to ``path.bak.tmp-new`` and
+         rename that over ``path.bak`` (copy+fsync if links are unsupported); if it holds an invalid
+         one: link it aside as ``path.corrupt-<time>`` (evidence, never deleted); the backup is left alone;
       4. rename the temp file over ``path``: the path is never missing, never truncated;
       5. fsync the directory; only then is the commit reported done.
     On an error (or a signal) before step 4, ``path`` is unchanged (and, before step 3's rename,
-    the backup too) and no temp file remains. Signals are deferred from step 4 to the end of
-    step 5. If step 5 fails the outcome is unknown: fail-stop, nothing is rolled back (a later
-    fsync proves nothing about the earlier writes); the StorageError says so.
-    Returns the path where an invalid previous file was kept, if any.
+    the backup too) and no temp file remains. Signals are deferred from step 4 to the end of step 5.
+    If step 5 fails the outcome is unknown: fail-stop, nothing is rolled back (a later fsync proves
+    nothing about the earlier writes); the StorageError says so. Returns the path where an invalid
+    previous file was kept, if any.
+
+    Why a spare: a plain replace creates one inode and frees one (the backup before last) on every
+    commit. On ext4 with ``discard`` the freeing alone is ~200 µs of a ~600 µs commit; reusing that
+    inode for the next version creates none and frees none.
     """
     from . import signals
 
@@ -357,12 +423,20 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
     mode = 0o600 if mode is None else mode
     tmp: str | None = temp_name(path)
     bak_tmp = temp_name(path, "bak.tmp")
+    spare = path + ".spare"
+    linked_spare = False  # step 3 gave the backup the spare's name (undone if the commit fails)
     if not isinstance(data, (bytes, bytearray, memoryview)) and sum(map(len, data)) <= SMALL_JOIN:
         data = b"".join(data)  # one write(2) instead of one per part; large ones are not copied
     kept_at = None
     try:
-        _write_new(files, tmp, data, mode)  # steps 1-2
+        fd = _take_spare(files, spare, tmp)
+        if fd is not None:  # steps 1-2, into the spare inode, now at the temp name
+            _write_spare(files, fd, tmp, data, mode)
+        else:
+            _write_new(files, tmp, data, mode)  # steps 1-2
         if previous.exists and previous.valid:  # step 3
+            small = (len(data) if isinstance(data, (bytes, bytearray, memoryview)) else sum(map(len, data))) <= SPARE_BYTES
+            linked_spare = small and _keep_spare(files, path + ".bak", spare)
             _keep_copy(files, path, path + ".bak", bak_tmp, previous.data, mode)
         elif previous.exists:
             kept_at = corrupt_name(path)
@@ -380,12 +454,52 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
                 raise fsync_dir_failed(directory, path, e) from None
     except BaseException:
         # An error or a signal (even one that struck right after a create or link returned): our
-        # temp names go. Safe: we hold the lock, and nobody else writes these names.
-        _quiet_unlink(files, tmp)
+        # temp names go, and the spare name step 3 added. Safe: we hold the lock, and nobody else
+        # writes these names.
         if tmp is not None:
+            _quiet_unlink(files, tmp)
             _quiet_unlink(files, bak_tmp)
+            if linked_spare:
+                _quiet_unlink(files, spare)
         raise
     return kept_at
+
+
+def _take_spare(files: OsFiles, spare: str, tmp: str) -> int | None:
+    """The spare inode, open for writing and renamed to the temp name ``tmp`` (replacing a leftover
+    there), if there is one to reuse (see _open_spare); else None."""
+    fd = _open_spare(files, spare)
+    if fd is None:
+        return None
+    try:
+        files.rename(spare, tmp)
+    except BaseException as e:
+        _quiet_close(files, fd)
+        if isinstance(e, OSError):
+            raise io_error("rename temp file", tmp, e) from None
+        raise
+    return fd
+
+
+def _keep_spare(files: OsFiles, backup: str, spare: str) -> bool:
+    """Give the current backup's inode the name ``spare`` too, so that replacing the backup frees
+    nothing: it is the next commit's spare. False where it cannot (no backup yet, no hard links, a
+    name there that will not go): that commit then frees the old backup, as a plain replace does.
+    Any other failure is the commit's (nothing replaced yet: the stored state is unchanged)."""
+    try:
+        try:
+            files.link(backup, spare)
+        except FileExistsError:  # not reusable (another name, not a regular file), or a killed writer's
+            try:
+                files.unlink(spare)
+            except OSError:
+                return False
+            files.link(backup, spare)
+    except OSError as e:
+        if e.errno == errno.ENOENT or e.errno in NO_LINK:
+            return False
+        raise io_error("link", spare, e) from None
+    return True
 
 
 def fsync_dir_failed(directory: str, path: str, e: OSError) -> StorageError:
