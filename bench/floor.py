@@ -12,8 +12,9 @@ from .common import KB, Config, Row, interleaved, median, raw_commit, read_bytes
 def lean_transaction(directory: str) -> None:
     """The same protocol as a transaction with none of agentstate's other work: open and flock the
     lock file (inode re-check), write a holder record, read and verify state.json (SHA-256, parse),
-    +1, encode with its checksum, temp file + fsync, backup link + rename, rename, directory fsync,
-    blank the record, unlock. Every descriptor is opened and closed here, as agentstate does."""
+    +1, encode with its checksum, the new version into the spare inode (renamed to the temp name) or a
+    new temp file, fsync, the old backup linked as the next spare, backup link + rename, rename,
+    directory fsync, blank the record, unlock. Every descriptor is opened and closed here."""
     from agentstate.state import codec
 
     path = os.path.join(directory, "state.json")
@@ -29,12 +30,23 @@ def lean_transaction(directory: str) -> None:
         data = b"".join(codec.Digest(codec.document_head(doc.serial + 1, doc.lineage,
                                                          "2026-01-01T00:00:00.000000Z"), body).parts())
         tmp = path + ".tmp-new"
-        t = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            t = os.open(path + ".spare", os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            t = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        else:
+            os.fstat(t)
+            os.rename(path + ".spare", tmp)
         try:
             os.write(t, data)
+            os.ftruncate(t, len(data))
             os.fsync(t)
         finally:
             os.close(t)
+        try:
+            os.link(path + ".bak", path + ".spare", follow_symlinks=False)
+        except FileNotFoundError:
+            pass
         os.link(path, path + ".bak.tmp-new", follow_symlinks=False)
         os.rename(path + ".bak.tmp-new", path + ".bak")
         os.rename(tmp, path)
