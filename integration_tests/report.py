@@ -37,11 +37,13 @@ TESTS = [
      "`strace -e inject=` errors into each write, fsync, open, rename and link of a real save "
      "(ENOSPC, EIO, EACCES, EROFS, EPERM): one `error:` line, exit 1, no temp files; before the "
      "rename files byte-identical and \"unchanged\", a failed directory fsync fail-stop (\"outcome "
-     "unknown\", no roll-back); link EPERM falls back to a copy (cases = injected faults)"),
+     "unknown\", no roll-back); link EPERM falls back to a copy (the spare's link: no spare) "
+     "(cases = injected faults)"),
     ("syscall_order", "integration_tests/test_syscall_order.py",
      "strace -y trace of a save: temp fsynced before rename, directory fsynced after the last "
      "rename and before success, state.json never opened for writing or renamed away, backup by "
-     "link+rename (cases = traced scenarios)"),
+     "link+rename, the old backup kept as the spare and the spare reused only through the temp name "
+     "(cases = traced scenarios)"),
     ("kill_every_syscall", "integration_tests/test_kill_every_syscall.py",
      "A save re-run once per syscall with `inject=NAME:signal=SIGKILL:when=K`: old or new "
      "version after every kill, next writer cleans up (cases = kill points)"),

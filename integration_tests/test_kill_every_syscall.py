@@ -75,6 +75,10 @@ def _prepare(scenario: str, directory: Path) -> None:
     if scenario == "backup is state's inode":
         (directory / BACKUP).unlink()
         os.link(directory / STATE, directory / BACKUP)
+    if scenario == "spare reused":  # a third save keeps the backup before last as state.json.spare
+        with StateStore(directory).transaction() as state:
+            state.resources["counter"] = 5
+        assert (directory / (STATE + ".spare")).exists()
 
 
 def _writer(directory: Path) -> list[str]:
@@ -140,7 +144,7 @@ def _kill_at(scenario: str, point: KillPoint, work: Path) -> tuple[str, list[str
     return outcome, v
 
 
-@pytest.mark.parametrize("scenario", ["update", "first save", "backup is state's inode"])
+@pytest.mark.parametrize("scenario", ["update", "spare reused", "first save", "backup is state's inode"])
 def test_kill_at_every_syscall(scenario: str, tmp_path: Path) -> None:
     points = kill_points(scenario, tmp_path / "record")
     names = {p.name for p in points}
