@@ -249,18 +249,7 @@ def _write_new(files: OsFiles, path: str, data: bytes | Sequence[bytes], mode: i
     except OSError as e:
         raise io_error("create temp file", path, e) from None
     try:
-        try:
-            if mode != 0o600:
-                files.fchmod(fd, mode)
-            write_all(files, fd, data)
-        except OSError as e:
-            raise io_error("write temp file", path, e) from None
-        try:
-            files.fsync(fd)
-        except OSError as e:
-            # Never rename a file whose fsync failed, and never retry the fsync as if it could succeed.
-            raise io_error("fsync temp file", path, e, tail="; the new version was discarded before it "
-                           "replaced anything: the stored state is unchanged") from None
+        _fill(files, fd, path, data, mode, 0o600)
     except BaseException:
         _quiet_close(files, fd)
         _quiet_unlink(files, path)
@@ -272,10 +261,30 @@ def _write_new(files: OsFiles, path: str, data: bytes | Sequence[bytes], mode: i
         raise io_error("close temp file", path, e) from None
 
 
-def _open_spare(files: OsFiles, path: str) -> int | None:
-    """The spare inode at ``path`` opened to be overwritten, if it may be: a regular file with no other
-    name (a name of the state or the backup, or a hard link someone made elsewhere, is never written
-    in place). None: there is none to reuse (a new temp file is created instead)."""
+def _fill(files: OsFiles, fd: int, path: str, data: bytes | Sequence[bytes], mode: int, current: int,
+          size: int | None = None) -> None:
+    """Write ``data`` into the temp file ``fd`` (at ``path``), with ``mode`` (``current``: its mode now),
+    cut to ``size`` if given, and fsync it. A failed fsync is final: the caller discards the file."""
+    try:
+        if current != mode:
+            files.fchmod(fd, mode)
+        write_all(files, fd, data)
+        if size is not None:
+            files.truncate(fd, size)
+    except OSError as e:
+        raise io_error("write temp file", path, e) from None
+    try:
+        files.fsync(fd)
+    except OSError as e:
+        # Never rename a file whose fsync failed, and never retry the fsync as if it could succeed.
+        raise io_error("fsync temp file", path, e, tail="; the new version was discarded before it "
+                       "replaced anything: the stored state is unchanged") from None
+
+
+def _open_spare(files: OsFiles, path: str) -> tuple[int, int] | None:
+    """The spare inode at ``path`` opened to be overwritten, and its mode, if it may be: a regular file
+    with no other name (a name of the state or the backup, or a hard link someone made elsewhere, is
+    never written in place). None: there is none to reuse (a new temp file is created instead)."""
     try:
         fd = files.open_spare(path)
     except OSError:
@@ -283,29 +292,18 @@ def _open_spare(files: OsFiles, path: str) -> int | None:
     try:
         st = files.fstat(fd)
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            return fd
+            return fd, stat.S_IMODE(st.st_mode)
     except OSError:
         pass
     _quiet_close(files, fd)
     return None
 
 
-def _write_spare(files: OsFiles, fd: int, path: str, data: bytes | Sequence[bytes], mode: int) -> None:
-    """Overwrite the spare inode with ``data`` (from its start, then cut to length), fsync, close. On error
-    it is left as it is: no name of the state or the backup refers to it, so its bytes are nobody's."""
+def _write_spare(files: OsFiles, fd: int, current: int, path: str, data: bytes | Sequence[bytes], mode: int) -> None:
+    """Overwrite the spare inode (now at the temp name ``path``) with ``data`` from its start, cut to
+    length, fsync, close. On error the caller removes the temp name."""
     try:
-        try:
-            if stat.S_IMODE(files.fstat(fd).st_mode) != mode:
-                files.fchmod(fd, mode)
-            write_all(files, fd, data)
-            files.truncate(fd, sum(map(len, data)) if isinstance(data, list) else len(data))
-        except OSError as e:
-            raise io_error("write temp file", path, e) from None
-        try:
-            files.fsync(fd)
-        except OSError as e:
-            raise io_error("fsync temp file", path, e, tail="; the new version was discarded before it "
-                           "replaced anything: the stored state is unchanged") from None
+        _fill(files, fd, path, data, mode, current, sum(map(len, data)) if isinstance(data, list) else len(data))
     except BaseException:
         _quiet_close(files, fd)
         raise
@@ -429,9 +427,9 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
         data = b"".join(data)  # one write(2) instead of one per part; large ones are not copied
     kept_at = None
     try:
-        fd = _take_spare(files, spare, tmp)
-        if fd is not None:  # steps 1-2, into the spare inode, now at the temp name
-            _write_spare(files, fd, tmp, data, mode)
+        taken = _take_spare(files, spare, tmp)
+        if taken is not None:  # steps 1-2, into the spare inode, now at the temp name
+            _write_spare(files, *taken, tmp, data, mode)
         else:
             _write_new(files, tmp, data, mode)  # steps 1-2
         if previous.exists and previous.valid:  # step 3
@@ -465,12 +463,13 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
     return kept_at
 
 
-def _take_spare(files: OsFiles, spare: str, tmp: str) -> int | None:
-    """The spare inode, open for writing and renamed to the temp name ``tmp`` (replacing a leftover
-    there), if there is one to reuse (see _open_spare); else None."""
-    fd = _open_spare(files, spare)
-    if fd is None:
+def _take_spare(files: OsFiles, spare: str, tmp: str) -> tuple[int, int] | None:
+    """The spare inode, open for writing (and its mode) and renamed to the temp name ``tmp`` (replacing
+    a leftover there), if there is one to reuse (see _open_spare); else None."""
+    taken = _open_spare(files, spare)
+    if taken is None:
         return None
+    fd = taken[0]
     try:
         files.rename(spare, tmp)
     except BaseException as e:
@@ -478,7 +477,7 @@ def _take_spare(files: OsFiles, spare: str, tmp: str) -> int | None:
         if isinstance(e, OSError):
             raise io_error("rename temp file", tmp, e) from None
         raise
-    return fd
+    return taken
 
 
 def _keep_spare(files: OsFiles, backup: str, spare: str) -> bool:
