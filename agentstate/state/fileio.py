@@ -299,11 +299,12 @@ def _open_spare(files: OsFiles, path: str) -> tuple[int, int] | None:
     return None
 
 
-def _write_spare(files: OsFiles, fd: int, current: int, path: str, data: bytes | Sequence[bytes], mode: int) -> None:
-    """Overwrite the spare inode (now at the temp name ``path``) with ``data`` from its start, cut to
-    length, fsync, close. On error the caller removes the temp name."""
+def _write_spare(files: OsFiles, fd: int, current: int, path: str, data: bytes | Sequence[bytes], mode: int,
+                 size: int) -> None:
+    """Overwrite the spare inode (now at the temp name ``path``) with ``data`` (``size`` bytes) from its
+    start, cut to that length, fsync, close. On error the caller removes the temp name."""
     try:
-        _fill(files, fd, path, data, mode, current, sum(map(len, data)) if isinstance(data, list) else len(data))
+        _fill(files, fd, path, data, mode, current, size)
     except BaseException:
         _quiet_close(files, fd)
         raise
@@ -423,18 +424,18 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
     bak_tmp = temp_name(path, "bak.tmp")
     spare = path + ".spare"
     linked_spare = False  # step 3 gave the backup the spare's name (undone if the commit fails)
-    if not isinstance(data, (bytes, bytearray, memoryview)) and sum(map(len, data)) <= SMALL_JOIN:
+    size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else sum(map(len, data))
+    if size <= SMALL_JOIN and not isinstance(data, (bytes, bytearray, memoryview)):
         data = b"".join(data)  # one write(2) instead of one per part; large ones are not copied
     kept_at = None
     try:
         taken = _take_spare(files, spare, tmp)
         if taken is not None:  # steps 1-2, into the spare inode, now at the temp name
-            _write_spare(files, *taken, tmp, data, mode)
+            _write_spare(files, *taken, tmp, data, mode, size)
         else:
             _write_new(files, tmp, data, mode)  # steps 1-2
         if previous.exists and previous.valid:  # step 3
-            small = (len(data) if isinstance(data, (bytes, bytearray, memoryview)) else sum(map(len, data))) <= SPARE_BYTES
-            linked_spare = small and _keep_spare(files, path + ".bak", spare)
+            linked_spare = size <= SPARE_BYTES and _keep_spare(files, path + ".bak", spare)
             _keep_copy(files, path, path + ".bak", bak_tmp, previous.data, mode)
         elif previous.exists:
             kept_at = corrupt_name(path)
