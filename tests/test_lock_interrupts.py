@@ -30,6 +30,13 @@ from agentstate.state.lock import Lock
 FILES = {agentstate.state.lock.__file__, agentstate.state.lock_record.__file__, agentstate.state.fileio.__file__}
 
 
+def added_fds(earlier: dict) -> dict:
+    """Lock descriptors registered since the snapshot ``earlier`` of agentstate.state.lock._fds (a number
+    reused by another Lock counts as added). Ones closed meanwhile are not counted: a store an earlier
+    test left behind closes its kept descriptor whenever the garbage collector gets to it."""
+    return {fd: lk for fd, lk in agentstate.state.lock._fds.items() if earlier.get(fd) is not lk}
+
+
 def free_here(path: str) -> bool:
     """The kernel's answer on a new open file description (a flock held by this process conflicts too)."""
     fd = os.open(path, os.O_RDWR)
@@ -79,7 +86,7 @@ def test_an_interrupt_at_size_max_after_the_wait_leaves_the_lock_free(tmp_path: 
     with pytest.raises(KeyboardInterrupt):
         lk.acquire(0)
     monkeypatch.undo()
-    assert not lk.held and agentstate.state.lock._fds == earlier
+    assert not lk.held and not added_fds(earlier)
     assert free_here(path) and free_elsewhere(path)
     lk.acquire(0)
     lk.release()
@@ -116,7 +123,7 @@ def test_an_interrupt_at_any_line_of_acquire_leaves_the_lock_free(tmp_path: Path
         interrupted.append(trace.where)
         assert not lk.held, trace.where
         assert free_here(path), f"flock left held after an interrupt at {trace.where}"
-        assert agentstate.state.lock._fds == earlier, trace.where
+        assert not added_fds(earlier), trace.where
         if k % 7 == 0 or "acquire" in trace.where:
             assert free_elsewhere(path), trace.where
         if not stale:

@@ -48,6 +48,7 @@ from .pg_conn import (  # noqa: F401 - also the names other modules use as pg.<n
     _first_line,
     _migrated,
     check_schema,
+    dead_since_last_use,
     describe_server,
     interruption_in,
     is_url,
@@ -299,7 +300,7 @@ class Database:
                     conn.execute(reader_begin(cn, conn))
                     break
                 except psycopg.OperationalError as e:  # dead since its last use: reconnect once
-                    if attempt == 2 or not (conn.broken or conn.closed) or interruption_in(e) is not None:
+                    if attempt == 2 or not dead_since_last_use(conn, e):
                         raise
                     cn.close()
         try:
@@ -439,9 +440,10 @@ def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resour
                 got, rows = True, None
             break
         except psycopg.Error as e:
-            if interruption_in(e) is not None:  # an interrupted pipeline: drop it (the server rolls back)
+            interrupted = interruption_in(e)
+            if interrupted is not None:  # an interrupted pipeline: drop it (the server rolls back)
                 cn.close()
-                raise interruption_in(e) from None
+                raise interrupted from None
             if isinstance(e, psycopg.OperationalError):
                 _rollback(cn, conn)
                 if attempt == 2 or not (conn.broken or conn.closed):

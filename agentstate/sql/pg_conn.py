@@ -149,6 +149,13 @@ def interruption_in(e: BaseException) -> BaseException | None:
     return None
 
 
+def dead_since_last_use(conn: Any, e: BaseException) -> bool:
+    """Whether ``e`` (an OperationalError met before anything was sent) says only that ``conn`` died
+    since its last use (a server restart), so that one retry on a new connection is right: not when a
+    signal is behind it (interruption_in), which must end the call instead."""
+    return (conn.broken or conn.closed) and interruption_in(e) is None
+
+
 def server_error(e: BaseException, *, doing: str, where: str, committing: bool = False) -> BaseException:
     """One clear AgentStateError for a psycopg error met while ``doing`` something (or the interruption
     the error replaced: see interruption_in)."""
@@ -453,7 +460,7 @@ class Connector:
                         return []
                     raise
                 except psycopg.OperationalError as e:
-                    if attempt == 2 or not (conn.broken or conn.closed) or interruption_in(e) is not None:
+                    if attempt == 2 or not dead_since_last_use(conn, e):
                         raise
                     self.close()
         raise AssertionError("unreachable")

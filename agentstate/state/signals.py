@@ -171,17 +171,23 @@ class _Critical:
         global _critical
         _critical -= 1
         if not _critical and _pending:
-            signum = _pending.pop(0)
-            _pending.clear()
-            # If the block failed, its error (an unknown-outcome fsync failure) is the news and
-            # already ends the command: the held signal is dropped rather than hide that error.
-            if exc_type is None:
-                try:
-                    _deliver(signum, None)
-                except Interruption as e:
-                    if self.outcome:
-                        e.outcome = self.outcome
-                    raise
+            _deliver_held(exc_type is None, self.outcome)
+
+
+def _deliver_held(ok: bool, outcome: str | None) -> None:
+    """Deliver the first signal held through a block that ended (``ok``: without an error) as an
+    Interruption whose ``outcome`` is set to ``outcome``. If the block failed, its error (an
+    unknown-outcome fsync failure, a failed write) is the news and already ends the command: the held
+    signal is dropped rather than hide that error."""
+    signum = _pending.pop(0)
+    _pending.clear()
+    if ok:
+        try:
+            _deliver(signum, None)
+        except Interruption as e:
+            if outcome:
+                e.outcome = outcome
+            raise
 
 
 def interrupted(e: KeyboardInterrupt, what: str, committed: str | None = None, locked: bool = True) -> Interrupted:
@@ -270,15 +276,8 @@ class _Held:
         finally:
             _critical -= 1
         try:
-            if _pending and not _critical:
-                signum = _pending.pop(0)
-                _pending.clear()
-                if exc_type is None:  # the call returned: its outcome is known and committed
-                    try:
-                        _deliver(signum, None)
-                    except Interruption as e:
-                        e.outcome = "committed"
-                        raise
+            if _pending and not _critical:  # the call returned: its outcome is known and committed
+                _deliver_held(exc_type is None, "committed")
         finally:
             if mine:
                 _installed_by.clear()
