@@ -20,6 +20,7 @@ import pytest
 from agentstate.errors import ConflictError, InvalidInput, NotFound, StateLocked, StorageError
 from agentstate.state import lock as lockmod
 from agentstate.state.lock import DEFAULT_TIMEOUT, RECORD_BLOCK, Holder, Lock, parse_duration
+from agentstate.state.lock_record import padded
 from tests.test_lock_interrupts import added_fds, free_here
 
 HOLD = """
@@ -565,6 +566,69 @@ def test_a_kept_descriptor_of_a_replaced_lock_file_is_not_what_is_locked(tmp_pat
     finally:
         lk.release()
         lk.close()
+
+
+@pytest.mark.parametrize("how", ["renamed-over", "renamed-away", "directory-renamed"])
+def test_a_kept_descriptor_whose_name_changed_is_checked_again(tmp_path, how):
+    """A kept descriptor is trusted by the name /proc/self/fd/N shows for it (no stat, see
+    Lock._unmoved); any change of that name sends the acquire back to the stat check, which locks the
+    file the path names now (a new one where the old inode was renamed away or over)."""
+    d = tmp_path / "store"
+    d.mkdir()
+    path = d / "agentstate.db.lock"
+    lk = Lock(path, keep=True)
+    lk.acquire(1)
+    lk.release()
+    assert lk._name == str(path)  # tmp_path is on a local filesystem here
+    if how == "renamed-over":
+        (d / "new").write_bytes(b"")
+        os.replace(d / "new", path)
+    elif how == "renamed-away":
+        os.replace(path, d / "old.lock")
+    else:
+        os.rename(d, tmp_path / "moved")
+        d.mkdir()
+    lk.acquire(1)
+    try:
+        assert not free_here(path)  # the file at the path is what is held
+        assert Lock(path).read_holder() is not None
+    finally:
+        lk.release()
+        lk.close()
+
+
+def test_a_kept_descriptor_writes_over_a_longer_stale_record_whole(tmp_path):
+    """Another holder's longer record, left by a crash, is read (and logged) and written over to its
+    full length, although the kept descriptor's fast path knows only the size this Lock last wrote."""
+    path = tmp_path / "agentstate.db.lock"
+    lk = Lock(path, keep=True)
+    lk.acquire(1)
+    lk.release()
+    long_record = Holder.mine("x" * 600)
+    path.write_bytes(padded(long_record.to_bytes(), 1024))  # as a holder that died leaves it
+    me = lk.acquire(1)
+    try:
+        assert path.stat().st_size == 1024
+        assert Lock(path).read_holder().lock_id == me.lock_id  # parses: nothing of the old one is left
+    finally:
+        lk.release()
+        lk.close()
+    assert Lock(path).read_holder() is None and path.read_bytes().strip() == b""
+
+
+def test_a_kept_descriptor_is_checked_by_stat_off_a_local_filesystem(tmp_path, monkeypatch):
+    """Where a name can change on another host (a filesystem not in LOCAL_NAMES), every acquire asks stat."""
+    path = tmp_path / "agentstate.db.lock"
+    monkeypatch.setattr(lockmod, "names_are_local", lambda p: False)
+    calls = []
+    real = Lock._same_inode
+    monkeypatch.setattr(Lock, "_same_inode", lambda self, fd: calls.append(fd) or real(self, fd))
+    lk = Lock(path, keep=True)
+    for _ in range(3):
+        lk.acquire(1)
+        lk.release()
+    lk.close()
+    assert len(calls) == 3 and lk._name is None
 
 
 def test_a_forked_child_never_reuses_its_parents_kept_descriptor(tmp_path):

@@ -16,7 +16,8 @@ call; elsewhere (other threads, or a program that uses SIGALRM itself), ``LOCK_N
 with a back-off capped at 1 ms. No helper thread, and no descriptor outlives a call, except that a
 Lock made with ``keep=True`` (a store's writer lock, taken again and again) keeps its descriptor open,
 unlocked, between a release and its next acquire (``close()`` closes it): the next acquire skips the
-open and its path lookup, and still checks that the path names the same inode once it holds the flock.
+open and its path lookup, and still checks that the path names the same inode once it holds the flock
+(on a local filesystem by the name /proc/self/fd/N gives for it, not a stat: see Lock._unmoved).
 
 Where flock does not work (ENOLCK, EOPNOTSUPP, EINVAL, ENOSYS), or on a filesystem whose flock
 is not shared between the hosts that may mount it (``UNSHARED_FLOCK``, agentstate.state.lock_fs), the
@@ -43,7 +44,7 @@ from typing import Any
 from ..duration import parse_duration
 from ..errors import ConflictError, NotFound, StateLocked, StorageError
 from .fileio import OsFiles, io_error, write_all_at
-from .lock_fs import UNSHARED_FLOCK, check_filesystem
+from .lock_fs import UNSHARED_FLOCK, check_filesystem, names_are_local
 from .lock_fs import filesystem as _filesystem
 from .lock_fs import unsupported as _unsupported
 from .lock_record import RECORD_BLOCK, Holder, blank, now_iso, padded, process_start, read_record, record_size
@@ -111,6 +112,14 @@ def release_held() -> int:
             lk.release()
             n += 1
     return n
+
+
+def _fd_name(fd: int) -> str | None:
+    """The path the kernel shows for descriptor ``fd`` (None without /proc)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 def _try(fd: int, op: int = fcntl.LOCK_EX) -> bool:
@@ -192,6 +201,7 @@ class Lock:
         self._keep = keep
         self._kept = -1  # keep=True: the descriptor kept open (unlocked, still in _fds) since the last release
         self._size = RECORD_BLOCK
+        self._name: str | None = None  # /proc/self/fd/N's name for the descriptor last checked by _same_inode
         self._owner_pid = 0
         self._acquired = 0.0
 
@@ -244,30 +254,36 @@ class Lock:
         fd, size, written = -1, RECORD_BLOCK, False
         try:
             while True:
-                fd = self._take_kept() if self._kept >= 0 else -1
-                if fd < 0:
-                    fd = self._open(create=True)
+                kept = self._take_kept() if self._kept >= 0 else -1
+                fd = kept if kept >= 0 else self._open(create=True)
                 if not self._flock(fd, fcntl.LOCK_EX):
                     if not waited:
                         waited = True
                         self._announce(fd, on_wait)
                     if not self._flock(fd, fcntl.LOCK_EX, deadline):
                         self._timed_out(fd, timeout)
+                file_size = self._unmoved(fd) if fd == kept else -1
+                if file_size >= 0:
+                    break
                 st = self._same_inode(fd)
                 if st is not None:
+                    file_size = st.st_size
+                    self._name = _fd_name(fd) if names_are_local(self.path) else None
                     break
                 # The path was unlinked or replaced while we waited (by hand: agentstate never does):
                 # a lock on the old inode excludes nobody who opens the path now. Start again.
                 log.warning("lock file %s was replaced while waiting for it; locking the new one", self.path)
                 replaced, fd = fd, -1
                 _close(replaced)  # closing drops the flock on the old inode
-            size = max(RECORD_BLOCK, st.st_size)
+            size = max(RECORD_BLOCK, file_size)
             if waited:  # else mine() stamped it just now
                 me.acquired_at = now_iso()
             body = me.to_bytes()
-            size = record_size(body, st.st_size)
             # a record left by a holder that died ("{..."), else spaces: one byte says which
-            previous = read_record(fd) if st.st_size and os.pread(fd, 1, 0) == b"{" else None
+            previous = read_record(fd) if file_size and os.pread(fd, 1, 0) == b"{" else None
+            if previous is not None and fd == kept:  # its record may be longer than the file size known here
+                file_size = max(file_size, os.fstat(fd).st_size)
+            size = record_size(body, file_size)
             written = True
             write_all_at(self.files, fd, padded(body, size), 0)
             self._owner_pid, self._acquired = me.pid, time.monotonic()
@@ -502,6 +518,20 @@ class Lock:
                 raise _unsupported(self.path, _filesystem(os.path.dirname(self.path) or "."),
                                    f"rejects flock ({errno.errorcode.get(e.errno, e.errno)})") from None
             raise io_error("lock", self.path, e) from None
+
+    def _unmoved(self, fd: int) -> int:
+        """For the descriptor kept since the last release: the lock file's size as this Lock left it, if
+        the path still names it for sure (on a local filesystem, by the name the kernel keeps for the
+        descriptor: /proc/self/fd/N, with " (deleted)" once unlinked or replaced), else -1 (ask
+        _same_inode). No stat: on Linux 6.13+ a stat marks the file's times as seen, and the next write
+        then stamps it with a fine-grained time, dirtying the inode on every acquire (~40 us here)."""
+        name = self._name
+        if name is None:
+            return -1
+        try:
+            return self._size if os.readlink(f"/proc/self/fd/{fd}") == name else -1
+        except OSError:
+            return -1
 
     def _same_inode(self, fd: int) -> os.stat_result | None:
         """fstat of ``fd`` if the path still names that inode, else None. StorageError if it is no

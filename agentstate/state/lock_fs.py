@@ -13,12 +13,16 @@ import re
 
 from ..errors import StorageError
 
-__all__ = ["UNSHARED_FLOCK", "check_filesystem", "filesystem", "unsupported"]
+__all__ = ["LOCAL_NAMES", "UNSHARED_FLOCK", "check_filesystem", "filesystem", "names_are_local", "unsupported"]
 
 # Filesystem types (from /proc/self/mountinfo) refused up front: several hosts may mount them, and
 # their flock is local to each client (cifs, 9p, FUSE without lock forwarding, virtiofs and guest
 # shared folders) or depends on mount options and leases that can lapse silently (NFS).
 UNSHARED_FLOCK = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "vboxsf", "fuse"})
+# Local filesystems: a file's name can change only through this kernel, so the name /proc/self/fd/N shows
+# for an open descriptor is the truth (a network or cluster filesystem's can lag a change made on another
+# host). On these a kept lock descriptor is checked by that name instead of a stat (agentstate.state.lock).
+LOCAL_NAMES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "overlay", "zfs", "bcachefs"})
 _fs_cache: dict[int, tuple[str, str]] = {}  # st_dev -> (filesystem type, mount point)
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -66,7 +70,7 @@ def unsupported(path: str, fs: tuple[str, str] | None, why: str) -> StorageError
     )
 
 
-_checked: set[str] = set()  # lock paths found on a filesystem that shares flock, in this process
+_checked: dict[str, bool] = {}  # lock paths found on a filesystem that shares flock -> is it in LOCAL_NAMES
 
 
 def check_filesystem(path: str) -> None:
@@ -78,4 +82,9 @@ def check_filesystem(path: str) -> None:
     if fs and (fs[0] in UNSHARED_FLOCK or fs[0].startswith("fuse.")):
         raise unsupported(path, fs, "does not share flock locks between the hosts that mount it")
     if fs is not None:  # unknown (the directory does not exist yet...): asked again next time
-        _checked.add(path)
+        _checked[path] = fs[0] in LOCAL_NAMES
+
+
+def names_are_local(path: str) -> bool:
+    """True if ``path`` passed check_filesystem on a filesystem in LOCAL_NAMES."""
+    return _checked.get(path, False)
