@@ -526,12 +526,7 @@ class Lock:
         _same_inode). No stat: on Linux 6.13+ a stat marks the file's times as seen, and the next write
         then stamps it with a fine-grained time, dirtying the inode on every acquire (~40 us here)."""
         name = self._name
-        if name is None:
-            return -1
-        try:
-            return self._size if os.readlink(f"/proc/self/fd/{fd}") == name else -1
-        except OSError:
-            return -1
+        return self._size if name is not None and _fd_name(fd) == name else -1
 
     def _same_inode(self, fd: int) -> os.stat_result | None:
         """fstat of ``fd`` if the path still names that inode, else None. StorageError if it is no
