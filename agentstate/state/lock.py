@@ -268,7 +268,7 @@ class Lock:
                 st = self._same_inode(fd)
                 if st is not None:
                     file_size = st.st_size
-                    self._name = _fd_name(fd) if names_are_local(self.path) else None
+                    self._name = _fd_name(fd) if self._keep and names_are_local(self.path) else None
                     break
                 # The path was unlinked or replaced while we waited (by hand: agentstate never does):
                 # a lock on the old inode excludes nobody who opens the path now. Start again.
