@@ -20,6 +20,7 @@ from ..errors import AgentStateError, FormatTooNew, InvalidInput, StateLocked, S
 from ..names import URL_HINT as _URL_HINT
 from ..names import URL_SCHEMES as SCHEMES  # noqa: F401 - re-exported for pg.py
 from ..names import is_url, redact_url, url_problem  # noqa: F401 - is_url re-exported for pg.py
+from ..state.signals import behind
 
 log = logging.getLogger("agentstate.pg")
 
@@ -140,13 +141,7 @@ def interruption_in(e: BaseException) -> BaseException | None:
     OperationalError replaces the interruption, which survives only as the error's ``__context__``.
     Reported as a lost connection it would hide the signal (wrong line, wrong exit code), and a write
     path that retries a lost connection once would carry on after a Ctrl-C."""
-    seen = 0
-    ctx = e.__context__
-    while ctx is not None and seen < 8:
-        if isinstance(ctx, KeyboardInterrupt):
-            return ctx
-        ctx, seen = ctx.__context__, seen + 1
-    return None
+    return behind(e, "__context__", 8)
 
 
 def dead_since_last_use(conn: Any, e: BaseException) -> bool:

@@ -311,14 +311,16 @@ def unknown_outcome(e: KeyboardInterrupt, what: str, where: str) -> Interrupted:
                        signal_number=signum, outcome="unknown")
 
 
-def behind(e: BaseException) -> KeyboardInterrupt | None:
+def behind(e: BaseException, link: str = "__cause__", limit: int = 20) -> KeyboardInterrupt | None:
     """The Interruption (or KeyboardInterrupt) that ``e`` was raised from, if any: Python 3.11 re-raises
-    one that lands in a ``__set_name__`` (a class statement, a dataclass) as a RuntimeError."""
-    cause, seen = e.__cause__, 0
-    while cause is not None and seen < 20:  # bounded: a chain can loop
+    one that lands in a ``__set_name__`` (a class statement, a dataclass) as a RuntimeError. ``link``
+    "__context__": the one ``e`` replaced while it was being handled (sql/pg_conn.interruption_in).
+    At most ``limit`` links are followed (a chain can loop)."""
+    cause, seen = getattr(e, link), 0
+    while cause is not None and seen < limit:
         if isinstance(cause, KeyboardInterrupt):
             return cause
-        cause, seen = cause.__cause__, seen + 1
+        cause, seen = getattr(cause, link), seen + 1
     return None
 
 
