@@ -242,6 +242,16 @@ def test_a_directory_or_fifo_at_the_lock_path_is_one_clear_error(tmp_path):
     assert (tmp_path / "d" / "state.json.lock").is_dir() and not added_fds(earlier)
 
 
+def test_a_lock_file_that_cannot_be_opened_is_one_error_said_once(tmp_path):
+    lk = Lock(tmp_path / "missing" / "x.lock")  # a directory that does not exist: ENOENT at the open
+    with pytest.raises(StorageError) as e:
+        lk.acquire(0)
+    msg = e.value.message
+    assert msg.startswith(f"cannot open the lock file {lk.path}: ") and "ENOENT" in msg
+    assert msg.count("unchanged") == 1 and msg.count(lk.path) == 1  # not wrapped again by acquire()
+    assert not lk.held and not (tmp_path / "missing").exists()
+
+
 def test_filesystem_type_is_read_from_mountinfo(tmp_path):
     fs = lockmod._filesystem(str(tmp_path))
     r = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,TARGET", "--target", str(tmp_path)], capture_output=True,

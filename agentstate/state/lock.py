@@ -304,7 +304,7 @@ class Lock:
                     break
                 except BaseException:
                     pass
-            if isinstance(e, OSError):
+            if isinstance(e, OSError) and not isinstance(e, StorageError):  # ours already names the step
                 raise io_error("write the holder record to" if written else "lock", self.path, e) from None
             raise
 
