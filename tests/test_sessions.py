@@ -409,6 +409,51 @@ def test_database_file_and_pragmas(tmp_path) -> None:
     s.close()
 
 
+def test_a_full_disk_is_named_as_such_and_nothing_changes(tmp_path) -> None:
+    """A real full disk (a 512 KB tmpfs): SQLite cannot size agentstate.db-shm and says "disk I/O error";
+    reads and writes say the disk is full (ENOSPC, exit 1), doctor says so instead of suggesting a
+    restore, nothing stored changes, and once space is freed everything works."""
+    from agentstate import StateStore, doctor
+    from agentstate.errors import StorageError
+
+    assert os.geteuid() == 0, "this test mounts a tmpfs (CI runs as root)"
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        d = mnt / "store"
+        with SessionStore(str(d)) as s:
+            s.append("s", [U])
+        before = {p.name: p.read_bytes() for p in d.iterdir()}
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # every block left
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        s = SessionStore(str(d))
+        for call in (s.list, lambda: s.items("s"), lambda: s.append("s", [U]), lambda: s.create("t")):
+            with pytest.raises(StorageError) as e:
+                call()
+            assert "the disk is full" in e.value.message and "nothing was changed" in e.value.message
+            assert e.value.details["errno"] == "ENOSPC" and e.value.exit_code == 1
+        s.close()
+        report = doctor.diagnose(StateStore(str(d)))
+        bad = [f for f in report.bad if f["check"].startswith(("database", "responses"))]
+        assert bad and all(f.get("disk_full") for f in bad), report.bad
+        assert any("the disk is full" in line for line in report.summary())
+        assert not any("restore it from a copy" in line for line in report.summary())
+        assert {p.name: p.read_bytes() for p in d.iterdir() if not p.name.endswith(("-wal", "-shm"))} == before
+        os.unlink(mnt / "filler")
+        with SessionStore(str(d)) as s:
+            assert [i.seq for i in s.append("s", [U])] == [2]
+            assert [i.seq for i in s.items("s")] == [1, 2]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def test_newer_schema_is_refused_and_never_touched(tmp_path) -> None:
     d = tmp_path / "store"
     s = SessionStore(str(d))

@@ -131,16 +131,20 @@ def read_check(target: str | os.PathLike[str] | None, check: str, scan: Any, *, 
 
         if not os.path.exists(os.path.join(os.fspath(target) if target is not None else default_dir(), DB_NAME)):
             return []  # no database: nothing stored, nothing to check (the database check says so)
+    def failed(detail: str, e: AgentStateError) -> list[dict[str, Any]]:
+        full = {"disk_full": True} if e.details.get("errno") == "ENOSPC" else {}  # not damage (doctor.py)
+        return [{"check": check, "ok": False, "detail": f"{detail}: {e}", **full}]
+
     try:
         db = open_database(target)
     except AgentStateError as e:
-        return [{"check": check, "ok": False, "detail": f"cannot open the database: {e}"}]
+        return failed("cannot open the database", e)
     try:
         with db.read() as tx:
             return scan(tx)
     except AgentStateError as e:
         if "no such table" in str(e) or "does not exist" in str(e):
             return [{"check": check, "ok": True, "detail": empty}]
-        return [{"check": check, "ok": False, "detail": f"cannot read {reading}: {e}"}]
+        return failed(f"cannot read {reading}", e)
     finally:
         db.close()

@@ -100,6 +100,21 @@ class Tx:
             return False
 
 
+LOW_SPACE = 1 << 20  # bytes: with fewer free, an I/O error of SQLite's is taken for a full disk
+
+
+def free_if_low(directory: str) -> int | None:
+    """The bytes free to this user on ``directory``'s filesystem if fewer than LOW_SPACE, else None (also
+    when unknown). SQLite reports a full disk met while sizing its ``-shm`` file, or growing the WAL on
+    some filesystems, as a plain I/O error; this tells the two apart for the message."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    return free if free < LOW_SPACE else None
+
+
 def storage_error(e: BaseException, path: str, action: str) -> AgentStateError:
     """One clear error for a sqlite3 exception (or OSError) met while doing ``action`` on ``path``."""
     if isinstance(e, OSError):
@@ -123,6 +138,14 @@ def storage_error(e: BaseException, path: str, action: str) -> AgentStateError:
         "SQLITE_CANTOPEN": ("EACCES", "check that the store directory exists and is writable"),
         "SQLITE_PERM": ("EACCES", "check the permissions of the store directory and its files"),
     }
+    if primary == "SQLITE_IOERR":
+        directory = os.path.dirname(path) or "."
+        free = free_if_low(directory)
+        if free is not None:  # SQLite reports ENOSPC met while sizing agentstate.db-shm (or the WAL) as EIO
+            return StorageError(
+                f"cannot {action} {path}: the disk is full ({free} bytes free in {directory}; SQLite: {text}); "
+                "nothing was changed", hint="free some disk space and retry", errno="ENOSPC", path=path,
+                sqlite=name or None)
     code, hint = hints.get(primary, (None, None))
     if primary in ("SQLITE_BUSY", "SQLITE_LOCKED"):
         text = "the database is busy"

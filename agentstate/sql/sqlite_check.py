@@ -8,7 +8,7 @@ import stat
 from typing import Any
 
 from ..errors import AgentStateError
-from .engine import BUSY_BACKSTOP, DB_NAME, LOCK_SUFFIX
+from .engine import BUSY_BACKSTOP, DB_NAME, LOCK_SUFFIX, free_if_low
 from .schema import SCHEMA_VERSION
 
 __all__ = ["check_sqlite"]
@@ -36,16 +36,24 @@ def check_sqlite(directory: str) -> list[dict[str, Any]]:
     mode = st.st_mode & 0o777
     if mode & 0o077:
         add("database permissions", False, f"{path} is readable by others (mode {mode:o}); chmod 600 it", path=path)
+    def unreadable(e: Exception, what: str) -> None:
+        free = free_if_low(directory) if (getattr(e, "sqlite_errorname", "") or "").startswith("SQLITE_IOERR") else None
+        if free is not None:  # not damage: SQLite cannot size its -shm file on a full disk
+            add("database", False, f"{path}: cannot be read while the disk is full ({free} bytes free in "
+                f"{directory}; SQLite: {e}); free some disk space", path=path, disk_full=True)
+        else:
+            add("database", False, f"{path}: {what}{e}", path=path)
+
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_BACKSTOP, isolation_level=None)
     except sqlite3.Error as e:
-        add("database", False, f"{path}: cannot open: {e}", path=path)
+        unreadable(e, "cannot open: ")
         return findings
     try:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as e:
-            add("database", False, f"{path}: {e}", path=path)
+            unreadable(e, "")
             return findings
         if version > SCHEMA_VERSION:
             add("database schema", False, f"{path}: schema version {version} is newer than this agentstate "
