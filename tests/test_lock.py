@@ -252,6 +252,30 @@ def test_a_lock_file_that_cannot_be_opened_is_one_error_said_once(tmp_path):
     assert not lk.held and not (tmp_path / "missing").exists()
 
 
+def test_a_full_disk_at_the_holder_record_is_one_error_and_no_warning(tmp_path, caplog):
+    """Every pwrite fails (a full disk: the record, then its blanking): the acquire's error is the one
+    thing said; the failed blanking is logged at debug level only."""
+    import errno as errno_mod
+
+    from agentstate.state.fileio import OsFiles
+
+    class Full(OsFiles):
+        def pwrite(self, fd, data, offset):
+            raise OSError(errno_mod.ENOSPC, os.strerror(errno_mod.ENOSPC))
+
+    lk = Lock(tmp_path / "x.lock", files=Full())
+    with caplog.at_level(logging.DEBUG, logger="agentstate"):
+        with pytest.raises(StorageError) as e:
+            lk.acquire(0)
+    assert "ENOSPC" in e.value.message and e.value.message.count("unchanged") == 1 and not lk.held
+    records = [r for r in caplog.records if "could not blank" in r.getMessage()]
+    assert records and all(r.levelno == logging.DEBUG for r in records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    lk2 = Lock(tmp_path / "x.lock")  # free: the kernel released it with the descriptor
+    lk2.acquire(0)
+    lk2.release()
+
+
 def test_filesystem_type_is_read_from_mountinfo(tmp_path):
     fs = lockmod._filesystem(str(tmp_path))
     r = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,TARGET", "--target", str(tmp_path)], capture_output=True,

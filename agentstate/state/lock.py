@@ -313,8 +313,8 @@ class Lock:
         if self._fd == fd and self.holder is not None and fd >= 0:
             self.release()  # handed over already: undo it all
         elif fd >= 0 and _fds.get(fd) is self:  # still open here (closing drops the flock, if we got it)
-            if written:
-                self._blank_unlock_close(fd, size)
+            if written:  # the acquire's own error (a failed record write, say) is the news: no warning too
+                self._blank_unlock_close(fd, size, quiet=True)
             else:
                 _close(fd)
 
@@ -342,15 +342,17 @@ class Lock:
             log.info("lock %s released by PID %d after holding it %.1f ms (lock ID %s)",
                      self.path, holder.pid, (time.monotonic() - self._acquired) * 1000, holder.lock_id)
 
-    def _blank_unlock_close(self, fd: int, size: int, keep: bool = False) -> None:
+    def _blank_unlock_close(self, fd: int, size: int, keep: bool = False, quiet: bool = False) -> None:
         """The release order: the record is blank before anyone else can hold the lock. ``keep``: the
-        descriptor stays open (unlocked) for the next acquire, unless anything on the way failed."""
+        descriptor stays open (unlocked) for the next acquire, unless anything on the way failed.
+        ``quiet``: a failed blanking is logged at debug level only (an acquire that fails says why itself)."""
         kept = False
         try:
             try:
                 write_all_at(self.files, fd, blank(size), 0)
             except OSError as e:  # the next holder overwrites it; the kernel says it is free
-                log.warning("could not blank the holder record in %s: %s", self.path, e)
+                log.log(logging.DEBUG if quiet else logging.WARNING, "could not blank the holder record in %s: %s",
+                        self.path, e)
             fcntl.flock(fd, fcntl.LOCK_UN)
             if keep:
                 self._kept = fd
