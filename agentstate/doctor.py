@@ -66,7 +66,11 @@ class Report:
             lines.append("run `agentstate doctor --repair` to restore from the backup and clean up")
         if any(f.get("disk_full") for f in self.bad):
             lines.append("the disk is full: free some disk space, then run `agentstate doctor` again")
-        if any(f["check"].startswith(DATABASE) and not f.get("disk_full") for f in self.bad):
+        if any(f.get("read_only") for f in self.bad):
+            lines.append("the store is on a read-only filesystem: open it once where it is writable, then run "
+                         "`agentstate doctor` again")
+        if any(f["check"].startswith(DATABASE) and not f.get("disk_full") and not f.get("read_only")
+               for f in self.bad):
             lines.append("the database findings are not repaired automatically: keep a copy of agentstate.db, "
                          "then export what still reads (`agentstate sessions export`) or restore it from a copy")
         return lines

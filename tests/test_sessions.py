@@ -454,6 +454,60 @@ def test_a_full_disk_is_named_as_such_and_nothing_changes(tmp_path) -> None:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def test_a_store_on_a_read_only_filesystem_reads_and_refuses_writes_clearly(tmp_path) -> None:
+    """WAL mode cannot create agentstate.db-wal/-shm on a read-only filesystem, so a plain open fails even
+    to read: the file is read as immutable instead (it is the whole committed state when no WAL is left),
+    writes say EROFS; a WAL left with writes in it (and no -shm) is an EROFS error that says what to do,
+    never a read that silently misses them; doctor calls neither damage."""
+    from agentstate import ResponseStore, StateStore, doctor
+    from agentstate.errors import StorageError
+
+    assert os.geteuid() == 0, "this test mounts a tmpfs (CI runs as root)"
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)], check=True)
+
+    def remount(mode: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(mnt)], check=True)
+
+    try:
+        d = mnt / "store"
+        with SessionStore(str(d)) as s:
+            s.append("s", [U])
+        with ResponseStore(str(d)) as r:
+            r.save({"id": "resp_1", "object": "response", "output": []})
+        remount("ro")
+        with SessionStore(str(d)) as s:
+            assert [i.seq for i in s.items("s")] == [1] and s.list().items[0].id == "s"
+            with pytest.raises(StorageError) as e:
+                s.append("s", [U])
+            assert e.value.details["errno"] == "EROFS" and e.value.exit_code == 1
+        with ResponseStore(str(d)) as r:
+            assert r.get("resp_1")["id"] == "resp_1"
+        assert doctor.diagnose(StateStore(str(d))).ok
+
+        remount("rw")
+        code = (f"import os, sys; sys.path.insert(0, {os.getcwd()!r}); from agentstate import SessionStore; "
+                f"SessionStore({str(d)!r}).append('s', [{{'role': 'user', 'content': 'two'}}]); os._exit(0)")
+        subprocess.run([sys.executable, "-c", code], check=True)  # its WAL is left behind, not folded in
+        assert (d / "agentstate.db-wal").stat().st_size > 0
+        (d / "agentstate.db-shm").unlink()
+        remount("ro")
+        with SessionStore(str(d)) as s:
+            with pytest.raises(StorageError) as e:
+                s.items("s")
+            assert e.value.details["errno"] == "EROFS" and "agentstate.db-wal holds writes" in e.value.message
+        report = doctor.diagnose(StateStore(str(d)))
+        assert report.bad and all(f.get("read_only") for f in report.bad if f["check"].startswith("database"))
+        assert any("read-only filesystem" in line for line in report.summary())
+        assert not any("restore it from a copy" in line for line in report.summary())
+        remount("rw")
+        with SessionStore(str(d)) as s:
+            assert [i.data["content"] for i in s.items("s")] == ["hello", "two"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def test_newer_schema_is_refused_and_never_touched(tmp_path) -> None:
     d = tmp_path / "store"
     s = SessionStore(str(d))

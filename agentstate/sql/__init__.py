@@ -132,8 +132,8 @@ def read_check(target: str | os.PathLike[str] | None, check: str, scan: Any, *, 
         if not os.path.exists(os.path.join(os.fspath(target) if target is not None else default_dir(), DB_NAME)):
             return []  # no database: nothing stored, nothing to check (the database check says so)
     def failed(detail: str, e: AgentStateError) -> list[dict[str, Any]]:
-        full = {"disk_full": True} if e.details.get("errno") == "ENOSPC" else {}  # not damage (doctor.py)
-        return [{"check": check, "ok": False, "detail": f"{detail}: {e}", **full}]
+        cause = {"ENOSPC": {"disk_full": True}, "EROFS": {"read_only": True}}  # not damage (doctor.py)
+        return [{"check": check, "ok": False, "detail": f"{detail}: {e}", **cause.get(e.details.get("errno"), {})}]
 
     try:
         db = open_database(target)

@@ -38,6 +38,7 @@ from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
 from ..state import fileio, signals
 from ..state.lock_pool import LockPool
 from . import EmptyTx, Stmt, stats
+from .media import free_if_low, frozen_or_error
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
 log = logging.getLogger("agentstate.sql")
@@ -100,21 +101,6 @@ class Tx:
             return False
 
 
-LOW_SPACE = 1 << 20  # bytes: with fewer free, an I/O error of SQLite's is taken for a full disk
-
-
-def free_if_low(directory: str) -> int | None:
-    """The bytes free to this user on ``directory``'s filesystem if fewer than LOW_SPACE, else None (also
-    when unknown). SQLite reports a full disk met while sizing its ``-shm`` file, or growing the WAL on
-    some filesystems, as a plain I/O error; this tells the two apart for the message."""
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return None
-    free = st.f_bavail * st.f_frsize
-    return free if free < LOW_SPACE else None
-
-
 def storage_error(e: BaseException, path: str, action: str) -> AgentStateError:
     """One clear error for a sqlite3 exception (or OSError) met while doing ``action`` on ``path``."""
     if isinstance(e, OSError):
@@ -171,6 +157,7 @@ class Database:
         self._idle: list[Any] = []  # connections open and free to take
         self._all: list[Any] = []  # every connection open (idle or taken)
         self._all_lock = threading.Lock()
+        self._frozen: set[Any] = set()  # connections reading an immutable file (a read-only filesystem)
         self._pid = os.getpid()
         self._wal_known = False
         self._ready = False  # this process found the schema current under the lock (one PRAGMA per write since)
@@ -223,7 +210,12 @@ class Database:
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as e:
             conn.close()
-            raise storage_error(e, self.path, "open") from None
+            if create:
+                raise storage_error(e, self.path, "open") from None
+            conn = frozen_or_error(e, self.path)  # a read on a read-only filesystem (media.py), or its error
+            if conn is None:
+                raise storage_error(e, self.path, "open") from None
+            self._frozen.add(conn)
         with self._all_lock:
             self._all.append(conn)
         return conn
@@ -233,9 +225,10 @@ class Database:
         if _pid[0] != self._pid:
             return  # a connection of the parent's: never touched
         with self._all_lock:
-            if conn in self._all and len(self._idle) < POOL_IDLE:
+            if conn in self._all and len(self._idle) < POOL_IDLE and conn not in self._frozen:
                 self._idle.append(conn)
                 return
+        self._frozen.discard(conn)  # never pooled: the filesystem may be writable by the next read
         self._discard(conn)
 
     def _not_regular(self, st: os.stat_result) -> StorageError:

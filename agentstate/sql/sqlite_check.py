@@ -7,8 +7,9 @@ import os
 import stat
 from typing import Any
 
-from ..errors import AgentStateError
-from .engine import BUSY_BACKSTOP, DB_NAME, LOCK_SUFFIX, free_if_low
+from ..errors import AgentStateError, StorageError
+from .engine import BUSY_BACKSTOP, DB_NAME, LOCK_SUFFIX
+from .media import free_if_low, frozen_or_error
 from .schema import SCHEMA_VERSION
 
 __all__ = ["check_sqlite"]
@@ -53,8 +54,17 @@ def check_sqlite(directory: str) -> list[dict[str, Any]]:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as e:
-            unreadable(e, "")
-            return findings
+            try:
+                frozen = frozen_or_error(e, path)  # a read-only filesystem: the file read as immutable
+            except StorageError as ro:  # ... unless its WAL holds writes: not damage either
+                add("database", False, ro.message.removesuffix("; nothing was changed"), path=path, read_only=True)
+                return findings
+            if frozen is None:
+                unreadable(e, "")
+                return findings
+            conn.close()
+            conn = frozen
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             add("database schema", False, f"{path}: schema version {version} is newer than this agentstate "
                 f"({SCHEMA_VERSION}); upgrade agentstate", path=path, schema_version=version)
