@@ -177,6 +177,7 @@ class Database:
             _ABANDONED.extend(self._all)
             self._all = []
             self._idle = []
+            self._frozen = set()
         self._pid = os.getpid()
         self._wal_known = self._ready = False
 
@@ -228,8 +229,7 @@ class Database:
             if conn in self._all and len(self._idle) < POOL_IDLE and conn not in self._frozen:
                 self._idle.append(conn)
                 return
-        self._frozen.discard(conn)  # never pooled: the filesystem may be writable by the next read
-        self._discard(conn)
+        self._discard(conn)  # a frozen one is never pooled: the filesystem may be writable by the next read
 
     def _not_regular(self, st: os.stat_result) -> StorageError:
         what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
@@ -262,6 +262,7 @@ class Database:
         with self._all_lock:
             if conn in self._all:
                 self._all.remove(conn)
+            self._frozen.discard(conn)
         try:
             conn.close()
         except Exception:  # noqa: BLE001 - closing after a failure; the failure is what gets reported
@@ -274,7 +275,7 @@ class Database:
             return
         self._locks.close()
         with self._all_lock:
-            conns, self._all, self._idle = self._all, [], []
+            conns, self._all, self._idle, self._frozen = self._all, [], [], set()
         for conn in conns:
             try:
                 conn.close()

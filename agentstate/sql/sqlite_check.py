@@ -64,7 +64,11 @@ def check_sqlite(directory: str) -> list[dict[str, Any]]:
                 return findings
             conn.close()
             conn = frozen
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.Error as e2:
+                unreadable(e2, "")
+                return findings
         if version > SCHEMA_VERSION:
             add("database schema", False, f"{path}: schema version {version} is newer than this agentstate "
                 f"({SCHEMA_VERSION}); upgrade agentstate", path=path, schema_version=version)
