@@ -602,6 +602,20 @@ def test_a_kept_descriptor_of_a_replaced_lock_file_is_not_what_is_locked(tmp_pat
         lk.close()
 
 
+def test_the_filesystem_cache_is_not_trusted_for_a_reused_device_number(tmp_path):
+    """An unmounted filesystem's device number goes to the next one mounted (tmpfs, FUSE: one pool of
+    anonymous numbers): a cached verdict whose mount point no longer holds the directory is read again."""
+    from agentstate.state import lock_fs
+
+    dev = os.stat(tmp_path).st_dev
+    real = lock_fs.filesystem(str(tmp_path))
+    lock_fs._fs_cache[dev] = ("fuse.gone", str(tmp_path / "elsewhere"))  # what an earlier mount left
+    try:
+        assert lock_fs.filesystem(str(tmp_path)) == real
+    finally:
+        lock_fs._fs_cache[dev] = real
+
+
 @pytest.mark.parametrize("how", ["renamed-over", "renamed-away", "directory-renamed"])
 def test_a_kept_descriptor_whose_name_changed_is_checked_again(tmp_path, how):
     """A kept descriptor is trusted by the name /proc/self/fd/N shows for it (no stat, see

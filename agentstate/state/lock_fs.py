@@ -1,7 +1,8 @@
 """The filesystem under a lock file: refuse where flock would not exclude other hosts.
 
 The filesystem type and mount point come from /proc/self/mountinfo (the entry of the deepest
-mount point holding the directory, on the same device first), cached per st_dev. Types in
+mount point holding the directory, on the same device first), cached per st_dev while that mount
+point still holds the directory (device numbers are reused after an unmount). Types in
 ``UNSHARED_FLOCK`` (and every ``fuse.*``) are refused up front, before the lock file is created,
 with one StorageError line; the same refusal names the filesystem when flock itself fails.
 """
@@ -33,14 +34,17 @@ def filesystem(directory: str) -> tuple[str, str] | None:
         dev = os.stat(directory).st_dev
     except OSError:
         return None
-    if dev in _fs_cache:
-        return _fs_cache[dev]
+    real = os.path.realpath(directory)
+    cached = _fs_cache.get(dev)
+    # A device number is reused once its filesystem is unmounted (tmpfs, FUSE...: anonymous ones come
+    # from one pool), so an entry is trusted only while its mount point still holds the directory.
+    if cached is not None and _under(real, cached[1]):
+        return cached
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
     except OSError:
         return None
-    real = os.path.realpath(directory)
     want = f"{os.major(dev)}:{os.minor(dev)}"
     best: tuple[bool, int, str, str] | None = None
     for line in lines:
@@ -49,7 +53,7 @@ def filesystem(directory: str) -> tuple[str, str] | None:
         if not sep or len(parts) < 5 or not tail:
             continue
         point = _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), parts[4])
-        if not (real == point or real.startswith(point.rstrip("/") + "/")):
+        if not _under(real, point):
             continue
         key = (parts[2] == want, len(point), tail[0], point)  # same device first, then the deepest mount
         if best is None or key[:2] >= best[:2]:
@@ -58,6 +62,10 @@ def filesystem(directory: str) -> tuple[str, str] | None:
         return None
     _fs_cache[dev] = best[2], best[3]
     return _fs_cache[dev]
+
+
+def _under(real: str, point: str) -> bool:
+    return real == point or real.startswith(point.rstrip("/") + "/")
 
 
 def unsupported(path: str, fs: tuple[str, str] | None, why: str) -> StorageError:
