@@ -746,6 +746,19 @@ def test_a_bad_environment_variable_is_named_exit_2(store: Path, var: str, value
     assert option in line and var not in line, line
 
 
+@pytest.mark.parametrize("url,env,named", [
+    ("postgresql://127.0.0.1:1/db", {"AGENTSTATE_PG_SCHEMA": "x;drop"}, "AGENTSTATE_PG_SCHEMA: "),
+    ("postgresql://127.0.0.1:1/db?schema=a%00b", {}, "PostgreSQL schema name"),
+    ("postgresql://u:p@[::1", {}, "the PostgreSQL URL is not valid"),
+    ("postgresql://127.0.0.1:1/db?statement_timeout=zz", {}, "statement_timeout"),
+])
+def test_a_bad_postgresql_url_or_schema_is_a_usage_error_before_connecting(url, env, named) -> None:
+    """Port 1: nothing listens there, so an exit 2 (not 1, "cannot connect") means it was refused first."""
+    for args in (["sessions", "list", "--url", url], ["show", "--url", url], ["list"]):
+        line = assert_one_error_line(run(args, env={**env, "AGENTSTATE_URL": url}), 2)
+        assert named in line and "cannot connect" not in line, line
+
+
 def test_bad_tenant_setting_is_exit_2(store: Path) -> None:
     from agentstate.cli.common import Opts, UsageError
 

@@ -479,6 +479,20 @@ class Opts:
             problem = url_problem(self.url)
             if problem:
                 raise UsageError(f"{problem}; {URL_HINT}")
+            from urllib.parse import parse_qsl, urlsplit
+
+            from ..errors import InvalidInput
+            from ..sql.pg_conn import split_url_options
+
+            try:  # the rest of the URL's shape and the schema name: a usage error too, before any connection
+                split_url_options(self.url)
+            except InvalidInput as e:
+                try:
+                    env = not any(k == "schema" for k, _ in parse_qsl(urlsplit(self.url).query))
+                except ValueError:
+                    env = False
+                where = "AGENTSTATE_PG_SCHEMA: " if env and "schema name" in e.message else ""
+                raise UsageError(f"{where}{e.message}" + (f"; {e.hint}" if e.hint else "")) from None
             if os.environ.get("AGENTSTATE_STATEMENT_TIMEOUT"):
                 from ..duration import parse_duration
                 from ..errors import InvalidInput
