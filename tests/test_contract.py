@@ -61,6 +61,12 @@ BAD_OPTIONS = [
     ["responses", "save", "-", "--max-responses=-1"],
     ["responses", "save", "-", "--max-item-bytes", "0"],
     ["sessions", "prune", "--older-than", "soon"],
+    ["sessions", "append", "s", "{}", "--ttl", "soon"],
+    ["sessions", "append", "s", "{}", "--ttl", "0"],
+    ["sessions", "create", "--id", "t", "--ttl", "-5s"],
+    ["sessions", "list", "--where", "nokey"],
+    ["sessions", "list", "--where", "n:=notjson"],
+    ["sessions", "list", "--where", "k" * 300 + "=v"],
 ]
 
 

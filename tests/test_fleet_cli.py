@@ -39,9 +39,9 @@ def test_ttl_where_update_and_prune(store_target: str) -> None:
     assert json.loads(cli(store_target, "sessions", "list", "--where", "agent_id=a1", "--json").stdout)["total"] == 1
     cli(store_target, "sessions", "update", "zz", "--metadata", "{}", code=6)
     cli(store_target, "sessions", "update", "b", "--metadata", "[1]", code=1)
-    cli(store_target, "sessions", "list", "--where", "nokey", code=1)
-    cli(store_target, "sessions", "create", "--id", "d", "--ttl", "0", code=1)
-    cli(store_target, "sessions", "append", "d", "--content", "x", "--ttl", "soon", code=1)
+    cli(store_target, "sessions", "list", "--where", "nokey", code=2)  # a bad option value: exit 2, as every one
+    cli(store_target, "sessions", "create", "--id", "d", "--ttl", "0", code=2)
+    cli(store_target, "sessions", "append", "d", "--content", "x", "--ttl", "soon", code=2)
     assert "pruned 0 session(s)" in cli(store_target, "sessions", "prune").stdout
     r = cli(store_target, "sessions", "list", env={"AGENTSTATE_SESSION_TTL": "nope"}, code=2)
     assert "AGENTSTATE_SESSION_TTL" in r.stderr

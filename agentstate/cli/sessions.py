@@ -156,6 +156,7 @@ def create(
         from ..state.codec import parse_json
 
         meta = None if metadata is None else parse_json(metadata, "--metadata")
+        _check_ttl_option(ttl)
         info = _store(o, True).create(session_id, title=title, metadata=meta, ttl=ttl)
         if o.json:
             emit_json(info.to_dict())
@@ -163,6 +164,19 @@ def create(
             out(info.id)
 
     _run(body)
+
+
+def _check_ttl_option(ttl: str | None) -> None:
+    """A bad --ttl is a usage error (exit 2) naming the option, as a bad --older-than or --lock-timeout."""
+    if ttl is None:
+        return
+    from ..errors import InvalidInput
+    from ..sessions.where import check_ttl
+
+    try:
+        check_ttl(ttl)
+    except InvalidInput as e:
+        raise UsageError(f"--ttl: {e.message}") from None
 
 
 def _read_items(args: list[str], role: str | None, content: str | None) -> list[Any]:
@@ -210,6 +224,7 @@ def append(
     """Append items to a session, all in one transaction: all of them or, on any bad item, none."""
 
     def body(o: Opts) -> None:
+        _check_ttl_option(ttl)
         items = _read_items(item_json or [], role, content)
         added = _store(o, True).append(session_id, items, expect_seq=expect_seq, expect_version=expect_version,
                                        idempotency_key=idempotency_key, create=not no_create, ttl=ttl)
@@ -256,9 +271,16 @@ def list_sessions(
     """List sessions, most recently updated first (expired ones are gone)."""
 
     def body(o: Opts) -> None:
-        from ..sessions.where import parse_where
+        from ..errors import InvalidInput
+        from ..sessions.where import check_where, parse_where
 
-        page = _store(o).list(limit=limit, cursor=cursor, where=parse_where(where) if where else None)
+        try:  # a malformed --where is a usage error (exit 2), as any bad option value
+            conditions = parse_where(where) if where else None
+            if conditions:
+                check_where(conditions)
+        except InvalidInput as e:
+            raise UsageError(e.message if e.message.startswith("--where") else f"--where: {e.message}") from None
+        page = _store(o).list(limit=limit, cursor=cursor, where=conditions)
         if o.json:
             emit_json(page_json(page, "sessions"))
             return
