@@ -199,6 +199,9 @@ def test_without_the_extra_serve_says_how_to_install_it(tmp_path: Path) -> None:
     (["--auth", "bogus"], "--auth must be jwt or none"),
     (["--auth", "none", "--agent", "no_such_module:f"], "cannot import no_such_module"),
     (["--auth", "none", "--agent", "agentstate.serve"], "--agent takes MODULE:CALLABLE"),
+    (["--auth", "none", "--agent-timeout", "nan"], "--agent-timeout must be a positive number"),
+    (["--auth", "none", "--agent-timeout", "inf"], "--agent-timeout must be a positive number"),
+    (["--auth", "none", "--agent-timeout=-1"], "--agent-timeout must be a positive number"),
 ])
 def test_bad_settings_are_exit_2_before_listening(tmp_path: Path, args: list[str], message: str) -> None:
     proc = subprocess.run([*CLI, "serve", "--dir", str(tmp_path / "s"), "--port", "0", *args],

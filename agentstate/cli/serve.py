@@ -49,8 +49,6 @@ def serve(
                                                                    "starlette", "anyio", "cryptography"):
                 raise UsageError(INSTALL) from None
             raise
-        if max_item_bytes < 1 or max_body_bytes < 1 or agent_timeout <= 0:
-            raise UsageError("--max-item-bytes, --max-body-bytes and --agent-timeout must be positive")
         cfg = config_mod.Config(
             target=o.target, host=host, port=port, workers=workers, auth=auth, jwt_secret_file=jwt_secret_file,
             jwt_public_key_file=jwt_public_key_file, jwt_audience=jwt_audience, jwt_issuer=jwt_issuer,

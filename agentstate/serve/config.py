@@ -68,6 +68,10 @@ def check(cfg: Config) -> Config:
         raise ConfigError(f"--port {cfg.port} is not a port number (0-65535)")
     if cfg.workers < 1:
         raise ConfigError(f"--workers {cfg.workers} must be at least 1")
+    if not 0 < cfg.agent_timeout < float("inf"):  # NaN fails this too
+        raise ConfigError(f"--agent-timeout must be a positive number of seconds, not {cfg.agent_timeout!r}")
+    if cfg.max_item_bytes < 1 or cfg.max_body_bytes < 1:
+        raise ConfigError("--max-item-bytes and --max-body-bytes must be at least 1")
     if cfg.auth == "none":
         if not is_loopback(cfg.host):
             raise ConfigError(f"--auth none serves every request as tenant 'default'; it is refused on {cfg.host} "
