@@ -508,6 +508,17 @@ def test_a_store_on_a_read_only_filesystem_reads_and_refuses_writes_clearly(tmp_
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.parametrize("bad", ["zz", float("nan"), -1, float("inf")])
+def test_a_bad_lock_timeout_is_refused_when_the_store_is_made(tmp_path, bad) -> None:
+    from agentstate import ResponseStore, StateStore
+
+    for make in (SessionStore, ResponseStore, StateStore):
+        with pytest.raises(InvalidInput, match="lock timeout"):
+            make(str(tmp_path / "s"), lock_timeout=bad)
+    assert not (tmp_path / "s").exists()
+    assert SessionStore(str(tmp_path / "s"), lock_timeout="2s").lock_timeout == 2.0
+
+
 def test_newer_schema_is_refused_and_never_touched(tmp_path) -> None:
     d = tmp_path / "store"
     s = SessionStore(str(d))

@@ -210,6 +210,10 @@ class ResponseStore:
         if not isinstance(target, (str, os.PathLike)):
             raise InvalidInput(f"a store is a directory or a postgresql:// URL, not {type(target).__name__}")
         self.target = target if is_url(target) else os.fspath(target)
+        if lock_timeout is not None:  # refused here, as StateStore refuses it, not at the first write
+            from ..duration import parse_duration
+
+            lock_timeout = parse_duration(lock_timeout, "lock timeout")
         self._lock_timeout = lock_timeout
         self._db: Any = None
         self._pending: OrderedDict[str, None] = OrderedDict()  # roots read but not yet marked used

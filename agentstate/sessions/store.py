@@ -114,6 +114,10 @@ class SessionStore(FleetMixin, ItemEdits):
         if type(max_item_bytes) is not int or max_item_bytes < 1:
             raise InvalidInput(f"max_item_bytes {max_item_bytes!r} is not a positive integer")
         self.max_item_bytes = max_item_bytes
+        if lock_timeout is not None:  # refused here, as StateStore refuses it, not at the first write
+            from ..duration import parse_duration
+
+            lock_timeout = parse_duration(lock_timeout, "lock timeout")
         self.lock_timeout = lock_timeout
         self.default_ttl = env_ttl() if default_ttl is None else check_ttl(default_ttl, "default_ttl")
         self._db: Any = None
