@@ -238,6 +238,32 @@ def test_sessions_pop_rm_prune_export(store_target: str, tmp_path: Path) -> None
     assert js(store_target, "sessions", "prune", "--older-than", "0s", "--yes") == {"deleted": ["s", "t"]}
 
 
+def test_export_to_a_device_or_fifo_writes_to_it_and_never_replaces_it(store_target: str, tmp_path: Path) -> None:
+    """-o FILE replaces a regular file whole (temp + rename); a device or a FIFO is written to as it is. It
+    used to be renamed over: `-o /dev/full` succeeded and left a regular file where the device was."""
+    import threading
+
+    assert os.geteuid() == 0, "this test makes a device node (CI runs as root)"
+    ok(store_target, "sessions", "append", "t", "--content", "x")
+    full = tmp_path / "full"
+    os.mknod(full, stat.S_IFCHR | 0o600, os.makedev(1, 7))  # /dev/full's numbers: every write is ENOSPC
+    for args in (["sessions", "export", "t"], ["responses", "export"]):
+        assert "ENOSPC" in one_error(run(store_target, *args, "-o", str(full)), 1)
+        assert stat.S_ISCHR(full.stat().st_mode)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert ok(store_target, "sessions", "export", "t", "-o", str(fifo)).stdout == ""
+    reader.join(30)
+    assert got == [ok(store_target, "sessions", "export", "t").stdout.encode()]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    (tmp_path / "dir").mkdir()
+    assert "directory" in one_error(run(store_target, "sessions", "export", "t", "-o", str(tmp_path / "dir")), 1)
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no temp file left
+
+
 def test_responses_list_deleted_prune_export_import(store_target: str, tmp_path: Path) -> None:
     for body in ('{"id": "a"}', '{"id": "b", "previous_response_id": "a"}', '{"id": "c"}'):
         ok(store_target, "responses", "save", "-", stdin=body)

@@ -380,13 +380,14 @@ def prune(
 
 
 OutputOpt = Annotated[str | None, typer.Option(
-    "-o", "--output", metavar="FILE", help="Write to FILE (created 0600, replaced whole once complete) instead of "
-    "stdout.")]
+    "-o", "--output", metavar="FILE", help="Write to FILE (created 0600, replaced whole once complete; a device or "
+    "FIFO is written to) instead of stdout.")]
 
 
 def write_lines(lines: Any, output: str | None) -> None:
     """JSON lines to stdout, or to ``output``: a new 0600 file beside it, fsynced, then renamed over it, so
-    FILE is either the old one or the whole export, never a part."""
+    FILE is either the old one or the whole export, never a part. A path that leads to something other than
+    a regular file (a device such as /dev/stdout, a FIFO) is written to as it is, never replaced."""
     lines = iter(lines)
     if output is None:
         first = next(lines)  # the header: a missing session fails before any output
@@ -400,10 +401,26 @@ def write_lines(lines: Any, output: str | None) -> None:
         write_stdout(b"".join(chunk))
         return
     import os
+    import stat
 
     from ..errors import StorageError
     from ..state.fileio import describe
 
+    try:
+        st = os.stat(output)  # what the path leads to (/dev/stdout is a symlink to a descriptor)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise StorageError(f"cannot write {output}: it is a directory; nothing was written", hint="name a file")
+    if st is not None and not stat.S_ISREG(st.st_mode):  # a device, a FIFO...: written to, never replaced
+        try:
+            fd = os.open(output, os.O_WRONLY | os.O_CLOEXEC)
+            with os.fdopen(fd, "wb") as f:
+                for line in lines:
+                    f.write(line)
+        except OSError as e:
+            raise StorageError(f"cannot write {output}: {describe(e)}", hint="check the device or the path") from None
+        return
     tmp = f"{output}.tmp-{os.getpid()}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
