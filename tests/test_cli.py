@@ -759,6 +759,28 @@ def test_a_bad_postgresql_url_or_schema_is_a_usage_error_before_connecting(url, 
         assert named in line and "cannot connect" not in line, line
 
 
+def test_an_endless_or_huge_input_is_one_error_not_all_memory(store: Path, monkeypatch) -> None:
+    """/dev/zero never ends and has no newline: every reader stops at the input limit (256 MiB; 1 MiB
+    here) with one line, exit 1, nothing changed. Before, each command read until the OOM killer came."""
+    from agentstate.cli import inputs
+
+    monkeypatch.setattr(inputs, "INPUT_LIMIT", 1 << 20)
+    before = snapshot(store, mtimes=False)
+    for args in (["apply", "/dev/zero"], ["plan", "/dev/zero"], ["sessions", "import", "/dev/zero"],
+                 ["responses", "import", "/dev/zero"], ["responses", "save", "/dev/zero"]):
+        line = assert_one_error_line(run([*args, "--dir", str(store)]), 1)
+        assert "/dev/zero" in line and "over 1 MiB" in line, line
+    big = b"x" * ((1 << 20) + 10)
+    for args in (["apply", "-"], ["sessions", "append", "s", "-"], ["sessions", "import", "-"],
+                 ["responses", "save", "-"]):
+        line = assert_one_error_line(run([*args, "--dir", str(store)], input=big), 1)
+        assert "over 1 MiB" in line and "stdin" in line or "spec -" in line, line
+    assert snapshot(store, mtimes=False) == before
+    ok = b'{"role": "user", "content": "' + b"y" * ((1 << 20) - 40) + b'"}\n'  # just under: still read
+    r = run(["sessions", "append", "s", "-", "--dir", str(store)], input=ok)
+    assert "over 1 MiB" not in r.stderr, r.stderr
+
+
 def test_bad_tenant_setting_is_exit_2(store: Path) -> None:
     from agentstate.cli.common import Opts, UsageError
 

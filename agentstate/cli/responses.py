@@ -86,14 +86,15 @@ def _summary(response: dict[str, Any]) -> str:
 def _read(file: str) -> Any:
     from ..errors import InvalidInput
     from ..state.codec import parse_json
+    from .inputs import read_document
 
     if file == "-":
-        data = sys.stdin.buffer.read()
+        data = read_document(sys.stdin.buffer, "stdin")
         what = "stdin"
     else:
         try:
             with open(file, "rb") as f:
-                data = f.read()
+                data = read_document(f, file)
         except OSError as e:
             from ..state.fileio import describe
 
@@ -283,14 +284,15 @@ def import_(
     already stored). Soft-deleted ones stay soft-deleted."""
 
     def body(o: Opts) -> None:
-        from .sessions import _read_lines, open_input
+        from .inputs import read_lines
+        from .sessions import open_input
 
         store = _store(o, max_responses, max_item_bytes, writing=True)
         if file == "-":
-            infos = store.import_lines(sys.stdin.buffer)
+            infos = store.import_lines(read_lines(sys.stdin.buffer, "stdin"))
         else:
             with open_input(file) as f:
-                infos = store.import_lines(_read_lines(f, file))
+                infos = store.import_lines(read_lines(f, file))
         _print_saved(o, infos, max_responses)
 
     run(body)

@@ -186,7 +186,9 @@ def _read_items(args: list[str], role: str | None, content: str | None) -> list[
     items: list[Any] = []
     for i, arg in enumerate(args, 1):
         if arg == "-":
-            for n, line in enumerate(sys.stdin.buffer, 1):
+            from .inputs import read_lines
+
+            for n, line in enumerate(read_lines(sys.stdin.buffer, "stdin"), 1):
                 if line.strip():
                     items.append(parse_json(line, f"stdin line {n}"))
         else:
@@ -475,21 +477,6 @@ def open_input(file: str) -> Any:
         raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
 
 
-def _read_lines(f: Any, file: str) -> Any:
-    """The lines of an open file; a read error is the input's fault (exit 1 with one line)."""
-    from ..errors import InvalidInput
-    from ..state.fileio import describe
-
-    while True:
-        try:
-            line = f.readline()
-        except OSError as e:
-            raise InvalidInput(f"cannot read {file}: {describe(e)}") from None
-        if not line:
-            return
-        yield line
-
-
 @sessions_app.command("import", cls=WriteCommand, epilog=EXIT_CODES)
 def import_(
     file: Annotated[str, typer.Argument(metavar="FILE", help="An export (or JSON lines of items); - for stdin.")],
@@ -499,12 +486,14 @@ def import_(
 
     def body(o: Opts) -> None:
 
+        from .inputs import read_lines
+
         store = _store(o, True)
-        if file == "-":
-            info = store.import_lines(sys.stdin.buffer, new_id)  # read a line at a time, checked before the lock
+        if file == "-":  # read a line at a time, checked before the lock
+            info = store.import_lines(read_lines(sys.stdin.buffer, "stdin"), new_id)
         else:
             with open_input(file) as f:
-                info = store.import_lines(_read_lines(f, file), new_id)
+                info = store.import_lines(read_lines(f, file), new_id)
         emit(o, info.to_dict(), f"imported {info.item_count} item(s) into session {info.id}")
 
     _run(body)

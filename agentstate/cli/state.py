@@ -37,12 +37,13 @@ SET_HELP = (
 def _read_spec(spec: str) -> bytes:
     from ..errors import InvalidInput
     from ..state.fileio import describe
+    from .inputs import read_document
 
     if spec == "-":
-        return sys.stdin.buffer.read()
+        return read_document(sys.stdin.buffer, "spec -")
     try:
         with open(spec, "rb") as f:
-            return f.read()
+            return read_document(f, f"spec {spec}")
     except FileNotFoundError:
         raise InvalidInput(f"spec file {spec} does not exist", hint="check the path, or pass - to read stdin") from None
     except IsADirectoryError:
