@@ -276,6 +276,24 @@ def test_a_full_disk_at_the_holder_record_is_one_error_and_no_warning(tmp_path, 
     lk2.release()
 
 
+def test_a_lock_file_grown_huge_is_cut_back_and_never_read_or_written_whole(tmp_path, caplog):
+    """A lock file of 1 GiB (sparse; by hand or damage): status reads at most 64 KiB of it, and the next
+    acquire cuts it back under the lock instead of padding its record (and then the blank) to 1 GiB."""
+    path = tmp_path / "x.lock"
+    with open(path, "wb") as f:
+        f.truncate(1 << 30)
+    lk = Lock(path)
+    assert lk.status()["held"] is False
+    with caplog.at_level(logging.WARNING, logger="agentstate"):
+        lk.acquire(0)
+    try:
+        assert path.stat().st_size <= 4096 and path.read_bytes().startswith(b"{")
+    finally:
+        lk.release()
+    assert path.stat().st_size <= 4096 and not path.read_bytes().strip()
+    assert any("far more than a holder record" in r.getMessage() for r in caplog.records)
+
+
 def test_filesystem_type_is_read_from_mountinfo(tmp_path):
     fs = lockmod._filesystem(str(tmp_path))
     r = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,TARGET", "--target", str(tmp_path)], capture_output=True,

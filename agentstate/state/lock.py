@@ -47,7 +47,17 @@ from .fileio import OsFiles, io_error, write_all_at
 from .lock_fs import UNSHARED_FLOCK, check_filesystem, names_are_local
 from .lock_fs import filesystem as _filesystem
 from .lock_fs import unsupported as _unsupported
-from .lock_record import RECORD_BLOCK, Holder, blank, now_iso, padded, process_start, read_record, record_size
+from .lock_record import (
+    MAX_RECORD,
+    RECORD_BLOCK,
+    Holder,
+    blank,
+    now_iso,
+    padded,
+    process_start,
+    read_record,
+    record_size,
+)
 
 log = logging.getLogger("agentstate.lock")
 
@@ -283,6 +293,11 @@ class Lock:
             previous = read_record(fd) if file_size and os.pread(fd, 1, 0) == b"{" else None
             if previous is not None and fd == kept:  # its record may be longer than the file size known here
                 file_size = max(file_size, os.fstat(fd).st_size)
+            if file_size > MAX_RECORD:  # no record is this long: grown by hand or damage; cut back, under the lock
+                self.files.truncate(fd, 0)
+                log.warning("lock file %s was %d bytes, far more than a holder record: cut back to one", self.path,
+                            file_size)
+                file_size = 0
             size = record_size(body, file_size)
             written = True
             write_all_at(self.files, fd, padded(body, size), 0)

@@ -246,10 +246,13 @@ def _template(h: Holder) -> tuple[bytes, bytes, bytes] | None:
 # --- reading and writing it in the lock file ---------------------------------------------------------
 
 
+MAX_RECORD = 64 << 10  # bytes of a lock file read for its record
+
+
 def read_record(fd: int) -> Holder | None:
     """The record in the open lock file; None if blank, garbled or unreadable (it only informs people)."""
-    try:
-        return Holder.parse(os.pread(fd, max(os.fstat(fd).st_size, RECORD_BLOCK), 0))
+    try:  # a record is a few hundred bytes: a lock file grown huge (by hand) is never read whole
+        return Holder.parse(os.pread(fd, min(max(os.fstat(fd).st_size, RECORD_BLOCK), MAX_RECORD), 0))
     except OSError:
         return None
 
