@@ -792,3 +792,26 @@ def test_the_file_layer_reads_what_a_file_grew_to_while_read(tmp_path, monkeypat
 
     monkeypatch.setattr(os, "fstat", fstat)
     assert OsFiles().read(str(path)) == data
+
+
+@pytest.mark.parametrize("name", ["state.json", "state.json.bak"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_fifo_or_device_at_a_state_path_is_one_error_never_a_hang(tmp_path: Path, name: str, kind: str) -> None:
+    """A FIFO with no writer blocked every reader's open forever; /dev/zero (a symlink to it) was read until
+    memory ran out. Now: opened without blocking, refused as not a regular file, left where it is."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "s"
+    d.mkdir(mode=0o700)
+    if kind == "fifo":
+        os.mkfifo(d / name)
+    else:
+        os.symlink("/dev/zero", d / name)
+    for args in (["show"], ["apply", "--set", "a=1"]):
+        proc = subprocess.run([sys.executable, "-m", "agentstate", *args, "--dir", str(d)], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "is not a regular file" in proc.stderr and name in proc.stderr
+    assert (stat.S_ISFIFO(os.lstat(d / name).st_mode) if kind == "fifo" else os.path.islink(d / name))
+    assert sorted(p.name for p in d.iterdir() if p.name != "state.json.lock") == [name]

@@ -29,13 +29,18 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 
 
+class NotRegularFile(OSError):
+    """A path that should be a regular file is a FIFO, a device or a socket."""
+
+
 class OsFiles:
     """The real file layer. Methods raise OSError; the protocol turns that into StorageError."""
 
     def read(self, path: str) -> bytes | None:
-        """The whole file, or None if it does not exist."""
+        """The whole file, or None if it does not exist. NotRegularFile for a FIFO or a device (opened
+        without blocking: a FIFO planted there never hangs the reader; /dev/zero is never read to the end)."""
         try:
-            fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
         except FileNotFoundError:
             return None
         try:
@@ -43,8 +48,13 @@ class OsFiles:
             # read of its whole size: no chunk list to join (a second copy of a large state).
             data = os.read(fd, 1 << 16)
             if len(data) < 1 << 16:  # a short read of a regular file is its end
+                if not data and not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO with no writer reads as empty
+                    raise NotRegularFile(errno.EINVAL, "not a regular file")
                 return data
-            want = os.fstat(fd).st_size + 1
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegularFile(errno.EINVAL, "not a regular file")
+            want = st.st_size + 1
             data = os.pread(fd, want, 0)  # from the start again: no concatenation of the first piece
             if len(data) < want:
                 return data

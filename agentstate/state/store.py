@@ -203,6 +203,11 @@ class StateStore(metaclass=_OpensUrls):
                 f"{path} is a directory, not a file; move it aside (agentstate changed nothing)",
                 errno="EISDIR", path=path,
             ) from None
+        except fileio.NotRegularFile:
+            raise StorageError(
+                f"{path} is not a regular file (a FIFO or a device); move it aside (agentstate changed nothing)",
+                errno="EINVAL", path=path,
+            ) from None
         except OSError as e:
             raise fileio.io_error("read", path, e) from None
 
