@@ -69,8 +69,8 @@ class Report:
         if any(f.get("read_only") for f in self.bad):
             lines.append("the store is on a read-only filesystem: open it once where it is writable, then run "
                          "`agentstate doctor` again")
-        if any(f["check"].startswith(DATABASE) and not f.get("disk_full") and not f.get("read_only")
-               for f in self.bad):
+        if any(f["check"].startswith(DATABASE) and f["check"] != "database lock" and not f.get("disk_full")
+               and not f.get("read_only") for f in self.bad):  # a lock finding says its own remedy
             lines.append("the database findings are not repaired automatically: keep a copy of agentstate.db, "
                          "then export what still reads (`agentstate sessions export`) or restore it from a copy")
         return lines

@@ -519,6 +519,19 @@ def test_a_bad_lock_timeout_is_refused_when_the_store_is_made(tmp_path, bad) -> 
     assert SessionStore(str(tmp_path / "s"), lock_timeout="2s").lock_timeout == 2.0
 
 
+def test_doctor_gives_a_bad_database_lock_its_own_remedy_not_a_restore(tmp_path) -> None:
+    from agentstate import StateStore, doctor
+
+    d = tmp_path / "s"
+    with SessionStore(str(d)) as s:
+        s.append("s", [U])
+    (d / "agentstate.db.lock").unlink()
+    os.mkfifo(d / "agentstate.db.lock")  # not a regular file: the lock finding says to move it away
+    report = doctor.diagnose(StateStore(str(d)))
+    assert [f["check"] for f in report.bad] == ["database lock"] and "move it away" in report.bad[0]["detail"]
+    assert not any("restore it from a copy" in line for line in report.summary())
+
+
 def test_newer_schema_is_refused_and_never_touched(tmp_path) -> None:
     d = tmp_path / "store"
     s = SessionStore(str(d))
