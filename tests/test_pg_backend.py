@@ -466,7 +466,7 @@ def test_a_schema_dropped_while_in_use_is_one_error_then_recreated(pg_schema_url
 @pytest.mark.parametrize("url", ["postgresql://[bad/db", "postgres://u@h:5/db?schema=no-good"])
 def test_a_malformed_url_is_one_clear_error(url):
     proc = subprocess.run([*CLI, "show", "--url", url], capture_output=True, text=True)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1  # a bad --url
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -377,7 +377,7 @@ def test_a_url_without_a_host_says_what_is_wrong(url):
 def test_a_bad_statement_timeout_is_named(pg_schema_url):
     line = one_line(cli("show", "--url", pg_schema_url, env={"AGENTSTATE_STATEMENT_TIMEOUT": "soon"}), 2)
     assert "AGENTSTATE_STATEMENT_TIMEOUT" in line
-    line = one_line(cli("show", "--url", pg_schema_url + "&statement_timeout=soon"), 1)
+    line = one_line(cli("show", "--url", pg_schema_url + "&statement_timeout=soon"), 2)  # a bad --url, as a bad variable
     assert "statement_timeout" in line
 
 
