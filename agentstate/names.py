@@ -17,11 +17,16 @@ _NAME = re.compile(r"[A-Za-z0-9_:@\-][A-Za-z0-9._:@\-]{0,127}")
 DEFAULT_TENANT = "default"
 
 
+def short_repr(value: Any) -> str:
+    """``value`` as an error line shows it: its repr, cut to 60 characters."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def check_name(value: Any, what: str = "name") -> str:
     """``value`` if it is a valid name, else InvalidInput naming ``what`` (e.g. "session id")."""
     if type(value) is not str or _NAME.fullmatch(value) is None:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise InvalidInput(f"{what} {shown} is not valid", hint=f"a {what} is {NAME_RULE}")
+        raise InvalidInput(f"{what} {short_repr(value)} is not valid", hint=f"a {what} is {NAME_RULE}")
     return value
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..errors import InvalidInput
+from ..names import short_repr
 from ..sql import q_sessions as q
 
 MAX_WHERE = 8  # conditions in one list(where=...): each is one join
@@ -53,12 +54,6 @@ def tags_of(metadata: dict[str, Any] | None) -> list[tuple[str, str]]:
     return out
 
 
-def _short(value: Any) -> str:
-    """A value as shown in an error line: its repr, cut to 60 characters."""
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
 def check_where(where: Any) -> list[tuple[str, str]]:
     """(key, tag value) of a ``where`` mapping; InvalidInput for anything that cannot match a tag."""
     if not isinstance(where, dict):
@@ -70,11 +65,11 @@ def check_where(where: Any) -> list[tuple[str, str]]:
     out = []
     for key, value in where.items():
         if not isinstance(key, str) or not key or len(key) > 256 or "\x00" in key:
-            raise InvalidInput(f"where key {_short(key)} is not a metadata key (1 to 256 characters, no NUL)")
+            raise InvalidInput(f"where key {short_repr(key)} is not a metadata key (1 to 256 characters, no NUL)")
         tagged = tag_value(value)
         if tagged is None:
             raise InvalidInput(
-                f"where[{_short(key)}] = {_short(value)} cannot be matched",
+                f"where[{short_repr(key)}] = {short_repr(value)} cannot be matched",
                 hint="filterable values are top-level strings (up to 1024 characters), finite numbers and booleans",
             )
         out.append((key, tagged))
@@ -92,7 +87,7 @@ def parse_where(conditions: list[str]) -> dict[str, Any]:
         typed = at > 0 and cond[at - 1] == ":"
         key, raw = (cond[: at - 1], cond[at + 1:]) if typed else (cond[:at], cond[at + 1:])
         if at < 0 or not key:
-            raise InvalidInput(f"--where {_short(cond)} is not KEY=VALUE (or KEY:=JSON for a number or boolean)")
+            raise InvalidInput(f"--where {short_repr(cond)} is not KEY=VALUE (or KEY:=JSON for a number or boolean)")
         value: Any = parse_json(raw, f"--where {key}") if typed else raw
         if key in where and where[key] != value:
             raise InvalidInput(f"--where gives {key!r} twice with different values: no session can match")

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from ..errors import FormatTooNew, InvalidInput
+from ..names import short_repr
 
 FORMAT_VERSION = 2
 PREFIX = b'{"checksum":"sha256:'
@@ -253,8 +254,7 @@ def _duplicate(raw: bytes) -> str:
         seen: dict[str, Any] = {}
         for k, v in items:
             if k in seen:
-                shown = repr(k) if len(repr(k)) <= 60 else repr(k)[:57] + "..."
-                raise KeyError(shown)
+                raise KeyError(short_repr(k))
             seen[k] = v
         return seen
 

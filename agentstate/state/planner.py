@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInput, NotFound
+from ..names import short_repr
 from . import codec
 from .store import StateStore, check_serial
 
@@ -59,7 +60,7 @@ def spec_resources(spec: Any, what: str = "spec") -> dict[str, Any]:
         raise InvalidInput(f'{what} must be a JSON object like {{"resources": {{...}}}}, not {_kind(spec)}')
     unknown = sorted(set(spec) - {"resources"}, key=str)
     if unknown:
-        shown = ", ".join(repr(k) if len(repr(k)) <= 60 else repr(k)[:57] + "..." for k in unknown[:5])
+        shown = ", ".join(short_repr(k) for k in unknown[:5])
         raise InvalidInput(
             f"{what} has unknown field(s) {shown}{' ...' if len(unknown) > 5 else ''}; only 'resources' is allowed",
             hint='a spec is {"resources": {ADDRESS: VALUE, ...}}; from Python, pass a plain mapping of '
