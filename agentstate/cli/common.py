@@ -474,33 +474,20 @@ class Opts:
                                  "(a directory goes to AGENTSTATE_DIR)")
             self.dir, self.url = env_dir, env_url
         if self.url is not None:
-            from ..names import URL_HINT, url_problem
-
-            problem = url_problem(self.url)
-            if problem:
-                raise UsageError(f"{problem}; {URL_HINT}")
-            from urllib.parse import parse_qsl, urlsplit
-
             from ..errors import InvalidInput
             from ..sql.pg_conn import split_url_options
 
-            try:  # the rest of the URL's shape and the schema name: a usage error too, before any connection
-                split_url_options(self.url)
-            except InvalidInput as e:
-                try:
-                    env = not any(k == "schema" for k, _ in parse_qsl(urlsplit(self.url).query))
-                except ValueError:
-                    env = False
-                where = "AGENTSTATE_PG_SCHEMA: " if env and "schema name" in e.message else ""
-                raise UsageError(f"{where}{e.message}" + (f"; {e.hint}" if e.hint else "")) from None
             if os.environ.get("AGENTSTATE_STATEMENT_TIMEOUT"):
                 from ..duration import parse_duration
-                from ..errors import InvalidInput
 
                 try:
                     parse_duration(os.environ["AGENTSTATE_STATEMENT_TIMEOUT"], "statement timeout")
                 except InvalidInput as e:
                     raise UsageError(f"AGENTSTATE_STATEMENT_TIMEOUT: {e}") from None
+            try:  # the URL's shape and its schema name: a usage error too, before any connection
+                split_url_options(self.url)
+            except InvalidInput as e:
+                raise UsageError(str(e)) from None
 
     @property
     def cache(self) -> str | None:

@@ -103,7 +103,13 @@ def split_url_options(url: str) -> tuple[str, str, float]:
     conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
     if not parts.netloc and conninfo.startswith(f"{parts.scheme}:") and not conninfo.startswith(f"{parts.scheme}://"):
         conninfo = f"{parts.scheme}://" + conninfo[len(parts.scheme) + 1:]  # keep "//": libpq needs it
-    return conninfo, check_schema(schema), timeout
+    try:
+        schema = check_schema(schema)
+    except InvalidInput as e:
+        if schemas:
+            raise
+        raise InvalidInput(f"{SCHEMA_ENV}: {e.message}", hint=e.hint) from None  # where it came from
+    return conninfo, schema, timeout
 
 
 def psycopg_module():
