@@ -38,7 +38,7 @@ from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
 from ..state import fileio, signals
 from ..state.lock_pool import LockPool
 from . import EmptyTx, Stmt, stats
-from .media import free_if_low, frozen_or_error
+from .media import disk_full, frozen_or_error
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
 log = logging.getLogger("agentstate.sql")
@@ -124,14 +124,13 @@ def storage_error(e: BaseException, path: str, action: str) -> AgentStateError:
         "SQLITE_CANTOPEN": ("EACCES", "check that the store directory exists and is writable"),
         "SQLITE_PERM": ("EACCES", "check the permissions of the store directory and its files"),
     }
-    if primary == "SQLITE_IOERR":
-        directory = os.path.dirname(path) or "."
-        free = free_if_low(directory)
-        if free is not None:  # SQLite reports ENOSPC met while sizing agentstate.db-shm (or the WAL) as EIO
-            return StorageError(
-                f"cannot {action} {path}: the disk is full ({free} bytes free in {directory}; SQLite: {text}); "
-                "nothing was changed", hint="free some disk space and retry", errno="ENOSPC", path=path,
-                sqlite=name or None)
+    directory = os.path.dirname(path) or "."
+    free = disk_full(e, directory)
+    if free is not None:  # SQLite reports ENOSPC met while sizing agentstate.db-shm (or the WAL) as EIO
+        return StorageError(
+            f"cannot {action} {path}: the disk is full ({free} bytes free in {directory}; SQLite: {text}); "
+            "nothing was changed", hint="free some disk space and retry", errno="ENOSPC", path=path,
+            sqlite=name or None)
     code, hint = hints.get(primary, (None, None))
     if primary in ("SQLITE_BUSY", "SQLITE_LOCKED"):
         text = "the database is busy"

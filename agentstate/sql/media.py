@@ -16,10 +16,17 @@ log = logging.getLogger("agentstate.sql")
 LOW_SPACE = 1 << 20  # bytes: with fewer free, an I/O error of SQLite's is taken for a full disk
 
 
-def free_if_low(directory: str) -> int | None:
-    """The bytes free to this user on ``directory``'s filesystem if fewer than LOW_SPACE, else None (also
-    when unknown). SQLite reports a full disk met while sizing its ``-shm`` file, or growing the WAL on
-    some filesystems, as a plain I/O error; this tells the two apart for the message."""
+def _name(e: BaseException) -> str:
+    return getattr(e, "sqlite_errorname", "") or ""
+
+
+def disk_full(e: BaseException, directory: str) -> int | None:
+    """For SQLite's error ``e``: the bytes free to this user on ``directory``'s filesystem if ``e`` is an
+    I/O error and fewer than LOW_SPACE are free, else None (also when unknown). SQLite reports a full disk
+    met while sizing its ``-shm`` file, or growing the WAL on some filesystems, as a plain I/O error; this
+    tells the two apart for the message."""
+    if not _name(e).startswith("SQLITE_IOERR"):
+        return None
     try:
         st = os.statvfs(directory)
     except OSError:
@@ -50,7 +57,7 @@ def frozen_or_error(e: Exception, path: str) -> Any:
     (reading the file alone would miss those writes); else None (``e`` is the news)."""
     import sqlite3
 
-    if not (getattr(e, "sqlite_errorname", "") or "").startswith("SQLITE_CANTOPEN"):
+    if not _name(e).startswith("SQLITE_CANTOPEN"):
         return None
     directory = os.path.dirname(path) or "."
     if not read_only_fs(directory):

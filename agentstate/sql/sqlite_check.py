@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import AgentStateError, StorageError
 from .engine import BUSY_BACKSTOP, DB_NAME, LOCK_SUFFIX
-from .media import free_if_low, frozen_or_error
+from .media import disk_full, frozen_or_error
 from .schema import SCHEMA_VERSION
 
 __all__ = ["check_sqlite"]
@@ -38,7 +38,7 @@ def check_sqlite(directory: str) -> list[dict[str, Any]]:
     if mode & 0o077:
         add("database permissions", False, f"{path} is readable by others (mode {mode:o}); chmod 600 it", path=path)
     def unreadable(e: Exception, what: str) -> None:
-        free = free_if_low(directory) if (getattr(e, "sqlite_errorname", "") or "").startswith("SQLITE_IOERR") else None
+        free = disk_full(e, directory)
         if free is not None:  # not damage: SQLite cannot size its -shm file on a full disk
             add("database", False, f"{path}: cannot be read while the disk is full ({free} bytes free in "
                 f"{directory}; SQLite: {e}); free some disk space", path=path, disk_full=True)
