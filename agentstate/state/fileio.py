@@ -47,11 +47,9 @@ class OsFiles:
             # A small file (the usual state) in one read, without asking its size; a larger one in one
             # read of its whole size: no chunk list to join (a second copy of a large state).
             data = os.read(fd, 1 << 16)
-            if len(data) < 1 << 16:  # a short read of a regular file is its end
-                if not data and not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO with no writer reads as empty
-                    raise NotRegularFile(errno.EINVAL, "not a regular file")
+            if data and len(data) < 1 << 16:  # a short read of a regular file is its end
                 return data
-            st = os.fstat(fd)
+            st = os.fstat(fd)  # empty (as a FIFO with no writer reads) or large: what is it?
             if not stat.S_ISREG(st.st_mode):
                 raise NotRegularFile(errno.EINVAL, "not a regular file")
             want = st.st_size + 1
