@@ -7,7 +7,10 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -409,6 +412,18 @@ def test_database_file_and_pragmas(tmp_path) -> None:
     s.close()
 
 
+@contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``mnt`` for the block (root only: CI runs as root)."""
+    assert os.geteuid() == 0, "this test mounts a tmpfs (CI runs as root)"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def test_a_full_disk_is_named_as_such_and_nothing_changes(tmp_path) -> None:
     """A real full disk (a 512 KB tmpfs): SQLite cannot size agentstate.db-shm and says "disk I/O error";
     reads and writes say the disk is full (ENOSPC, exit 1), doctor says so instead of suggesting a
@@ -416,11 +431,7 @@ def test_a_full_disk_is_named_as_such_and_nothing_changes(tmp_path) -> None:
     from agentstate import StateStore, doctor
     from agentstate.errors import StorageError
 
-    assert os.geteuid() == 0, "this test mounts a tmpfs (CI runs as root)"
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "512k") as mnt:
         d = mnt / "store"
         with SessionStore(str(d)) as s:
             s.append("s", [U])
@@ -450,8 +461,6 @@ def test_a_full_disk_is_named_as_such_and_nothing_changes(tmp_path) -> None:
         with SessionStore(str(d)) as s:
             assert [i.seq for i in s.append("s", [U])] == [2]
             assert [i.seq for i in s.items("s")] == [1, 2]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_store_on_a_read_only_filesystem_reads_and_refuses_writes_clearly(tmp_path) -> None:
@@ -462,15 +471,12 @@ def test_a_store_on_a_read_only_filesystem_reads_and_refuses_writes_clearly(tmp_
     from agentstate import ResponseStore, StateStore, doctor
     from agentstate.errors import StorageError
 
-    assert os.geteuid() == 0, "this test mounts a tmpfs (CI runs as root)"
     mnt = tmp_path / "ro"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)], check=True)
 
     def remount(mode: str) -> None:
         subprocess.run(["mount", "-o", f"remount,{mode}", str(mnt)], check=True)
 
-    try:
+    with tmpfs(mnt, "4m"):
         d = mnt / "store"
         with SessionStore(str(d)) as s:
             s.append("s", [U])
@@ -504,8 +510,6 @@ def test_a_store_on_a_read_only_filesystem_reads_and_refuses_writes_clearly(tmp_
         remount("rw")
         with SessionStore(str(d)) as s:
             assert [i.data["content"] for i in s.items("s")] == ["hello", "two"]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("bad", ["zz", float("nan"), -1, float("inf")])
