@@ -7,11 +7,14 @@ the append also creates the file, switches it to WAL and runs the schema migrati
 those calls is made to fail in its own run (ENOSPC on a write, EIO on an fsync), counted with
 strace's per-task ``when=N``:
 
-* a fault up to the commit (the WAL's frames and the fsync that makes them durable, all before
-  the writer lock is released): exit 1, exactly one ``error:`` line on stderr, no traceback, and
-  nothing stored: the session reads exactly as before;
-* a fault after the commit (the checkpoint SQLite runs when the process closes the database):
-  the append was acknowledged (exit 0) and must be there.
+* a fault up to the commit (the WAL's frames, all before the writer lock is released): exit 1,
+  exactly one ``error:`` line on stderr, no traceback, and nothing stored: the session reads
+  exactly as before;
+* a fault on the sync that makes the commit durable (the WAL's fdatasync, the first sync after the
+  lock's release): exit 1, one ``error:`` line saying the outcome is unknown and pointing to
+  ``agentstate doctor``; the append is committed, so it reads as stored;
+* a fault after that (the checkpoint SQLite runs when the process closes the database): the append
+  was acknowledged (exit 0) and must be there.
 
 Either way the database then opens, passes ``PRAGMA integrity_check``, and the next append works
 with the next seq (no gap). Each run's trace must show exactly the intended call marked
@@ -82,9 +85,10 @@ def _copy(template: Path, d: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def plan(template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, int, str, bool]]:
-    """(syscall, when, path, before_commit) for the writes and fsyncs of the database, its WAL and (when it
-    is created) its rollback journal in a clean append. A fresh store makes many page writes: unless
+def plan(template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, int, str, str]]:
+    """(syscall, when, path, phase) for the writes and fsyncs of the database, its WAL and (when it
+    is created) its rollback journal in a clean append; phase is "before" (the lock's release),
+    "settle" (the WAL's sync right after it) or "after". A fresh store makes many page writes: unless
     AGENTSTATE_SLOW=1, every fsync and the first and last two writes to each file are kept."""
     d = tmp_path_factory.mktemp("discover") / "store"
     _copy(template, d)
@@ -97,10 +101,15 @@ def plan(template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple
     out = []
     for i, c in enumerate(calls):
         if c.name in ("write", "pwrite64", "fsync", "fdatasync") and _target(c.fd_path(0)):
-            out.append((c.name, occurrence(calls, i), c.fd_path(0), i < lock_blanked))
+            settle = (i > lock_blanked and c.name.endswith("sync")
+                      and not any(x[3] == "settle" for x in out))
+            phase = "before" if i < lock_blanked else "settle" if settle else "after"
+            out.append((c.name, occurrence(calls, i), c.fd_path(0), phase))
     names = {n for n, *_ in out}
     assert {"pwrite64", "fdatasync"} <= names or {"pwrite64", "fsync"} <= names, out
-    assert any(before for *_, before in out) and any(n.endswith("sync") and before for n, _, _, before in out)
+    settles = [x for x in out if x[3] == "settle"]
+    assert len(settles) == 1 and settles[0][2].endswith("-wal"), out  # the append's one durability point
+    assert any(phase == "before" for *_, phase in out)
     if not SLOW:
         keep = []
         for path in {p for _, _, p, _ in out}:
@@ -114,14 +123,14 @@ def test_every_write_and_fsync_fault(template: Path, plan: list, tmp_path: Path)
     before_items = _items(template)
     violations: list[str] = []
     cases = 0
-    for k, (name, when, path, before_commit) in enumerate(plan):
+    for k, (name, when, path, phase) in enumerate(plan):
         errno = "EIO" if name.endswith("sync") else "ENOSPC"
         d = tmp_path / f"case{k}" / "store"
         _copy(template, d)
         trace = d.parent / "trace.txt"
         r = run_strace(_cli(d, "three"), trace, trace=TRACE, inject=[f"{name}:error={errno}:when={when}"])
         cases += 1
-        label = f"{name}#{when} on {Path(path).name} ({'before' if before_commit else 'after'} commit)"
+        label = f"{name}#{when} on {Path(path).name} ({phase})"
         injected = [c for c in parse_strace(trace.read_text()) if c.injected]
         if len(injected) != 1 or not _target(injected[0].fd_path(0)):
             violations.append(f"{label}: the trace shows {len(injected)} injected calls: "
@@ -129,16 +138,22 @@ def test_every_write_and_fsync_fault(template: Path, plan: list, tmp_path: Path)
             continue
         lines = r.stderr.splitlines()
         items = _items(d)
-        if before_commit:
+        stored = [i["data"] for i in before_items] + [{"role": "user", "content": "three"}]
+        if phase == "before":
             if r.returncode != 1 or len(lines) != 1 or not lines[0].startswith("error: "):
                 violations.append(f"{label}: exit {r.returncode}, stderr {r.stderr!r}")
             if items != before_items:
                 violations.append(f"{label}: failed append changed the session: {len(items)} items")
+        elif phase == "settle":
+            if (r.returncode != 1 or len(lines) != 1 or not lines[0].startswith("error: ")
+                    or "the outcome is unknown" not in lines[0] or "agentstate doctor" not in lines[0]):
+                violations.append(f"{label}: exit {r.returncode}, stderr {r.stderr!r}")
+            if [i["data"] for i in items] != stored:
+                violations.append(f"{label}: the committed append is not there")
         else:
             if r.returncode != 0 or r.stderr:
                 violations.append(f"{label}: a fault after the commit failed the append: {r.stderr!r}")
-            if [i["data"] for i in items] != [i["data"] for i in before_items] + [{"role": "user",
-                                                                                   "content": "three"}]:
+            if [i["data"] for i in items] != stored:
                 violations.append(f"{label}: the acknowledged append is not there")
         if "Traceback" in r.stderr:
             violations.append(f"{label}: traceback")
@@ -167,17 +182,19 @@ if sys.argv[2] == "append":
         s.append("s", [{"type": "doomed"}])
         print("appended", flush=True)
     except StorageError as e:
-        print("failed", flush=True)
+        print(e.details.get("outcome") or "failed", flush=True)
 print("pid", os.getpid(), flush=True)
 time.sleep(120)
 """
 
 
 def test_failed_wal_fsync_then_every_process_killed(tmp_path: Path) -> None:
-    """EIO on the WAL's fsync at COMMIT in a long-lived process, while another process keeps the database
-    open (so closing does not remove the WAL); then both are SIGKILLed before anyone writes again. The
-    append was reported as failed, so it must not appear when the next process opens the database (the
-    WAL's unpublished commit frames are written over before the lock is released)."""
+    """EIO on each sync of the WAL in a long-lived process's append, while another process keeps the
+    database open (so closing does not remove the WAL); then both are SIGKILLed before anyone writes
+    again. One inside the COMMIT (a new WAL's header) fails it: the append is reported as failed, so it
+    must not appear when the next process opens the database (the WAL's unpublished commit frames are
+    written over before the lock is released). The one after the COMMIT (the write's durability sync)
+    reports the outcome unknown: the append is committed, so it does appear."""
     import os
     import signal
     import sys
@@ -213,6 +230,7 @@ def test_failed_wal_fsync_then_every_process_killed(tmp_path: Path) -> None:
     calls = main_thread(parse_strace(trace.read_text()))
     wal = [(c.name, occurrence(calls, i)) for i, c in enumerate(calls) if (c.fd_path(0) or "").endswith("-wal")]
     assert wal, [c.line for c in calls]
+    outcomes = []
     for name, when in wal:
         d = tmp_path / f"case-{name}-{when}"
         shutil.copytree(template, d)
@@ -221,6 +239,10 @@ def test_failed_wal_fsync_then_every_process_killed(tmp_path: Path) -> None:
         kill(*a[:2])
         kill(*holder[:2])
         items = [i["data"] for i in _items(d)]
-        assert a[2] == "failed", (name, when, a[2])
-        assert items == [{"type": "one"}], (name, when, items)
+        outcomes.append(a[2])
+        if a[2] == "failed":
+            assert items == [{"type": "one"}], (name, when, items)
+        else:
+            assert a[2] == "unknown" and items == [{"type": "one"}, {"type": "doomed"}], (name, when, a[2], items)
         assert integrity(d) == ["ok"]
+    assert outcomes[-1] == "unknown" and outcomes.count("unknown") == 1, outcomes  # the last sync: after the COMMIT

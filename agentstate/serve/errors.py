@@ -74,6 +74,9 @@ def from_library(e: AgentStateError) -> ApiError:
         return ApiError(409, e.message, code=e.code)
     if isinstance(e, StateLocked):
         return ApiError(423, "the store is busy (its writer lock was not acquired in time); retry", code="locked")
+    if e.details.get("outcome") in ("unknown", "committed"):  # e.g. the disk failed to sync a committed write
+        return ApiError(503, f"the store cannot confirm this request's outcome ({e.code}): it may have been stored; "
+                        "read it back before retrying", code=e.code)
     return ApiError(503, f"the store cannot answer now ({e.code}); nothing was changed by this request",
                     code=e.code)
 

@@ -1,7 +1,8 @@
 """The SQLite engine: ``<store dir>/agentstate.db``.
 
 * The file is created 0600 (the directory 0700), never through a symlink. Pragmas: journal_mode=WAL
-  (persistent, set once under the writer lock), synchronous=FULL and foreign_keys=ON per connection.
+  (persistent, set once under the writer lock), synchronous=NORMAL and foreign_keys=ON per connection;
+  a write syncs the WAL itself once it released the writer lock, and returns only then (agentstate.sql.durable).
 * Writers serialize through agentstate's own lock (:class:`agentstate.lock.Lock`) on
   ``agentstate.db.lock`` and only then ``BEGIN IMMEDIATE``, so SQLite's sleeping busy handler never
   decides who goes next; busy_timeout is only a backstop for readers and for programs other than
@@ -37,7 +38,7 @@ from ..duration import parse_duration
 from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
 from ..state import fileio, signals
 from ..state.lock_pool import LockPool
-from . import EmptyTx, Stmt, stats
+from . import EmptyTx, Stmt, durable, stats
 from .media import disk_full, frozen_or_error
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
@@ -206,7 +207,7 @@ class Database:
         except sqlite3.Error as e:
             raise storage_error(e, self.path, "open") from None
         try:
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # a write syncs the WAL itself (durable.py)
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as e:
             conn.close()
@@ -351,6 +352,7 @@ class Database:
                 if not self._bury_failed_commit(conn):
                     raise self._unknown(e, "migrate") from None
                 raise
+            durable.settle(self.files, durable.commit_file(self.files, self.path), self.path, "migrate")
             version += 1
             log.info("migrated %s to schema version %d", self.path, version)
 
@@ -408,10 +410,14 @@ class Database:
               done: list[Any] | None = None) -> Iterator[Tx]:
         """Writer lock, then ``BEGIN IMMEDIATE``; commit at the end of the block, roll back on an exception.
 
+        The COMMIT does not sync (synchronous=NORMAL): the lock is released, then the WAL is synced
+        (agentstate.sql.durable), and only then does the block's caller go on. A failed sync is StorageError with
+        outcome "unknown".
+
         SIGINT/SIGTERM (agentstate.state.signals): before the COMMIT the transaction is abandoned (rolled back);
-        during the COMMIT the signal is held, so the write is finished; either way the lock is released
-        and Interrupted (exit 130/143) says which: a signal that arrives once the COMMIT returned (while
-        the lock is released, say) is reported as after a completed write."""
+        from the COMMIT to the end of the sync the signal is held, so the write is finished and durable;
+        either way the lock is released and Interrupted (exit 130/143) says which: a signal that arrives
+        after that is reported as after a completed write."""
         import sqlite3
 
         locked = committed = False
@@ -428,9 +434,14 @@ class Database:
                         self._begin(conn)
                         yield Tx(conn)
                         committing = True
-                        with signals.critical():
+                        with signals.critical():  # a signal waits until the write is durable (or failed)
                             conn.execute("COMMIT")
                             committed = True
+                            wal = durable.commit_file(self.files, self.path)  # under the lock: the live WAL
+                            try:
+                                lk.release()  # the next writer goes on while this one syncs
+                            finally:
+                                durable.settle(self.files, wal, self.path, operation)
                             if done is not None:
                                 done.append(True)
                             stats.committed()
@@ -486,7 +497,8 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(f"PRAGMA user_version = {self._version(conn):d}")
             conn.execute("COMMIT")
-        except sqlite3.Error:
+            durable.settle(self.files, durable.commit_file(self.files, self.path), self.path, "write")
+        except (sqlite3.Error, StorageError):
             log.warning("after a failed commit, %s could not be written over either; run `agentstate doctor`",
                         self.path, exc_info=log.isEnabledFor(logging.DEBUG))
             self._abort(conn)

@@ -78,6 +78,11 @@ class OsFiles:
         follow a symlink, never block (a FIFO planted there fails with ENXIO instead)."""
         return os.open(path, os.O_WRONLY | _NOFOLLOW | os.O_NONBLOCK | _CLOEXEC)
 
+    def open_sync(self, path: str) -> int:
+        """Open an existing file only to make it durable (``datasync``): read-only, never created, never
+        through a symlink, never blocking; used for SQLite's ``-wal`` (agentstate.sql.engine)."""
+        return os.open(path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | _CLOEXEC)
+
     def fstat(self, fd: int) -> os.stat_result:
         return os.fstat(fd)
 
@@ -92,6 +97,10 @@ class OsFiles:
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def datasync(self, fd: int) -> None:
+        """``fdatasync``: the file's data and what reading it back needs (its size), as SQLite syncs the WAL."""
+        os.fdatasync(fd)
 
     def fchmod(self, fd: int, mode: int) -> None:
         os.fchmod(fd, mode)
