@@ -109,6 +109,9 @@ def plan(template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple
     assert {"pwrite64", "fdatasync"} <= names or {"pwrite64", "fsync"} <= names, out
     settles = [x for x in out if x[3] == "settle"]
     assert len(settles) == 1 and settles[0][2].endswith("-wal"), out  # the append's one durability point
+    said = next(i for i, c in enumerate(calls) if c.name == "write" and (c.fd_path(0) or "").startswith("pipe:"))
+    synced = next(i for i, c in enumerate(calls) if i > lock_blanked and c.name.endswith("sync"))
+    assert lock_blanked < synced < said, (lock_blanked, synced, said)  # acknowledged only once durable
     assert any(phase == "before" for *_, phase in out)
     if not SLOW:
         keep = []
