@@ -24,6 +24,7 @@ log = logging.getLogger("agentstate.fileio")
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_fdatasync = getattr(os, "fdatasync", os.fsync)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 # link() may be refused by filesystems without hard links; then the backup is copied.
 NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
@@ -99,8 +100,9 @@ class OsFiles:
         os.fsync(fd)
 
     def datasync(self, fd: int) -> None:
-        """``fdatasync``: the file's data and what reading it back needs (its size), as SQLite syncs the WAL."""
-        os.fdatasync(fd)
+        """``fdatasync``: the file's data and what reading it back needs (its size), as SQLite syncs the WAL
+        (``fsync`` where there is no fdatasync)."""
+        _fdatasync(fd)
 
     def fchmod(self, fd: int, mode: int) -> None:
         os.fchmod(fd, mode)
