@@ -53,3 +53,9 @@ def settle(files: fileio.OsFiles, fd: int | OSError, path: str, operation: str) 
         f"{err.message}; the outcome is unknown (the {operation} is committed, but the disk did not confirm "
         "that it would survive a power cut); run `agentstate doctor`",
         errno=err.details.get("errno"), path=path, outcome="unknown")
+
+
+def sync_now(files: fileio.OsFiles, path: str, operation: str) -> None:
+    """Under the writer lock: make the commit just made durable before going on (a migration, the
+    no-op commit over a failed one), as :func:`settle` does it after the release."""
+    settle(files, commit_file(files, path), path, operation)

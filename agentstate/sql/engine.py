@@ -352,7 +352,7 @@ class Database:
                 if not self._bury_failed_commit(conn):
                     raise self._unknown(e, "migrate") from None
                 raise
-            durable.settle(self.files, durable.commit_file(self.files, self.path), self.path, "migrate")
+            durable.sync_now(self.files, self.path, "migrate")
             version += 1
             log.info("migrated %s to schema version %d", self.path, version)
 
@@ -497,7 +497,7 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(f"PRAGMA user_version = {self._version(conn):d}")
             conn.execute("COMMIT")
-            durable.settle(self.files, durable.commit_file(self.files, self.path), self.path, "write")
+            durable.sync_now(self.files, self.path, "write")
         except (sqlite3.Error, StorageError):
             log.warning("after a failed commit, %s could not be written over either; run `agentstate doctor`",
                         self.path, exc_info=log.isEnabledFor(logging.DEBUG))

@@ -81,7 +81,7 @@ class OsFiles:
 
     def open_sync(self, path: str) -> int:
         """Open an existing file only to make it durable (``datasync``): read-only, never created, never
-        through a symlink, never blocking; used for SQLite's ``-wal`` (agentstate.sql.engine)."""
+        through a symlink, never blocking; used for SQLite's ``-wal`` (agentstate.sql.durable)."""
         return os.open(path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | _CLOEXEC)
 
     def fstat(self, fd: int) -> os.stat_result:
