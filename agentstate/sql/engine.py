@@ -15,7 +15,7 @@
   bounded whatever the thread churn (AgentStateSession runs each call in a fresh worker thread). A
   forked child never touches its parent's. After a failed write the connection is closed, so SQLite
   drops whatever the failure left in memory.
-* A failed COMMIT (e.g. EIO on the WAL's fsync) may leave the transaction's frames in the WAL past the
+* A failed COMMIT (e.g. ENOSPC writing the WAL, or EIO syncing a reused WAL's header) may leave the transaction's frames in the WAL past the
   last published one: they are written over by a no-op commit on the SAME connection, before it is
   closed (closing the last connection checkpoints, and a failed checkpoint leaves a WAL that the next
   opener re-indexes from the file: it would find those frames). If that fails too, the error says the
@@ -478,10 +478,10 @@ class Database:
         )
 
     def _bury_failed_commit(self, conn: Any) -> bool:
-        """After a COMMIT failed (e.g. EIO on the WAL's fsync), still under the writer lock, on the same
+        """After a COMMIT failed (e.g. ENOSPC writing the WAL), still under the writer lock, on the same
         connection (closed afterwards); True if done, False if the outcome is unknown.
 
-        SQLite publishes a commit in the WAL index only after the fsync, so nobody sees the failed
+        SQLite publishes a commit in the WAL index only after writing all its frames, so nobody sees the failed
         transaction; but its frames, commit marker included, may sit in the WAL past the last
         published frame. Whoever next rebuilds the index from the WAL file (the first opener after
         the last connection closed with a failed checkpoint, or after every process died) would find

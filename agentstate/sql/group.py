@@ -1,5 +1,5 @@
 """Group commit: calls of one process that write to the same SQLite database at the same time share one
-transaction, so they share its one WAL fsync.
+transaction, so they share its one WAL fsync (agentstate.sql.durable).
 
 Each call brings ``work(tx)``, the statements of one logical write (an append). The first call finds no
 leader and becomes it: it takes the writer lock (``Database.write``), and only then takes every call
