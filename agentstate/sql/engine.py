@@ -16,10 +16,11 @@
   forked child never touches its parent's. After a failed write the connection is closed, so SQLite
   drops whatever the failure left in memory.
 * A failed COMMIT (e.g. ENOSPC writing the WAL, or EIO syncing a reused WAL's header) may leave the
-  transaction's frames in the WAL past the last published one: they are written over by a no-op commit on the SAME connection, before it is
-  closed (closing the last connection checkpoints, and a failed checkpoint leaves a WAL that the next
-  opener re-indexes from the file: it would find those frames). If that fails too, the error says the
-  outcome is unknown (``outcome="unknown"``, as a failed directory fsync of the state document does).
+  transaction's frames in the WAL past the last published one: they are written over by a no-op commit on
+  the SAME connection, before it is closed (closing the last connection checkpoints, and a failed checkpoint
+  leaves a WAL that the next opener re-indexes from the file: it would find those frames). If that fails
+  too, the error says the outcome is unknown (``outcome="unknown"``, as a failed directory fsync of the
+  state document does).
 """
 
 from __future__ import annotations
