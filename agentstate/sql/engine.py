@@ -312,11 +312,15 @@ class Database:
     @contextmanager
     def _locked(self, operation: str, lock_timeout: float | str | None) -> Iterator[None]:
         lk, timeout = self._new_lock(lock_timeout)
-        try:  # acquire inside: a signal right after it returns still ends in release() (a no-op if not held)
-            lk.acquire(timeout, operation)  # StateLocked, or StorageError naming the problem (never a bare OSError)
-            yield
-        finally:
-            self._unlock(lk)
+        try:
+            try:  # acquire inside: a signal right after it returns still ends in release() (a no-op if not held)
+                lk.acquire(timeout, operation)  # StateLocked, or StorageError naming the problem (never a bare OSError)
+                yield
+            finally:
+                self._unlock(lk)
+        except KeyboardInterrupt:
+            signals.release_cut_short(lk)  # a signal at the start of the finally above, before its release
+            raise
 
     # -- schema ------------------------------------------------------------------------------------------
 
@@ -422,6 +426,7 @@ class Database:
         import sqlite3
 
         locked = committed = False
+        lk = None
         with signals.guarded():
             try:
                 lk, timeout = self._new_lock(lock_timeout)
@@ -462,6 +467,7 @@ class Database:
                 finally:
                     self._unlock(lk)
             except KeyboardInterrupt as e:
+                signals.release_cut_short(lk)  # a signal at the start of the finally above, before its release
                 what = f"the {operation} is committed to {self.path}"
                 committed = committed or getattr(e, "outcome", None) == "committed"
                 raise signals.interrupted(e, operation, committed=what if committed else None,

@@ -16,7 +16,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import StorageError
 
@@ -409,7 +409,8 @@ def corrupt_name(path: str) -> str:
     return f"{path}.corrupt-{stamp}-{os.urandom(3).hex()}"
 
 
-def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: Previous) -> str | None:
+def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: Previous,
+           on_durable: Callable[[], None] | None = None) -> str | None:
     """Atomically replace ``path`` with ``data``; keep the previous valid version as ``path.bak``.
 
     Steps (docs/format.md, "Write protocol"):
@@ -428,7 +429,9 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
     the backup too) and no temp file remains. Signals are deferred from step 4 to the end of step 5.
     If step 5 fails the outcome is unknown: fail-stop, nothing is rolled back (a later fsync proves
     nothing about the earlier writes); the StorageError says so. Returns the path where an invalid
-    previous file was kept, if any.
+    previous file was kept, if any. ``on_durable()`` runs once step 5 succeeded, still inside the span
+    where signals are held: whatever the caller records there (the commit happened) is recorded even if
+    a signal lands on the very next bytecode.
 
     Why a spare: a plain replace creates one inode and frees one (the backup before last) on every
     commit. On ext4 with ``discard`` the freeing alone is ~200 µs of a ~600 µs commit; reusing that
@@ -470,6 +473,8 @@ def commit(files: OsFiles, path: str, data: bytes | Sequence[bytes], previous: P
                 files.fsync_dir(directory)  # step 5
             except OSError as e:
                 raise fsync_dir_failed(directory, path, e) from None
+            if on_durable is not None:
+                on_durable()
     except BaseException:
         # An error or a signal (even one that struck right after a create or link returned): our
         # temp names go, and the spare name step 3 added. Safe: we hold the lock, and nobody else

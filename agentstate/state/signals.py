@@ -290,6 +290,16 @@ class _Held:
 _last_commit: list[Any] = []  # what this process last committed (set by the write paths), for the message
 
 
+def release_cut_short(lk: Any) -> None:
+    """After an Interruption that may have cut a write's own release short (delivered at the first
+    bytecode of its ``finally``, before the release ran, or at the entry of ``release()``): release
+    ``lk`` (a Lock, or None) now if it is still held, further signals held meanwhile. Else the lock
+    would stay held by this process until the Lock is collected, and its record would outlive the process."""
+    if lk is not None and lk.held:
+        with critical(outcome=None):
+            lk.release()
+
+
 def note_committed(what: str, *args: Any) -> None:
     """A write path says what it committed ("state.json is at serial 5"): a signal that arrives
     afterwards, outside any write, is then reported as arriving after that commit. With ``args``,

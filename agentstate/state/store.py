@@ -295,6 +295,8 @@ class StateStore(metaclass=_OpensUrls):
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
         state: State | None = None
         locked = committed = False
+        lk = None
+        done: list[bool] = []  # True once the save is durable (set with signals held: see _save)
         with signals.guarded():  # SIGINT/SIGTERM: finish or abandon, clean up, unlock, then Interrupted
             try:
                 if not self._dir_ok:  # once per store object: a stat on every transaction otherwise
@@ -314,20 +316,22 @@ class StateStore(metaclass=_OpensUrls):
                     if loaded.source == "state":
                         loaded.order = tuple(state.resources)
                     yield state
-                    committed = self._save(loaded, state)
+                    committed = self._save(loaded, state, done)
                 finally:
                     with signals.critical(outcome=None):
                         lk.release()
                     self._locks.give(lk)
             except KeyboardInterrupt as e:
-                committed = committed or getattr(e, "outcome", None) == "committed"
+                signals.release_cut_short(lk)  # a signal at the start of the finally above, before its release
+                committed = committed or bool(done) or getattr(e, "outcome", None) == "committed"
                 raise signals.interrupted(
                     e, "write", committed=f"{self.state_path} is at serial {state.serial}" if committed and state else None,
                     locked=locked,
                 ) from None
 
-    def _save(self, loaded: _Loaded, state: State) -> bool:
-        """Write the caller's resources as the next version, if they changed; True if written."""
+    def _save(self, loaded: _Loaded, state: State, done: list[bool]) -> bool:
+        """Write the caller's resources as the next version, if they changed; True if written (and
+        ``done`` gets True the moment it is durable, signals held)."""
         if not isinstance(state.resources, dict):
             raise InvalidInput("resources must be a JSON object (a dict)")
         resources = state.resources
@@ -360,16 +364,15 @@ class StateStore(metaclass=_OpensUrls):
         finally:
             digest.wait()
         data = digest.parts()
-        try:
-            fileio.commit(self.files, self.state_path, data, loaded.previous)
-        except signals.Interruption as e:
-            if e.outcome == "committed":
-                state._set(serial=serial, updated_at=updated_at, format_version=codec.FORMAT_VERSION, changed=True)
-            raise
+
+        def durable() -> None:  # with signals held, right after the directory fsync: a signal from here on
+            state._set(serial=serial, updated_at=updated_at, format_version=codec.FORMAT_VERSION, changed=True)
+            signals.note_committed(f"{self.state_path} is at serial {serial}")
+            done.append(True)  # is reported as after this commit (transaction's except)
+
+        fileio.commit(self.files, self.state_path, data, loaded.previous, on_durable=durable)
         if loaded.source == "backup":
             log.warning("recovery persisted: %s restored from backup as serial %d", self.state_path, serial)
-        state._set(serial=serial, updated_at=updated_at, format_version=codec.FORMAT_VERSION, changed=True)
-        signals.note_committed(f"{self.state_path} is at serial {serial}")
         return True
 
     # -- lock management and checks ---------------------------------------------------------
