@@ -12,6 +12,8 @@ outcome unknown: the write is committed and visible, but the disk did not confir
 
 from __future__ import annotations
 
+import errno
+
 from ..errors import StorageError
 from ..state import fileio
 
@@ -48,11 +50,10 @@ def settle(files: fileio.OsFiles, fd: int | OSError, path: str, operation: str) 
             files.close(fd)
     else:
         e = fd
-    err = fileio.io_error(f"make the {operation} durable in", path, e, unchanged=False)
-    raise StorageError(
-        f"{err.message}; the outcome is unknown (the {operation} is committed, but the disk did not confirm "
-        "that it would survive a power cut); run `agentstate doctor`",
-        errno=err.details.get("errno"), path=path, outcome="unknown")
+    raise StorageError(  # as fileio.fsync_dir_failed says it for the state document
+        f"cannot make the {operation} durable in {path}: {fileio.describe(e)}; the outcome is unknown (the "
+        f"{operation} is committed, but the disk did not confirm that it would survive a power cut); "
+        "run `agentstate doctor`", errno=errno.errorcode.get(e.errno or 0), path=path, outcome="unknown")
 
 
 def sync_now(files: fileio.OsFiles, path: str, operation: str) -> None:
