@@ -24,6 +24,12 @@ A call waiting in the main thread that is interrupted: still queued, it leaves t
 written, the lock was not acquired); already in a running batch, it waits for that batch (a few
 milliseconds) and reports the outcome: "committed" or "abandoned".
 
+The group's bookkeeping is signal-safe: a leader takes its batch and hands over (outcomes given, the next
+call promoted) each in one step that a signal waits for (``signals.critical``, with the handlers in place
+for the whole call), and a signal that lands just before the hand-over began makes :func:`run` do it.
+So whatever line a signal lands on, no queued call is left without a leader, and no call's items are
+lost or stored twice.
+
 Calls are grouped per database file, lock timeout and I/O seam, across Database objects of the
 process (each SessionStore has its own). A forked child starts with no group.
 
@@ -133,48 +139,59 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
     assert isinstance(db, Database)
     g = _group(key)
     e = _Entry(work, _QUEUED)
-    try:
-        with g.mutex:
-            if g.leading:
-                e.event = threading.Event()
-            g.queue.append(e)
-            if not g.leading:
-                g.leading, e.state = True, _LEAD  # no call (no signal check) between the two stores
-        if e.state != _LEAD:
-            _follow(g, e, db, operation)  # handles an interruption while it waits
-            if e.state == _DONE:
-                return e.outcome()
-        return _lead(g, e, db, operation, timeout)  # handles one while it leads
-    except KeyboardInterrupt as ki:  # a signal in a gap between those steps (the CLI turns signals into these)
-        with g.mutex:
-            if e.state not in (_QUEUED, _LEAD) or e not in g.queue:
-                raise  # taken by a batch already: the write path reports it
-            g.queue.remove(e)  # nothing of it ran: it leaves, and a leader hands over
-            if e.state == _LEAD:
-                g.promote_next()
-            e.state = _GONE
-        raise signals.interrupted(ki, operation, locked=False) from None
+    lead = _Lead(e)
+    # The handlers in place for the whole call (main thread; the write's own guarded() is then a no-op), so
+    # that critical() holds a signal through the group's bookkeeping: taking a batch, handing it over.
+    with signals.guarded():
+        try:
+            with g.mutex:
+                if g.leading:
+                    e.event = threading.Event()
+                g.queue.append(e)
+                if not g.leading:
+                    g.leading, e.state = True, _LEAD  # no call (no signal check) between the two stores
+            if e.state != _LEAD:
+                _follow(g, e, db, operation)  # handles an interruption while it waits
+                if e.state == _DONE:
+                    return e.outcome()
+            return _lead(g, lead, db, operation, timeout)  # handles one while it leads
+        except KeyboardInterrupt as ki:  # a signal in a gap between those steps (the CLI turns signals into these)
+            with g.mutex:
+                leads = e.state == _LEAD or lead.batch is not None
+                if not leads:
+                    if e.state == _DONE and e.error is None:  # a follower's write completed before the signal
+                        raise signals.interrupted(ki, operation, locked=False,
+                                                  committed=f"the {operation} is committed to {db.path}") from None
+                    if e.state != _QUEUED or e not in g.queue:
+                        raise  # taken by a batch already: the write path reports it
+                    g.queue.remove(e)  # nothing of it ran: it leaves
+                    e.state = _GONE
+            if leads:  # it leads, or led: its hand-over, unless that ran already (then this is a no-op)
+                _hand_over(g, lead, ki)
+                if lead.box:
+                    raise signals.interrupted(ki, operation, committed=f"the {operation} is committed to "
+                                              f"{db.path}") from None
+            raise signals.interrupted(ki, operation, locked=lead.batch is not None) from None
 
 
 def _follow(g: _Group, e: _Entry, db: Any, operation: str) -> None:
     """Wait until ``e`` is done or promoted to leader (see the module docstring for interruptions)."""
-    with signals.guarded():  # in the main thread a SIGTERM becomes an Interruption here too
-        caught: KeyboardInterrupt | None = None
-        while True:
-            try:
-                e.event.wait()
-                if caught is None:
-                    return
-                break
-            except KeyboardInterrupt as ki:
-                with g.mutex:
-                    if e.state in (_QUEUED, _LEAD):  # nothing of it ran: leave the queue
-                        g.queue.remove(e)
-                        if e.state == _LEAD:
-                            g.promote_next()
-                        e.state = _GONE
-                        raise signals.interrupted(ki, operation, locked=False) from None
-                caught = caught or ki  # in a running batch: wait for its outcome
+    caught: KeyboardInterrupt | None = None
+    while True:
+        try:
+            e.event.wait()
+            if caught is None:
+                return
+            break
+        except KeyboardInterrupt as ki:
+            with g.mutex:
+                if e.state in (_QUEUED, _LEAD):  # nothing of it ran: leave the queue
+                    g.queue.remove(e)
+                    if e.state == _LEAD:
+                        g.promote_next()
+                    e.state = _GONE
+                    raise signals.interrupted(ki, operation, locked=False) from None
+            caught = caught or ki  # in a running batch: wait for its outcome
     err = e.error
     if err is not None and getattr(err, "details", {}).get("outcome") == "unknown":
         raise err
@@ -182,15 +199,27 @@ def _follow(g: _Group, e: _Entry, db: Any, operation: str) -> None:
     raise signals.interrupted(caught, operation, committed=what, locked=False) from None
 
 
-def _lead(g: _Group, e: _Entry, db: Any, operation: str, timeout: float) -> Any:
-    batch: list[_Entry] = [e]
-    committed = taken = False
-    box: list[Any] = []
+class _Lead:
+    """What one leader has done so far (``batch``: the calls it took, None before; ``box``: non-empty once
+    its transaction committed and is durable; ``handed``: its hand-over ran), so that the hand-over can be
+    run again, and only once, after a signal cut the leader short."""
+
+    __slots__ = ("batch", "box", "e", "handed")
+
+    def __init__(self, e: _Entry) -> None:
+        self.e = e
+        self.batch: list[_Entry] | None = None
+        self.box: list[Any] = []
+        self.handed = False
+
+
+def _lead(g: _Group, lead: _Lead, db: Any, operation: str, timeout: float) -> Any:
+    e = lead.e
     try:
-        with db.write(operation, timeout, done=box) as tx:
-            with g.mutex:
-                batch, g.queue = g.queue, []
-                taken = True
+        with db.write(operation, timeout, done=lead.box) as tx:
+            with signals.critical(None), g.mutex:  # a signal waits until the batch is taken, whole
+                lead.batch = batch = g.queue
+                g.queue = []
                 for x in batch:
                     x.state = _TAKEN
             if len(batch) == 1:
@@ -198,28 +227,58 @@ def _lead(g: _Group, e: _Entry, db: Any, operation: str, timeout: float) -> Any:
             else:
                 for x in batch:
                     _run_one(db, tx, x, operation)
-        committed = True
     except BaseException as exc:
-        committed = bool(box)  # a signal held through the COMMIT: it completed
-        if not committed:
-            interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
-            if not taken:  # the lock or the database failed before the batch was taken
-                with g.mutex:
-                    g.queue.remove(e)
-                    if not interrupted:  # those queued meanwhile would meet the same: they get it now
-                        batch, g.queue = [e, *g.queue], []
-            _fail_others(g, batch, e, exc, interrupted)
+        _hand_over(g, lead, exc)  # (a signal before it: run() hands over, as interrupted)
         raise
-    finally:
-        if committed:
+    _hand_over(g, lead, None)
+    return e.outcome()
+
+
+def _hand_over(g: _Group, lead: _Lead, error: BaseException | None) -> None:
+    """The end of a leader's turn, whatever ended it: the calls of its batch get their outcome (see the
+    module docstring), and the next queued call leads. All of it or none (a signal waits for its end), and
+    once: run() calls it again if a signal landed before it began."""
+    with signals.critical("committed" if lead.box else None), g.mutex:
+        if lead.handed:
+            return
+        e, batch = lead.e, lead.batch
+        if lead.box:  # committed and durable (a signal held through the COMMIT, if any, did not stop it)
             stats.batch(len(batch))
             for x in batch:
                 if x is not e:
                     x.state = _DONE
                     x.event.set()
-        with g.mutex:
-            g.promote_next()
-    return e.outcome()
+        elif batch is None:  # the lock or the database failed (or a signal came) before the batch was taken
+            if e in g.queue:
+                g.queue.remove(e)
+            if error is not None and not _interrupted(error):  # those queued meanwhile would meet the same
+                others, g.queue = g.queue, []
+                _fail(others, error)
+        elif _interrupted(error):  # the leader's interruption: the others run in the next batch
+            others = [x for x in batch if x is not e]
+            for x in others:
+                x.state = _QUEUED
+                x.result = x.error = None
+            g.queue[:0] = others
+        else:
+            _fail([x for x in batch if x is not e], error)
+        g.promote_next()
+        lead.handed = True
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    return isinstance(error, (KeyboardInterrupt, Interrupted))
+
+
+def _fail(calls: list[_Entry], error: BaseException | None) -> None:
+    """Under the group's mutex: the batch's transaction did not commit, and ``calls`` get its error."""
+    for x in calls:
+        try:
+            x.error = copy.copy(error)
+        except Exception:  # noqa: BLE001 - an uncopyable error: the same object
+            x.error = error
+        x.state = _DONE
+        x.event.set()
 
 
 def _run_one(db: Any, tx: Any, x: _Entry | _Call, operation: str) -> None:
@@ -301,24 +360,3 @@ def batch(db: Any, operation: str, lock_timeout: float | str | None = None) -> I
             raise b.broken
     if b.calls:
         stats.batch(b.calls)
-
-
-def _fail_others(g: _Group, batch: list[_Entry], e: _Entry, exc: BaseException, interrupted: bool) -> None:
-    """The batch's transaction did not commit: the other calls of it get the outcome (see the docstring)."""
-    others = [x for x in batch if x is not e]
-    if not others:
-        return
-    if interrupted:  # the leader's interruption: theirs run in the next batch
-        with g.mutex:
-            for x in others:
-                x.state = _QUEUED
-                x.result = x.error = None
-            g.queue[:0] = others
-        return
-    for x in others:
-        try:
-            x.error = copy.copy(exc)
-        except Exception:  # noqa: BLE001 - an uncopyable error: the same object
-            x.error = exc
-        x.state = _DONE
-        x.event.set()
