@@ -2,7 +2,9 @@
 same run (interleaved, medians).
 
 * ``disk/append-vs-floor``: one-item SessionStore.append vs a bare sqlite3 INSERT + COMMIT (WAL,
-  synchronous=FULL) on the same file system (goal <= 1.6).
+  synchronous=FULL) on the same file system (goal <= 1.6). ``disk/append-design-floor`` (no goal), in the
+  same interleaved run: the append's own statements on agentstate's schema and the lock's system calls,
+  with no Python around them, against the same INSERT: what the design costs before any of agentstate's code.
 * ``disk/sdk-add_items``: AgentStateSession.add_items vs the Agents SDK's SQLiteSession.add_items (<= 1.25).
 * ``disk/threads``: appends/s of 10 threads of one process, each on its own session, vs one thread (>= 1.5:
   group commit lets them share COMMITs). Windows of both alternate.
@@ -16,9 +18,12 @@ same run (interleaved, medians).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
+
+import orjson
 
 from .common import KB, SDK_BATCH, Config, Row, interleaved, median, sdk_pair
 
@@ -34,8 +39,7 @@ def _append_rows(cfg: Config) -> list[Row]:
     store = SessionStore(cfg.workdir / "disk-append")
     store.append("small", [ITEM] * 9)
     floor = _floor_conn(cfg.workdir / "disk-floor.db")
-    import orjson
-
+    design = _DesignFloor(cfg.workdir / "disk-design")
     payload = orjson.dumps(ITEM).decode()
 
     def raw() -> None:
@@ -44,12 +48,70 @@ def _append_rows(cfg: Config) -> list[Row]:
         floor.execute("COMMIT")
 
     n = 3 if cfg.quick else 60 * cfg.rounds
-    t = interleaved({"ours": lambda: store.append("small", [ITEM]), "floor": raw}, n)
+    t = interleaved({"ours": lambda: store.append("small", [ITEM]), "floor": raw, "design": design.append}, n)
     floor.close()
     store.close()
-    return [Row("disk", "disk/append-vs-floor", "one-item SessionStore.append", median(t["ours"]),
-                "sqlite3 INSERT + COMMIT, WAL, synchronous=FULL, same file system", median(t["floor"]), "s",
-                "<= 1.6", extra={"samples": n})]
+    design.close()
+    base = "sqlite3 INSERT + COMMIT, WAL, synchronous=FULL, same file system"
+    return [Row("disk", "disk/append-vs-floor", "one-item SessionStore.append", median(t["ours"]), base,
+                median(t["floor"]), "s", "<= 1.6", extra={"samples": n}),
+            Row("disk", "disk/append-design-floor", "the same append's statements and lock system calls, "
+                "no Python around them", median(t["design"]), base, median(t["floor"]), "s",
+                note="what the schema and the lock cost alone: no goal", extra={"samples": n})]
+
+
+class _DesignFloor:
+    """What a one-item append costs with none of agentstate's Python: the statements SessionStore.append
+    runs (as its connection traces them: BEGIN IMMEDIATE, the schema version, the session row, the item's
+    INSERT, the session's UPDATE, COMMIT) on agentstate's own schema, with SQLite syncing the WAL at the
+    COMMIT (synchronous=FULL: one fdatasync, as agentstate's), between the lock's system calls (flock,
+    the holder record written, blanked, unlocked). The item table's row, its key's index, the session
+    row and its recency index: four pages where the bare INSERT writes one."""
+
+    def __init__(self, path: Any) -> None:
+        import fcntl
+        import sqlite3
+
+        from agentstate import SessionStore
+
+        made = SessionStore(path)  # the schema, made by agentstate on its first write
+        made.append("seed", [ITEM])
+        made.close()
+        self.conn = sqlite3.connect(path / "agentstate.db", isolation_level=None)
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("INSERT INTO sessions (tenant, id, created_at, updated_at) VALUES ('default', 's', "
+                          "'2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')")
+        self.lock = os.open(path / "agentstate.db.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self.flock = fcntl.flock
+        self.record = (b'{"pid": 1234, "host": "bench", "operation": "sessions append", '
+                       b'"acquired_at": "2026-01-01T00:00:00.000000Z"}').ljust(512)
+        self.blank = b" " * 512
+        self.seq = 0
+        self.item = orjson.dumps(ITEM).decode()
+
+    def append(self) -> None:
+        import fcntl
+
+        c, self.seq = self.conn, self.seq + 1
+        now = f"2026-01-01T00:{self.seq // 60 % 60:02d}:{self.seq % 60:02d}.000000Z"
+        self.flock(self.lock, fcntl.LOCK_EX)
+        os.pwrite(self.lock, self.record, 0)
+        c.execute("BEGIN IMMEDIATE")
+        c.execute("PRAGMA user_version").fetchone()
+        c.execute("SELECT id, title, metadata, created_at, updated_at, item_count, last_seq, version, expires_at "
+                  "FROM sessions WHERE tenant = ? AND id = ?", ("default", "s")).fetchone()
+        c.execute("INSERT INTO session_items (tenant, session_id, seq, id, created_at, data) VALUES (?, ?, ?, ?, ?, ?)",
+                  ("default", "s", self.seq, f"00000000-0000-4000-8000-{self.seq:012d}", now, self.item))
+        c.execute("UPDATE sessions SET last_seq = ?, item_count = item_count + 1, updated_at = ?, version = ?, "
+                  "title = COALESCE(title, ?) WHERE tenant = ? AND id = ?",
+                  (self.seq, now, self.seq, "title", "default", "s"))
+        c.execute("COMMIT")
+        os.pwrite(self.lock, self.blank, 0)
+        self.flock(self.lock, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.conn.close()
+        os.close(self.lock)
 
 
 def _sdk_rows(cfg: Config) -> list[Row]:

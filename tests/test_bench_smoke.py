@@ -27,7 +27,7 @@ EXPECTED = (
     + [f"serve/{r}" for r in ("throughput", "write-tx-per-append", "append-p50", "append-p99")]
     + [f"fleet/{r}" for r in ("where-sqlite", "where-pg", "context20-hot-vs-pg", "context20-hot-vs-dir",
                               "zipf-hit-rate")]
-    + [f"disk/{r}" for r in ("append-vs-floor", "sdk-add_items", "threads", "processes", "transaction/1KB",
+    + [f"disk/{r}" for r in ("append-vs-floor", "append-design-floor", "sdk-add_items", "threads", "processes", "transaction/1KB",
                              "load/1KB", "cli-sessions-show")]
 )
 GOALS = {
