@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if not report.plot(results, docs / "latency.png"):
             print("error: --write-docs needs matplotlib (pip install -e '.[plot]')", file=sys.stderr)
             return 1
-        (docs / "performance.md").write_text(report.markdown(results))
+        doc = docs / "performance.md"
+        doc.write_text(report.markdown(results, report.kept(doc.read_text() if doc.exists() else "")))
         print(f"wrote {docs / 'performance.md'} and {docs / 'latency.png'}")
     return 0

@@ -90,6 +90,21 @@ def test_quick_mode_produces_every_row(tmp_path: Path) -> None:
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the stores were created under --workdir and removed afterwards
     assert not any(tmp_path.glob("agentstate-bench-*"))
+    _regenerating_keeps_the_part_measured_by_hand(results)
+
+
+def _regenerating_keeps_the_part_measured_by_hand(results: dict) -> None:
+    """--write-docs rewrites docs/performance.md from the run, and carries over its part measured by hand."""
+    from bench import report
+
+    current = (REPO / "docs" / "performance.md").read_text()
+    by_hand = report.kept(current)
+    assert "## One disk (issue 17)" in by_hand and by_hand.startswith(report.KEPT_BEGIN)
+    new = report.markdown(results, by_hand)
+    assert new.count(by_hand) == 1 and report.kept(new) == by_hand
+    assert report.kept(report.markdown(results, report.kept(new))) == by_hand  # and again, unchanged
+    assert new.index(by_hand) < new.index("## Where goals are missed in this run")
+    assert report.kept("no markers here") == "" and report.kept(report.KEPT_BEGIN + " but no end") == ""
 
 
 def test_write_docs_refuses_partial_runs() -> None:
