@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,15 +77,40 @@ class _Call:
         return self.result
 
 
+class _Wake:
+    """What a queued call waits on until it is done or leads: ``set`` once (always under the group's
+    mutex), ``wait`` until then. Not a threading.Event: a signal's exception raised inside Event.wait
+    (right after its Condition took its lock, in Python code) leaves that lock held, and the next wait of
+    the same call deadlocks on it. Here the wait is one C call, a lock's acquire: a signal's exception ends
+    it before it took the lock or after, and ``is_set`` tells a wait again that it is over."""
+
+    __slots__ = ("_lock", "is_set")
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        self._lock.acquire()
+        self.is_set = False
+
+    def set(self) -> None:
+        if not self.is_set:
+            self.is_set = True
+            self._lock.release()
+
+    def wait(self) -> None:
+        if not self.is_set:
+            self._lock.acquire()  # returns once set() released it; a signal may interrupt it
+            self._lock.release()
+
+
 class _Entry(_Call):
     __slots__ = ("event", "state")
 
     def __init__(self, work: Callable[[Any], Any], state: int) -> None:
         super().__init__(work)
         self.state = state
-        # A call that waits in the queue waits on its Event: made (under the group's mutex) before it is
+        # A call that waits in the queue waits on its _Wake: made (under the group's mutex) before it is
         # queued behind a leader, so whoever takes it may set it. A call that leads at once needs none.
-        self.event: threading.Event = None  # type: ignore[assignment]
+        self.event: _Wake = None  # type: ignore[assignment]
 
 
 class _Group:
@@ -146,7 +172,7 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
         try:
             with g.mutex:
                 if g.leading:
-                    e.event = threading.Event()
+                    e.event = _Wake()
                 g.queue.append(e)
                 if not g.leading:
                     g.leading, e.state = True, _LEAD  # no call (no signal check) between the two stores
