@@ -194,7 +194,7 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
                     e.state = _GONE
             if leads:  # it leads, or led: its hand-over, unless that ran already (then this is a no-op)
                 _hand_over(g, lead, ki)
-                if lead.box:
+                if lead.box and e.error is None:  # (its own error in a batch: its statements were rolled back)
                     raise signals.interrupted(ki, operation, committed=f"the {operation} is committed to "
                                               f"{db.path}") from None
             raise signals.interrupted(ki, operation, locked=lead.batch is not None) from None
@@ -254,7 +254,11 @@ def _lead(g: _Group, lead: _Lead, db: Any, operation: str, timeout: float) -> An
                 for x in batch:
                     _run_one(db, tx, x, operation)
     except BaseException as exc:
-        _hand_over(g, lead, exc)  # (a signal before it: run() hands over, as interrupted)
+        while not lead.handed:
+            try:
+                _hand_over(g, lead, exc)
+            except KeyboardInterrupt:  # a signal held through it, or that came just before: this write's
+                pass  # own error is the news (as when a critical section fails), and the hand-over is done
         raise
     _hand_over(g, lead, None)
     return e.outcome()
