@@ -484,3 +484,50 @@ def test_a_signal_at_any_line_of_a_group_commit_leader_never_strands_the_calls_b
     assert any("engine.py" in s and "write" in s for s in spots), spots
     store.db.write = write
     store.close()
+
+
+@pytest.mark.parametrize("cut", ["before the handlers were put back", "after the handlers were put back"])
+def test_a_signal_that_cuts_a_write_s_guard_short_never_leaves_a_program_s_handlers_replaced(tmp_path: Path,
+                                                                                          cut: str) -> None:
+    """A library write installs agentstate's handlers for its duration (signals.guarded) and puts the
+    program's back at its end. A real signal can land between the steps of that end. Either way the next
+    write must run with agentstate's handlers in place (so a signal is held through its commit) and leave
+    the program's in place after it: before, a signal that landed before they were put back left
+    agentstate's installed for good (a SIGTERM then raised instead of ending the program)."""
+    from agentstate import SessionStore
+    from agentstate.state import signals
+
+    store = SessionStore(tmp_path / "s")
+    store.append("s", [{"n": 0}])
+    before = {sig: signal.getsignal(sig) for sig in signals.SIGNALS}
+    seen: list[bool] = []
+    files = type(store.db.files)
+
+    class Probe(files):
+        def datasync(self, fd: int) -> None:  # inside the write's critical section
+            seen.append(signal.getsignal(signal.SIGTERM) is signals._handler)
+            super().datasync(fd)
+
+    store.db.files = Probe()
+    try:
+        guard = signals.guarded()
+        guard.__enter__()
+        assert signal.getsignal(signal.SIGTERM) is signals._handler
+        if cut == "before the handlers were put back":  # the block's mark gone, the handlers still ours
+            signals._installed_by.clear()
+        else:  # the handlers the program's again, the block's mark left
+            signals._uninstall()
+        store.append("s", [{"n": 1}])
+        assert seen == [True], "the next write ran without agentstate's handlers"
+        assert {sig: signal.getsignal(sig) for sig in signals.SIGNALS} == before
+        assert signals._installed_by == [] and signals._previous == {}
+        store.append("s", [{"n": 2}])  # and the one after, as usual
+        assert seen == [True, True]
+        assert {sig: signal.getsignal(sig) for sig in signals.SIGNALS} == before
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        signals._installed_by.clear()
+        signals._previous.clear()
+        store.close()
+    assert [i.data["n"] for i in SessionStore(tmp_path / "s").items("s")] == [0, 1, 2]

@@ -185,6 +185,47 @@ def test_an_interrupted_leader_leaves_the_others_to_the_next_batch(tmp_path: Pat
     store.close()
 
 
+def test_a_leader_interrupted_past_its_commit_never_runs_the_others_again(tmp_path: Path, monkeypatch) -> None:
+    """A KeyboardInterrupt that reaches the leader after its COMMIT (where a signal is held, but a program's
+    own exception, or a handler not agentstate's, is not): the write says "committed", and the calls of its
+    batch are done, with their items stored once; run again, as calls of an abandoned batch are, they
+    would be stored twice."""
+    from agentstate.sql import durable
+
+    d = str(tmp_path)
+    store = SessionStore(d)
+    store.append("a", [{"type": "first"}])
+    db = Database(d)
+    lk = Lock(db.path + ".lock")
+    lk.acquire(5, "test")
+    settle, cut = durable.settle, []
+
+    def settle_then_interrupt(*args: Any) -> None:
+        settle(*args)
+        if not cut:  # the leader's: the batch's one sync
+            cut.append(True)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(durable, "settle", settle_then_interrupt)
+    calls = Calls()
+    try:
+        calls.start("leader", db.grouped, "sessions append", lambda tx: "leader's work")
+        _queued(db.path, 1)
+        calls.start("x", store.append, "a", [{"type": "x"}])
+        calls.start("y", store.append, "b", [{"type": "y"}])
+        _queued(db.path, 3)
+    finally:
+        lk.release()
+    out = calls.join()
+    assert cut == [True]
+    assert isinstance(out["leader"], Interrupted) and out["leader"].outcome == "committed", out["leader"]
+    assert [i.data["type"] for i in out["x"]] == ["x"] and [i.data["type"] for i in out["y"]] == ["y"]
+    assert [i.data["type"] for i in store.items("a")] == ["first", "x"]
+    assert [i.data["type"] for i in store.items("b")] == ["y"]
+    db.close()
+    store.close()
+
+
 KILLED = r"""
 import os, sys, threading
 from agentstate import SessionStore

@@ -268,11 +268,14 @@ def _hand_over(g: _Group, lead: _Lead, error: BaseException | None) -> None:
     """The end of a leader's turn, whatever ended it: the calls of its batch get their outcome (see the
     module docstring), and the next queued call leads. All of it or none (a signal waits for its end), and
     once: run() calls it again if a signal landed before it began."""
-    with signals.critical("committed" if lead.box else None), g.mutex:
+    # committed: durable (a signal held through the COMMIT did not stop it), or at least past its COMMIT
+    # when a signal was not held there (the write says so): run again, the others' items would be stored twice
+    committed = bool(lead.box) or (isinstance(error, Interrupted) and error.details.get("outcome") == "committed")
+    with signals.critical("committed" if committed else None), g.mutex:
         if lead.handed:
             return
         e, batch = lead.e, lead.batch
-        if lead.box:  # committed and durable (a signal held through the COMMIT, if any, did not stop it)
+        if committed:
             stats.batch(len(batch))
             for x in batch:
                 if x is not e:

@@ -210,27 +210,49 @@ def interrupted(e: KeyboardInterrupt, what: str, committed: str | None = None, l
 
 def guarded() -> Any:
     """Install the handlers for the block if nobody has (restored after it)."""
-    if _installed_by or not _in_main_thread():
-        return _NOTHING  # installed already (the CLI), or a thread that cannot install them
+    if _in_place() or not _in_main_thread():
+        return _NOTHING  # installed already (the CLI, or an enclosing block), or a thread that cannot install them
     return _Guarded()
 
 
+def _in_place() -> bool:
+    """The handlers are installed for the process (the CLI) or by a block still open (see _Guarded)."""
+    return bool(_installed_by) and (_installed_by[0] != "guarded" or _ours())
+
+
+def _ours() -> bool:
+    """Every signal that _install() would take is ours (a signal can cut _uninstall() short between two)."""
+    for sig in SIGNALS:
+        current = _sig.getsignal(sig)
+        if current is not _handler and current != signal.SIG_IGN and current is not None:
+            return False
+    return True
+
+
 class _Guarded:
-    """guarded()'s block: a class, not a generator-based context manager (it runs on every write)."""
+    """guarded()'s block: a class, not a generator-based context manager (it runs on every write).
+
+    A signal can land between any two steps of its exit (after a call returns). One that lands before
+    the handlers are put back leaves them ours with no block open: the next block adopts them (``_previous``
+    still holds the program's) and puts them back at its end. One that lands after leaves the mark of a
+    block that is over: the next block drops it and installs the handlers again. So a library program's
+    handlers are never left replaced by ours, nor its writes left without ours."""
 
     __slots__ = ("mine",)
 
     def __enter__(self) -> None:
-        self.mine = mine = not _installed_by and _install()
+        if _installed_by == ["guarded"]:  # left by a block whose exit a signal cut short (see above)
+            _installed_by.clear()
+        self.mine = mine = not _installed_by and (_install() or (bool(_previous) and _ours()))
         if mine:
             _installed_by.append("guarded")
 
     def __exit__(self, *exc: object) -> None:
         if self.mine:
-            _installed_by.clear()
+            _uninstall()
             if not _critical:
                 _pending.clear()
-            _uninstall()
+            _installed_by.clear()
 
 
 def held() -> Any:
@@ -245,7 +267,7 @@ def held() -> Any:
     nothing here (the write's own critical() holds them). Where other threads run: guarded(), as a
     multi-step write (a mask is per thread: the kernel would hand a process-directed signal to another
     thread, and its default action, or Python's flag for the main thread, would not wait for the call)."""
-    if _installed_by or not _in_main_thread() or _sigmask is None or _sigpending is None:
+    if _in_place() or not _in_main_thread() or _sigmask is None or _sigpending is None:
         return _NOTHING
     if threading.active_count() > 1:
         return _Guarded()
@@ -282,9 +304,9 @@ class _Held:
             if _pending and not _critical:  # the call returned: its outcome is known and committed
                 _deliver_held(exc_type is None, "committed")
         finally:
-            if mine:
-                _installed_by.clear()
+            if mine:  # in _Guarded's order (see there)
                 _uninstall()
+                _installed_by.clear()
 
 
 _last_commit: list[Any] = []  # what this process last committed (set by the write paths), for the message
