@@ -8,7 +8,8 @@ instead of raising its own. Whatever the main thread was told, the threads' appe
 of them was interrupted), each stored once and in order; the main thread's are stored exactly when it was
 told "appended" or "committed", never when told "abandoned"; nothing is stored twice; once the storm ends
 the process appends again at once (before group.py's hand-over was re-run after a signal, one could leave
-the group led by nobody and every later append waiting forever)."""
+the group led by nobody and every later append waiting forever); and the program's own handlers are
+in place again."""
 
 from __future__ import annotations
 
@@ -90,8 +91,9 @@ hung = [w for w, t in enumerate(threads) if t.is_alive()]
 after = threading.Thread(target=lambda: store.append("main", [{"n": "after"}]), daemon=True)
 after.start()
 after.join(30)
-print(json.dumps({"told": told, "done": done, "errors": errors, "hung": hung, "after_hung": after.is_alive()}),
-      flush=True)
+restored = signal.getsignal(signal.SIGINT) is on_sigint and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+print(json.dumps({"told": told, "done": done, "errors": errors, "hung": hung, "after_hung": after.is_alive(),
+                  "handlers_restored": restored}), flush=True)
 os._exit(0)
 """
 
@@ -121,6 +123,7 @@ def test_a_storm_of_signals_never_strands_a_group_commit_nor_misreports_an_appen
     report = json.loads(out.splitlines()[-1])
     assert report["errors"] == [] and report["hung"] == [], report
     assert not report["after_hung"], "after the storm the process's next append waited forever"
+    assert report["handlers_restored"], "the program's own signal handlers were left replaced by agentstate's"
     told = {int(n): what for n, what in report["told"].items()}
     outcomes = set(told.values())
     assert sent > 300 and {"abandoned", "appended"} <= outcomes, (sent, outcomes)  # the storm reached both

@@ -531,3 +531,38 @@ def test_a_signal_that_cuts_a_write_s_guard_short_never_leaves_a_program_s_handl
         signals._previous.clear()
         store.close()
     assert [i.data["n"] for i in SessionStore(tmp_path / "s").items("s")] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("where", ["entry", "exit"])
+def test_a_signal_inside_a_guard_s_own_entry_or_exit_reaches_the_program_once_its_handlers_are_back(
+        where: str) -> None:
+    """Raised where it landed, inside the guard's own entry or exit, a signal would leave agentstate's
+    handlers installed with no write running. It is deferred instead, and raised again for the program's
+    own handler once that is back in place; dropped if the block ends with an error (the error is the news)."""
+    import types
+
+    from agentstate.state import signals
+
+    got: list[tuple[int, bool]] = []
+
+    def program(signum, frame) -> None:
+        got.append((signum, signal.getsignal(signum) is program))
+
+    before = signal.signal(signal.SIGINT, program)
+    try:
+        for error in (None, RuntimeError("the block's own error")):
+            got.clear()
+            guard = signals.guarded()
+            guard.__enter__()
+            assert signal.getsignal(signal.SIGINT) is signals._handler
+            code = (signals._Guarded.__enter__ if where == "entry" else signals._Guarded.__exit__).__code__
+            signals._handler(signal.SIGINT, types.SimpleNamespace(f_code=code, f_back=None))
+            assert got == []  # not raised there
+            guard.__exit__(type(error) if error else None, error, None)
+            assert signal.getsignal(signal.SIGINT) is program and signals._installed_by == []
+            assert got == ([] if error else [(signal.SIGINT, True)])
+    finally:
+        signal.signal(signal.SIGINT, before)
+        signals._installed_by.clear()
+        signals._previous.clear()
+        signals._deferred.clear()

@@ -40,6 +40,7 @@ _previous: dict[int, Any] = {}  # signal -> the handler ours replaced (to call, 
 _installed_by: list[str] = []  # "install" (for good) or "guarded" (restored on exit)
 _critical = 0  # depth of critical sections in the main thread
 _pending: list[int] = []  # signals received during a critical section
+_deferred: list[int] = []  # signals received inside a _Guarded block's own entry or exit (see there)
 _closed = False  # set by block(): the CLI reported its outcome; signals are dropped from then on
 
 
@@ -72,7 +73,20 @@ def _handler(signum: int, frame: Any) -> None:
         if signum not in _pending:
             _pending.append(signum)
         return
+    if frame is not None and _in_guard(frame):  # raised there, it would leave the guard half done
+        if signum not in _deferred:
+            _deferred.append(signum)
+        return
     _deliver(signum, frame)
+
+
+def _in_guard(frame: Any) -> bool:
+    """Whether ``frame`` is a _Guarded block's own entry or exit, or an install they call."""
+    code = frame.f_code
+    if code in _GUARD_CODES:
+        return True
+    back = frame.f_back
+    return code in _INSTALL_CODES and back is not None and back.f_code in _GUARD_CODES
 
 
 def _install() -> bool:
@@ -232,27 +246,40 @@ def _ours() -> bool:
 class _Guarded:
     """guarded()'s block: a class, not a generator-based context manager (it runs on every write).
 
-    A signal can land between any two steps of its exit (after a call returns). One that lands before
-    the handlers are put back leaves them ours with no block open: the next block adopts them (``_previous``
-    still holds the program's) and puts them back at its end. One that lands after leaves the mark of a
-    block that is over: the next block drops it and installs the handlers again. So a library program's
-    handlers are never left replaced by ours, nor its writes left without ours."""
+    A signal that lands inside its own entry or exit (Python checks for one each time a call returns,
+    and as a function starts) is deferred, not raised there, where it would leave our handlers installed
+    with no block open, or a mark of a block that is over: the exit, once the program's handlers are
+    back, raises it again (``signal.raise_signal``) for them, unless the block is ending with an error,
+    which is then the news (as with critical()). Should a mark or our handlers be left anyway, the next
+    block drops the mark, or adopts the handlers (``_previous`` still holds the program's), and puts the
+    program's back at its end. So a library program's handlers are never left replaced by ours, nor its
+    writes left without ours."""
 
     __slots__ = ("mine",)
 
     def __enter__(self) -> None:
-        if _installed_by == ["guarded"]:  # left by a block whose exit a signal cut short (see above)
+        _deferred.clear()
+        if _installed_by == ["guarded"]:  # left by a block whose exit was cut short (see above)
             _installed_by.clear()
         self.mine = mine = not _installed_by and (_install() or (bool(_previous) and _ours()))
         if mine:
             _installed_by.append("guarded")
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if self.mine:
             _uninstall()
             if not _critical:
                 _pending.clear()
             _installed_by.clear()
+            if _deferred:
+                signum = _deferred[0]
+                _deferred.clear()
+                if exc_type is None:
+                    signal.raise_signal(signum)  # to the program's handler, back in place
+
+
+_GUARD_CODES = frozenset({_Guarded.__enter__.__code__, _Guarded.__exit__.__code__})
+_INSTALL_CODES = frozenset({_install.__code__, _uninstall.__code__, _ours.__code__})
 
 
 def held() -> Any:
