@@ -271,11 +271,11 @@ class _Guarded:
             if not _critical:
                 _pending.clear()
             _installed_by.clear()
-            if _deferred:
-                signum = _deferred[0]
-                _deferred.clear()
-                if exc_type is None:
-                    signal.raise_signal(signum)  # to the program's handler, back in place
+        if _deferred:
+            signum = _deferred[0]
+            _deferred.clear()
+            if exc_type is None:
+                signal.raise_signal(signum)  # to the program's handler, back in place
 
 
 _GUARD_CODES = frozenset({_Guarded.__enter__.__code__, _Guarded.__exit__.__code__})
