@@ -18,7 +18,8 @@ Failures that are the batch's, not one call's, reach every call of it with the s
   I/O error): the batch's error;
 * the leader interrupted (SIGINT/SIGTERM in the main thread) before the COMMIT: the leader gets its
   Interrupted ("abandoned"); the others were not interrupted and nothing of theirs was written, so they
-  go back to the queue and run in the next batch.
+  go back to the queue and run in the next batch. Interrupted after the COMMIT (its write says
+  "committed"), the batch is committed: the others get their results, and are never run again.
 
 A call waiting in the main thread that is interrupted: still queued, it leaves the queue (nothing was
 written, the lock was not acquired); already in a running batch, it waits for that batch (a few
