@@ -18,6 +18,7 @@ same run (interleaved, medians).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
@@ -69,7 +70,6 @@ class _DesignFloor:
     row and its recency index: four pages where the bare INSERT writes one."""
 
     def __init__(self, path: Any) -> None:
-        import fcntl
         import sqlite3
 
         from agentstate import SessionStore
@@ -82,7 +82,6 @@ class _DesignFloor:
         self.conn.execute("INSERT INTO sessions (tenant, id, created_at, updated_at) VALUES ('default', 's', "
                           "'2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')")
         self.lock = os.open(path / "agentstate.db.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        self.flock = fcntl.flock
         self.record = (b'{"pid": 1234, "host": "bench", "operation": "sessions append", '
                        b'"acquired_at": "2026-01-01T00:00:00.000000Z"}').ljust(512)
         self.blank = b" " * 512
@@ -90,11 +89,9 @@ class _DesignFloor:
         self.item = orjson.dumps(ITEM).decode()
 
     def append(self) -> None:
-        import fcntl
-
         c, self.seq = self.conn, self.seq + 1
         now = f"2026-01-01T00:{self.seq // 60 % 60:02d}:{self.seq % 60:02d}.000000Z"
-        self.flock(self.lock, fcntl.LOCK_EX)
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
         os.pwrite(self.lock, self.record, 0)
         c.execute("BEGIN IMMEDIATE")
         c.execute("PRAGMA user_version").fetchone()
@@ -107,7 +104,7 @@ class _DesignFloor:
                   (self.seq, now, self.seq, "title", "default", "s"))
         c.execute("COMMIT")
         os.pwrite(self.lock, self.blank, 0)
-        self.flock(self.lock, fcntl.LOCK_UN)
+        fcntl.flock(self.lock, fcntl.LOCK_UN)
 
     def close(self) -> None:
         self.conn.close()

@@ -188,7 +188,7 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
                 if not leads:
                     if e.state == _DONE and e.error is None:  # a follower's write completed before the signal
                         raise signals.interrupted(ki, operation, locked=False,
-                                                  committed=f"the {operation} is committed to {db.path}") from None
+                                                  committed=_committed_to(operation, db)) from None
                     if e.state != _QUEUED or e not in g.queue:
                         raise  # taken by a batch already: the write path reports it
                     g.queue.remove(e)  # nothing of it ran: it leaves
@@ -196,8 +196,7 @@ def run(db: Any, operation: str, work: Callable[[Any], Any], lock_timeout: float
             if leads:  # it leads, or led: its hand-over, unless that ran already (then this is a no-op)
                 _hand_over(g, lead, ki)
                 if lead.box and e.error is None:  # (its own error in a batch: its statements were rolled back)
-                    raise signals.interrupted(ki, operation, committed=f"the {operation} is committed to "
-                                              f"{db.path}") from None
+                    raise signals.interrupted(ki, operation, committed=_committed_to(operation, db)) from None
             raise signals.interrupted(ki, operation, locked=lead.batch is not None) from None
 
 
@@ -222,8 +221,13 @@ def _follow(g: _Group, e: _Entry, db: Any, operation: str) -> None:
     err = e.error
     if err is not None and getattr(err, "details", {}).get("outcome") == "unknown":
         raise err
-    what = f"the {operation} is committed to {db.path}" if err is None else None
+    what = _committed_to(operation, db) if err is None else None
     raise signals.interrupted(caught, operation, committed=what, locked=False) from None
+
+
+def _committed_to(operation: str, db: Any) -> str:
+    """What an Interrupted says was committed (as Database.write says it)."""
+    return f"the {operation} is committed to {db.path}"
 
 
 class _Lead:
