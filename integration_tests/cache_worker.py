@@ -9,6 +9,10 @@
         for each line "check SESSION SEQ ID" on stdin: context(SESSION, 20) through the cache, which must hold
         that acknowledged item (or end after it), in seq order with no gap, each round's batches in order.
         Prints "bad <why>" for a violation, "error <why>" if a call failed, and "done <checks>" at EOF.
+        With AGENTSTATE_TEST_SLOW_PROMOTE=MS, every 4th promotion waits MS ms between its durable read and
+        its install, as one on a slow link would: the window a write must be fenced against, made wide.
+        (Not every one: a reader that waits on each would fall behind the acknowledgements, and a check of an
+        old one is answered even by a stale entry.)
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 
 from worker import main, say, serve
 
@@ -96,6 +101,18 @@ def reader(target: str, cache: str) -> None:
     from agentstate import SessionStore
 
     store = SessionStore(target, tenant=TENANT, cache=cache, hot_items=20)
+    slow = float(os.environ.get("AGENTSTATE_TEST_SLOW_PROMOTE", "0")) / 1000
+    if slow:
+        install = store.hot._install
+        promotions = [0]
+
+        def slow_install(*args, **kwargs):  # type: ignore[no-untyped-def]
+            promotions[0] += 1
+            if promotions[0] % 4 == 0:
+                time.sleep(slow)  # after the durable read, before the install
+            return install(*args, **kwargs)
+
+        store.hot._install = slow_install
     checks = 0
     for line in sys.stdin:
         parts = line.split()

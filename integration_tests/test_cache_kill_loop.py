@@ -5,7 +5,8 @@ and replaced, 300 times in all (1,000 with AGENTSTATE_SLOW=1), on both durable b
 acknowledgement is handed at once to 2 reader processes, which read ``context`` through the cache: zero
 reads missing an acknowledged item, zero items out of order. After the loop (and the last lease), the
 cache serves exactly the durable tail, and every acknowledged item is stored. A variant stops Redis in the
-middle of the run and starts it again: no caller sees an error, no read after it is stale.
+middle of the run and starts it again: no caller sees an error, no read after it is stale. Another
+slows every promotion between its read and its install, where a write must be fenced off.
 """
 
 from __future__ import annotations
@@ -207,16 +208,34 @@ def test_cache_kill_loop_with_redis_stopped_and_started(backend: str, tmp_path: 
     _assert_clean(f"cache_kill_loop_redis_restart_{backend}", r)
 
 
+def test_cache_kill_loop_with_a_slow_promoter(tmp_path: Path, cache_url: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers whose every 4th promotion waits 5 ms between its durable read and its install (a slow link):
+    writes land in that window all the time, and the fence still keeps every stale entry out."""
+    monkeypatch.setenv("AGENTSTATE_TEST_SLOW_PROMOTE", "5")
+    target = str(tmp_path / "store")
+    SessionStore(target, tenant=TENANT).append("s0", [{"type": "note", "slot": "init"}])
+    r = _kill_loop(target, cache_url, 150, tmp_path)
+    print({k: v for k, v in r.items() if k not in ("bad",)})
+    _assert_clean("cache_kill_loop_slow_promoter", r)
+
+
 def test_cache_kill_loop_catches_writers_without_the_fence(tmp_path: Path, cache_url: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Self-check: writers that only drop the entry after their commit (no lease, no generation) let a
-    promotion that read before the commit install a stale entry; the readers must catch it."""
+    promotion that read before the commit install a stale entry; the readers must catch it. Every 4th
+    promotion waits 5 ms before its install, as in the test above, so the race is there in every run, not by luck
+    of timing (at full speed its window is one Redis round trip, and 5 runs of 150 rounds once missed it)."""
     monkeypatch.setenv("AGENTSTATE_TEST_UNFENCED", "1")
-    for attempt in range(5):  # the race is a matter of timing: a few runs of 150 rounds until one shows it
+    monkeypatch.setenv("AGENTSTATE_TEST_SLOW_PROMOTE", "5")
+    runs = []
+    for attempt in range(3):
         target = str(tmp_path / f"store-{attempt}")
         SessionStore(target, tenant=TENANT).append("s0", [{"type": "note", "slot": "init"}])
-        r = _kill_loop(target, cache_url, 150, tmp_path)
-        print(attempt, {k: v for k, v in r.items() if k != "bad"}, r["bad"][:3])
-        if any("missing acknowledged" in b for b in r["bad"]):
+        r = _kill_loop(target, cache_url, 100, tmp_path)
+        stale = [b for b in r["bad"] if "missing acknowledged" in b]
+        runs.append((len(stale), r["acknowledged_appends"]))
+        print(attempt, len(stale), "stale reads", {k: v for k, v in r.items() if k != "bad"}, r["bad"][:3])
+        if stale:
             return
-    raise AssertionError(f"writers without the fence were not caught: {r}")
+    raise AssertionError(f"writers without the fence were not caught in {runs} (stale reads, acks): {r}")
