@@ -419,6 +419,35 @@ def test_log_format_json_lines(store: Path) -> None:
     assert error_line(r, 6).startswith("error: no resource")
 
 
+def _stale_record(store: Path) -> int:
+    """A writer SIGKILLed while it held the store's lock: its holder record stays in state.json.lock."""
+    code = ("import os, signal, sys\nfrom agentstate.state.lock import Lock\n"
+            "Lock(sys.argv[1]).acquire(0, operation='killed-run')\nos.kill(os.getpid(), signal.SIGKILL)")
+    p = subprocess.run([sys.executable, "-c", code, str(store / "state.json.lock")], capture_output=True,
+                       timeout=60, env=env())
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    return int(json.loads((store / "state.json.lock").read_bytes())["pid"])
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_warning_of_a_command_uses_the_configured_format(store: Path, fmt: str) -> None:
+    """``logging`` loads only at a command's first record (machine reads never load it): the handler the
+    options asked for is in place by then, at the default level as at -v."""
+    pid = _stale_record(store)
+    r = cli("apply", "--set", "c=1", "--dir", str(store), *(["--log-format", "json"] if fmt == "json" else []))
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1, lines  # the default level: the warning only, once
+    if fmt == "json":
+        record = json.loads(lines[0])
+        assert record["level"] == "warning" and record["logger"] == "agentstate.lock", record
+        message = record["message"]
+    else:
+        assert lines[0].startswith("agentstate: WARNING: "), lines
+        message = lines[0]
+    assert "stale lock record overwritten" in message and f"PID {pid} " in message and "killed-run" in message
+
+
 @pytest.mark.parametrize("args", [["show", "--json"], ["show", "a", "--json"], ["list", "--json"]])
 def test_machine_reads_do_not_import_what_they_do_not_use(store: Path, args: list[str]) -> None:
     r = subprocess.run([sys.executable, "-X", "importtime", CLI, *args, "--dir", str(store)], capture_output=True,
@@ -427,7 +456,7 @@ def test_machine_reads_do_not_import_what_they_do_not_use(store: Path, args: lis
     full = {line.split("|")[-1].strip() for line in r.stderr.decode().splitlines() if line.startswith("import time:")}
     modules = {m.split(".")[0] for m in full}
     assert "typer" in modules and "agentstate" in modules  # the trace is real
-    assert not modules & {"rich", "psutil", "sqlite3", "_sqlite3", "psycopg"}, sorted(modules)
+    assert not modules & {"rich", "psutil", "sqlite3", "_sqlite3", "psycopg", "logging"}, sorted(modules)
     assert "agentstate.state.lock" not in full
     assert not any(m.startswith("agentstate.cli.") and m not in ("agentstate.cli.common", "agentstate.cli.output",
                                                                  "agentstate.cli.running",

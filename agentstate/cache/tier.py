@@ -38,7 +38,6 @@ The ``redis`` client (``pip install 'agentstate[cache]'``) is imported only when
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import secrets
 import threading
@@ -48,8 +47,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import InvalidInput
+from ..logs import getLogger
 
-log = logging.getLogger("agentstate.cache")
+log = getLogger("agentstate.cache")
 
 LEASE_MS = 2000  # a write in flight keeps readers on the durable store at most this long if its writer dies
 TIMEOUT_S = 0.1  # socket (connect, read, write) timeout of one Redis call

@@ -24,11 +24,9 @@ def run(body: Callable[[Opts], int | None]) -> None:
     code = 0
     try:
         opts.resolve()
-        logs.configure(opts.log_level, opts.log_format)
+        logs.configure(opts.log_level, opts.log_format, lazy=True)  # logging loads at the first record
         if opts.log_level == "debug":
-            import logging
-
-            logging.getLogger("agentstate.cli").debug(
+            logs.getLogger("agentstate.cli").debug(
                 "%s: store %s", click.get_current_context().command_path,
                 redact_url(opts.url) if opts.url is not None else (opts.dir or "./.agentstate (default)"))
         code = body(opts) or 0

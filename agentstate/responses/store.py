@@ -33,7 +33,6 @@ read at most about a second late; reading one conversation again and again costs
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections import OrderedDict
@@ -45,12 +44,13 @@ from typing import Any
 import orjson
 
 from ..errors import AgentStateError, ConflictError, InvalidInput, NotFound, StateCorrupted, StateLocked, StorageError
+from ..logs import getLogger
 from ..names import check_name, check_tenant, shown
 from ..page import Page, check_limit, decode_cursor, encode_cursor
 from ..sql import q_responses as q
 from ..state.codec import encode_value
 
-log = logging.getLogger("agentstate.responses")
+log = getLogger("agentstate.responses")
 
 DEFAULT_MAX_ITEM_BYTES = 1 << 20
 MAX_CHAIN = 10_000_000  # links; a chain is never longer (a save that would make it so is refused)

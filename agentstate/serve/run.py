@@ -70,6 +70,9 @@ def bind(host: str, port: int) -> socket.socket:
 def request_logging() -> None:
     """The request log at INFO whatever --log-level says (it is the server's output), and uvicorn's own
     warnings (a malformed request line, ...) through the same handler and format."""
+    from .. import logs
+
+    logs.ready()  # the CLI's handler, if it is still only asked for
     for name in ("agentstate.serve", "agentstate.serve.access"):
         logging.getLogger(name).setLevel(logging.INFO)
     ours = [h for h in logging.getLogger("agentstate").handlers if getattr(h, "_agentstate", False)]

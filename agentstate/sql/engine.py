@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import errno as errno_mod
-import logging
 import os
 import stat
 import threading
@@ -37,13 +36,14 @@ from typing import Any
 
 from ..duration import parse_duration
 from ..errors import AgentStateError, FormatTooNew, StateCorrupted, StorageError
+from ..logs import DEBUG, getLogger
 from ..state import fileio, signals
 from ..state.lock_pool import LockPool
 from . import EmptyTx, Stmt, durable, stats
 from .media import disk_full, frozen_or_error
 from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
 
-log = logging.getLogger("agentstate.sql")
+log = getLogger("agentstate.sql")
 
 DB_NAME = "agentstate.db"
 LOCK_SUFFIX = ".lock"
@@ -507,7 +507,7 @@ class Database:
             durable.sync_now(self.files, self.path, "write")
         except (sqlite3.Error, StorageError):
             log.warning("after a failed commit, %s could not be written over either; run `agentstate doctor`",
-                        self.path, exc_info=log.isEnabledFor(logging.DEBUG))
+                        self.path, exc_info=log.isEnabledFor(DEBUG))
             self._abort(conn)
             return False
         return True

@@ -4,14 +4,14 @@ cannot create ``-wal``/``-shm`` there, so even a read fails to open)."""
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 from urllib.parse import quote
 
 from ..errors import StorageError
+from ..logs import getLogger
 
-log = logging.getLogger("agentstate.sql")
+log = getLogger("agentstate.sql")
 
 LOW_SPACE = 1 << 20  # bytes: with fewer free, an I/O error of SQLite's is taken for a full disk
 

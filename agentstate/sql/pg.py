@@ -29,7 +29,6 @@ command stay free of it. Without it, a URL gets one ``InvalidInput`` naming the 
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import AgentStateError, StateLocked
+from ..logs import getLogger
 from . import EmptyTx, stats
 from .pg_conn import (  # noqa: F401 - also the names other modules use as pg.<name>
     DEFAULT_SCHEMA,
@@ -81,7 +81,7 @@ from .pg_lock import (  # noqa: F401
     resource,
 )
 
-log = logging.getLogger("agentstate.pg")
+log = getLogger("agentstate.pg")
 
 
 # --- Database: the engine API of agentstate.sql ------------------------------------------------

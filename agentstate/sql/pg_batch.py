@@ -9,7 +9,6 @@ always known (a lock wait is bounded by lock_timeout)."""
 
 from __future__ import annotations
 
-import logging
 import re
 import select
 import weakref
@@ -19,11 +18,12 @@ import psycopg
 from psycopg import errors as pe
 from psycopg import pq
 
+from ..logs import getLogger
 from ..state import signals
 from .pg_conn import Connector, _timeout_ms, server_error
 from .pg_lock import _PUBLISH, Resource, keep_standing, resources_locked, standing_record
 
-log = logging.getLogger("agentstate.pg")
+log = getLogger("agentstate.pg")
 
 
 _pollers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()

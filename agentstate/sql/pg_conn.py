@@ -17,12 +17,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._version import __version__
 from ..errors import AgentStateError, FormatTooNew, InvalidInput, StateLocked, StorageError
+from ..logs import getLogger
 from ..names import URL_HINT as _URL_HINT
 from ..names import URL_SCHEMES as SCHEMES  # noqa: F401 - re-exported for pg.py
 from ..names import is_url, redact_url, url_problem  # noqa: F401 - is_url re-exported for pg.py
 from ..state.signals import behind
 
-log = logging.getLogger("agentstate.pg")
+log = getLogger("agentstate.pg")
 
 SCHEMA_ENV = "AGENTSTATE_PG_SCHEMA"
 DEFAULT_SCHEMA = "agentstate"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import uuid
@@ -13,9 +12,10 @@ from typing import Any, NamedTuple
 
 from .._version import __version__
 from ..errors import ConflictError, NotFound, StateLocked
+from ..logs import getLogger
 from .pg_conn import LOCK_MIGRATE, Connector, _first_line, _iso, _timeout_ms, redact
 
-log = logging.getLogger("agentstate.pg")
+log = getLogger("agentstate.pg")
 
 # Advisory lock purposes (the second key of pg_advisory_xact_lock(int4, int4)).
 LOCK_STATE, LOCK_DB = 1, 2

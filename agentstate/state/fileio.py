@@ -12,15 +12,15 @@ Two parts:
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 import time
 from collections.abc import Callable, Sequence
 
 from ..errors import StorageError
+from ..logs import getLogger
 
-log = logging.getLogger("agentstate.fileio")
+log = getLogger("agentstate.fileio")
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import shlex
 import signal
@@ -43,6 +42,7 @@ from typing import Any
 
 from ..duration import parse_duration
 from ..errors import ConflictError, NotFound, StateLocked, StorageError
+from ..logs import DEBUG, INFO, WARNING, getLogger
 from .fileio import OsFiles, io_error, write_all_at
 from .lock_fs import UNSHARED_FLOCK, check_filesystem, names_are_local
 from .lock_fs import filesystem as _filesystem
@@ -59,7 +59,7 @@ from .lock_record import (
     record_size,
 )
 
-log = logging.getLogger("agentstate.lock")
+log = getLogger("agentstate.lock")
 
 __all__ = ["DEFAULT_TIMEOUT", "RECORD_BLOCK", "UNSHARED_FLOCK", "Holder", "Lock", "check_filesystem",
            "parse_duration", "process_start"]
@@ -353,7 +353,7 @@ class Lock:
                     self._blank_unlock_close(fd, self._size)
                 except BaseException:
                     pass  # another signal: close again (the first one is on its way out)
-        if log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(INFO):
             log.info("lock %s released by PID %d after holding it %.1f ms (lock ID %s)",
                      self.path, holder.pid, (time.monotonic() - self._acquired) * 1000, holder.lock_id)
 
@@ -366,7 +366,7 @@ class Lock:
             try:
                 write_all_at(self.files, fd, blank(size), 0)
             except OSError as e:  # the next holder overwrites it; the kernel says it is free
-                log.log(logging.DEBUG if quiet else logging.WARNING, "could not blank the holder record in %s: %s",
+                log.log(DEBUG if quiet else WARNING, "could not blank the holder record in %s: %s",
                         self.path, e)
             fcntl.flock(fd, fcntl.LOCK_UN)
             if keep:
@@ -559,7 +559,7 @@ class Lock:
         return st if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev) else None
 
     def _announce(self, fd: int, on_wait: Callable[[Holder | None], None] | None) -> None:
-        if on_wait is None and not log.isEnabledFor(logging.INFO):
+        if on_wait is None and not log.isEnabledFor(INFO):
             return  # nobody to tell: skip reading the record (a hot path under contention)
         holder = read_record(fd)
         log.info("waiting for lock %s held by %s", self.path,

@@ -15,7 +15,6 @@ nothing is half-written, and the next call reconnects.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,11 +22,12 @@ from typing import Any
 
 from ..duration import parse_duration
 from ..errors import InvalidInput
+from ..logs import getLogger
 from ..sql import pg, q_state
 from . import codec
 from .store import State, StateStore, _salvaged_serial, _utcnow, check_expected
 
-log = logging.getLogger("agentstate.store")
+log = getLogger("agentstate.store")
 
 
 class _Snapshot:

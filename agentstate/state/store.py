@@ -6,7 +6,6 @@ the backup if it must), yields the State, and saves it atomically if it changed.
 
 from __future__ import annotations
 
-import logging
 import os
 import weakref
 from collections.abc import Callable, Iterator
@@ -17,12 +16,13 @@ from typing import Any
 
 from ..duration import parse_duration
 from ..errors import ConflictError, InvalidInput, StateCorrupted, StorageError
+from ..logs import getLogger
 from ..names import DEFAULT_DIR, default_dir, is_url  # noqa: F401 - re-exported
 from . import codec, fileio, signals
 from .fileio import OsFiles
 from .lock_pool import LockPool
 
-log = logging.getLogger("agentstate.store")
+log = getLogger("agentstate.store")
 
 STATE_NAME = "state.json"
 
