@@ -408,6 +408,7 @@ def test_database_file_and_pragmas(tmp_path) -> None:
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 1024  # a new database's (engine.PAGE_SIZE)
     conn.close()
     s.close()
 
@@ -767,7 +768,19 @@ def test_a_version_1_database_is_migrated_to_session_versions(tmp_path) -> None:
         assert s.get("old").version == 2 and s.get("old").item_count == 1
     conn = sqlite3.connect(d / "agentstate.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096  # a database keeps the size it was made with
     conn.close()
+
+
+def test_items_larger_than_a_page_round_trip(tmp_path) -> None:
+    """1 KiB pages: an item of 1 KB to 1 MB spans overflow pages, stored and read back byte for byte."""
+    with SessionStore(str(tmp_path / "store")) as s:
+        sizes = [900, 1024, 1100, 5000, 64_000, 1_000_000]
+        s.append("big", [{"type": "blob", "n": n, "data": "x" * n} for n in sizes])
+        s.append("big", [{"role": "user", "content": "after"}])
+        got = s.items("big")
+        assert [len(i.data.get("data", "")) for i in got] == [*sizes, 0]
+        assert s.context("big", 2)[0].data == {"type": "blob", "n": 1_000_000, "data": "x" * 1_000_000}
 
 
 # -- issue 15, item 8: the times that order writes are taken under the lock --------------------------------
