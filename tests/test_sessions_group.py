@@ -200,8 +200,8 @@ def test_a_leader_interrupted_past_its_commit_never_runs_the_others_again(tmp_pa
     lk.acquire(5, "test")
     settle, cut = durable.settle, []
 
-    def settle_then_interrupt(*args: Any) -> None:
-        settle(*args)
+    def settle_then_interrupt(*args: Any, **kwargs: Any) -> None:
+        settle(*args, **kwargs)
         if not cut:  # the leader's: the batch's one sync
             cut.append(True)
             raise KeyboardInterrupt

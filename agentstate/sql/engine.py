@@ -166,6 +166,7 @@ class Database:
         self._all: list[Any] = []  # every connection open (idle or taken)
         self._all_lock = threading.Lock()
         self._frozen: set[Any] = set()  # connections reading an immutable file (a read-only filesystem)
+        self._wals = durable.KeptWals()  # each write connection's WAL descriptor, kept with it
         self._pid = os.getpid()
         self._wal_known = False
         self._ready = False  # this process found the schema current under the lock (one PRAGMA per write since)
@@ -174,6 +175,7 @@ class Database:
         # (or makes one), gives it back after the release; closed by close() or when this object is collected.
         self._locks = LockPool(self.lock_path, self.files, LOCKS_IDLE)
         weakref.finalize(self, self._locks.close)
+        weakref.finalize(self, self._wals.close_all)
 
     def __repr__(self) -> str:
         return f"Database({self.path!r})"
@@ -186,6 +188,7 @@ class Database:
             self._all = []
             self._idle = []
             self._frozen = set()
+            self._wals.close_all()  # the parent's connections': this process's copies of their descriptors
         self._pid = os.getpid()
         self._wal_known = self._ready = False
 
@@ -271,6 +274,7 @@ class Database:
             if conn in self._all:
                 self._all.remove(conn)
             self._frozen.discard(conn)
+            self._wals.close(conn)
         try:
             conn.close()
         except Exception:  # noqa: BLE001 - closing after a failure; the failure is what gets reported
@@ -284,6 +288,7 @@ class Database:
         self._locks.close()
         with self._all_lock:
             conns, self._all, self._idle, self._frozen = self._all, [], [], set()
+            self._wals.close_all()
         for conn in conns:
             try:
                 conn.close()
@@ -452,11 +457,16 @@ class Database:
                         with signals.critical():  # a signal waits until the write is durable (or failed)
                             conn.execute("COMMIT")
                             committed = True
-                            wal = durable.commit_file(self.files, self.path)  # under the lock: the live WAL
+                            wal, kept = self._wals.target(conn, self.files, self.path)  # under the lock
                             try:
                                 lk.release()  # the next writer goes on while this one syncs
                             finally:
-                                durable.settle(self.files, wal, self.path, operation)
+                                try:
+                                    durable.settle(self.files, wal, self.path, operation, keep=kept)
+                                except BaseException:
+                                    if kept:  # settle closed it
+                                        self._wals.forget(conn)
+                                    raise
                             if done is not None:
                                 done.append(True)
                             stats.committed()
