@@ -67,7 +67,7 @@ class _DesignFloor:
     INSERT, the session's UPDATE, COMMIT) on agentstate's own schema, with SQLite syncing the WAL at the
     COMMIT (synchronous=FULL: one fdatasync, as agentstate's), between the lock's system calls (flock,
     the holder record written, blanked, unlocked). The item table's row, its key's index, the session
-    row and its recency index: four pages (1 KiB, a new store's) where the bare INSERT writes one (4 KiB)."""
+    row and its recency index: four pages (2 KiB, a new store's) where the bare INSERT writes one (4 KiB)."""
 
     def __init__(self, path: Any) -> None:
         import sqlite3

@@ -228,7 +228,7 @@ REASONS = {
     "helper thread). The clock measures the lock, not Python: every worker starts and reports \"ready\" "
     "before the common start time, only commits inside [start, end] count, and finished workers stay idle "
     "(no interpreter exits) until all have reported.",
-    "disk/append-vs-floor": "The bare INSERT writes one 4 KiB page; an append writes four 1 KiB pages (the item's "
+    "disk/append-vs-floor": "The bare INSERT writes one 4 KiB page; an append writes four 2 KiB pages (the item's "
     "row, its key's index entry, the session's row and its recency index), runs five statements, takes the writer lock (flock, the holder record "
     "written and blanked) and reads the session row under it. `disk/append-design-floor` is exactly that, with "
     "no Python around it. What is left is agentstate's own work per call (validation, encoding, the group "

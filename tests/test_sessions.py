@@ -408,7 +408,7 @@ def test_database_file_and_pragmas(tmp_path) -> None:
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert conn.execute("PRAGMA page_size").fetchone()[0] == 1024  # a new database's (engine.PAGE_SIZE)
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 2048  # a new database's (schema.PAGE_SIZE)
     conn.close()
     s.close()
 
@@ -772,10 +772,39 @@ def test_a_version_1_database_is_migrated_to_session_versions(tmp_path) -> None:
     conn.close()
 
 
+def test_the_wal_checkpoints_at_the_same_size_whatever_the_page_size(tmp_path) -> None:
+    """SQLite's auto-checkpoint counts pages (1,000): at 2 KiB pages it would checkpoint twice as often;
+    agentstate's connections set it to 4 MiB of WAL for any page size (4 KiB pages: SQLite's own)."""
+    from agentstate.sql.schema import WAL_CHECKPOINT_BYTES
+
+    def autocheckpoint(s: SessionStore) -> int:
+        conn = s.db._take(create=False)
+        try:
+            return conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        finally:
+            s.db._give(conn)
+
+    with SessionStore(str(tmp_path / "new")) as s:
+        s.append("s", [U])
+        assert autocheckpoint(s) * 2048 == WAL_CHECKPOINT_BYTES  # the connection that made the file
+    with SessionStore(str(tmp_path / "new")) as s:
+        assert autocheckpoint(s) * 2048 == WAL_CHECKPOINT_BYTES  # a later one, of a reader
+    old = tmp_path / "old"
+    old.mkdir(mode=0o700)
+    conn = sqlite3.connect(old / "agentstate.db")
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    os.chmod(old / "agentstate.db", 0o600)
+    with SessionStore(str(old)) as s:
+        s.append("s", [U])
+        assert autocheckpoint(s) == 1000
+
+
 def test_items_larger_than_a_page_round_trip(tmp_path) -> None:
-    """1 KiB pages: an item of 1 KB to 1 MB spans overflow pages, stored and read back byte for byte."""
+    """2 KiB pages: an item of 1 KB to 1 MB spans overflow pages, stored and read back byte for byte."""
     with SessionStore(str(tmp_path / "store")) as s:
-        sizes = [900, 1024, 1100, 5000, 64_000, 1_000_000]
+        sizes = [900, 2000, 2100, 5000, 64_000, 1_000_000]
         s.append("big", [{"type": "blob", "n": n, "data": "x" * n} for n in sizes])
         s.append("big", [{"role": "user", "content": "after"}])
         got = s.items("big")

@@ -41,16 +41,9 @@ from ..state import fileio, signals
 from ..state.lock_pool import LockPool
 from . import EmptyTx, Stmt, durable, stats
 from .media import disk_full, frozen_or_error
-from .schema import MIGRATIONS, SCHEMA_VERSION, too_new
+from .schema import MIGRATIONS, PAGE_SIZE, SCHEMA_VERSION, file_pragmas, too_new
 
 log = getLogger("agentstate.sql")
-
-# A new database's page size. An append writes about four pages (its item's row, its seq index, the
-# session's row, the recency index), each a whole WAL frame that the commit's sync must put on disk:
-# 1 KiB pages sync about 12 KiB less per append than SQLite's 4 KiB default (the append ~60 us faster
-# on the bench's disk; reads within 1-4%, and an 8 KB item faster: docs/performance.md). A database
-# keeps the page size it was created with.
-PAGE_SIZE = 1024
 
 DB_NAME = "agentstate.db"
 LOCK_SUFFIX = ".lock"
@@ -220,6 +213,7 @@ class Database:
         try:
             conn.execute("PRAGMA synchronous=NORMAL")  # a write syncs the WAL itself (durable.py)
             conn.execute("PRAGMA foreign_keys=ON")
+            file_pragmas(conn)
         except sqlite3.Error as e:
             conn.close()
             if create:
@@ -349,6 +343,7 @@ class Database:
             if str(mode).lower() != "wal":
                 if version == 0 and conn.execute("PRAGMA page_count").fetchone()[0] == 0:
                     conn.execute(f"PRAGMA page_size = {PAGE_SIZE:d}")  # a new file: before WAL writes its header
+                    file_pragmas(conn, PAGE_SIZE)
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StorageError(f"cannot switch {self.path} to WAL mode (got {mode!r})", path=self.path)
