@@ -77,8 +77,11 @@ class _DesignFloor:
         made = SessionStore(path)  # the schema, made by agentstate on its first write
         made.append("seed", [ITEM])
         made.close()
+        from agentstate.sql.schema import file_pragmas
+
         self.conn = sqlite3.connect(path / "agentstate.db", isolation_level=None)
         self.conn.execute("PRAGMA synchronous=FULL")
+        file_pragmas(self.conn)  # the checkpoint size agentstate's connections set
         self.conn.execute("INSERT INTO sessions (tenant, id, created_at, updated_at) VALUES ('default', 's', "
                           "'2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')")
         self.lock = os.open(path / "agentstate.db.lock", os.O_RDWR | os.O_CREAT, 0o600)
