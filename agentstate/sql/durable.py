@@ -53,7 +53,7 @@ class KeptWals:
         if isinstance(fd, int):
             self._fds[conn] = (files, fd)
             return fd, True
-        return (commit_file(files, path) if fd is None else fd), False
+        return (_main_file(files, path) if fd is None else fd), False
 
     def forget(self, conn: Any) -> None:
         """After a failed sync, which closed the descriptor."""
@@ -79,8 +79,11 @@ def commit_file(files: fileio.OsFiles, path: str) -> int | OSError:
     SQLite deletes it only when the last connection closes, after a checkpoint that made its frames
     durable in the main file. The main file if there is no WAL (a journal mode another program set)."""
     wal = open_wal(files, path)
-    if wal is not None:
-        return wal
+    return _main_file(files, path) if wal is None else wal
+
+
+def _main_file(files: fileio.OsFiles, path: str) -> int | OSError:
+    """The database file itself, where there is no WAL; or the error."""
     try:
         return files.open_sync(path)
     except OSError as e:
