@@ -465,7 +465,7 @@ class Database:
                             if done is not None:
                                 done.append(True)
                             stats.committed()
-                            signals.note_committed(f"the {operation} is committed to {self.path}")
+                            signals.note_committed("the %s is committed to %s", operation, self.path)  # formatted if needed
                     except sqlite3.Error as e:
                         if committing and not self._bury_failed_commit(conn):
                             raise self._unknown(e, operation) from None
