@@ -73,12 +73,11 @@ class _DesignFloor:
         import sqlite3
 
         from agentstate import SessionStore
+        from agentstate.sql.schema import file_pragmas
 
         made = SessionStore(path)  # the schema, made by agentstate on its first write
         made.append("seed", [ITEM])
         made.close()
-        from agentstate.sql.schema import file_pragmas
-
         self.conn = sqlite3.connect(path / "agentstate.db", isolation_level=None)
         self.conn.execute("PRAGMA synchronous=FULL")
         file_pragmas(self.conn)  # the checkpoint size agentstate's connections set

@@ -228,12 +228,13 @@ REASONS = {
     "helper thread). The clock measures the lock, not Python: every worker starts and reports \"ready\" "
     "before the common start time, only commits inside [start, end] count, and finished workers stay idle "
     "(no interpreter exits) until all have reported.",
-    "disk/append-vs-floor": "The bare INSERT writes one 4 KiB page; an append writes four 2 KiB pages (the item's "
-    "row, its key's index entry, the session's row and its recency index), runs five statements, takes the writer lock (flock, the holder record "
-    "written and blanked) and reads the session row under it. `disk/append-design-floor` is exactly that, with "
-    "no Python around it. What is left is agentstate's own work per call (validation, encoding, the group "
-    "commit's queue, the lock's holder record, the signal handlers, the WAL's open for its sync): about 100 µs "
-    "of CPU in a tight loop, two to three times that right after an fsync has put the CPU to sleep, as here.",
+    "disk/append-vs-floor": "The bare INSERT writes one 4 KiB page; an append writes four 2 KiB pages (the "
+    "item's row, its key's index entry, the session's row and its recency index), runs five statements, takes "
+    "the writer lock (flock, the holder record written and blanked) and reads the session row under it. "
+    "`disk/append-design-floor` is exactly that, with no Python around it. What is left is agentstate's own "
+    "work per call (validation, encoding, the group commit's queue, the lock's holder record and its check of "
+    "the lock file's name, the signal handlers): about 100 µs of CPU in a tight loop, two to three times that "
+    "right after an fsync has put the CPU to sleep, as here.",
     "cli/show": "Python start-up plus typer are the baseline; agentstate adds its own modules (orjson, the "
     "codec, the store) and the load.",
 }
