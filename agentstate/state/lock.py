@@ -36,6 +36,7 @@ import shlex
 import signal
 import threading
 import time
+from _thread import get_ident as _get_ident
 from collections.abc import Callable
 from stat import S_ISREG
 from typing import Any
@@ -132,6 +133,14 @@ def _fd_name(fd: int) -> str | None:
         return None
 
 
+try:  # the C functions behind signal's (ints in and out, no enums): a waiting writer calls six of them
+    import _signal as _sig
+except ImportError:  # pragma: no cover - not CPython
+    _sig = signal  # type: ignore[assignment]
+_SIGALRM, _ITIMER_REAL, _SIG_BLOCK = int(signal.SIGALRM), int(signal.ITIMER_REAL), int(signal.SIG_BLOCK)
+_SIG_DFL, _SIG_IGN = int(signal.SIG_DFL), int(signal.SIG_IGN)
+
+
 def _try(fd: int, op: int = fcntl.LOCK_EX) -> bool:
     """One non-blocking attempt; False if someone else holds it."""
     try:
@@ -158,11 +167,12 @@ def _checkpoint() -> None:
 def _alarm_usable() -> bool:
     """The timer can interrupt a blocking flock only in the main thread (Linux sends ITIMER_REAL's
     SIGALRM to the thread-group leader), only if that thread does not block SIGALRM, and only if nobody
-    else uses SIGALRM or ITIMER_REAL (we would break their timer)."""
-    return (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
-            and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
-            and signal.SIGALRM not in signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+    else uses SIGALRM or ITIMER_REAL (we would break their timer). Every waiting writer asks, so this
+    uses the C functions behind the signal module's (no enum conversions: 0.4 us where they cost 1.7)."""
+    return (_get_ident() == threading.main_thread().ident
+            and _sig.getsignal(_SIGALRM) in (_SIG_DFL, _SIG_IGN)
+            and _sig.getitimer(_ITIMER_REAL) == (0.0, 0.0)
+            and _SIGALRM not in _sig.pthread_sigmask(_SIG_BLOCK, ()))
 
 
 def _wait(fd: int, deadline: float) -> bool:
@@ -179,14 +189,14 @@ def _wait(fd: int, deadline: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             pause = min(pause * 2, POLL_CAP)
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    previous = _sig.signal(_SIGALRM, _on_alarm)
     try:
         try:
-            signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-6))
+            _sig.setitimer(_ITIMER_REAL, max(remaining, 1e-6))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                _sig.setitimer(_ITIMER_REAL, 0)
                 _checkpoint()
             return True
         except _Expired as e:
@@ -194,7 +204,7 @@ def _wait(fd: int, deadline: float) -> bool:
                 raise e.__context__ from None
             return _try(fd)  # the alarm may have rung just after the flock succeeded: ask again
     finally:
-        signal.signal(signal.SIGALRM, previous)
+        _sig.signal(_SIGALRM, previous)
 
 
 # --- the lock -----------------------------------------------------------------------------------------
