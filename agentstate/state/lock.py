@@ -34,9 +34,7 @@ import fcntl
 import os
 import shlex
 import signal
-import threading
 import time
-from _thread import get_ident as _get_ident
 from collections.abc import Callable
 from stat import S_ISREG
 from typing import Any
@@ -59,7 +57,7 @@ from .lock_record import (
     read_record,
     record_size,
 )
-from .signals import _sig
+from .signals import _in_main_thread, _sig
 
 log = getLogger("agentstate.lock")
 
@@ -167,7 +165,7 @@ def _alarm_usable() -> bool:
     SIGALRM to the thread-group leader), only if that thread does not block SIGALRM, and only if nobody
     else uses SIGALRM or ITIMER_REAL (we would break their timer). Every waiting writer asks, so this
     uses the C functions behind the signal module's (no enum conversions: 0.9 us where it took 1.7)."""
-    return (_get_ident() == threading.main_thread().ident
+    return (_in_main_thread()
             and _sig.getsignal(_SIGALRM) in (_SIG_DFL, _SIG_IGN)
             and _sig.getitimer(_ITIMER_REAL) == (0.0, 0.0)
             and _SIGALRM not in _sig.pthread_sigmask(_SIG_BLOCK, ()))
