@@ -2,9 +2,9 @@
 
 Connections run ``synchronous=NORMAL``, so SQLite's COMMIT writes the WAL frames without syncing them (its
 checkpoints still sync the WAL before and the main file after, and a reused WAL's header). Right after
-the COMMIT, still under the lock and on the connection still open, the writer opens the file holding the
-commit (:func:`commit_file`), or takes the WAL descriptor its connection keeps (:func:`open_wal`); it
-releases the lock, then :func:`settle` fdatasyncs that file, and only
+the COMMIT, still under the lock and on the connection still open, the writer takes a descriptor of the
+file holding the commit: the WAL's, which its connection keeps (:class:`KeptWals`), or one that
+:func:`commit_file` opens; it releases the lock, then :func:`settle` fdatasyncs that file, and only
 then does the write return. The syncs of writers in different processes so overlap the next writer's
 transaction, and the kernel folds concurrent ones into one journal commit. A sync that fails is the
 outcome unknown: the write is committed and visible, but the disk did not confirm it. docs/format.md,
@@ -37,7 +37,7 @@ def open_wal(files: fileio.OsFiles, path: str) -> int | OSError | None:
 class KeptWals:
     """The WAL descriptor each write connection keeps (see :func:`open_wal`): opened at its first commit,
     closed with the connection, or by a failed sync (the next commit opens it afresh). One open and one
-    close less per write. Where there is no WAL, the file is opened per write (commit_file)."""
+    close less per write. Where there is no WAL, the main file is opened per write and not kept."""
 
     def __init__(self) -> None:
         self._fds: dict[Any, tuple[fileio.OsFiles, int]] = {}  # connection -> (its file layer, descriptor)
@@ -91,10 +91,10 @@ def _main_file(files: fileio.OsFiles, path: str) -> int | OSError:
 
 
 def settle(files: fileio.OsFiles, fd: int | OSError, path: str, operation: str, *, keep: bool = False) -> None:
-    """``fdatasync`` of ``fd`` (from :func:`commit_file`), then close it (``keep``: only if the sync
+    """``fdatasync`` of ``fd`` (from :func:`commit_file` or :meth:`KeptWals.target`), then close it (``keep``: only if the sync
     failed); the write is then durable.
 
-    A failure (or the error commit_file returned) raises StorageError with outcome "unknown"."""
+    A failure (or the error given instead of a descriptor) raises StorageError with outcome "unknown"."""
     if isinstance(fd, int):
         try:
             files.datasync(fd)
