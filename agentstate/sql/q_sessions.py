@@ -124,18 +124,33 @@ FLUSH = Stmt(both="SELECT 1")
 # What doctor compares session_counts with.
 COUNT_SESSIONS_SLOW = Stmt(both="SELECT COUNT(*) FROM sessions WHERE tenant = :tenant")
 
-# Most recently updated first; the keyset (updated_at, id) is the cursor.
+# Most recently updated first; the keyset (updated_at, id) is the cursor. PostgreSQL (schema version 7):
+# sessions_recent indexes (tenant, recent), recent being the minute of updated_at (left(updated_at, 16)),
+# so that an append's update of the row is HOT; ordering by recent first is the same order (a text's
+# prefix never sorts after that of a greater text), and lets the index give it minute by minute (its
+# predicate, recent IS NOT NULL, is stated or implied by recent <= ...: schema.py _PG_V7).
+_LIVE_PG = "(expires_at IS NULL OR expires_at > %(now)s)"
+
 LIST_FIRST = Stmt(both=f"""
     SELECT {_SESSION_COLS} FROM sessions WHERE tenant = :tenant AND {_LIVE}
-    ORDER BY updated_at DESC, id DESC LIMIT :limit""")
+    ORDER BY updated_at DESC, id DESC LIMIT :limit""", postgres=f"""
+    SELECT {_SESSION_COLS} FROM sessions WHERE tenant = %(tenant)s AND recent IS NOT NULL AND {_LIVE_PG}
+    ORDER BY recent DESC, updated_at DESC, id DESC LIMIT %(limit)s""")
 
 LIST_AFTER = Stmt(both=f"""
     SELECT {_SESSION_COLS} FROM sessions
     WHERE tenant = :tenant AND updated_at <= :updated_at AND (updated_at < :updated_at OR id < :id) AND {_LIVE}
-    ORDER BY updated_at DESC, id DESC LIMIT :limit""")
+    ORDER BY updated_at DESC, id DESC LIMIT :limit""", postgres=f"""
+    SELECT {_SESSION_COLS} FROM sessions
+    WHERE tenant = %(tenant)s AND recent <= left(%(updated_at)s, 16) AND updated_at <= %(updated_at)s
+        AND (updated_at < %(updated_at)s OR id < %(id)s) AND {_LIVE_PG}
+    ORDER BY recent DESC, updated_at DESC, id DESC LIMIT %(limit)s""")
 
 STALE_SESSIONS = Stmt(both="""
     SELECT id FROM sessions WHERE tenant = :tenant AND (updated_at < :cutoff OR expires_at <= :now)
+    ORDER BY updated_at, id""", postgres="""
+    SELECT id FROM sessions WHERE tenant = %(tenant)s
+        AND ((recent <= left(%(cutoff)s, 16) AND updated_at < %(cutoff)s) OR expires_at <= %(now)s)
     ORDER BY updated_at, id""")
 
 GET_APPEND_KEY = Stmt(both="""

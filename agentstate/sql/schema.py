@@ -472,6 +472,26 @@ _PG_V6 = [
     "CREATE INDEX sessions_expiry ON sessions (tenant, expires_at) WHERE expires_at IS NOT NULL",
 ]
 
+# --- version 7, PostgreSQL: an append updates its session row in place (a HOT update) ---------------------
+# PostgreSQL writes a new version of a row on every UPDATE; it can keep it on the same page without new
+# index entries (a heap-only tuple) only if no indexed column changed. Every append moves updated_at,
+# which sessions_recent indexed: each append added an entry to both of the table's indexes, the dead ones
+# piling up between vacuums, and the heap grew with them (a few hundred pages a second at 16 writers).
+# sessions_recent now indexes the minute of updated_at (a generated column, `recent`), which an append
+# changes at most once a minute per session: the others are HOT. list orders by (recent, updated_at,
+# id), the same order as (updated_at, id) (a prefix of a text never sorts after that of a greater one),
+# and walks the index by minute, sorting each minute's sessions (q_sessions.LIST_FIRST). The index is
+# partial on `recent IS NOT NULL`, true of every row (updated_at is NOT NULL), so that the planner never
+# takes it for a lookup of one session by (tenant, id): on a table it has no statistics for yet, it took
+# the recency index for those (a tie in its estimates), reading every session of the tenant per append.
+# The queries that page by recency state the predicate. The new column rewrites the table once. SQLite
+# updates its index entries in place and plans by its own rules: nothing changes there.
+_PG_V7 = [
+    "ALTER TABLE sessions ADD COLUMN recent TEXT GENERATED ALWAYS AS (left(updated_at, 16)) STORED",
+    "DROP INDEX sessions_recent",
+    "CREATE INDEX sessions_recent ON sessions (tenant, recent DESC) WHERE recent IS NOT NULL",
+]
+
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
      "postgres": _SESSIONS_V1 + _RESPONSES_V1["postgres"] + _PG_ONLY_V1},
@@ -480,6 +500,7 @@ MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": [], "postgres": _PG_V4},
     {"sqlite": [], "postgres": _PG_V5},
     {"sqlite": _SQLITE_V6, "postgres": _PG_V6},
+    {"sqlite": [], "postgres": _PG_V7},
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
