@@ -1,8 +1,8 @@
 """Issue 17 on PostgreSQL, schema version 7: an append updates its session row in place (a HOT update: no
 new index entries, no heap growth between vacuums), because sessions_recent indexes the minute of
-updated_at (the generated column ``recent``), not updated_at itself; a lookup of one session takes the
-primary key even on a table the planner has no statistics for; list pages, and prune selects, exactly as
-they did by (updated_at, id), across minutes and within one."""
+updated_at (the generated column ``recent``), not updated_at itself; a lookup of one session (or one
+response) takes its unique key even on a table the planner has no statistics for; list pages, and prune
+selects, exactly as they did by (updated_at, id), across minutes and within one."""
 
 from __future__ import annotations
 
@@ -76,6 +76,26 @@ def test_one_session_is_looked_up_by_its_primary_key_on_a_new_table(pg_schema_ur
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN EXECUTE q('default', 'a')").fetchall())
             conn.execute("ROLLBACK")
         assert "sessions_pkey" in plan and "sessions_recent" not in plan, plan
+
+
+def test_one_response_is_looked_up_by_its_unique_key_on_a_new_table(pg_schema_url):
+    """The same tie on responses: a lookup by (tenant, id) took responses_by_root (every response of
+    the tenant); from schema version 7 the tenant-first indexes are partial, so it cannot."""
+    from agentstate import ResponseStore
+
+    with ResponseStore(pg_schema_url) as r:
+        r.save({"id": "r0", "output": []})
+        for i in range(1, 30):
+            r.save({"id": f"r{i}", "previous_response_id": f"r{i - 1}", "output": []})
+        assert [x["id"] for x in r.chain("r29")][:2] == ["r0", "r1"]
+        assert [x["id"] for x in r.list(limit=3).items] == ["r29", "r28", "r27"]
+    conninfo, schema = split_url(pg_schema_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute("PREPARE q(text, text) AS SELECT root_id, depth, seq FROM responses WHERE tenant = $1 AND id = $2")
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN EXECUTE q('default', 'r3')").fetchall())
+    assert "responses_tenant_id_key" in plan, plan
 
 
 def _at(url: str, stamps: dict[str, str]) -> None:

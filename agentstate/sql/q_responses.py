@@ -87,9 +87,12 @@ LIST_ANCHOR = Stmt(
 )
 
 # ... and then the page holds the responses created strictly before it (newest first, as LIST_PAGE).
+# (seq IS NOT NULL, true of every row, is the predicate of PostgreSQL's responses_recent from schema
+# version 7: stated, so that the index can give the order.)
 LIST_OLDER = Stmt(
     both="""SELECT seq, id, previous_id, root_id, depth, created_at, body, deleted_at FROM responses
               WHERE tenant = :tenant AND (deleted_at IS NULL OR :all = 1) AND created_at < :created_at
+                AND seq IS NOT NULL
               ORDER BY seq DESC LIMIT :limit""",
 )
 
@@ -236,5 +239,5 @@ CHAIN_IDS = Stmt(
 # (id, previous_id, created_at, deleted_at, body).
 EXPORT_ALL = Stmt(
     both="""SELECT id, previous_id, created_at, deleted_at, body FROM responses
-              WHERE tenant = :tenant ORDER BY seq""",
+              WHERE tenant = :tenant AND seq IS NOT NULL ORDER BY seq""",  # (the predicate: LIST_OLDER)
 )

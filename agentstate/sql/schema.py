@@ -484,12 +484,19 @@ _PG_V6 = [
 # partial on `recent IS NOT NULL`, true of every row (updated_at is NOT NULL), so that the planner never
 # takes it for a lookup of one session by (tenant, id): on a table it has no statistics for yet, it took
 # the recency index for those (a tie in its estimates), reading every session of the tenant per append.
-# The queries that page by recency state the predicate. The new column rewrites the table once. SQLite
-# updates its index entries in place and plans by its own rules: nothing changes there.
+# The queries that page by recency state the predicate. The new column rewrites the table once. The
+# responses table had the same tie: a lookup by (tenant, id) took responses_by_root, reading every
+# response of the tenant; its two tenant-first indexes become partial the same way (every query that
+# uses them compares seq or root_id, or states the predicate). SQLite updates its index entries in
+# place and plans by its own rules: nothing changes there.
 _PG_V7 = [
     "ALTER TABLE sessions ADD COLUMN recent TEXT GENERATED ALWAYS AS (left(updated_at, 16)) STORED",
     "DROP INDEX sessions_recent",
     "CREATE INDEX sessions_recent ON sessions (tenant, recent DESC) WHERE recent IS NOT NULL",
+    "DROP INDEX responses_recent",
+    "CREATE INDEX responses_recent ON responses (tenant, seq) WHERE seq IS NOT NULL",
+    "DROP INDEX responses_by_root",
+    "CREATE INDEX responses_by_root ON responses (tenant, root_id) WHERE root_id IS NOT NULL",
 ]
 
 MIGRATIONS: list[dict[str, list[str]]] = [
