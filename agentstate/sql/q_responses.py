@@ -100,9 +100,10 @@ COUNT_LIVE = Stmt(
     both="SELECT COUNT(*) FROM responses WHERE tenant = :tenant AND deleted_at IS NULL",
 )
 
-# Every stored response of the tenant, soft-deleted included (what max_responses caps).
+# Every stored response of the tenant, soft-deleted included (what max_responses caps; every save under a
+# cap counts). The predicate (see LIST_OLDER) lets PostgreSQL count on responses_recent, its smallest index.
 COUNT_ALL = Stmt(
-    both="SELECT COUNT(*) FROM responses WHERE tenant = :tenant",
+    both="SELECT COUNT(*) FROM responses WHERE tenant = :tenant AND seq IS NOT NULL",
 )
 
 # -- writes (inside db.write()) -----------------------------------------------------------------
