@@ -49,8 +49,10 @@ def test_appends_update_the_session_row_in_place(pg_schema_url):
         time.sleep(0.2)
     upd, hot = got
     assert upd >= 80
-    # a minute's turn during the test makes one update per session non-HOT
-    assert hot >= upd - 4, f"{hot} of {upd} updates were HOT"
+    # Not all: a minute's turn during the test makes one update per session non-HOT, and so does a full
+    # page when another connection's snapshot keeps the old versions from being pruned. Before schema
+    # version 7 none was.
+    assert hot >= 0.8 * upd, f"{hot} of {upd} updates were HOT"
     assert sql(pg_schema_url, "SELECT id, recent = left(updated_at, 16) FROM sessions ORDER BY id") == [
         ("a", True), ("b", True)]
 
