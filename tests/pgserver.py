@@ -224,3 +224,17 @@ class PgServer:
 def schema_url(base_url: str, schema: str) -> str:
     """``base_url`` naming the PG schema ``schema`` (the ``?schema=`` parameter agentstate strips)."""
     return f"{base_url}{'&' if '?' in base_url else '?'}schema={schema}"
+
+
+def schema_sql(url: str, statement: str, params: tuple | dict = ()) -> list[tuple]:
+    """Run one statement in the PG schema an agentstate ``url`` names (autocommit, a connection of its
+    own): its rows, or [] for a statement that returns none."""
+    import psycopg
+
+    from agentstate.sql.pg import split_url
+
+    conninfo, schema = split_url(url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        cur = conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []

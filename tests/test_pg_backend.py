@@ -11,6 +11,7 @@ import uuid
 import psycopg
 import pytest
 from backend_view import put, stored
+from pgserver import schema_sql as sql
 from pgserver import schema_url
 from state_holder import StateHolder
 
@@ -33,14 +34,6 @@ from agentstate.state import codec
 from agentstate.state.pgstore import PgStateStore
 
 CLI = [sys.executable, "-m", "agentstate"]
-
-
-def sql(url: str, statement: str, params: tuple = ()) -> list[tuple]:
-    conninfo, schema = split_url(url)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'SET search_path TO "{schema}"')
-        cur = conn.execute(statement, params)
-        return cur.fetchall() if cur.description else []
 
 
 def doc(serial: int, resources: dict, lineage: str = "lineage-1") -> bytes:

@@ -11,20 +11,13 @@ import time
 
 import psycopg
 import pytest
+from pgserver import schema_sql as sql
 
 from agentstate import SessionStore
 from agentstate.sql.pg import split_url
 from agentstate.sql.schema import MIGRATIONS, SCHEMA_VERSION
 
 U = {"role": "user", "content": "hi"}
-
-
-def sql(url: str, statement: str, params: tuple = ()) -> list[tuple]:
-    conninfo, schema = split_url(url)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'SET search_path TO "{schema}"')
-        cur = conn.execute(statement, params)
-        return cur.fetchall() if cur.description else []
 
 
 def updates(url: str) -> tuple[int, int]:

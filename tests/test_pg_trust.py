@@ -15,6 +15,7 @@ import uuid
 
 import psycopg
 import pytest
+from pgserver import schema_sql as sql
 from pgserver import schema_url
 
 from agentstate import ConflictError, ResponseStore, SessionStore, StateStore
@@ -24,14 +25,6 @@ from agentstate.state import codec
 
 CLI = [sys.executable, "-m", "agentstate"]
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTATE_")}
-
-
-def sql(url: str, statement: str, params: tuple = ()) -> list[tuple]:
-    conninfo, schema = split_url(url)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'SET search_path TO "{schema}"')
-        cur = conn.execute(statement, params)
-        return cur.fetchall() if cur.description else []
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
