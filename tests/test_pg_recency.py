@@ -1,7 +1,7 @@
 """Issue 17 on PostgreSQL, schema version 7: an append updates its session row in place (a HOT update: no
 new index entries, no heap growth between vacuums), because sessions_recent indexes the minute of
-updated_at (the generated column ``recent``), not updated_at itself; a lookup of one session (or one
-response) takes its unique key even on a table the planner has no statistics for; list pages, and prune
+updated_at (the generated column ``recent``), not updated_at itself, and so do its tags' rows (session_tags,
+for the metadata filters); a lookup of one session (or one response) takes its unique key even on a table the planner has no statistics for; list pages, and prune
 selects, exactly as they did by (updated_at, id), across minutes and within one."""
 
 from __future__ import annotations
@@ -20,12 +20,17 @@ from agentstate.sql.schema import MIGRATIONS, SCHEMA_VERSION
 U = {"role": "user", "content": "hi"}
 
 
-def updates(url: str) -> tuple[int, int]:
-    """(updates, of which HOT) of the schema's sessions table, as the statistics collector has them."""
+def updates(url: str, table: str, at_least: int) -> tuple[int, int]:
+    """(updates, of which HOT) of the schema's ``table``, once the statistics collector has ``at_least``
+    (the backends flush their counts when they end; the collector may take a moment)."""
     _, schema = split_url(url)
-    row = sql(url, "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = %s "
-              "AND relname = 'sessions'", (schema,))
-    return (int(row[0][0]), int(row[0][1])) if row else (0, 0)
+    deadline = time.monotonic() + 20
+    while True:
+        row = sql(url, "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = %s "
+                  "AND relname = %s", (schema, table))
+        got = (int(row[0][0]), int(row[0][1])) if row else (0, 0)
+        if got[0] >= at_least or time.monotonic() > deadline:
+            return got
 
 
 def test_appends_update_the_session_row_in_place(pg_schema_url):
@@ -36,11 +41,7 @@ def test_appends_update_the_session_row_in_place(pg_schema_url):
         s.append("b", [U], idempotency_key="k1")  # the general path too
         for i in range(20):
             s.append("b", [U], idempotency_key=f"k{i + 2}")
-    # the backends flush their counts when they end (closed above); the collector may take a moment
-    deadline = time.monotonic() + 20
-    while (got := updates(pg_schema_url))[0] < 80 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    upd, hot = got
+    upd, hot = updates(pg_schema_url, "sessions", 80)
     assert upd >= 80
     # Not all: a minute's turn during the test makes one update per session non-HOT, and so does a full
     # page when another connection's snapshot keeps the old versions from being pruned. Before schema
@@ -48,6 +49,20 @@ def test_appends_update_the_session_row_in_place(pg_schema_url):
     assert hot >= 0.8 * upd, f"{hot} of {upd} updates were HOT"
     assert sql(pg_schema_url, "SELECT id, recent = left(updated_at, 16) FROM sessions ORDER BY id") == [
         ("a", True), ("b", True)]
+
+
+def test_appends_update_a_sessions_tags_in_place_too(pg_schema_url):
+    """An append to a session with metadata moves its tags' copy of updated_at (session_tags_find's
+    order): those updates are HOT too, as the session row's."""
+    with SessionStore(pg_schema_url) as s:
+        s.create("m", metadata={"agent": "a1", "team": "x"})
+        for _ in range(40):
+            s.append("m", [U])
+        assert [i.id for i in s.list(where={"agent": "a1"}).items] == ["m"]
+    upd, hot = updates(pg_schema_url, "session_tags", 80)
+    assert upd >= 80 and hot >= 0.8 * upd, f"{hot} of {upd} updates were HOT"
+    assert sql(pg_schema_url, "SELECT key, recent = left(updated_at, 16) FROM session_tags ORDER BY key") == [
+        ("agent", True), ("team", True)]
 
 
 def test_one_session_is_looked_up_by_its_primary_key_on_a_new_table(pg_schema_url):
@@ -168,20 +183,26 @@ def test_a_version_6_schema_gets_the_minute_column_and_lists_as_before(pg_schema
 
 @pytest.mark.parametrize("same_minute", [True, False])
 def test_many_sessions_in_one_minute_still_page_exactly(pg_schema_url, same_minute):
-    """A minute holds many sessions (a burst): the page is sorted within it, nothing repeated or lost."""
+    """A minute holds many sessions (a burst): the page is sorted within it, nothing repeated or lost;
+    the same through a metadata filter (session_tags_find, which orders by its own copy of the time)."""
     with SessionStore(pg_schema_url) as s:
         ids = [f"s{i:03d}" for i in range(120)]
-        for sid in ids:
-            s.create(sid)
+        for i, sid in enumerate(ids):
+            s.create(sid, metadata={"agent": "a", "parity": i % 2})
         stamps = {sid: (f"2026-05-05T05:05:{i % 60:02d}.{i:06d}Z" if same_minute
                         else f"2026-05-05T05:{i % 60:02d}:00.000000Z") for i, sid in enumerate(ids)}
         _at(pg_schema_url, stamps)
+        for sid, at in stamps.items():
+            sql(pg_schema_url, "UPDATE session_tags SET updated_at = %s WHERE session_id = %s", (at, sid))
         expected = sorted(ids, key=lambda sid: (stamps[sid], sid), reverse=True)
-        seen, cursor = [], None
-        while True:
-            page = s.list(limit=7, cursor=cursor)
-            seen += [info.id for info in page.items]
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
-        assert seen == expected
+        for where, want in ((None, expected), ({"agent": "a"}, expected),
+                            ({"agent": "a", "parity": 1}, [sid for sid in expected if int(sid[1:]) % 2])):
+            seen, cursor = [], None
+            while True:
+                page = s.list(limit=7, cursor=cursor, where=where)
+                assert page.total == len(want)
+                seen += [info.id for info in page.items]
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+            assert seen == want, where

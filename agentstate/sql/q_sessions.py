@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 
-from . import Stmt
+from . import Stmt, _to_pyformat
 
 _SESSION_COLS = "id, title, metadata, created_at, updated_at, item_count, last_seq, version, expires_at"
 _LIVE = "(expires_at IS NULL OR expires_at > :now)"
@@ -226,6 +226,13 @@ def where_statements(n: int) -> tuple[Stmt, Stmt, Stmt]:
     order = "\n    ORDER BY t0.updated_at DESC, t0.session_id DESC LIMIT :limit"
     after = ("\n      AND t0.updated_at <= :updated_at"
              " AND (t0.updated_at < :updated_at OR t0.session_id < :id)")
-    return (Stmt(both=f"SELECT {cols}{body}{order}"),
-            Stmt(both=f"SELECT {cols}{body}{after}{order}"),
-            Stmt(both=f"SELECT COUNT(*) FROM session_tags t0{joins}{where}"))
+    # PostgreSQL (schema version 7): session_tags_find indexes the minute (recent), as sessions_recent does
+    # (LIST_FIRST); its predicate stated, the minute first in the order, and bounded by the cursor's.
+    pg_body = body + "\n      AND t0.recent IS NOT NULL"
+    pg_order = "\n    ORDER BY t0.recent DESC, t0.updated_at DESC, t0.session_id DESC LIMIT :limit"
+    pg_after = "\n      AND t0.recent <= left(:updated_at, 16)" + after
+    pg_count = f"SELECT COUNT(*) FROM session_tags t0{joins}{where}\n      AND t0.recent IS NOT NULL"
+    return (Stmt(both=f"SELECT {cols}{body}{order}", postgres=_to_pyformat(f"SELECT {cols}{pg_body}{pg_order}")),
+            Stmt(both=f"SELECT {cols}{body}{after}{order}",
+                 postgres=_to_pyformat(f"SELECT {cols}{pg_body}{pg_after}{pg_order}")),
+            Stmt(both=f"SELECT COUNT(*) FROM session_tags t0{joins}{where}", postgres=_to_pyformat(pg_count)))

@@ -487,8 +487,10 @@ _PG_V6 = [
 # The queries that page by recency state the predicate. The new column rewrites the table once. The
 # responses table had the same tie: a lookup by (tenant, id) took responses_by_root, reading every
 # response of the tenant; its two tenant-first indexes become partial the same way (every query that
-# uses them compares seq or root_id, or states the predicate). SQLite updates its index entries in
-# place and plans by its own rules: nothing changes there.
+# uses them compares seq or root_id, or states the predicate). session_tags, whose rows an append to a
+# session with metadata touches (their copy of updated_at), gets the same minute column and index
+# (session_tags_find keeps expires_at, so a filter's count stays one index range). SQLite updates its
+# index entries in place and plans by its own rules: nothing changes there.
 _PG_V7 = [
     "ALTER TABLE sessions ADD COLUMN recent TEXT GENERATED ALWAYS AS (left(updated_at, 16)) STORED",
     "DROP INDEX sessions_recent",
@@ -497,6 +499,10 @@ _PG_V7 = [
     "CREATE INDEX responses_recent ON responses (tenant, seq) WHERE seq IS NOT NULL",
     "DROP INDEX responses_by_root",
     "CREATE INDEX responses_by_root ON responses (tenant, root_id) WHERE root_id IS NOT NULL",
+    "ALTER TABLE session_tags ADD COLUMN recent TEXT GENERATED ALWAYS AS (left(updated_at, 16)) STORED",
+    "DROP INDEX session_tags_find",
+    "CREATE INDEX session_tags_find ON session_tags (tenant, key, value, recent DESC, expires_at)"
+    " WHERE recent IS NOT NULL",
 ]
 
 MIGRATIONS: list[dict[str, list[str]]] = [
