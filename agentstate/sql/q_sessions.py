@@ -130,6 +130,7 @@ COUNT_SESSIONS_SLOW = Stmt(both="SELECT COUNT(*) FROM sessions WHERE tenant = :t
 # prefix never sorts after that of a greater text), and lets the index give it minute by minute (its
 # predicate, recent IS NOT NULL, is stated or implied by recent <= ...: schema.py _PG_V7).
 _LIVE_PG = "(expires_at IS NULL OR expires_at > %(now)s)"
+_MINUTE = 16  # recent = left(updated_at, 16) (schema.py _PG_V7): a time's minute, as the cursor's is taken
 
 LIST_FIRST = Stmt(both=f"""
     SELECT {_SESSION_COLS} FROM sessions WHERE tenant = :tenant AND {_LIVE}
@@ -142,15 +143,15 @@ LIST_AFTER = Stmt(both=f"""
     WHERE tenant = :tenant AND updated_at <= :updated_at AND (updated_at < :updated_at OR id < :id) AND {_LIVE}
     ORDER BY updated_at DESC, id DESC LIMIT :limit""", postgres=f"""
     SELECT {_SESSION_COLS} FROM sessions
-    WHERE tenant = %(tenant)s AND recent <= left(%(updated_at)s, 16) AND updated_at <= %(updated_at)s
+    WHERE tenant = %(tenant)s AND recent <= left(%(updated_at)s, {_MINUTE}) AND updated_at <= %(updated_at)s
         AND (updated_at < %(updated_at)s OR id < %(id)s) AND {_LIVE_PG}
     ORDER BY recent DESC, updated_at DESC, id DESC LIMIT %(limit)s""")
 
 STALE_SESSIONS = Stmt(both="""
     SELECT id FROM sessions WHERE tenant = :tenant AND (updated_at < :cutoff OR expires_at <= :now)
-    ORDER BY updated_at, id""", postgres="""
+    ORDER BY updated_at, id""", postgres=f"""
     SELECT id FROM sessions WHERE tenant = %(tenant)s
-        AND ((recent <= left(%(cutoff)s, 16) AND updated_at < %(cutoff)s) OR expires_at <= %(now)s)
+        AND ((recent <= left(%(cutoff)s, {_MINUTE}) AND updated_at < %(cutoff)s) OR expires_at <= %(now)s)
     ORDER BY updated_at, id""")
 
 GET_APPEND_KEY = Stmt(both="""
@@ -230,7 +231,7 @@ def where_statements(n: int) -> tuple[Stmt, Stmt, Stmt]:
     # (LIST_FIRST); its predicate stated, the minute first in the order, and bounded by the cursor's.
     pg_body = body + "\n      AND t0.recent IS NOT NULL"
     pg_order = "\n    ORDER BY t0.recent DESC, t0.updated_at DESC, t0.session_id DESC LIMIT :limit"
-    pg_after = "\n      AND t0.recent <= left(:updated_at, 16)" + after
+    pg_after = f"\n      AND t0.recent <= left(:updated_at, {_MINUTE})" + after
     pg_count = f"SELECT COUNT(*) FROM session_tags t0{joins}{where}\n      AND t0.recent IS NOT NULL"
     return (Stmt(both=f"SELECT {cols}{body}{order}", postgres=_to_pyformat(f"SELECT {cols}{pg_body}{pg_order}")),
             Stmt(both=f"SELECT {cols}{body}{after}{order}",
