@@ -129,7 +129,7 @@ COUNT_SESSIONS_SLOW = Stmt(both="SELECT COUNT(*) FROM sessions WHERE tenant = :t
 # so that an append's update of the row is HOT; ordering by recent first is the same order (a text's
 # prefix never sorts after that of a greater text), and lets the index give it minute by minute (its
 # predicate, recent IS NOT NULL, is stated or implied by recent <= ...: schema.py _PG_V7).
-_LIVE_PG = "(expires_at IS NULL OR expires_at > %(now)s)"
+_LIVE_PG = _to_pyformat(_LIVE)
 _MINUTE = 16  # recent = left(updated_at, 16) (schema.py _PG_V7): a time's minute, as the cursor's is taken
 
 LIST_FIRST = Stmt(both=f"""
