@@ -229,11 +229,12 @@ def where_statements(n: int) -> tuple[Stmt, Stmt, Stmt]:
              " AND (t0.updated_at < :updated_at OR t0.session_id < :id)")
     # PostgreSQL (schema version 7): session_tags_find indexes the minute (recent), as sessions_recent does
     # (LIST_FIRST); its predicate stated, the minute first in the order, and bounded by the cursor's.
-    pg_body = body + "\n      AND t0.recent IS NOT NULL"
+    count = f"SELECT COUNT(*) FROM session_tags t0{joins}{where}"
+    predicate = "\n      AND t0.recent IS NOT NULL"
+    pg_body = body + predicate
     pg_order = "\n    ORDER BY t0.recent DESC, t0.updated_at DESC, t0.session_id DESC LIMIT :limit"
     pg_after = f"\n      AND t0.recent <= left(:updated_at, {_MINUTE})" + after
-    pg_count = f"SELECT COUNT(*) FROM session_tags t0{joins}{where}\n      AND t0.recent IS NOT NULL"
     return (Stmt(both=f"SELECT {cols}{body}{order}", postgres=_to_pyformat(f"SELECT {cols}{pg_body}{pg_order}")),
             Stmt(both=f"SELECT {cols}{body}{after}{order}",
                  postgres=_to_pyformat(f"SELECT {cols}{pg_body}{pg_after}{pg_order}")),
-            Stmt(both=f"SELECT COUNT(*) FROM session_tags t0{joins}{where}", postgres=_to_pyformat(pg_count)))
+            Stmt(both=count, postgres=_to_pyformat(count + predicate)))
