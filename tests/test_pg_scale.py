@@ -281,11 +281,11 @@ def _signal_during_the_call(monkeypatch, signum, fail=False):
 
     real = pg_batch._exec_prepared
 
-    def exec_prepared(conn, text, params):
+    def exec_prepared(conn, text, params, *state):
         os.kill(os.getpid(), signum)
         if fail:
             raise psycopg.errors.InternalError("failed on purpose")
-        return real(conn, text, params)
+        return real(conn, text, params, *state)
 
     monkeypatch.setattr(pg_batch, "_exec_prepared", exec_prepared)
 

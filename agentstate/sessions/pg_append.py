@@ -16,19 +16,23 @@ from ..sql import q_sessions as q
 from . import store as _store  # loaded: only store.py imports this module (its _utcnow looked up per call)
 
 
-def append(store: Any, sid: str, ids: list[str], texts: list[str], datas: list[dict[str, Any]], *,
+def append(store: Any, db: Any, sid: str, ids: list[str], texts: list[str], datas: list[dict[str, Any]], *,
            expect_seq: int | None, expect_version: int | None, key: str | None, create: bool,
            title: str | None) -> list[Any] | None:
-    db = store.db
-    params = {"tenant": store.tenant, "id": sid, "create": create, "key": key, "expect_seq": expect_seq,
+    """``store``'s append of ``texts`` (the items' stored JSON; ``datas`` the objects, ``ids`` their new
+    ids) to session ``sid`` on ``db`` (``store.db``, a PostgreSQL Database)."""
+    tenant = store.tenant
+    params = {"tenant": tenant, "id": sid, "create": create, "key": key, "expect_seq": expect_seq,
               "expect_version": expect_version, "ids": ids, "datas": texts, "title": title,
               "item_ids": orjson.dumps(ids).decode() if key is not None else None, "now": _store._utcnow()}
-    rows = db.call("sessions append", db.resource("session", store.tenant, sid), q.PG_APPEND, params,
+    rows = db.call("sessions append", db.resource("session", tenant, sid), q.PG_APPEND, params,
                    store.lock_timeout)
     status, last, version, now, _new_version, first_seq, item_ids = rows[0]
     if status == "ok":
         last = int(last)
         item = _store.Item
+        if len(ids) == 1:
+            return [item(last + 1, ids[0], now, datas[0])]
         return [item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
     if status == "expiring":  # a session with a time to live: the general path judges its expiry
         return None

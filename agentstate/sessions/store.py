@@ -45,6 +45,7 @@ from .where import FleetMixin, _meta_text, expires_at
 
 EXPORT_TYPE = "agentstate.session"
 _new_id: Any = None  # state.lock_record._uuid4, imported by the first append
+_pg_append: Any = None  # pg_append.append, imported by the first append to a PostgreSQL store
 _ALL = 1 << 62  # "no limit" for LIMIT :limit in both dialects
 
 __all__ = ["Item", "MAX_ITEM_BYTES", "Page", "SessionInfo", "SessionStore", "encode_item"]
@@ -276,22 +277,23 @@ class SessionStore(FleetMixin, ItemEdits):
                 expect_version: int | None, key: str | None, create: bool, title: str | None,
                 ttl: float | None = None) -> list[Item]:
         """The write behind append: ``texts`` are the items' stored JSON text, ``datas`` the objects."""
-        global _new_id
+        global _new_id, _pg_append
         if _new_id is None:  # lock_record (socket, random) is not for a reader's start-up: on the first write
             from ..state.lock_record import _uuid4 as _new_id
 
         ids = [_new_id() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
-        replayed: list[bool] = []
+        db = self._db or self.db
+        if db.dialect == "postgres" and self._hot is None and ttl is None:
+            if _pg_append is None:  # one round trip, holding this session's lock only
+                from .pg_append import append as _pg_append
 
-        if self.db.dialect == "postgres" and self._hot is None and ttl is None:
-            from .pg_append import append  # one round trip, holding this session's lock only
-
-            fast = append(self, sid, ids, texts, datas, expect_seq=expect_seq, expect_version=expect_version,
-                          key=key, create=create, title=title)
+            fast = _pg_append(self, db, sid, ids, texts, datas, expect_seq=expect_seq, expect_version=expect_version,
+                              key=key, create=create, title=title)
             if fast is not None:  # None: a session with a time to live, appended below
                 if fast and fast[0].id == ids[0]:  # not a replay of an earlier append
                     stats.appended()
                 return fast
+        replayed: list[bool] = []
 
         def work(tx: Any) -> list[Item]:
             now = _utcnow()  # under the lock: after every write this one waited for

@@ -86,6 +86,8 @@ log = getLogger("agentstate.pg")
 
 # --- Database: the engine API of agentstate.sql ------------------------------------------------
 
+_locked_call: Any = None  # pg_batch.locked_call, imported by the first call (it imports psycopg: an extra)
+_INF = float("inf")
 _COLON_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -239,6 +241,8 @@ class Database:
     def timeout(self, lock_timeout: float | str | None = None) -> float:
         if lock_timeout is None:
             return self.lock_timeout
+        if lock_timeout.__class__ is float and 0.0 <= lock_timeout < _INF:  # parsed already (a store's)
+            return lock_timeout
         from ..duration import parse_duration
 
         return parse_duration(lock_timeout, "lock timeout")
@@ -269,19 +273,12 @@ class Database:
              lock_timeout: float | str | None = None) -> list[tuple]:
         """A whole write in one statement and one round trip (pg_batch.locked_call): its rows. ``params``
         is the caller's to give up: the lock's keys are added to it."""
-        from .pg_batch import locked_call, signals
+        global _locked_call
+        if _locked_call is None:
+            from .pg_batch import locked_call as _locked_call
 
         timeout = self.lock_timeout if lock_timeout is None else self.timeout(lock_timeout)
-        try:
-            with signals.held():  # library use: blocked for the call, delivered after it (CLI: critical())
-                return locked_call(self.connector, operation, lock, timeout, pg_text(stmt), params)
-        except KeyboardInterrupt as e:
-            where = f"{self.connector.where} schema {self.connector.schema}"
-            outcome = getattr(e, "outcome", None)
-            if outcome is None:  # a plain KeyboardInterrupt (no handler of ours): the call was cut short
-                raise signals.unknown_outcome(e, operation, where) from None
-            raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {where}"
-                                      if outcome == "committed" else None) from None
+        return _locked_call(self.connector, operation, lock, timeout, pg_text(stmt), params)
 
     @contextmanager
     def read(self) -> Iterator[Tx]:

@@ -26,17 +26,39 @@ from .pg_lock import _PUBLISH, Resource, keep_standing, resources_locked, standi
 log = getLogger("agentstate.pg")
 
 
-_pollers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+class _Conn:
+    """What the calls on one connection keep, found with one lookup per call: its poll object
+    (``_alive``); the session-level lock_timeout the prepared path set on it (None: none set, or not
+    known to be); its client encoding and the names of the statements prepared on it (a new connection
+    prepares anew)."""
+
+    __slots__ = ("poller", "limits", "encoding", "prepared")
+
+    def __init__(self) -> None:
+        self.poller: Any = None
+        self.limits: str | None = None
+        self.encoding: str | None = None
+        self.prepared: set[bytes] = set()
 
 
-def _alive(conn: Any) -> bool:
+_conns: weakref.WeakKeyDictionary[Any, _Conn] = weakref.WeakKeyDictionary()
+
+
+def _conn_state(conn: Any) -> _Conn:
+    st = _conns.get(conn)
+    if st is None:
+        st = _conns[conn] = _Conn()
+    return st
+
+
+def _alive(conn: Any, st: _Conn) -> bool:
     """Whether an idle pooled connection may still be used: a server that ended it (a restart, an
     idle timeout, pg_terminate_backend) has sent its goodbye, so the socket is readable. No round trip:
     one poll(2) with a zero timeout, through a poll object kept per connection."""
-    poller = _pollers.get(conn)
     try:
+        poller = st.poller
         if poller is None:
-            poller = _pollers[conn] = select.poll()
+            poller = st.poller = select.poll()
             poller.register(conn.fileno(), select.POLLIN)
         return not poller.poll(0)
     except (OSError, ValueError):
@@ -53,17 +75,14 @@ _PUBLISHING = "BEGIN ISOLATION LEVEL READ COMMITTED; " + _PUBLISH + "; COMMIT; "
 _WRITE = ("SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout', %(lock_timeout)s, true); "
           "{statement}")
 _messages: dict[tuple[str, bool], str] = {}
-# Connections whose session-level limits the prepared path set (no statement timeout, this lock_timeout:
-# every lock wait on them is bounded by it); read transactions on them set the readers' statement
-# timeout themselves (reader_begin).
-_write_limits: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def reader_begin(cn: Connector, conn: Any) -> str:
     """The BEGIN of a read transaction on ``conn``: with the readers' statement timeout as a local setting
     when a prepared write cleared the connection's own."""
     begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-    if conn in _write_limits and cn.statement_timeout > 0:
+    st = _conns.get(conn)  # limits set by the prepared path: no statement timeout, the writer's lock_timeout
+    if st is not None and st.limits is not None and cn.statement_timeout > 0:
         begin += f"; SET LOCAL statement_timeout TO '{_timeout_ms(cn.statement_timeout)}'"
     return begin
 
@@ -78,9 +97,6 @@ _TUPLES_OK, _CONN_OK, _SQLSTATE = pq.ExecStatus.TUPLES_OK, pq.ConnStatus.OK, pq.
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 # text -> (statement name, its SQL with $n placeholders, the parameter names in $n order)
 _statements: dict[str, tuple[bytes, bytes, tuple[str, ...]]] = {}
-# Connections -> their client encoding and the names of the statements prepared on them (a new
-# connection prepares anew).
-_prepared: weakref.WeakKeyDictionary[Any, tuple[str, set[bytes]]] = weakref.WeakKeyDictionary()
 
 
 def _statement(text: str) -> tuple[bytes, bytes, tuple[str, ...]]:
@@ -106,13 +122,14 @@ def _text_str(v: str, encoding: str) -> bytes:
 
 
 def _text_array(v: list[str], encoding: str) -> bytes:  # a text[] literal, each element quoted
+    if len(v) == 1:  # the usual append: one item
+        return _text_str('{"' + v[0].replace("\\", "\\\\").replace('"', '\\"') + '"}', encoding)
     return _text_str("{" + ",".join(['"' + e.replace("\\", "\\\\").replace('"', '\\"') + '"' for e in v]) + "}",
                      encoding)
 
 
-# A parameter in PostgreSQL's text format, by its Python type.
+# A parameter in PostgreSQL's text format, by its Python type (None: sent as NULL, never looked up here).
 _TEXT: dict[type, Any] = {
-    type(None): lambda v, encoding: None,
     bool: lambda v, encoding: b"t" if v else b"f",
     int: lambda v, encoding: str(v).encode(),
     str: _text_str,
@@ -120,7 +137,7 @@ _TEXT: dict[type, Any] = {
 }
 
 
-def _exec_prepared(conn: Any, text: str, params: dict[str, Any]) -> list[tuple]:
+def _exec_prepared(conn: Any, text: str, params: dict[str, Any], st: _Conn | None = None) -> list[tuple]:
     """``text`` as a prepared statement of ``conn`` (prepared first if it is not yet): its rows, each
     value as text (str) or None. Errors are psycopg's (by SQLSTATE); a connection lost meanwhile is an
     OperationalError with ``conn.broken`` set. A statement deallocated behind our back (psycopg sends
@@ -128,11 +145,12 @@ def _exec_prepared(conn: Any, text: str, params: dict[str, Any]) -> list[tuple]:
     own) is prepared again and run once more: it did not run."""
     name, sql, names = _statement(text)
     pgc = conn.pgconn
-    known = _prepared.get(conn)
-    if known is None:
-        known = _prepared[conn] = (conn.info.encoding, set())
-    encoding, done = known
-    values = [_TEXT[v.__class__](v, encoding) for v in [params[n] for n in names]]
+    if st is None:
+        st = _conn_state(conn)
+    encoding, done = st.encoding, st.prepared
+    if encoding is None:
+        encoding = st.encoding = conn.info.encoding
+    values = [None if (v := params[n]) is None else _TEXT[v.__class__](v, encoding) for n in names]
     with conn.lock:
         if name not in done:
             _check(conn, pgc.prepare(name, sql))
@@ -169,38 +187,59 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
                 params: dict[str, Any]) -> list[tuple]:
     """Run ``text``, one statement (a function such as agentstate_append) that takes the lock of ``res``
     itself and then does the whole write, in its own transaction, in one round trip. ``text`` takes
-    the named parameters ``%(name)s`` of ``params`` plus ``classid`` and ``objid`` (the lock), each cast
-    to its type in the text (values: None, bool, int, str, list of str). In the common case (the
-    connection's standing holder record already names this operation) it runs alone as a prepared
-    statement (the extended protocol: the server plans it once per connection; libpq directly, see
-    _exec_prepared), in autocommit (its own transaction, committed when it ends), under the connection's session-level
-    limits: this lock_timeout and no statement timeout, set once (and again when the timeout differs).
-    Else it goes in one simple-protocol message after the holder record and the transaction's own limits
-    (psycopg's ClientCursor binds the parameters; the server runs the statements one after the other,
-    each with its own snapshot). Its rows, each value as text (str) or None. A statement that raises rolls the write back (nothing
-    written); a connection lost during the call is "may or may not have been saved"."""
+    the named parameters ``%(name)s`` of ``params`` plus ``classid`` and ``objid`` (the lock, added to
+    ``params``: the caller's to give up), each cast to its type in the text (values: None, bool, int,
+    str, list of str). In the common case (the connection's standing holder record already names this
+    operation) it runs alone as a prepared statement (the extended protocol: the server plans it once
+    per connection; libpq directly, see _exec_prepared), in autocommit (its own transaction, committed
+    when it ends), under the connection's session-level limits: this lock_timeout and no statement
+    timeout, set once (and again when the timeout differs). Else it goes in one simple-protocol message
+    after the holder record and the transaction's own limits (psycopg's ClientCursor binds the
+    parameters; the server runs the statements one after the other, each with its own snapshot). Its
+    rows, each value as text (str) or None. A statement that raises rolls the write back (nothing
+    written); a connection lost during the call is "may or may not have been saved".
+
+    SIGINT and SIGTERM are held for the call (signals.held in library use, signals.critical where the
+    handlers are installed): one that arrives meanwhile is raised when it returns, as Interrupted saying
+    the write was committed (or, if the call failed, dropped: its error is the news)."""
+    try:
+        with signals.held():  # library use: blocked for the call, delivered after it (CLI: critical() below)
+            return _call(cn, operation, res, timeout, text, params)
+    except KeyboardInterrupt as e:
+        where = f"{cn.where} schema {cn.schema}"
+        outcome = getattr(e, "outcome", None)
+        if outcome is None:  # a plain KeyboardInterrupt (no handler of ours): the call was cut short
+            raise signals.unknown_outcome(e, operation, where) from None
+        raise signals.interrupted(e, operation, committed=f"the {operation} is committed to {where}"
+                                  if outcome == "committed" else None) from None
+
+
+def _call(cn: Connector, operation: str, res: Resource, timeout: float, text: str,
+          params: dict[str, Any]) -> list[tuple]:
     try:
         conn = cn.conn()
-        if not _alive(conn):
+        st = _conns.get(conn) or _conn_state(conn)
+        if not _alive(conn, st):
             log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
             cn.close()
             conn = cn.conn()
+            st = _conn_state(conn)
     except psycopg.Error as e:  # cn.errors(), without a generator on every call
         cn.after_error(e)
         raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
     me = standing_record(cn, conn, operation)
     lock_timeout = _timeout_ms(timeout)
-    params["classid"], params["objid"] = res.classid, res.objid  # the caller's own dict (Database.call's)
+    params["classid"], params["objid"] = res.classid, res.objid  # the caller's own dict
     prepared = me is None
     try:
-        if prepared and _write_limits.get(conn) != lock_timeout:
-            _write_limits.pop(conn, None)  # until the new ones are known to be set
+        if prepared and st.limits != lock_timeout:
+            st.limits = None  # until the new ones are known to be set
             conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', '0', false)",
                          (lock_timeout,))
-            _write_limits[conn] = lock_timeout
+            st.limits = lock_timeout
         with signals.critical():  # held for the call: its outcome is known when it ends
             if prepared:
-                rows = _exec_prepared(conn, text, params)
+                rows = _exec_prepared(conn, text, params, st)
             else:
                 cur = psycopg.ClientCursor(conn)
                 cur.execute(_message(text, me is not None), {**params, **(me or {}), "lock_timeout": lock_timeout})
