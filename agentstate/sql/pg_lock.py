@@ -69,9 +69,11 @@ _PUBLISH = (
     " since = EXCLUDED.since"
 )
 
-# The backend holding an advisory lock (granted, in this database) and what it published.
+# The backend holding an advisory lock (granted, in this database) and what it published. The lock ID
+# shown is the record's and the holder's transaction, as for resource locks below: a standing record
+# (pg_state.py) stands for several acquisitions of one connection, the ID names exactly one.
 _HOLDER = (
-    "SELECT l.pid, h.lock_id, h.host, h.pid, h.operation, h.version, coalesce(a.xact_start, h.since),"
+    "SELECT l.pid, h.lock_id || '/' || l.virtualtransaction, h.host, h.pid, h.operation, h.version, coalesce(a.xact_start, h.since),"
     " a.application_name, host(a.client_addr), a.usename"
     " FROM pg_locks l"
     " LEFT JOIN lock_holders h ON h.backend_pid = l.pid AND h.lock_key = %(purpose)s"
@@ -160,22 +162,23 @@ def read_holder(conn: Any, key: int, purpose: int) -> dict[str, Any] | None:
         return None
 
 
-# A connection's standing record: the operation of the record a locked_call published and left in place
-# (its lock ID is the record's plus the holder's transaction, so it still names one acquisition).
-_standing: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+# A connection's standing record: the purpose and operation of the record a locked_call or a state
+# transaction published and left in place (its lock ID is the record's plus the holder's transaction,
+# so it still names one acquisition).
+_standing: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKeyDictionary()
 
 
-def standing_record(cn: Connector, conn: Any, operation: str) -> dict[str, Any] | None:
-    """The holder record a locked_call must publish first, or None when the connection's standing record
-    already says this operation (no statement to send: the common case of a process appending again)."""
-    if _standing.get(conn) == operation:
+def standing_record(cn: Connector, conn: Any, operation: str, purpose: int = LOCK_DB) -> dict[str, Any] | None:
+    """The holder record to publish first, or None when the connection's standing record already says
+    this purpose and operation (no statement to send: the common case of a process writing again)."""
+    if _standing.get(conn) == (purpose, operation):
         return None
     _standing.pop(conn, None)  # until the new one is known to be committed
-    return _me(operation, cn.key, LOCK_DB)
+    return _me(operation, cn.key, purpose)
 
 
-def keep_standing(conn: Any, operation: str) -> None:
-    _standing[conn] = operation
+def keep_standing(conn: Any, operation: str, purpose: int = LOCK_DB) -> None:
+    _standing[conn] = (purpose, operation)
 
 
 def _me(operation: str, key: int, purpose: int) -> dict[str, Any]:

@@ -10,6 +10,8 @@ row lock: it would cost a WAL flush even for a transaction that changes nothing.
 
 from __future__ import annotations
 
+from binascii import hexlify
+
 READ = "SELECT data, previous FROM state_documents WHERE name = 'state'"
 
 # keep_previous: when saving a recovery from ``previous`` (data was damaged), previous stays the good
@@ -24,3 +26,16 @@ SAVE = """
     ON CONFLICT (name) DO UPDATE
     SET previous = CASE WHEN %(keep_previous)s THEN d.previous ELSE d.data END,
         data = EXCLUDED.data, updated_at = now()"""
+
+# The same read and save with the document as hex digits, for the simple-protocol messages of
+# pg_state.py (values written into the text): encode/decode(..., 'hex'), whatever bytea_output and
+# standard_conforming_strings say; the hex digits and a boolean literal need no escaping.
+READ_HEX = "SELECT encode(data, 'hex'), encode(previous, 'hex') FROM state_documents WHERE name = 'state'"
+_SAVE_HEX = {keep: tuple(part.encode() for part in SAVE.replace("%(keep_previous)s", "true" if keep else "false")
+                         .split("%(data)s")) for keep in (False, True)}
+
+
+def save_hex(data: bytes, keep_previous: bool) -> bytes:
+    """SAVE's text with ``data`` and ``keep_previous`` written in."""
+    head, tail = _SAVE_HEX[keep_previous]
+    return b"".join((head, b"decode('", hexlify(data), b"', 'hex')", tail))

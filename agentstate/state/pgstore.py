@@ -5,9 +5,10 @@ checksummed codec: serial, lineage, updated_at, resources), ``previous`` the ver
 state.json.bak does. Reads, recovery from the previous version and serials follow agentstate/store.py
 exactly, so ``doctor`` and recovery mean the same thing on both backends.
 
-A transaction is one PostgreSQL transaction: the holder record published (agentstate/sql/pg.py), BEGIN,
-the state advisory lock taken within ``lock_timeout`` (else StateLocked, exit 3, naming the holder),
-the row locked and read, the caller's block run, the new version written, COMMIT. A holder killed
+A transaction is one PostgreSQL transaction in two messages (agentstate/sql/pg_state.py): the holder
+record published, BEGIN, the state advisory lock taken within ``lock_timeout`` (else StateLocked, exit
+3, naming the holder) and the row read; then, after the caller's block, the new version written and
+COMMIT. A holder killed
 mid-transaction loses its connection, hence its lock and its uncommitted change, at once. Server
 trouble (unreachable, authentication, a dropped connection, disk full) is one StorageError (exit 1);
 nothing is half-written, and the next call reconnects.
@@ -139,9 +140,11 @@ class PgStateStore(StateStore):
         state: State | None = None
         saved = [False]
         with signals.guarded():
+            from ..sql import pg_state
+
             try:
-                with pg.locked_transaction(self.connector, operation, pg.LOCK_STATE, timeout, on_wait,
-                                           f"state ({self.schema})", first=q_state.READ) as tx:
+                with pg_state.state_transaction(self.connector, operation, pg.LOCK_STATE, timeout, on_wait,
+                                                f"state ({self.schema})") as tx:
                     rows = tx.first_rows
                     snap = self._load(rows[0] if rows else None)
                     state = snap.state
@@ -164,7 +167,7 @@ class PgStateStore(StateStore):
                     locked=state is not None,  # the state is loaded only once the lock is held
                 ) from None
 
-    def _save(self, tx: pg.Tx, snap: _Snapshot, state: State) -> dict[str, Any] | None:  # type: ignore[override]
+    def _save(self, tx: Any, snap: _Snapshot, state: State) -> dict[str, Any] | None:  # type: ignore[override]
         """Write the caller's resources as the next version if they changed: the new fields, or None."""
         resources = state.resources
         if not isinstance(resources, dict):
@@ -188,7 +191,7 @@ class PgStateStore(StateStore):
         updated_at = _utcnow()
         data = codec.encode_document(serial=serial, lineage=snap.lineage, updated_at=updated_at,
                                      resources_bytes=resources_bytes)
-        tx.defer(q_state.SAVE, data=data, keep_previous=snap.source == "backup")  # sent with the COMMIT
+        tx.save(data, keep_previous=snap.source == "backup")  # sent with the COMMIT
         return {"serial": serial, "updated_at": updated_at, "format_version": codec.FORMAT_VERSION, "changed": True}
 
     # -- lock management and checks ---------------------------------------------------------

@@ -1,0 +1,214 @@
+"""The state document's transaction on PostgreSQL (agentstate/state/pgstore.py) in two messages, sent
+through libpq directly (issue 17).
+
+Message 1, one round trip (simple query protocol): the holder record in its own transaction (committed
+at once, so waiters see it; UNLOGGED: no WAL flush), then BEGIN ISOLATION LEVEL READ COMMITTED, the
+transaction's limits (lock_timeout; no statement timeout), the state advisory lock (waited for in the
+server up to lock_timeout; only tried when the caller is to be told who holds it first: ``on_wait``, or
+a timeout of 0) and the read of the document as its own statement (its snapshot taken once the lock is
+held). Message 2, when the block ends: the new version if the block changed the document, and COMMIT.
+The same statements as before, values written into the text: integers, the document as hex digits
+(``decode('...', 'hex')``, ``encode(data, 'hex')``: whatever bytea_output or standard_conforming_strings
+say) and the holder record's strings escaped by libpq (PQescapeLiteral).
+
+Why not psycopg's cursors and pipeline: around the same ten statements they cost ~430 us of client CPU
+per transaction, against ~120 us here (/tmp measurements in docs/performance.md). With ten processes on
+one document, that CPU is spent while the lock is held, on a machine the waiters share.
+
+The waits are here (poll(2) on the socket), so that a signal ends a wait for the lock at once: the
+connection is then dropped (the server rolls back, the lock wait ends) and the signal raised.
+"""
+
+from __future__ import annotations
+
+import select
+from binascii import unhexlify
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pe
+from psycopg import pq
+
+from ..errors import StateLocked
+from ..logs import getLogger
+from . import q_state, stats
+from .pg_batch import _alive, _check, _conn_state
+from .pg_conn import Connector, _first_line, _timeout_ms, interruption_in, server_error
+from .pg_lock import _PUBLISH, _wait_locked, keep_standing, locked_error, read_holder, standing_record
+
+log = getLogger("agentstate.pg")
+
+_TUPLES_OK, _COMMAND_OK = pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK
+_BEGIN = ("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT set_config('lock_timeout', '{limit}', true), "
+          "set_config('statement_timeout', '0', true); ")
+
+
+class StateTx:
+    """The open transaction, as the block sees it: ``first_rows`` (the document's row: data, previous,
+    as bytes or None; [] when the row is missing) and ``save()``, the new version to write with the
+    COMMIT."""
+
+    __slots__ = ("first_rows", "_save")
+
+    def __init__(self, rows: list[tuple[bytes | None, bytes | None]]) -> None:
+        self.first_rows = rows
+        self._save: bytes | None = None
+
+    def save(self, data: bytes, keep_previous: bool) -> None:
+        self._save = q_state.save_hex(data, keep_previous)
+
+
+def _send(conn: Any, text: bytes) -> list[Any]:
+    """Send ``text`` (statements in one simple-protocol message) and read the result of each; the first
+    error, as psycopg's exception, once every result was read (the server skips the statements after a
+    failed one). Waits in poll(2): a signal's exception leaves here with the connection mid-message (the
+    caller drops it)."""
+    pgc = conn.pgconn
+    with conn.lock:
+        pgc.send_query(text)
+        fd = pgc.socket
+        while pgc.flush():  # a connection in non-blocking mode: the rest when the socket takes it
+            select.select([], [fd], [])
+        st = _conn_state(conn)
+        poller = st.poller
+        if poller is None:
+            poller = st.poller = select.poll()
+            poller.register(fd, select.POLLIN)
+        results = []
+        while True:
+            while pgc.is_busy():
+                poller.poll()
+                pgc.consume_input()
+            res = pgc.get_result()
+            if res is None:
+                break
+            results.append(res)
+    for res in results:
+        if res.status not in (_TUPLES_OK, _COMMAND_OK):
+            _check(conn, res)
+    if pgc.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError(f"the connection was lost: {pgc.get_error_message()}")
+    return results
+
+
+def _rows(res: Any) -> list[tuple[bytes | None, bytes | None]]:
+    """The document's row of READ_HEX's result: data and previous as bytes (None where NULL)."""
+    if not res.ntuples:
+        return []
+    data, previous = res.get_value(0, 0), res.get_value(0, 1)
+    return [(None if data is None else unhexlify(data), None if previous is None else unhexlify(previous))]
+
+
+def _begin(cn: Connector, conn: Any, purpose: int, timeout: float, operation: str, what: str,
+           wait: bool) -> tuple[bool, list[tuple[bytes | None, bytes | None]]]:
+    """Message 1: (whether the lock is held, the document's rows if so)."""
+    begin = _BEGIN.format(limit=_timeout_ms(timeout))
+    me = standing_record(cn, conn, operation, purpose)
+    record = ""
+    if me is not None:  # the first transaction of this connection (or of another operation)
+        lit = pq.Escaping(conn.pgconn).escape_literal
+        record = begin + _PUBLISH % {
+            "purpose": int(purpose), "lock_id": lit(me["lock_id"].encode()).decode(),
+            "host": lit(me["host"].encode()).decode(), "pid": int(me["pid"]),
+            "operation": lit(me["operation"].encode()).decode(), "version": lit(me["version"].encode()).decode(),
+        } + "; COMMIT; "
+    lock = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    text = f"{record}{begin}SELECT {lock}({int(cn.key)}, {int(purpose)}); {q_state.READ_HEX}".encode()
+    try:
+        results = _send(conn, text)
+    except pe.LockNotAvailable:
+        conn.execute("ROLLBACK")
+        raise locked_error(what, timeout, read_holder(conn, cn.key, purpose)) from None
+    if me is not None:
+        keep_standing(conn, operation, purpose)
+    if not wait and results[-2].get_value(0, 0) != b"t":
+        return False, []
+    return True, _rows(results[-1])
+
+
+def _drop(cn: Connector, conn: Any) -> None:
+    """Abandon ``conn`` mid-message (a signal) or after an error: rolled back if it can still talk, else
+    closed (the server rolls back)."""
+    if conn.closed or conn.broken or conn.pgconn.is_busy() or conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+        cn.close()
+        return
+    try:
+        if conn.info.transaction_status:
+            conn.execute("ROLLBACK")
+    except Exception:  # noqa: BLE001 - unusable: drop it, the server rolls back
+        cn.close()
+
+
+@contextmanager
+def state_transaction(cn: Connector, operation: str, purpose: int, timeout: float, on_wait: Any,
+                      what: str) -> Iterator[StateTx]:
+    """The state document's transaction: the lock of ``purpose`` held from message 1 to the COMMIT of
+    message 2 (see the module docstring); the block gets a StateTx. Any exception rolls back (a lost
+    connection: the server rolls back); psycopg errors become one AgentStateError; a signal drops the
+    connection and is raised (after the COMMIT was sent: held until its answer, see signals.critical).
+    A connection found dead at the start (the server restarted since its last use) is replaced and the
+    start retried once: nothing of the transaction had been sent."""
+    from ..state import signals
+
+    wait = timeout > 0 and on_wait is None
+    for attempt in (1, 2):
+        with cn.errors(f"starting a write ({operation})"):
+            conn = cn.conn()
+            if not _alive(conn, _conn_state(conn)):
+                log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
+                cn.close()
+                conn = cn.conn()
+        try:
+            got, rows = _begin(cn, conn, purpose, timeout, operation, what, wait)
+            break
+        except psycopg.Error as e:
+            if interruption_in(e) is not None:
+                cn.close()
+                raise interruption_in(e) from None
+            lost = conn.closed or conn.broken or conn.pgconn.status != pq.ConnStatus.OK
+            _drop(cn, conn)
+            if isinstance(e, psycopg.OperationalError) and lost and attempt == 1:
+                log.info("connection to %s was lost since its last use; reconnecting", cn.where)
+                continue
+            cn.after_error(e)
+            raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
+        except BaseException:
+            _drop(cn, conn)
+            raise
+    committing = False
+    try:
+        if not got:
+            _wait_locked(cn, conn, purpose, timeout, on_wait, what)  # psycopg: told, then waited (rare)
+            rows = [(None if d is None else bytes(d), None if p is None else bytes(p))
+                    for d, p in conn.execute(q_state.READ).fetchall()]
+        tx = StateTx(rows)
+        yield tx
+        committing = True
+        with signals.critical():  # a signal during COMMIT is held: the outcome is then known
+            _send(conn, tx._save + b"; COMMIT" if tx._save is not None else b"COMMIT")
+            signals.note_committed(f"the {operation} is committed to {cn.where} schema {cn.schema}")
+        stats.committed()
+    except psycopg.Error as e:
+        interrupted = interruption_in(e)
+        _drop(cn, conn)
+        if interrupted is not None:
+            if committing and getattr(interrupted, "outcome", None) != "committed":
+                raise signals.unknown_outcome(interrupted, operation, f"{cn.where} schema {cn.schema}") from None
+            raise interrupted from None
+        cn.after_error(e)
+        if isinstance(e, pe.LockNotAvailable):  # a row lock held by a program other than agentstate
+            raise StateLocked(f"timed out after {timeout:g}s waiting for a lock on the tables of {what}: "
+                              f"{_first_line(e)}", hint="a session other than agentstate's holds it; see pg_locks; "
+                              "nothing was written") from None
+        raise server_error(e, doing=f"writing ({operation})", where=cn.where, committing=committing) from None
+    except KeyboardInterrupt as e:
+        _drop(cn, conn)
+        if committing and getattr(e, "outcome", None) != "committed":
+            # Not held (no agentstate handler here): the COMMIT was sent and its reply not read.
+            raise signals.unknown_outcome(e, operation, f"{cn.where} schema {cn.schema}") from None
+        raise
+    except BaseException:
+        _drop(cn, conn)
+        raise
