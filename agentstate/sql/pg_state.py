@@ -2,21 +2,22 @@
 through libpq directly (issue 17).
 
 Message 1, one round trip (simple query protocol): the holder record in its own transaction (committed
-at once, so waiters see it; UNLOGGED: no WAL flush), then BEGIN ISOLATION LEVEL READ COMMITTED, the
-transaction's limits (lock_timeout; no statement timeout), the state advisory lock (waited for in the
-server up to lock_timeout; only tried when the caller is to be told who holds it first: ``on_wait``, or
-a timeout of 0) and the read of the document as its own statement (its snapshot taken once the lock is
-held). Message 2, when the block ends: the new version if the block changed the document, and COMMIT.
-The same statements as before, values written into the text: integers, the document as hex digits
-(``decode('...', 'hex')``, ``encode(data, 'hex')``: whatever bytea_output or standard_conforming_strings
-say) and the holder record's strings escaped by libpq (PQescapeLiteral).
+at once, so waiters see it; UNLOGGED: no WAL flush) unless the connection's standing record already
+names this operation (pg_lock.standing_record: its lock ID plus the holder's transaction names each
+acquisition), then BEGIN ISOLATION LEVEL READ COMMITTED, the transaction's limits (lock_timeout; no
+statement timeout), the state advisory lock (waited for in the server up to lock_timeout; only tried
+when the caller is to be told who holds it first: ``on_wait``, or a timeout of 0) and the read of the
+document as its own statement (its snapshot taken once the lock is held). Message 2, when the block
+ends: the new version if the block changed the document, and COMMIT. Values are written into the text:
+integers, the document as hex digits (``encode(data, 'hex')``, ``decode('...', 'hex')``: whatever
+bytea_output and standard_conforming_strings say) and the holder record's strings escaped by libpq.
 
-Why not psycopg's cursors and pipeline: around the same ten statements they cost ~430 us of client CPU
-per transaction, against ~120 us here (/tmp measurements in docs/performance.md). With ten processes on
-one document, that CPU is spent while the lock is held, on a machine the waiters share.
+Why not psycopg's cursors and pipeline: around the same statements they cost ~430 us of client CPU per
+1 KB transaction, against ~120 us here (docs/performance.md); with ten processes on one document that
+CPU is spent while the lock is held, on cores the waiters share.
 
 The waits are here (poll(2) on the socket), so that a signal ends a wait for the lock at once: the
-connection is then dropped (the server rolls back, the lock wait ends) and the signal raised.
+connection is then dropped (the server rolls back, the lock request goes) and the signal raised.
 """
 
 from __future__ import annotations
