@@ -437,19 +437,7 @@ def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resour
                 got, rows = True, None
             break
         except psycopg.Error as e:
-            interrupted = interruption_in(e)
-            if interrupted is not None:  # an interrupted pipeline: drop it (the server rolls back)
-                cn.close()
-                raise interrupted from None
-            if isinstance(e, psycopg.OperationalError):
-                _rollback(cn, conn)
-                if attempt == 2 or not (conn.broken or conn.closed):
-                    raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
-                log.info("connection to %s was lost since its last use; reconnecting", cn.where)
-                continue
-            _rollback(cn, conn)
-            cn.after_error(e)
-            raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
+            start_failed(cn, conn, e, attempt, operation, _rollback)  # returns: retry on a new connection
         except BaseException:
             _rollback(cn, conn)
             raise
@@ -467,26 +455,56 @@ def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resour
             tx.commit()
             signals.note_committed(f"the {operation} is committed to {cn.where} schema {cn.schema}")
         stats.committed()
-    except psycopg.Error as e:
-        interrupted = interruption_in(e)
-        if interrupted is not None:  # an interrupted pipeline: drop the connection (the server rolls back)
-            cn.close()
-            if committing and getattr(interrupted, "outcome", None) != "committed":
-                raise signals.unknown_outcome(interrupted, operation, f"{cn.where} schema {cn.schema}") from None
-            raise interrupted from None
-        _rollback(cn, conn)
-        cn.after_error(e)
-        if isinstance(e, psycopg.errors.LockNotAvailable):  # a row lock held by a program other than agentstate
-            raise StateLocked(f"timed out after {timeout:g}s waiting for a lock on the tables of {what}: "
-                              f"{_first_line(e)}", hint="a session other than agentstate's holds it; see pg_locks; "
-                              "nothing was written") from None
-        raise server_error(e, doing=f"writing ({operation})", where=cn.where, committing=committing) from None
-    except KeyboardInterrupt as e:
-        _rollback(cn, conn)
-        if committing and getattr(e, "outcome", None) != "committed":
-            # Not held (no agentstate handler here): the COMMIT was sent and its reply not read.
-            raise signals.unknown_outcome(e, operation, f"{cn.where} schema {cn.schema}") from None
-        raise
+    except (psycopg.Error, KeyboardInterrupt) as e:
+        if isinstance(e, psycopg.Error) and interruption_in(e) is not None:
+            cn.close()  # an interrupted pipeline: drop the connection (the server rolls back)
+        else:
+            _rollback(cn, conn)
+        raise write_failed(cn, e, operation, what, timeout, committing) from None
     except BaseException:
         _rollback(cn, conn)
         raise
+
+
+def start_failed(cn: Connector, conn: Any, e: BaseException, attempt: int, operation: str, cleanup: Any) -> None:
+    """After psycopg error ``e`` while starting a write (nothing of it committed): returns when the start
+    is to be tried once more (``conn`` died since its last use: a server restart, attempt 1), else
+    raises the signal behind ``e`` (the connection dropped: the server rolls back) or one server_error.
+    ``cleanup(cn, conn)`` rolls back or drops the connection first."""
+    import psycopg
+
+    interrupted = interruption_in(e)
+    if interrupted is not None:
+        cn.close()
+        raise interrupted from None
+    lost = conn.broken or conn.closed
+    cleanup(cn, conn)
+    if isinstance(e, psycopg.OperationalError) and lost and attempt == 1:
+        log.info("connection to %s was lost since its last use; reconnecting", cn.where)
+        return
+    cn.after_error(e)
+    raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
+
+
+def write_failed(cn: Connector, e: BaseException, operation: str, what: str, timeout: float,
+                 committing: bool) -> BaseException:
+    """What a write transaction raises for ``e`` (a psycopg error or a signal), its connection already
+    rolled back or dropped: the signal (behind a psycopg error, see interruption_in), or an unknown
+    outcome when it cut a COMMIT short (not held: no agentstate handler here, so the COMMIT was sent
+    and its reply not read); a row lock of a program other than agentstate (StateLocked); else one
+    server_error."""
+    import psycopg
+
+    from ..state import signals
+
+    interrupted = e if isinstance(e, KeyboardInterrupt) else interruption_in(e)
+    if interrupted is not None:
+        if committing and getattr(interrupted, "outcome", None) != "committed":
+            return signals.unknown_outcome(interrupted, operation, f"{cn.where} schema {cn.schema}")
+        return interrupted
+    cn.after_error(e)
+    if isinstance(e, psycopg.errors.LockNotAvailable):
+        return StateLocked(f"timed out after {timeout:g}s waiting for a lock on the tables of {what}: "
+                           f"{_first_line(e)}", hint="a session other than agentstate's holds it; see pg_locks; "
+                           "nothing was written")
+    return server_error(e, doing=f"writing ({operation})", where=cn.where, committing=committing)

@@ -32,11 +32,11 @@ import psycopg
 from psycopg import errors as pe
 from psycopg import pq
 
-from ..errors import StateLocked
 from ..logs import getLogger
 from . import q_state, stats
+from .pg import start_failed, write_failed
 from .pg_batch import _alive, _check, _conn_state
-from .pg_conn import Connector, _first_line, _timeout_ms, interruption_in, server_error
+from .pg_conn import Connector, _timeout_ms
 from .pg_lock import _PUBLISH, _wait_locked, keep_standing, locked_error, read_holder, standing_record
 
 log = getLogger("agentstate.pg")
@@ -165,16 +165,7 @@ def state_transaction(cn: Connector, operation: str, purpose: int, timeout: floa
             got, rows = _begin(cn, conn, purpose, timeout, operation, what, wait)
             break
         except psycopg.Error as e:
-            if interruption_in(e) is not None:
-                cn.close()
-                raise interruption_in(e) from None
-            lost = conn.closed or conn.broken or conn.pgconn.status != pq.ConnStatus.OK
-            _drop(cn, conn)
-            if isinstance(e, psycopg.OperationalError) and lost and attempt == 1:
-                log.info("connection to %s was lost since its last use; reconnecting", cn.where)
-                continue
-            cn.after_error(e)
-            raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
+            start_failed(cn, conn, e, attempt, operation, _drop)  # returns: retry on a new connection
         except BaseException:
             _drop(cn, conn)
             raise
@@ -191,25 +182,8 @@ def state_transaction(cn: Connector, operation: str, purpose: int, timeout: floa
             _send(conn, tx._save + b"; COMMIT" if tx._save is not None else b"COMMIT")
             signals.note_committed(f"the {operation} is committed to {cn.where} schema {cn.schema}")
         stats.committed()
-    except psycopg.Error as e:
-        interrupted = interruption_in(e)
+    except BaseException as e:
         _drop(cn, conn)
-        if interrupted is not None:
-            if committing and getattr(interrupted, "outcome", None) != "committed":
-                raise signals.unknown_outcome(interrupted, operation, f"{cn.where} schema {cn.schema}") from None
-            raise interrupted from None
-        cn.after_error(e)
-        if isinstance(e, pe.LockNotAvailable):  # a row lock held by a program other than agentstate
-            raise StateLocked(f"timed out after {timeout:g}s waiting for a lock on the tables of {what}: "
-                              f"{_first_line(e)}", hint="a session other than agentstate's holds it; see pg_locks; "
-                              "nothing was written") from None
-        raise server_error(e, doing=f"writing ({operation})", where=cn.where, committing=committing) from None
-    except KeyboardInterrupt as e:
-        _drop(cn, conn)
-        if committing and getattr(e, "outcome", None) != "committed":
-            # Not held (no agentstate handler here): the COMMIT was sent and its reply not read.
-            raise signals.unknown_outcome(e, operation, f"{cn.where} schema {cn.schema}") from None
-        raise
-    except BaseException:
-        _drop(cn, conn)
+        if isinstance(e, (psycopg.Error, KeyboardInterrupt)):
+            raise write_failed(cn, e, operation, what, timeout, committing) from None
         raise
