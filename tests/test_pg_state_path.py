@@ -149,3 +149,36 @@ def test_server_settings_never_change_the_stored_bytes(pg_schema_url):
         admin.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER")
         admin.execute(f"DROP ROLE {role}")
         admin.close()
+
+
+@pytest.mark.parametrize("size", [1_000, 200_000], ids=["hex-in-the-message", "binary-parameter"])
+def test_the_previous_version_is_read_only_to_recover_and_stays_when_it_is_used(pg_schema_url, monkeypatch, size):
+    """A transaction reads ``previous`` only when ``data`` does not verify; the recovery's save keeps the
+    good previous version, for a document saved in the message (hex) and one too large for that (a
+    binary parameter of its own statement)."""
+    from backend_view import put, stored
+
+    from agentstate.state import codec
+
+    big = "x" * size
+    put(pg_schema_url, current=b"damaged", previous=codec.encode_document(
+        serial=4, lineage="l-1", updated_at="2026-01-01T00:00:00.000000Z",
+        resources_bytes=codec.encode_value({"big": big})))
+    texts = _sent(monkeypatch)
+    store = StateStore(pg_schema_url)
+    with store.transaction() as st:
+        assert st.source == "backup" and st.resources == {"big": big}
+        st.resources["n"] = 1
+    assert sum(b"encode(previous" in t for t in texts) == 1  # read once, to recover
+    data, previous = stored(pg_schema_url)
+    assert codec.decode_document(previous).serial == 4  # the good version stays
+    new = codec.decode_document(data)
+    assert new.resources == {"big": big, "n": 1} and new.serial == 6 and new.lineage == "l-1"
+    texts.clear()
+    with store.transaction() as st:
+        st.resources["n"] = 2
+    assert not any(b"encode(previous" in t for t in texts)  # data verifies: previous is never read
+    assert (b"decode('" in texts[-1]) == (size < 65536)
+    data, previous = stored(pg_schema_url)
+    assert codec.decode_document(data).resources == {"big": big, "n": 2}
+    assert codec.decode_document(previous).resources == {"big": big, "n": 1}

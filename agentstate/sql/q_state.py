@@ -30,7 +30,10 @@ SAVE = """
 # The same read and save with the document as hex digits, for the simple-protocol messages of
 # pg_state.py (values written into the text): encode/decode(..., 'hex'), whatever bytea_output and
 # standard_conforming_strings say; the hex digits and a boolean literal need no escaping.
-READ_HEX = "SELECT encode(data, 'hex'), encode(previous, 'hex') FROM state_documents WHERE name = 'state'"
+# The previous version is read only when ``data`` is missing or does not verify (PREVIOUS_HEX, under the
+# same lock): a large document's transaction moves it once, not twice.
+READ_HEX = "SELECT encode(data, 'hex'), previous IS NOT NULL FROM state_documents WHERE name = 'state'"
+PREVIOUS_HEX = "SELECT encode(previous, 'hex') FROM state_documents WHERE name = 'state'"
 _SAVE_HEX = {keep: tuple(part.encode() for part in SAVE.replace("%(keep_previous)s", "true" if keep else "false")
                          .split("%(data)s")) for keep in (False, True)}
 

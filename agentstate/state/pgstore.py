@@ -93,7 +93,6 @@ class PgStateStore(StateStore):
     def _load(self, row: tuple | None, *, quiet: bool = False) -> _Snapshot:  # type: ignore[override]
         data, previous = (row or (None, None))
         data = bytes(data) if data is not None else None
-        previous = bytes(previous) if previous is not None else None
         problems: list[tuple[str, str]] = []
         if data is not None:
             try:
@@ -102,6 +101,9 @@ class PgStateStore(StateStore):
                 problems.append((self.state_path, str(e)))
             else:
                 return self._snapshot(doc, "state", None)
+        if callable(previous):  # a transaction reads the previous version only when it is needed (pg_state)
+            previous = previous()
+        previous = bytes(previous) if previous is not None else None
         if data is None and previous is None:
             import uuid
 
