@@ -182,3 +182,21 @@ def test_the_previous_version_is_read_only_to_recover_and_stays_when_it_is_used(
     data, previous = stored(pg_schema_url)
     assert codec.decode_document(data).resources == {"big": big, "n": 2}
     assert codec.decode_document(previous).resources == {"big": big, "n": 1}
+
+
+def test_a_connection_ended_while_idle_is_replaced_before_the_next_transaction(pg_schema_url, monkeypatch):
+    """The server ended the store's connection between two transactions (an idle timeout, an
+    administrator): the next transaction sees it before sending anything, opens a new connection, and
+    publishes its holder record again there; nothing fails and nothing is lost."""
+    store = StateStore(pg_schema_url)
+    with store.transaction() as st:
+        st.resources["n"] = 1
+    with psycopg.connect(pg_schema_url.split("?")[0], autocommit=True) as admin:
+        pid = store.connector.conn().info.backend_pid
+        assert admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()[0]
+    texts = _sent(monkeypatch)
+    with store.transaction() as st:
+        st.resources["n"] += 1
+    assert len(texts) == 2 and b"lock_holders" in texts[0]  # a new connection: its record published first
+    assert store.connector.conn().info.backend_pid != pid
+    assert StateStore(pg_schema_url).read().resources == {"n": 2}
