@@ -73,8 +73,8 @@ _PUBLISH = (
 # shown is the record's and the holder's transaction, as for resource locks below: a standing record
 # (pg_state.py) stands for several acquisitions of one connection, the ID names exactly one.
 _HOLDER = (
-    "SELECT l.pid, h.lock_id || '/' || l.virtualtransaction, h.host, h.pid, h.operation, h.version, coalesce(a.xact_start, h.since),"
-    " a.application_name, host(a.client_addr), a.usename"
+    "SELECT l.pid, h.lock_id || '/' || l.virtualtransaction, h.host, h.pid, h.operation, h.version,"
+    " coalesce(a.xact_start, h.since), a.application_name, host(a.client_addr), a.usename"
     " FROM pg_locks l"
     " LEFT JOIN lock_holders h ON h.backend_pid = l.pid AND h.lock_key = %(purpose)s"
     " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"

@@ -8,10 +8,9 @@ exactly, so ``doctor`` and recovery mean the same thing on both backends.
 A transaction is one PostgreSQL transaction in two messages (agentstate/sql/pg_state.py): the holder
 record published, BEGIN, the state advisory lock taken within ``lock_timeout`` (else StateLocked, exit
 3, naming the holder) and the row read; then, after the caller's block, the new version written and
-COMMIT. A holder killed
-mid-transaction loses its connection, hence its lock and its uncommitted change, at once. Server
-trouble (unreachable, authentication, a dropped connection, disk full) is one StorageError (exit 1);
-nothing is half-written, and the next call reconnects.
+COMMIT. A holder killed mid-transaction loses its connection, hence its lock and its uncommitted
+change, at once. Server trouble (unreachable, authentication, a dropped connection, disk full) is one
+StorageError (exit 1); nothing is half-written, and the next call reconnects.
 """
 
 from __future__ import annotations
@@ -136,14 +135,13 @@ class PgStateStore(StateStore):
         on_wait: Callable[[Any], None] | None = None,
     ) -> Iterator[State]:
         """Lock, load, yield the State, save it if it changed, commit. An exception saves nothing."""
+        from ..sql import pg_state
         from . import signals
 
         timeout = self.lock_timeout if lock_timeout is None else parse_duration(lock_timeout, "lock timeout")
         state: State | None = None
         saved = [False]
         with signals.guarded():
-            from ..sql import pg_state
-
             try:
                 with pg_state.state_transaction(self.connector, operation, pg.LOCK_STATE, timeout, on_wait,
                                                 f"state ({self.schema})") as tx:
