@@ -129,7 +129,6 @@ class Tx:
         self._queue = queue
         self._texts: dict[int, tuple[str, bool]] = {}
         self.deferred: list[tuple[str, Any, bool]] = []  # (text, params or rows, many)
-        self.first_rows: list[tuple] | None = None
         self._timeout = 0.0  # the write's lock timeout (for tx.lock's error)
 
     def _text(self, stmt: Any) -> tuple[str, bool]:
@@ -139,10 +138,6 @@ class Tx:
             quiet = bool(_NO_RESULT.match(text)) and not _RETURNING.search(text)
             got = self._texts[id(stmt)] = (text, quiet)
         return got
-
-    def defer(self, stmt: Any, **params: Any) -> None:
-        """Run ``stmt`` at commit (or with the next statement), in the same round trip."""
-        self.deferred.append((self._text(stmt)[0], params, False))
 
     def _send_queued(self) -> None:
         for text, params, many in self.deferred:
@@ -409,14 +404,12 @@ def _rollback(cn: Connector, conn: Any) -> None:
 
 @contextmanager
 def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resource], timeout: float, on_wait: Any,
-                       what: str, first: str | None = None) -> Iterator[Tx]:
+                       what: str) -> Iterator[Tx]:
     """One PostgreSQL transaction holding the ``purpose`` advisory lock: the holder record published
     (autocommit), BEGIN, the lock (all in one round trip when it is free), the block, then the
     statements the block deferred and COMMIT (one round trip). Any exception rolls back (a lost
-    connection: the server rolls back); psycopg errors become one AgentStateError.
-
-    ``first``: a read to run as soon as the lock is held (its rows in ``tx.first_rows``); with no
-    ``on_wait`` to tell, it is sent with the lock request, so a state transaction is two round trips.
+    connection: the server rolls back); psycopg errors become one AgentStateError. (The state
+    document's transaction is pg_state.py's.)
 
     A connection found dead at the start (the server restarted since its last use) is replaced and
     the start retried once: nothing had been sent yet."""
@@ -430,11 +423,10 @@ def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resour
         try:
             if isinstance(purpose, int):
                 me = _record_for(cn, conn, purpose, operation)
-                got, rows = _begin_locked(cn, conn, purpose, timeout, me, what,
-                                          wait=timeout > 0 and on_wait is None, first=first)
+                got = _begin_locked(cn, conn, purpose, timeout, me, what, wait=timeout > 0 and on_wait is None)
             else:  # resource locks (possibly none yet): always waited for, up to lock_timeout
                 _begin_resources(cn, conn, purpose, timeout, _record_for(cn, conn, LOCK_DB, operation))
-                got, rows = True, None
+                got = True
             break
         except psycopg.Error as e:
             start_failed(cn, conn, e, attempt, operation, _rollback)  # returns: retry on a new connection
@@ -447,8 +439,6 @@ def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resour
             _wait_locked(cn, conn, purpose, timeout, on_wait, what)
         tx = Tx(conn, cn, operation, queue=True)
         tx._timeout = timeout
-        if first is not None:
-            tx.first_rows = rows if rows is not None else conn.execute(first).fetchall()
         yield tx
         committing = True
         with signals.critical():  # a signal during COMMIT is held: the outcome is then known

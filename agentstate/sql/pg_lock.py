@@ -194,15 +194,14 @@ def _record_for(cn: Connector, conn: Any, purpose: int, operation: str) -> dict[
 
 
 def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: dict[str, Any] | None, what: str,
-                  wait: bool, first: str | None) -> tuple[bool, list[tuple] | None]:
+                  wait: bool) -> bool:
     """One round trip: publish the holder record ``me`` if any (its own short transaction, committed so
     that waiters see it at once), then BEGIN ISOLATION LEVEL READ COMMITTED (whatever the server's or
     database's default: every statement then sees what is committed when it starts, so nothing read
     under the lock predates the previous holder's COMMIT), set lock_timeout (every lock wait of the
     transaction, not only the advisory lock's) and no statement timeout, then take the advisory lock.
-    ``wait``: wait for it (up to ``timeout``; StateLocked naming the holder after that) and run ``first``
-    right after it in the same round trip, as its own statement (so with a snapshot taken once the lock
-    is held). Else only try it: (taken?, None). Returns (taken, rows of ``first`` or None)."""
+    ``wait``: wait for it (up to ``timeout``; StateLocked naming the holder after that). Else only try
+    it. Returns whether it is taken."""
     from psycopg import errors as pe
 
     limit = _timeout_ms(timeout)  # 0 (one attempt): 1 ms for the other lock waits
@@ -218,18 +217,14 @@ def _begin_locked(cn: Connector, conn: Any, purpose: int, timeout: float, me: di
             conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', '0', true)",
                          (limit,))
             if wait:
-                cur = conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (cn.key, purpose))
-                after = conn.execute(first) if first else None
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (cn.key, purpose))
             else:
                 cur = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (cn.key, purpose))
-                after = None
     except pe.LockNotAvailable:
         if conn.info.transaction_status:
             conn.execute("ROLLBACK")
         raise locked_error(what, timeout, read_holder(conn, cn.key, purpose)) from None
-    if wait:
-        return True, after.fetchall() if after is not None else None
-    return bool(cur.fetchone()[0]), None
+    return True if wait else bool(cur.fetchone()[0])
 
 
 def _begin_resources(cn: Connector, conn: Any, resources: list[Resource], timeout: float,
@@ -294,7 +289,7 @@ def lock_in_tx(cn: Connector, conn: Any, resources: list[Resource], timeout: flo
 
 def _wait_locked(cn: Connector, conn: Any, purpose: int, timeout: float, on_wait: Any, what: str) -> None:
     """The lock was busy: tell ``on_wait`` who holds it, then wait up to ``timeout`` (lock_timeout, set
-    by _begin_locked). On timeout: roll back, name the holder, StateLocked."""
+    by the transaction's start). On timeout: roll back, name the holder, StateLocked."""
     from psycopg import errors as pe
 
     if timeout > 0:
