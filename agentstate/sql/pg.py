@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..duration import parse_duration
 from ..errors import AgentStateError, StateLocked
 from ..logs import getLogger
 from . import EmptyTx, stats
@@ -87,7 +88,6 @@ log = getLogger("agentstate.pg")
 # --- Database: the engine API of agentstate.sql ------------------------------------------------
 
 _locked_call: Any = None  # pg_batch.locked_call, imported by the first call (it imports psycopg: an extra)
-_INF = float("inf")
 _COLON_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -217,8 +217,6 @@ class Database:
     dialect = "postgres"
 
     def __init__(self, url: str, *, lock_timeout: float | str | None = None) -> None:
-        from ..duration import parse_duration
-
         self.connector = Connector(url)
         self.url = url
         self.path = url
@@ -236,10 +234,6 @@ class Database:
     def timeout(self, lock_timeout: float | str | None = None) -> float:
         if lock_timeout is None:
             return self.lock_timeout
-        if lock_timeout.__class__ is float and 0.0 <= lock_timeout < _INF:  # parsed already (a store's)
-            return lock_timeout
-        from ..duration import parse_duration
-
         return parse_duration(lock_timeout, "lock timeout")
 
     @contextmanager
