@@ -31,8 +31,6 @@ def append(store: Any, db: Any, sid: str, ids: list[str], texts: list[str], data
     if status == "ok":
         last = int(last)
         item = _store.Item
-        if len(ids) == 1:
-            return [item(last + 1, ids[0], now, datas[0])]
         return [item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
     if status == "expiring":  # a session with a time to live: the general path judges its expiry
         return None

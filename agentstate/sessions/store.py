@@ -282,7 +282,7 @@ class SessionStore(FleetMixin, ItemEdits):
             from ..state.lock_record import _uuid4 as _new_id
 
         ids = [_new_id() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
-        db = self._db or self.db
+        db = self.db
         if db.dialect == "postgres" and self._hot is None and ttl is None:
             if _pg_append is None:  # one round trip, holding this session's lock only
                 from .pg_append import append as _pg_append

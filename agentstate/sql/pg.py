@@ -411,22 +411,15 @@ def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resour
 
     from ..state import signals
 
-    for attempt in (1, 2):
-        with cn.errors(f"starting a write ({operation})"):
-            conn = cn.conn()
-        try:
-            if isinstance(purpose, int):
-                me = _record_for(cn, conn, purpose, operation)
-                got = _begin_locked(cn, conn, purpose, timeout, me, what, wait=timeout > 0 and on_wait is None)
-            else:  # resource locks (possibly none yet): always waited for, up to lock_timeout
-                _begin_resources(cn, conn, purpose, timeout, _record_for(cn, conn, LOCK_DB, operation))
-                got = True
-            break
-        except psycopg.Error as e:
-            start_failed(cn, conn, e, attempt, operation, _rollback)  # returns: retry on a new connection
-        except BaseException:
-            _rollback(cn, conn)
-            raise
+    def begin(conn: Any) -> bool:
+        if isinstance(purpose, int):
+            me = _record_for(cn, conn, purpose, operation)
+            return _begin_locked(cn, conn, purpose, timeout, me, what, wait=timeout > 0 and on_wait is None)
+        # resource locks (possibly none yet): always waited for, up to lock_timeout
+        _begin_resources(cn, conn, purpose, timeout, _record_for(cn, conn, LOCK_DB, operation))
+        return True
+
+    conn, got = start_write(cn, operation, begin, _rollback)
     committing = False
     try:
         if not got:
@@ -450,24 +443,36 @@ def locked_transaction(cn: Connector, operation: str, purpose: int | list[Resour
         raise
 
 
-def start_failed(cn: Connector, conn: Any, e: BaseException, attempt: int, operation: str, cleanup: Any) -> None:
-    """After psycopg error ``e`` while starting a write (nothing of it committed): returns when the start
-    is to be tried once more (``conn`` died since its last use: a server restart, attempt 1), else
-    raises the signal behind ``e`` (the connection dropped: the server rolls back) or one server_error.
-    ``cleanup(cn, conn)`` rolls back or drops the connection first."""
+def start_write(cn: Connector, operation: str, begin: Any, cleanup: Any, connect: Any = None) -> tuple[Any, Any]:
+    """Start a write transaction: ``begin(conn)`` on this thread's connection (``connect()``'s, if
+    given), and (the connection, what it returned). A connection found dead (the server restarted
+    since its last use) is replaced and ``begin`` tried once more: nothing of the transaction had
+    been committed. Else a psycopg error becomes the signal behind it (the connection dropped: the
+    server rolls back) or one server_error, after ``cleanup(cn, conn)`` rolled back or dropped it;
+    anything else is raised after cleanup."""
     import psycopg
 
-    interrupted = interruption_in(e)
-    if interrupted is not None:
-        cn.close()
-        raise interrupted from None
-    lost = conn.broken or conn.closed
-    cleanup(cn, conn)
-    if isinstance(e, psycopg.OperationalError) and lost and attempt == 1:
-        log.info("connection to %s was lost since its last use; reconnecting", cn.where)
-        return
-    cn.after_error(e)
-    raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
+    for attempt in (1, 2):
+        with cn.errors(f"starting a write ({operation})"):
+            conn = connect() if connect is not None else cn.conn()
+        try:
+            return conn, begin(conn)
+        except psycopg.Error as e:
+            interrupted = interruption_in(e)
+            if interrupted is not None:
+                cn.close()
+                raise interrupted from None
+            lost = conn.broken or conn.closed
+            cleanup(cn, conn)
+            if isinstance(e, psycopg.OperationalError) and lost and attempt == 1:
+                log.info("connection to %s was lost since its last use; reconnecting", cn.where)
+                continue
+            cn.after_error(e)
+            raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None
+        except BaseException:
+            cleanup(cn, conn)
+            raise
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def write_failed(cn: Connector, e: BaseException, operation: str, what: str, timeout: float,

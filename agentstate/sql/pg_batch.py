@@ -51,16 +51,34 @@ def _conn_state(conn: Any) -> _Conn:
     return st
 
 
+def _poller(conn: Any, st: _Conn) -> Any:
+    """The poll object of ``conn``'s socket (readable), made once per connection."""
+    poller = st.poller
+    if poller is None:
+        poller = st.poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+    return poller
+
+
+def live_conn(cn: Connector) -> tuple[Any, _Conn]:
+    """This thread's connection of ``cn`` and its state, replaced first if the server ended it since its
+    last use (_alive): a write then never starts on a connection that cannot carry it."""
+    conn = cn.conn()
+    st = _conn_state(conn)
+    if not _alive(conn, st):
+        log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
+        cn.close()
+        conn = cn.conn()
+        st = _conn_state(conn)
+    return conn, st
+
+
 def _alive(conn: Any, st: _Conn) -> bool:
     """Whether an idle pooled connection may still be used: a server that ended it (a restart, an
     idle timeout, pg_terminate_backend) has sent its goodbye, so the socket is readable. No round trip:
     one poll(2) with a zero timeout, through a poll object kept per connection."""
     try:
-        poller = st.poller
-        if poller is None:
-            poller = st.poller = select.poll()
-            poller.register(conn.fileno(), select.POLLIN)
-        return not poller.poll(0)
+        return not _poller(conn, st).poll(0)
     except (OSError, ValueError):
         return False
 
@@ -217,13 +235,7 @@ def locked_call(cn: Connector, operation: str, res: Resource, timeout: float, te
 def _call(cn: Connector, operation: str, res: Resource, timeout: float, text: str,
           params: dict[str, Any]) -> list[tuple]:
     try:
-        conn = cn.conn()
-        st = _conns.get(conn) or _conn_state(conn)
-        if not _alive(conn, st):
-            log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
-            cn.close()
-            conn = cn.conn()
-            st = _conn_state(conn)
+        conn, st = live_conn(cn)
     except psycopg.Error as e:  # cn.errors(), without a generator on every call
         cn.after_error(e)
         raise server_error(e, doing=f"starting a write ({operation})", where=cn.where) from None

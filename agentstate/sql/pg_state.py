@@ -34,16 +34,12 @@ import psycopg
 from psycopg import errors as pe
 from psycopg import pq
 
-from ..logs import getLogger
 from . import q_state, stats
-from .pg import start_failed, write_failed
-from .pg_batch import _alive, _check, _conn_state
+from .pg import start_write, write_failed
+from .pg_batch import _check, _conn_state, _poller, live_conn
 from .pg_conn import Connector, _timeout_ms
 from .pg_lock import _PUBLISH, _wait_locked, keep_standing, locked_error, read_holder, standing_record
 
-log = getLogger("agentstate.pg")
-
-_TUPLES_OK, _COMMAND_OK = pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK
 _BINARY_AT = 1 << 16  # a document this large is saved as a binary parameter (StateTx.commit)
 _SAVE_PARAMS = q_state.SAVE.replace("%(data)s", "$1").replace("%(keep_previous)s", "$2").encode()
 _BYTEA, _BOOL = 17, 16  # type OIDs
@@ -96,11 +92,7 @@ def _send(conn: Any, text: bytes) -> list[Any]:
         fd = pgc.socket
         while pgc.flush():  # a connection in non-blocking mode: the rest when the socket takes it
             select.select([], [fd], [])
-        st = _conn_state(conn)
-        poller = st.poller
-        if poller is None:
-            poller = st.poller = select.poll()
-            poller.register(fd, select.POLLIN)
+        poller = _poller(conn, _conn_state(conn))
         results = []
         while True:
             while pgc.is_busy():
@@ -111,8 +103,7 @@ def _send(conn: Any, text: bytes) -> list[Any]:
                 break
             results.append(res)
     for res in results:
-        if res.status not in (_TUPLES_OK, _COMMAND_OK):
-            _check(conn, res)
+        _check(conn, res)  # raises the first error
     if pgc.status != pq.ConnStatus.OK:
         raise psycopg.OperationalError(f"the connection was lost: {pgc.get_error_message()}")
     return results
@@ -185,21 +176,11 @@ def state_transaction(cn: Connector, operation: str, purpose: int, timeout: floa
     from ..state import signals
 
     wait = timeout > 0 and on_wait is None
-    for attempt in (1, 2):
-        with cn.errors(f"starting a write ({operation})"):
-            conn = cn.conn()
-            if not _alive(conn, _conn_state(conn)):
-                log.info("connection to %s was ended by the server since its last use; reconnecting", cn.where)
-                cn.close()
-                conn = cn.conn()
-        try:
-            got, rows = _begin(cn, conn, purpose, timeout, operation, what, wait)
-            break
-        except psycopg.Error as e:
-            start_failed(cn, conn, e, attempt, operation, _drop)  # returns: retry on a new connection
-        except BaseException:
-            _drop(cn, conn)
-            raise
+
+    def begin(conn: Any) -> tuple[bool, list[tuple[bytes | None, Any]]]:
+        return _begin(cn, conn, purpose, timeout, operation, what, wait)
+
+    conn, (got, rows) = start_write(cn, operation, begin, _drop, connect=lambda: live_conn(cn)[0])
     committing = False
     try:
         if not got:
