@@ -13,6 +13,7 @@ import uuid
 
 import psycopg
 import pytest
+from pgserver import schema_sql as sql
 from state_holder import StateHolder
 
 from agentstate import ConflictError, StateStore
@@ -23,9 +24,9 @@ def _sent(monkeypatch) -> list[bytes]:
     texts: list[bytes] = []
     real = pg_state._send
 
-    def send(conn, text):
+    def send(conn, text, **kw):
         texts.append(text)
-        return real(conn, text)
+        return real(conn, text, **kw)
 
     monkeypatch.setattr(pg_state, "_send", send)
     return texts
@@ -45,8 +46,11 @@ def test_a_transaction_is_two_messages_and_the_holder_record_is_published_once(p
     assert "lock_holders" in first and "pg_advisory_xact_lock" in first and "state_documents" in first
     assert all("lock_holders" not in t and "pg_advisory_xact_lock" in t for t in later)  # the record stands
     saves = [t.decode() for t in texts[1::2]]
-    assert all(t.rstrip().endswith("COMMIT") and "decode('" in t for t in saves[:3])
-    assert saves[3] == "COMMIT"  # nothing changed: nothing written
+    # It commits without waiting for the WAL flush (the lock is free at once), then waits for the flush in
+    # a transaction of its own, in the same message: the call returns once the version is durable.
+    assert all("set_config('synchronous_commit', 'off', true)" in t for t in [first, *later])
+    assert all(t.endswith("; COMMIT; SELECT setval('state_flushes', 1)") and "decode('" in t for t in saves[:3])
+    assert saves[3] == "COMMIT"  # nothing changed: nothing written, no flush to wait for
     assert store.read().resources == {"n": 2} and store.read().serial == 3
     with store.transaction(operation="other") as st:  # another operation: a record of its own
         st.resources["n"] = 9
@@ -179,6 +183,7 @@ def test_the_previous_version_is_read_only_to_recover_and_stays_when_it_is_used(
         st.resources["n"] = 2
     assert not any(b"encode(previous" in t for t in texts)  # data verifies: previous is never read
     assert (b"decode('" in texts[-1]) == (size < 65536)
+    assert texts[-1].endswith(b"COMMIT; SELECT setval('state_flushes', 1)")  # saved either way: flushed
     data, previous = stored(pg_schema_url)
     assert codec.decode_document(data).resources == {"big": big, "n": 2}
     assert codec.decode_document(previous).resources == {"big": big, "n": 1}
@@ -200,3 +205,45 @@ def test_a_connection_ended_while_idle_is_replaced_before_the_next_transaction(p
     assert len(texts) == 2 and b"lock_holders" in texts[0]  # a new connection: its record published first
     assert store.connector.conn().info.backend_pid != pid
     assert StateStore(pg_schema_url).read().resources == {"n": 2}
+
+
+def test_an_acknowledged_transaction_survives_an_immediate_stop_of_the_server(pg_server, pg_schema_url):
+    """A transaction commits without waiting for its WAL (the lock is free at once) and returns only after
+    the flush that follows it: every acknowledged version survives a crash of the server (an immediate
+    stop: the WAL still in the server's memory is lost), right after a burst of transactions, when the
+    last commits' WAL is not yet written out by the server's own WAL writer."""
+    store = StateStore(pg_schema_url)
+    for round_ in range(3):
+        for _ in range(40):
+            with store.transaction() as st:
+                st.resources["n"] = st.resources.get("n", 0) + 1
+        pg_server.stop("immediate")
+        pg_server.start()
+        assert store.read().resources["n"] == 40 * (round_ + 1)
+    store.close()
+
+
+def test_a_flush_that_fails_after_the_commit_is_an_unknown_outcome_never_nothing_changed(pg_schema_url):
+    """The COMMIT succeeded and the flush after it failed (here its sequence was dropped by hand): the
+    version is committed, so the error says so and calls the outcome unknown; it never says that nothing
+    was written. The store works again once the sequence is back."""
+    from agentstate import StorageError
+
+    store = StateStore(pg_schema_url)
+    with store.transaction() as st:
+        st.resources["n"] = 1
+    sql(pg_schema_url, "DROP SEQUENCE state_flushes")
+    with pytest.raises(StorageError) as ei:
+        with store.transaction() as st:
+            st.resources["n"] = 2
+    assert ei.value.details["outcome"] == "unknown" and ei.value.exit_code == 1
+    assert "was committed" in ei.value.message and "state_flushes" in ei.value.message
+    assert "nothing" not in str(ei.value)
+    assert StateStore(pg_schema_url).read().resources == {"n": 2}  # committed, as the error said
+    with store.transaction():
+        pass  # no change: no flush needed, and the connection is usable
+    sql(pg_schema_url, "CREATE SEQUENCE state_flushes AS BIGINT")
+    with store.transaction() as st:
+        st.resources["n"] = 3
+    assert StateStore(pg_schema_url).read().resources == {"n": 3}
+    store.close()

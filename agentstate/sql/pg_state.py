@@ -4,13 +4,26 @@ through libpq directly (issue 17).
 Message 1, one round trip (simple query protocol): the holder record in its own transaction (committed
 at once, so waiters see it; UNLOGGED: no WAL flush) unless the connection's standing record already
 names this operation (pg_lock.standing_record: its lock ID plus the holder's transaction names each
-acquisition), then BEGIN ISOLATION LEVEL READ COMMITTED, the transaction's limits (lock_timeout; no
-statement timeout), the state advisory lock (waited for in the server up to lock_timeout; only tried
-when the caller is to be told who holds it first: ``on_wait``, or a timeout of 0) and the read of the
-document as its own statement (its snapshot taken once the lock is held; the previous version is read
-only if the document does not verify). Message 2, when the block ends: the new version if the block
-changed the document, and COMMIT (a version of 64 KiB or more: saved first by a statement of its own,
-a binary parameter). Values are written into the text: integers, the document as hex digits
+acquisition), then BEGIN ISOLATION LEVEL READ COMMITTED, the transaction's settings (lock_timeout; no
+statement timeout; synchronous_commit off, below), the state advisory lock (waited for in the server up
+to lock_timeout; only tried when the caller is to be told who holds it first: ``on_wait``, or a timeout
+of 0) and the read of the document as its own statement (its snapshot taken once the lock is held; the
+previous version is read only if the document does not verify). Message 2, when the block ends: the new
+version if the block changed the document, COMMIT, and the flush (a version of 64 KiB or more: saved
+first by a statement of its own, a binary parameter).
+
+The flush: a transaction that wrote commits without waiting for its WAL to reach disk, so that the lock
+is released at once and the next writer works while this one's WAL is flushed (ten writers on one
+document no longer hold the lock through every flush in turn). The flush that follows in the same
+message, q_state.FLUSH, is a transaction of its own that writes WAL and commits synchronously: it waits
+until the WAL is durable up to its commit record, which follows this transaction's. Only then does the
+call return. A later writer's own flush covers every commit it read, so no success is ever reported for
+a version that is not durable, and a version a writer built on is durable once that writer succeeds.
+(A reader may see a version up to one flush before it is durable, as a reader of the file store may
+see a renamed state.json before its directory is synced.) A failure of the flush after the COMMIT
+succeeded is an unknown outcome, never "nothing was written".
+
+Values are written into the text: integers, the document as hex digits
 (``encode(data, 'hex')``, ``decode('...', 'hex')``: whatever bytea_output and
 standard_conforming_strings say) and the holder record's strings escaped by libpq.
 
@@ -34,6 +47,7 @@ import psycopg
 from psycopg import errors as pe
 from psycopg import pq
 
+from ..errors import StorageError
 from . import q_state, stats
 from .pg import start_write, write_failed
 from .pg_batch import _check, _conn_state, _poller, live_conn
@@ -44,7 +58,8 @@ _BINARY_AT = 1 << 16  # a document this large is saved as a binary parameter (St
 _SAVE_PARAMS = q_state.SAVE.replace("%(data)s", "$1").replace("%(keep_previous)s", "$2").encode()
 _BYTEA, _BOOL = 17, 16  # type OIDs
 _BEGIN = ("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT set_config('lock_timeout', '{limit}', true), "
-          "set_config('statement_timeout', '0', true); ")
+          "set_config('statement_timeout', '0', true), set_config('synchronous_commit', 'off', true); ")
+_COMMIT_FLUSH = f"COMMIT; {q_state.FLUSH}".encode()
 
 
 class StateTx:
@@ -52,11 +67,12 @@ class StateTx:
     None, and previous as bytes, None, or a function that reads it; [] when the row is missing) and
     ``save()``, the new version to write with the COMMIT."""
 
-    __slots__ = ("first_rows", "_save")
+    __slots__ = ("first_rows", "_save", "_saved")
 
     def __init__(self, rows: list[tuple[bytes | None, Any]]) -> None:
         self.first_rows = rows
         self._save: tuple[bytes, bool] | None = None
+        self._saved = False  # by save_large, before message 2
 
     def save(self, data: bytes, keep_previous: bool) -> None:
         self._save = (data, keep_previous)
@@ -71,21 +87,39 @@ class StateTx:
                 res = conn.pgconn.exec_params(_SAVE_PARAMS, [data, b"t" if keep_previous else b"f"],
                                               [_BYTEA, _BOOL], [1, 0])
             _check(conn, res)
-            self._save = None
+            self._save, self._saved = None, True
 
-    def commit(self, conn: Any) -> None:
-        """Message 2: the save (if any, and not saved by save_large) and COMMIT."""
-        if self._save is None:
-            _send(conn, b"COMMIT")
-        else:
-            _send(conn, q_state.save_hex(*self._save) + b"; COMMIT")
+    def commit(self, conn: Any, where: str) -> None:
+        """Message 2: the save (if any, and not saved by save_large), COMMIT, and the flush if anything was
+        written (the module docstring). A flush that fails after the COMMIT succeeded: StorageError with
+        an unknown outcome."""
+        if self._save is None and not self._saved:
+            _send(conn, b"COMMIT")  # nothing written: no WAL to wait for
+            return
+        head = b"" if self._save is None else q_state.save_hex(*self._save) + b"; "
+        results = _send(conn, head + _COMMIT_FLUSH, check=False)
+        if len(results) < (3 if head else 2):  # the save or COMMIT failed, the server skipped what followed
+            for res in results:
+                _check(conn, res)  # nothing written
+            raise psycopg.OperationalError("the server's answer to the COMMIT is missing")  # (never seen)
+        for res in results[:-1]:
+            _check(conn, res)
+        try:
+            _check(conn, results[-1])
+        except psycopg.Error as e:
+            raise StorageError(
+                f"the new state version was committed to {where}, but the wait for it to be flushed to disk "
+                f"failed: {str(e).strip().splitlines()[0]}",
+                hint="the outcome is unknown (the version may or may not survive a server crash); check with "
+                     "`agentstate show` before retrying", outcome="unknown") from None
 
 
-def _send(conn: Any, text: bytes) -> list[Any]:
+def _send(conn: Any, text: bytes, check: bool = True) -> list[Any]:
     """Send ``text`` (statements in one simple-protocol message) and read the result of each; the first
     error, as psycopg's exception, once every result was read (the server skips the statements after a
-    failed one). Waits in poll(2): a signal's exception leaves here with the connection mid-message (the
-    caller drops it)."""
+    failed one; ``check=False``: the results as they are, the caller judges them). A lost connection is
+    raised either way. Waits in poll(2): a signal's exception leaves here with the connection
+    mid-message (the caller drops it)."""
     pgc = conn.pgconn
     with conn.lock:
         pgc.send_query(text)
@@ -102,8 +136,9 @@ def _send(conn: Any, text: bytes) -> list[Any]:
             if res is None:
                 break
             results.append(res)
-    for res in results:
-        _check(conn, res)  # raises the first error
+    if check:
+        for res in results:
+            _check(conn, res)  # raises the first error
     if pgc.status != pq.ConnStatus.OK:
         raise psycopg.OperationalError(f"the connection was lost: {pgc.get_error_message()}")
     return results
@@ -192,7 +227,7 @@ def state_transaction(cn: Connector, operation: str, purpose: int, timeout: floa
         tx.save_large(conn)
         committing = True
         with signals.critical():  # a signal during COMMIT is held: the outcome is then known
-            tx.commit(conn)
+            tx.commit(conn, f"{cn.where} schema {cn.schema}")
             signals.note_committed(f"the {operation} is committed to {cn.where} schema {cn.schema}")
         stats.committed()
     except BaseException as e:

@@ -27,6 +27,13 @@ SAVE = """
     SET previous = CASE WHEN %(keep_previous)s THEN d.previous ELSE d.data END,
         data = EXCLUDED.data, updated_at = now()"""
 
+# After a state transaction that wrote, committed with synchronous_commit off (pg_state.py): a transaction
+# of its own that commits synchronously, so that the call returns only once the WAL is on disk up to its
+# commit record, which follows the state transaction's. setval writes WAL on every call (the sequence's
+# page; nextval only every 32 values), and a transaction that wrote no WAL would not wait for a flush.
+# The sequence is schema version 8's; its value means nothing.
+FLUSH = "SELECT setval('state_flushes', 1)"
+
 # The same read and save with the document as hex digits, for the simple-protocol messages of
 # pg_state.py (values written into the text): encode/decode(..., 'hex'), whatever bytea_output and
 # standard_conforming_strings say; the hex digits and a boolean literal need no escaping.

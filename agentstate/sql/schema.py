@@ -17,7 +17,8 @@ Versions 4 to 6 (on PostgreSQL) create and replace the append function ``agentst
 version 6 also makes ``sessions_expiry`` partial there. On SQLite, version 6 adds the trigger
 ``sessions_retire_version`` (an append to an existing session no longer bumps the tenant's clock).
 Version 7 (PostgreSQL) indexes the minute of ``updated_at`` (``recent``), so appends update in place;
-version 8 (PostgreSQL) sets fillfactor 75 on the tables whose rows are rewritten (state, sessions, tags).
+version 8 (PostgreSQL) sets fillfactor 75 on the tables whose rows are rewritten (state, sessions, tags)
+and adds the sequence ``state_flushes`` (the flush after a state transaction, q_state.FLUSH).
 
 Timestamps are ISO-8601 UTC text with microseconds and a 'Z' (``2026-01-02T03:04:05.123456Z``), so
 text order is time order. JSON payloads are TEXT holding the exact bytes of ``codec.encode_value``.
@@ -520,7 +521,10 @@ _PG_V7 = [
 # toaster brings a row down to 2,032 bytes, plus its 4-byte line pointer): a page with that much free
 # always takes the next version, and one with less is pruned first. The fillfactor also leaves a
 # quarter of a page for the updates of the rows inserted into it.
-_PG_V8 = [f"ALTER TABLE {table} SET (fillfactor = 75)" for table in ("state_documents", "sessions", "session_tags")]
+#
+# state_flushes: the sequence whose setval makes the flush after a state transaction (q_state.FLUSH).
+_PG_V8 = [f"ALTER TABLE {table} SET (fillfactor = 75)" for table in ("state_documents", "sessions", "session_tags")] + [
+    "CREATE SEQUENCE state_flushes AS BIGINT"]
 
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
