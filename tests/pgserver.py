@@ -238,3 +238,22 @@ def schema_sql(url: str, statement: str, params: tuple | dict = ()) -> list[tupl
         conn.execute(f'SET search_path TO "{schema}"')
         cur = conn.execute(statement, params)
         return cur.fetchall() if cur.description else []
+
+
+def schema_at_version(url: str, version: int) -> None:
+    """Create the PG schema an agentstate ``url`` names as an older agentstate left it: migrations 1 to
+    ``version`` applied and recorded, nothing else (for the tests of a later migration)."""
+    import psycopg
+
+    from agentstate.sql.pg import split_url
+    from agentstate.sql.schema import MIGRATIONS
+
+    conninfo, schema = split_url(url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    schema_sql(url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+               "applied_at timestamptz NOT NULL DEFAULT now())")
+    for v in range(version):
+        for statement in MIGRATIONS[v]["postgres"]:
+            schema_sql(url, statement)
+        schema_sql(url, "INSERT INTO schema_migrations (version) VALUES (%s)", (v + 1,))

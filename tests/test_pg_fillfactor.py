@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import random
 
-import psycopg
 import pytest
+from pgserver import schema_at_version
 from pgserver import schema_sql as sql
 
 from agentstate import SessionStore, StateStore
 from agentstate.sql.pg import split_url
-from agentstate.sql.schema import MIGRATIONS, SCHEMA_VERSION
+from agentstate.sql.schema import SCHEMA_VERSION
 
 TABLES = ("state_documents", "sessions", "session_tags")
 U = {"role": "user", "content": "hi"}
@@ -71,15 +71,7 @@ def test_appends_keep_a_session_with_metadata_on_its_page(pg_schema_url, metadat
 
 
 def test_a_version_7_schema_is_given_the_fillfactor(pg_schema_url):
-    conninfo, schema = split_url(pg_schema_url)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    sql(pg_schema_url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
-        "applied_at timestamptz NOT NULL DEFAULT now())")
-    for version in range(7):
-        for statement in MIGRATIONS[version]["postgres"]:
-            sql(pg_schema_url, statement)
-        sql(pg_schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (version + 1,))
+    schema_at_version(pg_schema_url, 7)
     assert [_heap(pg_schema_url, t)[1] for t in TABLES] == [None, None, None]
     store = StateStore(pg_schema_url)
     with store.transaction() as st:

@@ -11,11 +11,12 @@ import time
 
 import psycopg
 import pytest
+from pgserver import schema_at_version
 from pgserver import schema_sql as sql
 
 from agentstate import SessionStore
 from agentstate.sql.pg import split_url
-from agentstate.sql.schema import MIGRATIONS, SCHEMA_VERSION
+from agentstate.sql.schema import SCHEMA_VERSION
 
 U = {"role": "user", "content": "hi"}
 
@@ -157,15 +158,8 @@ def test_prune_cuts_in_the_middle_of_a_minute(pg_schema_url):
 
 
 def test_a_version_6_schema_gets_the_minute_column_and_lists_as_before(pg_schema_url):
-    conninfo, schema = split_url(pg_schema_url)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    sql(pg_schema_url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
-        "applied_at timestamptz NOT NULL DEFAULT now())")
-    for version in range(6):
-        for statement in MIGRATIONS[version]["postgres"]:
-            sql(pg_schema_url, statement)
-        sql(pg_schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (version + 1,))
+    schema_at_version(pg_schema_url, 6)
+    _, schema = split_url(pg_schema_url)
     sql(pg_schema_url, "INSERT INTO sessions (tenant, id, created_at, updated_at, version) VALUES "
         "('default', 'old', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', 1), "
         "('default', 'older', '2025-01-01T00:00:00.000000Z', '2025-01-01T00:05:00.000000Z', 2)")

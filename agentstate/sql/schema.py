@@ -508,7 +508,7 @@ _PG_V7 = [
     " WHERE recent IS NOT NULL",
 ]
 
-# --- version 8, PostgreSQL: rows rewritten in place stay on their page --------------------------------------
+# --- version 8, PostgreSQL: rows rewritten in place stay on their page; the state transaction's flush ------
 # Every state transaction writes a new version of state_documents' one row, and every append one of its
 # session's row (and of its tags' rows). A read frees a page's dead versions (prunes it) only when less
 # is free on it than the table's fill-factor reserve, and never less than a tenth of the page (819
@@ -523,8 +523,12 @@ _PG_V7 = [
 # quarter of a page for the updates of the rows inserted into it.
 #
 # state_flushes: the sequence whose setval makes the flush after a state transaction (q_state.FLUSH).
-_PG_V8 = [f"ALTER TABLE {table} SET (fillfactor = 75)" for table in ("state_documents", "sessions", "session_tags")] + [
-    "CREATE SEQUENCE state_flushes AS BIGINT"]
+_PG_V8 = [
+    "ALTER TABLE state_documents SET (fillfactor = 75)",
+    "ALTER TABLE sessions SET (fillfactor = 75)",
+    "ALTER TABLE session_tags SET (fillfactor = 75)",
+    "CREATE SEQUENCE state_flushes AS BIGINT",
+]
 
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
