@@ -18,6 +18,10 @@ from agentstate.sql.pg import split_url
 from agentstate.sql.schema import SCHEMA_VERSION
 
 TABLES = ("state_documents", "sessions", "session_tags")
+# One page is what each test leaves; the slack is for another backend's snapshot (an autovacuum ANALYZE
+# of some other table, say) that keeps a few of the dead versions from being pruned for a moment.
+# Schema version 7 left 67-101 pages.
+MOST_PAGES = 12
 U = {"role": "user", "content": "hi"}
 
 
@@ -42,7 +46,7 @@ def test_the_state_documents_row_stays_on_its_page(pg_schema_url, records):
         with store.transaction() as st:
             st.resources["counter"] = n
     pages, options = _heap(pg_schema_url, "state_documents")
-    assert pages <= 3, f"state_documents grew to {pages} pages in 400 transactions"
+    assert pages <= MOST_PAGES, f"state_documents grew to {pages} pages in 400 transactions"
     assert options == "fillfactor=75"
     assert store.read().resources["counter"] == 399
 
@@ -66,7 +70,7 @@ def test_appends_keep_a_session_with_metadata_on_its_page(pg_schema_url, metadat
         assert s.get("a").metadata == metadata
     for table in ("sessions", "session_tags"):
         pages, options = _heap(pg_schema_url, table)
-        assert pages <= 3, f"{table} grew to {pages} pages in 400 appends"
+        assert pages <= MOST_PAGES, f"{table} grew to {pages} pages in 400 appends"
         assert options == "fillfactor=75"
 
 
