@@ -1,6 +1,7 @@
 """The state document's transaction on PostgreSQL in two messages through libpq (agentstate/sql/pg_state.py):
 what it sends, that a signal ends a wait for the lock at once, that its lock IDs still name one
-acquisition with a standing holder record, and that server settings never change the bytes stored."""
+acquisition with a standing holder record, that server settings never change the bytes stored, and that
+a version is durable when the call returns though its COMMIT freed the lock before the WAL flush."""
 
 from __future__ import annotations
 
