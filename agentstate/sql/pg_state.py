@@ -51,7 +51,7 @@ from ..errors import StorageError
 from . import q_state, stats
 from .pg import start_write, write_failed
 from .pg_batch import _check, _conn_state, _poller, live_conn
-from .pg_conn import Connector, _timeout_ms
+from .pg_conn import Connector, _first_line, _timeout_ms
 from .pg_lock import _PUBLISH, _wait_locked, keep_standing, locked_error, read_holder, standing_record
 
 _BINARY_AT = 1 << 16  # a document this large is saved as a binary parameter (StateTx.commit)
@@ -98,18 +98,17 @@ class StateTx:
             return
         head = b"" if self._save is None else q_state.save_hex(*self._save) + b"; "
         results = _send(conn, head + _COMMIT_FLUSH, check=False)
-        if len(results) < (3 if head else 2):  # the save or COMMIT failed, the server skipped what followed
-            for res in results:
-                _check(conn, res)  # nothing written
+        flushed = len(results) == (3 if head else 2)  # else the save or COMMIT failed: the rest was skipped
+        for res in results[:-1] if flushed else results:
+            _check(conn, res)  # the save's or COMMIT's error: nothing written
+        if not flushed:
             raise psycopg.OperationalError("the server's answer to the COMMIT is missing")  # (never seen)
-        for res in results[:-1]:
-            _check(conn, res)
         try:
             _check(conn, results[-1])
         except psycopg.Error as e:
             raise StorageError(
                 f"the new state version was committed to {where}, but the wait for it to be flushed to disk "
-                f"failed: {str(e).strip().splitlines()[0]}",
+                f"failed: {_first_line(e)}",
                 hint="the outcome is unknown (the version may or may not survive a server crash); check with "
                      "`agentstate show` before retrying", outcome="unknown") from None
 
@@ -227,8 +226,9 @@ def state_transaction(cn: Connector, operation: str, purpose: int, timeout: floa
         tx.save_large(conn)
         committing = True
         with signals.critical():  # a signal during COMMIT is held: the outcome is then known
-            tx.commit(conn, f"{cn.where} schema {cn.schema}")
-            signals.note_committed(f"the {operation} is committed to {cn.where} schema {cn.schema}")
+            where = f"{cn.where} schema {cn.schema}"
+            tx.commit(conn, where)
+            signals.note_committed(f"the {operation} is committed to {where}")
         stats.committed()
     except BaseException as e:
         _drop(cn, conn)
