@@ -7,8 +7,9 @@ exactly, so ``doctor`` and recovery mean the same thing on both backends.
 
 A transaction is one PostgreSQL transaction in two messages (agentstate/sql/pg_state.py): the holder
 record published, BEGIN, the state advisory lock taken within ``lock_timeout`` (else StateLocked, exit
-3, naming the holder) and the row read; then, after the caller's block, the new version written and
-COMMIT. A holder killed mid-transaction loses its connection, hence its lock and its uncommitted
+3, naming the holder) and the row read; then, after the caller's block, the new version written,
+COMMIT (which frees the lock), and the wait for that COMMIT's WAL flush, so a return means durable. A
+holder killed mid-transaction loses its connection, hence its lock and its uncommitted
 change, at once. Server trouble (unreachable, authentication, a dropped connection, disk full) is one
 StorageError (exit 1); nothing is half-written, and the next call reconnects.
 """
