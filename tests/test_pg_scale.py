@@ -85,11 +85,16 @@ def test_concurrent_saves_to_many_chains_with_eviction_keep_every_chain_whole(pg
         assert "previous_response_id" not in store.chain(r.id)[0] or store.chain(r.id)[0]["previous_response_id"] is None
 
 
-def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch):
+@pytest.mark.parametrize(("keyed", "statement"), [
+    (True, "SELECT * FROM agentstate_append($1::integer, $2::integer,"),  # q_sessions.PG_APPEND
+    (False, "WITH u AS ( UPDATE sessions s SET last_seq = s.last_seq + cardinality($1::text[]),"),  # PG_APPEND_FAST
+])
+def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch, keyed, statement):
     """After the first appends of a process (the first publishes its holder record, the next sets the
     connection's limits once and prepares the statement), an append sends one message and reads its
-    answer: one exec_prepared of the agentstate_append call on the connection's libpq object, nothing
-    else sent (no psycopg execute, no pipeline, no second statement, no client-side binding)."""
+    answer: one exec_prepared on the connection's libpq object, nothing else sent (no psycopg execute, no
+    pipeline, no second statement, no client-side binding). With an idempotency key, the call of
+    agentstate_append; without one, to a session that exists, the statement that needs no function."""
     sessions = SessionStore(pg_schema_url)
     sessions.append("s", [U])
     sessions.append("s", [U])
@@ -124,14 +129,14 @@ def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch):
     monkeypatch.setattr(conn, "pgconn", Recorder(conn.pgconn))
     for n in range(3):
         sent.clear()
-        sessions.append("s", [U], expect_seq=n + 2, idempotency_key=f"k{n}")
+        sessions.append("s", [U], expect_seq=n + 2, idempotency_key=f"k{n}" if keyed else None)
         assert len(sent) == 1 and sent[0][0] == "exec_prepared", sent
     monkeypatch.undo()
     assert sessions.get("s").item_count == 5
     # what that prepared statement is, as its server session says (pg_prepared_statements is per session)
     (text,), = real_conn(conn, "SELECT statement FROM pg_prepared_statements WHERE name = %s",
                          (sent[0][1].decode(),)).fetchall()
-    assert " ".join(text.split()).startswith("SELECT * FROM agentstate_append($1::integer, $2::integer,")
+    assert " ".join(text.split()).startswith(statement)
 
 
 def test_the_prepared_append_survives_its_statement_being_deallocated(pg_schema_url):

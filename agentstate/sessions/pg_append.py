@@ -1,6 +1,9 @@
 """A session append on PostgreSQL in one round trip (issue 17): the session's own lock (writers of other
 sessions never wait), then ``q_sessions.PG_APPEND`` (create-if-missing, compare, insert, bump, key) and
-its commit, with the holder record in the same round trip (``sql/pg_batch.py``). The same outcomes as
+its commit, with the holder record in the same round trip (``sql/pg_batch.py``). An append without an
+idempotency key to a session that exists, has no time to live and meets its expectations is
+``q_sessions.PG_APPEND_FAST`` alone (the same write without the function's call); when that statement
+writes nothing (no row back), the function decides, in a second round trip. The same outcomes as
 the SQLite path in store.py: items, or NotFound / ConflictError with nothing written, or the items of
 an earlier append with the same key; None (nothing written) for a session with a time to live,
 whose expiry the general path judges by the caller's clock."""
@@ -25,13 +28,15 @@ def append(store: Any, db: Any, sid: str, ids: list[str], texts: list[str], data
     params = {"tenant": tenant, "id": sid, "create": create, "key": key, "expect_seq": expect_seq,
               "expect_version": expect_version, "ids": ids, "datas": texts, "title": title,
               "item_ids": orjson.dumps(ids).decode() if key is not None else None, "now": _store._utcnow()}
-    rows = db.call("sessions append", db.resource("session", tenant, sid), q.PG_APPEND, params,
-                   store.lock_timeout)
+    lock = db.resource("session", tenant, sid)
+    if key is None and ids:  # the common case, one statement (schema version 9); no row: nothing written
+        rows = db.call("sessions append", lock, q.PG_APPEND_FAST, params, store.lock_timeout)
+        if rows:
+            return _items(int(rows[0][0]), rows[0][1], ids, datas)
+    rows = db.call("sessions append", lock, q.PG_APPEND, params, store.lock_timeout)
     status, last, version, now, _new_version, first_seq, item_ids = rows[0]
     if status == "ok":
-        last = int(last)
-        item = _store.Item
-        return [item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]
+        return _items(int(last), now, ids, datas)
     if status == "expiring":  # a session with a time to live: the general path judges its expiry
         return None
     last, version = int(last), int(version)
@@ -55,3 +60,7 @@ def append(store: Any, db: Any, sid: str, ids: list[str], texts: list[str], data
                             version=version)
     raise AssertionError(f"unexpected append status {status!r}")
 
+
+def _items(last: int, now: str, ids: list[str], datas: list[dict[str, Any]]) -> list[Any]:
+    item = _store.Item
+    return [item(last + i, iid, now, data) for i, (iid, data) in enumerate(zip(ids, datas, strict=True), 1)]

@@ -49,8 +49,10 @@ NEXT_VERSION = Stmt(sqlite="""
 # (last seq, version from the sequence, updated_at, title if none) and records the key. The time is the
 # writer's (``now``, schema version 5: every path stamps with the client's clock), never before the
 # session's updated_at. The common case (no key, items to add, the session there without a time to live,
-# its expectations met) is one UPDATE ... RETURNING, then the items (version 6). Run in its own transaction
-# (pg_batch.locked_call): one statement, in one round trip with the holder record.
+# its expectations met) is one UPDATE ... RETURNING, then the items (version 6); from version 9 agentstate
+# sends that case as PG_APPEND_FAST instead, and calls this function only when that wrote nothing (or with
+# a key), so the function's own UPDATE then finds no row and it goes on to read the session. Run in its own
+# transaction (pg_batch.locked_call): one statement, in one round trip with the holder record.
 # Returns one row: (status, last seq before, version before, now, new version, key's first_seq, key's
 # item_ids); status is ok, missing (and create is false), replay (the key was seen), seq or version (the
 # expectation failed); the version before is NULL when ok (not read). Nothing is written unless it is ok.
@@ -62,6 +64,34 @@ PG_APPEND = Stmt(postgres="""
     SELECT * FROM agentstate_append(%(classid)s::integer, %(objid)s::integer, %(tenant)s::text, %(id)s::text,
         %(create)s::boolean, %(key)s::text, %(expect_seq)s::bigint, %(expect_version)s::bigint, %(ids)s::text[],
         %(datas)s::text[], %(title)s::text, %(item_ids)s::text, %(now)s::text)""")
+
+# PostgreSQL, the common append (no idempotency key, at least one item; schema version 9) in one statement,
+# without the function's call: it takes the session's lock (the InitPlan, a one-time filter run before the
+# row is read: a waiter holds no page of the table), then updates the session if it exists, has no time to
+# live and meets the expectations, inserts the items after its last seq, and for a session with metadata
+# sets its tags' updated_at (agentstate_touch_tags, which sees tags committed while the statement waited).
+# The UPDATE writes the row's latest version (a row changed since the statement's snapshot is rechecked
+# against its new values), so the seqs follow every append committed before the lock. One row (the last
+# seq before, updated_at, the new version, the tags flag) when it appended; none when it wrote nothing: the
+# caller then calls PG_APPEND, which decides (creates, refuses, or sends a session with a time to live on).
+PG_APPEND_FAST = Stmt(postgres="""
+    WITH u AS (
+        UPDATE sessions s SET last_seq = s.last_seq + cardinality(%(ids)s::text[]),
+            item_count = s.item_count + cardinality(%(ids)s::text[]), updated_at = greatest(%(now)s::text, s.updated_at),
+            version = nextval('session_versions'), title = COALESCE(s.title, %(title)s::text)
+        WHERE s.tenant = %(tenant)s::text AND s.id = %(id)s::text AND s.expires_at IS NULL
+            AND (%(expect_seq)s::bigint IS NULL OR s.last_seq = %(expect_seq)s::bigint)
+            AND (%(expect_version)s::bigint IS NULL OR s.version = %(expect_version)s::bigint)
+            AND (SELECT true FROM pg_advisory_xact_lock(%(classid)s::integer, %(objid)s::integer))
+        RETURNING s.last_seq - cardinality(%(ids)s::text[]) AS last, s.updated_at, s.version,
+            s.metadata IS NOT NULL AS tagged),
+    added AS (
+        INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)
+        SELECT %(tenant)s::text, %(id)s::text, u.last + o.ord, o.item_id, u.updated_at, o.item_data
+        FROM u, unnest(%(ids)s::text[], %(datas)s::text[]) WITH ORDINALITY AS o(item_id, item_data, ord))
+    SELECT u.last, u.updated_at, u.version,
+        CASE WHEN u.tagged THEN agentstate_touch_tags(%(tenant)s::text, %(id)s::text, u.updated_at) END
+    FROM u""")
 
 INSERT_ITEM = Stmt(both="""
     INSERT INTO session_items (tenant, session_id, seq, id, created_at, data)

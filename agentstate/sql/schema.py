@@ -530,6 +530,22 @@ _PG_V8 = [
     "CREATE SEQUENCE state_flushes AS BIGINT",
 ]
 
+# --- version 9, PostgreSQL: the common append as one statement of its own (q_sessions.PG_APPEND_FAST) ---------
+# Measured on one connection (docs/performance.md): the call of the plpgsql function cost ~25 us of server CPU
+# per append more than the same lock, UPDATE and INSERT as one statement of data-modifying CTEs (the
+# function's call, and an executor start for each statement it runs). That statement's snapshot is taken
+# before it waits for the session's lock, which its UPDATE does not mind (it updates the row's latest
+# version, PostgreSQL's read-committed recheck) but a read of other rows would: the session_tags rows of a
+# session with metadata are updated by agentstate_touch_tags, whose UPDATE takes its own snapshot (a
+# volatile function's statements each do), after the lock, and so sees tags committed during the wait.
+_PG_V9 = ["""CREATE FUNCTION agentstate_touch_tags(p_tenant text, p_id text, p_at text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    UPDATE session_tags t SET updated_at = p_at WHERE t.tenant = p_tenant AND t.session_id = p_id;
+    RETURN true;
+END
+$fn$"""]
+
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SESSIONS_V1 + _RESPONSES_V1["sqlite"],
      "postgres": _SESSIONS_V1 + _RESPONSES_V1["postgres"] + _PG_ONLY_V1},
@@ -540,6 +556,7 @@ MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SQLITE_V6, "postgres": _PG_V6},
     {"sqlite": [], "postgres": _PG_V7},
     {"sqlite": [], "postgres": _PG_V8},
+    {"sqlite": [], "postgres": _PG_V9},
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

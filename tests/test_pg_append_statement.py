@@ -1,0 +1,160 @@
+"""The common PostgreSQL append as one statement (schema version 9, q_sessions.PG_APPEND_FAST): no key, at
+least one item, a session that exists without a time to live and meets its expectations. It takes the
+session's lock before it reads the row; a session's tags follow with what was committed while it waited;
+when it writes nothing, the function (q_sessions.PG_APPEND) decides, with the same outcomes as before."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from agentstate import ConflictError, NotFound, SessionStore
+from agentstate.sql import q_sessions as q
+from agentstate.sql.pg import pg_text, split_url
+from agentstate.sql.pg_batch import _PLACEHOLDER
+
+U = {"role": "user", "content": "hi"}
+
+
+def _conn(url: str) -> psycopg.Connection:
+    conninfo, schema = split_url(url)
+    conn = psycopg.connect(conninfo, autocommit=True)
+    conn.execute(f'SET search_path TO "{schema}"')
+    return conn
+
+
+def _wait_for_lock_wait(admin: psycopg.Connection, objid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        (waiting,), = admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                                    "AND objid = %s", (objid,)).fetchall()
+        if waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the append never waited for the session's lock")
+
+
+def _stamps(conn: psycopg.Connection, sid: str) -> tuple[str, set[str]]:
+    (updated,), = conn.execute("SELECT updated_at FROM sessions WHERE id = %s", (sid,)).fetchall()
+    return updated, {r[0] for r in conn.execute("SELECT updated_at FROM session_tags WHERE session_id = %s", (sid,))}
+
+
+def test_the_statement_takes_the_sessions_lock_before_it_reads_the_row(pg_schema_url):
+    """The lock is an InitPlan behind a one-time filter, run before the scan of sessions starts: a writer
+    waiting for it holds no page of the table (a pin would keep the page from being pruned)."""
+    SessionStore(pg_schema_url).append("s", [U])
+    params = {"tenant": "default", "id": "s", "ids": ["i"], "datas": ["d"], "title": None, "now": "x",
+              "expect_seq": None, "expect_version": None, "classid": 1, "objid": 2}
+    with _conn(pg_schema_url) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")  # the plan a prepared statement settles on
+        names: list[str] = []
+        text = _PLACEHOLDER.sub(lambda m: f"${names.index(m[1]) + 1}" if m[1] in names
+                                else (names.append(m[1]) or f"${len(names)}"), pg_text(q.PG_APPEND_FAST))
+        conn.execute(f"PREPARE fast AS {text}")
+        args = ", ".join("NULL" if params[n] is None else f"'{params[n]}'" if not isinstance(params[n], list)
+                         else "'{" + ",".join(params[n]) + "}'" for n in names)
+        plan = [r[0] for r in conn.execute(f"EXPLAIN (VERBOSE, COSTS OFF) EXECUTE fast({args})")]
+    text = "\n".join(plan)
+    init = next(i for i, line in enumerate(plan) if "InitPlan" in line)
+    assert "pg_advisory_xact_lock" in plan[init + 1] + plan[init + 2] + plan[init + 3], text
+    gate = next(i for i, line in enumerate(plan) if "One-Time Filter" in line)
+    scan = next(i for i, line in enumerate(plan) if "Scan using sessions_pkey" in line)
+    assert init < gate < scan, text  # the filter gates the node above the scan: the lock before the row
+
+
+def test_an_append_to_a_session_with_tags_stamps_the_tags_committed_while_it_waited(pg_schema_url):
+    """The statement's snapshot is taken before it waits for the lock; tags a metadata writer commits
+    meanwhile are invisible to it, and are stamped anyway (agentstate_touch_tags reads after the lock)."""
+    sessions = SessionStore(pg_schema_url, lock_timeout="30s")
+    sessions.create("s", metadata={"team": "a"})
+    lock = sessions.db.resource("session", "default", "s")
+    done: list[object] = []
+    ready, go = threading.Event(), threading.Event()
+
+    def appender() -> None:  # its own thread, so its own connection: warmed, then the append that waits
+        sessions.append("s", [U])
+        sessions.append("s", [U])  # the prepared statement from here on
+        ready.set()
+        go.wait(30)
+        done.append(sessions.append("s", [U]))
+
+    t = threading.Thread(target=appender)
+    t.start()
+    assert ready.wait(30)
+    with _conn(pg_schema_url) as holder, _conn(pg_schema_url) as admin:
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", (lock.classid, lock.objid))
+        go.set()
+        _wait_for_lock_wait(admin, lock.objid)  # the append has its snapshot and waits for the lock
+        # what update_metadata does under the lock: the session row, then its tags replaced
+        holder.execute("UPDATE sessions SET metadata = '{\"team\": \"b\", \"env\": \"x\"}', "
+                       "updated_at = '2026-01-01T00:00:00.000000Z' WHERE id = 's'")
+        holder.execute("DELETE FROM session_tags WHERE session_id = 's'")
+        for k, v in (("team", "b"), ("env", "x")):
+            holder.execute("INSERT INTO session_tags (tenant, session_id, key, value, updated_at) "
+                           "VALUES ('default', 's', %s, %s, '2026-01-01T00:00:00.000000Z')", (k, v))
+        holder.execute("COMMIT")
+        t.join(30)
+        assert [i.seq for i in done[0]] == [3]
+        updated, tags = _stamps(admin, "s")
+    assert tags == {updated} and updated == done[0][0].created_at
+
+
+def test_appends_with_and_without_keys_and_metadata_changes_on_one_session_stay_gapless(pg_schema_url):
+    """Both paths on one session at once (keyed appends through the function, the rest through the
+    statement) with metadata rewritten meanwhile: every seq once, in order, and the tags stamped like
+    the session."""
+    sessions = SessionStore(pg_schema_url, lock_timeout="60s")
+    sessions.create("s", metadata={"n": "0"})
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        store = SessionStore(pg_schema_url, lock_timeout="60s")
+        try:
+            for i in range(15):
+                key = f"{w}-{i}" if w % 2 else None
+                store.append("s", [U, U] if i % 3 == 0 else [U], idempotency_key=key)
+                if w == 0 and i % 4 == 0:
+                    store.update_metadata("s", {"n": str(i), "w": str(w)})
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    items = sessions.items("s")
+    assert [i.seq for i in items] == list(range(1, 6 * 20 + 1))  # 5 of every 15 appends add two items
+    info = sessions.get("s")
+    assert info.item_count == 120
+    with _conn(pg_schema_url) as conn:
+        updated, tags = _stamps(conn, "s")
+    assert updated == info.updated_at and tags == {updated}
+
+
+def test_when_the_statement_writes_nothing_the_function_decides(pg_schema_url):
+    """A missing session, a failed expectation, a session with a time to live: the statement writes
+    nothing and the function's outcome is the answer, as before."""
+    sessions = SessionStore(pg_schema_url)
+    assert [i.seq for i in sessions.append("new", [U, U])] == [1, 2]  # created by the function
+    with pytest.raises(NotFound):
+        sessions.append("absent", [U], create=False)
+    with pytest.raises(ConflictError):
+        sessions.append("new", [U], expect_seq=1)
+    with pytest.raises(ConflictError):
+        sessions.append("new", [U], expect_version=sessions.get("new").version - 1)
+    assert [i.seq for i in sessions.append("new", [U], expect_seq=2)] == [3]
+    sessions.create("ttl", ttl="1h")
+    before = sessions.get("ttl").expires_at
+    assert [i.seq for i in SessionStore(pg_schema_url).append("ttl", [U])] == [1]  # the general path
+    after = sessions.get("ttl")
+    assert after.item_count == 1 and after.expires_at == before
+    assert [s.id for s in sessions.list().items] == ["ttl", "new"]
+    assert sessions.get("new").item_count == 3
