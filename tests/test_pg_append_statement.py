@@ -42,17 +42,18 @@ def _stamps(conn: psycopg.Connection, sid: str) -> tuple[str, set[str]]:
     return updated, {r[0] for r in conn.execute("SELECT updated_at FROM session_tags WHERE session_id = %s", (sid,))}
 
 
-def test_the_statement_takes_the_sessions_lock_before_it_reads_the_row(pg_schema_url):
+@pytest.mark.parametrize("stmt", [q.PG_APPEND_FAST, q.PG_APPEND_FAST_ONE])
+def test_the_statement_takes_the_sessions_lock_before_it_reads_the_row(pg_schema_url, stmt):
     """The lock is an InitPlan behind a one-time filter, run before the scan of sessions starts: a writer
     waiting for it holds no page of the table (a pin would keep the page from being pruned)."""
     SessionStore(pg_schema_url).append("s", [U])
     params = {"tenant": "default", "id": "s", "ids": ["i"], "datas": ["d"], "title": None, "now": "x",
-              "expect_seq": None, "expect_version": None, "classid": 1, "objid": 2}
+              "expect_seq": None, "expect_version": None, "classid": 1, "objid": 2, "item_id": "i", "item_data": "d"}
     with _conn(pg_schema_url) as conn:
         conn.execute("SET plan_cache_mode = force_generic_plan")  # the plan a prepared statement settles on
         names: list[str] = []
         text = _PLACEHOLDER.sub(lambda m: f"${names.index(m[1]) + 1}" if m[1] in names
-                                else (names.append(m[1]) or f"${len(names)}"), pg_text(q.PG_APPEND_FAST))
+                                else (names.append(m[1]) or f"${len(names)}"), pg_text(stmt))
         conn.execute(f"PREPARE fast AS {text}")
         args = ", ".join("NULL" if params[n] is None else f"'{params[n]}'" if not isinstance(params[n], list)
                          else "'{" + ",".join(params[n]) + "}'" for n in names)

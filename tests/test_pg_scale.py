@@ -87,8 +87,8 @@ def test_concurrent_saves_to_many_chains_with_eviction_keep_every_chain_whole(pg
 
 @pytest.mark.parametrize(("keyed", "statement"), [
     (True, "SELECT * FROM agentstate_append($1::integer, $2::integer,"),  # q_sessions.PG_APPEND
-    (False, "WITH u AS ( UPDATE sessions s SET last_seq = s.last_seq + cardinality($1::text[]),"),  # PG_APPEND_FAST
-])
+    (False, "WITH u AS ( UPDATE sessions s SET last_seq = s.last_seq + 1, item_count = s.item_count + 1,"),
+])  # the second: q_sessions.PG_APPEND_FAST_ONE (one item, no key, a session that exists)
 def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch, keyed, statement):
     """After the first appends of a process (the first publishes its holder record, the next sets the
     connection's limits once and prepares the statement), an append sends one message and reads its
@@ -236,8 +236,10 @@ def test_lock_ids_of_session_locks_name_one_acquisition(pg_schema_url):
 
 
 def test_items_reach_postgresql_exactly_through_the_array_literal(pg_schema_url):
-    """The append passes its items as one text[] literal: quotes, backslashes, braces, commas, "NULL",
-    escapes and non-ASCII text come back exactly as given, in order."""
+    """The append passes its items as one text[] literal (one item to a session that exists: as one text
+    parameter, PG_APPEND_FAST_ONE): quotes, backslashes, braces, commas, "NULL", escapes and non-ASCII
+    text come back exactly as given, in order, through the function (a new session), the statement with
+    arrays (several items) and the one with one item."""
     sessions = SessionStore(pg_schema_url)
     tricky = ['a"b', "back\\slash", "{braces}, commas", "NULL", "", "line\nbreak\ttab", "ünïcødé ✓ 😀",
               '\\"', "\\\\N", "x" * 70000]
@@ -247,6 +249,9 @@ def test_items_reach_postgresql_exactly_through_the_array_literal(pg_schema_url)
     assert [it.data for it in stored] == items
     assert [it.data for it in sessions.items("s")] == items
     assert sessions.append("s", []) == [] and sessions.get("s").item_count == len(items)
+    assert [it.data for it in sessions.append("s", items)] == items
+    assert [sessions.append("s", [it])[0].data for it in items] == items
+    assert [it.data for it in sessions.items("s")] == items * 3
     assert sessions.append("t", [{"type": "x", "v": ""}])[0].data == {"type": "x", "v": ""}
 
 

@@ -30,7 +30,10 @@ def append(store: Any, db: Any, sid: str, ids: list[str], texts: list[str], data
               "item_ids": orjson.dumps(ids).decode() if key is not None else None, "now": _store._utcnow()}
     lock = db.resource("session", tenant, sid)
     if key is None and ids:  # the common case, one statement (schema version 9); no row: nothing written
-        rows = db.call("sessions append", lock, q.PG_APPEND_FAST, params, store.lock_timeout)
+        if len(ids) == 1:
+            params["item_id"], params["item_data"] = ids[0], texts[0]
+        rows = db.call("sessions append", lock, q.PG_APPEND_FAST_ONE if len(ids) == 1 else q.PG_APPEND_FAST,
+                       params, store.lock_timeout)
         if rows:
             return _items(int(rows[0][0]), rows[0][1], ids, datas)
     rows = db.call("sessions append", lock, q.PG_APPEND, params, store.lock_timeout)
