@@ -159,3 +159,29 @@ def test_when_the_statement_writes_nothing_the_function_decides(pg_schema_url):
     assert after.item_count == 1 and after.expires_at == before
     assert [s.id for s in sessions.list().items] == ["ttl", "new"]
     assert sessions.get("new").item_count == 3
+
+
+def test_a_session_with_a_time_to_live_goes_to_the_general_path_at_once_until_it_has_none(pg_schema_url, monkeypatch):
+    """The one-round-trip path writes nothing for a session with a time to live; the store then sends that
+    session's appends to the general path directly (not two statements first that write nothing), until
+    the general path finds it without one (here: deleted and created again without one by another store)."""
+    from agentstate.sessions import pg_append
+    from agentstate.sessions import store as store_module
+
+    sessions = SessionStore(pg_schema_url)
+    sessions.create("t", ttl="1h")
+    calls: list[str] = []
+
+    def spy(store, db, sid, *args, **kw):
+        calls.append(sid)
+        return pg_append.append(store, db, sid, *args, **kw)
+
+    monkeypatch.setattr(store_module, "_pg_append", spy)
+    assert [i.seq for i in sessions.append("t", [U])] == [1]
+    assert [i.seq for i in sessions.append("t", [U])] == [2] and calls == ["t"]  # the second: general path
+    other = SessionStore(pg_schema_url)
+    other.delete("t")
+    other.create("t")  # no time to live now
+    assert [i.seq for i in sessions.append("t", [U])] == [1] and calls == ["t"]  # general path: finds none
+    assert [i.seq for i in sessions.append("t", [U])] == [2] and calls == ["t", "t"]  # one round trip again
+    assert sessions.get("t").expires_at is None and sessions.get("t").item_count == 2

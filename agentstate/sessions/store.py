@@ -123,6 +123,10 @@ class SessionStore(FleetMixin, ItemEdits):
         self.default_ttl = env_ttl() if default_ttl is None else check_ttl(default_ttl, "default_ttl")
         self._db: Any = None
         self._hot: Any = None
+        # PostgreSQL: sessions whose last append here found a time to live (the one-round-trip append wrote
+        # nothing and said so): their appends go to the general path at once. A hint only (bounded, and
+        # dropped when the general path finds no time to live): the one-round-trip path would decide the same.
+        self._ttl_sids: set[str] = set()
         cache = os.environ.get("AGENTSTATE_CACHE") or None if cache is None else cache
         if cache:
             from ..cache import HotTier
@@ -283,16 +287,19 @@ class SessionStore(FleetMixin, ItemEdits):
 
         ids = [_new_id() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
         db = self.db
-        if db.dialect == "postgres" and self._hot is None and ttl is None:
+        if db.dialect == "postgres" and self._hot is None and ttl is None and sid not in self._ttl_sids:
             if _pg_append is None:  # one round trip, holding this session's lock only
                 from .pg_append import append as _pg_append
 
             fast = _pg_append(self, db, sid, ids, texts, datas, expect_seq=expect_seq, expect_version=expect_version,
                               key=key, create=create, title=title)
-            if fast is not None:  # None: a session with a time to live, appended below
+            if fast is not None:
                 if fast and fast[0].id == ids[0]:  # not a replay of an earlier append
                     stats.appended()
                 return fast
+            if len(self._ttl_sids) >= 1024:  # None: a session with a time to live, appended below
+                self._ttl_sids.clear()
+            self._ttl_sids.add(sid)
         replayed: list[bool] = []
 
         def work(tx: Any) -> list[Item]:
@@ -300,6 +307,8 @@ class SessionStore(FleetMixin, ItemEdits):
             row = self._live_or_removed(tx, sid, now)  # an expired session is removed: this starts anew
             if row is not None and row[4] > now:  # never before the session's updated_at (_now_after)
                 now = row[4]
+            if row is None or row[8] is None:
+                self._ttl_sids.discard(sid)
             if row is None:
                 if not create:
                     raise _not_found(sid)
