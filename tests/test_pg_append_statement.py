@@ -185,3 +185,25 @@ def test_a_session_with_a_time_to_live_goes_to_the_general_path_at_once_until_it
     assert [i.seq for i in sessions.append("t", [U])] == [1] and calls == ["t"]  # general path: finds none
     assert [i.seq for i in sessions.append("t", [U])] == [2] and calls == ["t", "t"]  # one round trip again
     assert sessions.get("t").expires_at is None and sessions.get("t").item_count == 2
+
+
+def test_a_session_new_to_the_store_is_appended_by_the_function_then_by_the_statement(pg_schema_url, monkeypatch):
+    """A session this store has not seen: the function alone (one round trip, as it creates one if
+    missing); once it answered, the statement; a session deleted meanwhile by another store: the statement
+    writes nothing and the function creates it again."""
+    sessions = SessionStore(pg_schema_url)
+    sent: list[object] = []
+    real = sessions.db.call
+
+    def call(operation, lock, stmt, params, lock_timeout=None):
+        sent.append(stmt)
+        return real(operation, lock, stmt, params, lock_timeout)
+
+    monkeypatch.setattr(sessions.db, "call", call)
+    assert [i.seq for i in sessions.append("n", [U])] == [1] and sent == [q.PG_APPEND]
+    assert [i.seq for i in sessions.append("n", [U, U])] == [2, 3] and sent[1:] == [q.PG_APPEND_FAST]
+    assert [i.seq for i in sessions.append("n", [U])] == [4] and sent[2:] == [q.PG_APPEND_FAST_ONE]
+    SessionStore(pg_schema_url).delete("n")
+    assert [i.seq for i in sessions.append("n", [U])] == [1] and sent[3:] == [q.PG_APPEND_FAST_ONE, q.PG_APPEND]
+    assert [i.seq for i in sessions.append("n", [U])] == [2] and sent[5:] == [q.PG_APPEND_FAST_ONE]
+    assert sessions.get("n").item_count == 2

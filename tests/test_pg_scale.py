@@ -94,10 +94,11 @@ def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch, keyed, statemen
     connection's limits once and prepares the statement), an append sends one message and reads its
     answer: one exec_prepared on the connection's libpq object, nothing else sent (no psycopg execute, no
     pipeline, no second statement, no client-side binding). With an idempotency key, the call of
-    agentstate_append; without one, to a session that exists, the statement that needs no function."""
+    agentstate_append; without one, to a session this store has seen, the statement that needs no function."""
     sessions = SessionStore(pg_schema_url)
     sessions.append("s", [U])
-    sessions.append("s", [U])
+    sessions.append("s", [U])  # the statement, prepared
+    sessions.append("s", [U], idempotency_key="w")  # the function, prepared
     sent: list[tuple[str, object]] = []
     real_client, real_conn = psycopg.ClientCursor.execute, psycopg.Connection.execute
 
@@ -129,10 +130,10 @@ def test_an_append_is_one_round_trip(pg_schema_url, monkeypatch, keyed, statemen
     monkeypatch.setattr(conn, "pgconn", Recorder(conn.pgconn))
     for n in range(3):
         sent.clear()
-        sessions.append("s", [U], expect_seq=n + 2, idempotency_key=f"k{n}" if keyed else None)
+        sessions.append("s", [U], expect_seq=n + 3, idempotency_key=f"k{n}" if keyed else None)
         assert len(sent) == 1 and sent[0][0] == "exec_prepared", sent
     monkeypatch.undo()
-    assert sessions.get("s").item_count == 5
+    assert sessions.get("s").item_count == 6
     # what that prepared statement is, as its server session says (pg_prepared_statements is per session)
     (text,), = real_conn(conn, "SELECT statement FROM pg_prepared_statements WHERE name = %s",
                          (sent[0][1].decode(),)).fetchall()

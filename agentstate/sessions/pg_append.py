@@ -1,7 +1,7 @@
 """A session append on PostgreSQL in one round trip (issue 17): the session's own lock (writers of other
 sessions never wait), then ``q_sessions.PG_APPEND`` (create-if-missing, compare, insert, bump, key) and
 its commit, with the holder record in the same round trip (``sql/pg_batch.py``). An append without an
-idempotency key to a session that exists, has no time to live and meets its expectations is
+idempotency key to a session this store has seen exist without a time to live (``store._pg_paths``) is
 ``q_sessions.PG_APPEND_FAST`` alone (the same write without the function's call); when that statement
 writes nothing (no row back), the function decides, in a second round trip. The same outcomes as
 the SQLite path in store.py: items, or NotFound / ConflictError with nothing written, or the items of
@@ -29,18 +29,21 @@ def append(store: Any, db: Any, sid: str, ids: list[str], texts: list[str], data
               "expect_version": expect_version, "ids": ids, "datas": texts, "title": title,
               "item_ids": orjson.dumps(ids).decode() if key is not None else None, "now": _store._utcnow()}
     lock = db.resource("session", tenant, sid)
-    if key is None and ids:  # the common case, one statement (schema version 9); no row: nothing written
+    if key is None and ids and store._pg_paths.get(sid) == "statement":  # found here without a time to live
         if len(ids) == 1:
             params["item_id"], params["item_data"] = ids[0], texts[0]
         rows = db.call("sessions append", lock, q.PG_APPEND_FAST_ONE if len(ids) == 1 else q.PG_APPEND_FAST,
                        params, store.lock_timeout)
         if rows:
             return _items(int(rows[0][0]), rows[0][1], ids, datas)
+        store._pg_path(sid, None)  # nothing written: the function decides
     rows = db.call("sessions append", lock, q.PG_APPEND, params, store.lock_timeout)
     status, last, version, now, _new_version, first_seq, item_ids = rows[0]
-    if status == "ok":
+    if status == "ok":  # the session exists, without a time to live
+        store._pg_path(sid, "statement")
         return _items(int(last), now, ids, datas)
     if status == "expiring":  # a session with a time to live: the general path judges its expiry
+        store._pg_path(sid, "general")
         return None
     last, version = int(last), int(version)
     if status == "missing":

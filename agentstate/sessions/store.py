@@ -123,10 +123,10 @@ class SessionStore(FleetMixin, ItemEdits):
         self.default_ttl = env_ttl() if default_ttl is None else check_ttl(default_ttl, "default_ttl")
         self._db: Any = None
         self._hot: Any = None
-        # PostgreSQL: sessions whose last append here found a time to live (the one-round-trip append wrote
-        # nothing and said so): their appends go to the general path at once. A hint only (bounded, and
-        # dropped when the general path finds no time to live): the one-round-trip path would decide the same.
-        self._ttl_sids: set[str] = set()
+        # PostgreSQL: how this store last found each session it appended to (pg_append.py): "statement", it
+        # exists without a time to live (its appends: q_sessions.PG_APPEND_FAST); "general", it has one (the
+        # general path below). A hint, bounded: a session not in it goes to the function, which decides.
+        self._pg_paths: dict[str, str] = {}
         cache = os.environ.get("AGENTSTATE_CACHE") or None if cache is None else cache
         if cache:
             from ..cache import HotTier
@@ -287,19 +287,16 @@ class SessionStore(FleetMixin, ItemEdits):
 
         ids = [_new_id() for _ in texts]  # str(uuid.uuid4()) at a fifth of its cost
         db = self.db
-        if db.dialect == "postgres" and self._hot is None and ttl is None and sid not in self._ttl_sids:
+        if db.dialect == "postgres" and self._hot is None and ttl is None and self._pg_paths.get(sid) != "general":
             if _pg_append is None:  # one round trip, holding this session's lock only
                 from .pg_append import append as _pg_append
 
             fast = _pg_append(self, db, sid, ids, texts, datas, expect_seq=expect_seq, expect_version=expect_version,
                               key=key, create=create, title=title)
-            if fast is not None:
+            if fast is not None:  # None: a session with a time to live, appended below
                 if fast and fast[0].id == ids[0]:  # not a replay of an earlier append
                     stats.appended()
                 return fast
-            if len(self._ttl_sids) >= 1024:  # None: a session with a time to live, appended below
-                self._ttl_sids.clear()
-            self._ttl_sids.add(sid)
         replayed: list[bool] = []
 
         def work(tx: Any) -> list[Item]:
@@ -307,8 +304,8 @@ class SessionStore(FleetMixin, ItemEdits):
             row = self._live_or_removed(tx, sid, now)  # an expired session is removed: this starts anew
             if row is not None and row[4] > now:  # never before the session's updated_at (_now_after)
                 now = row[4]
-            if row is None or row[8] is None:
-                self._ttl_sids.discard(sid)
+            if tx.dialect == "postgres":  # a time to live after this write: the general path next time too
+                self._pg_path(sid, "general" if ttl is not None or (row is not None and row[8] is not None) else None)
             if row is None:
                 if not create:
                     raise _not_found(sid)
@@ -365,6 +362,15 @@ class SessionStore(FleetMixin, ItemEdits):
         if not replayed:
             stats.appended()
         return stored
+
+    def _pg_path(self, sid: str, path: str | None) -> None:
+        """Remember how session ``sid`` is appended to on PostgreSQL (``_pg_paths``; None: forget it)."""
+        paths = self._pg_paths
+        paths.pop(sid, None)
+        if path is not None:
+            if len(paths) >= 4096:
+                paths.pop(next(iter(paths), None), None)  # the longest remembered
+            paths[sid] = path
 
     def _replay(self, tx: Any, sid: str, first_seq: int, ids: list[str]) -> list[Item]:
         """The items an earlier append with the same key stored (those still there)."""
