@@ -10,6 +10,7 @@ import time
 
 import psycopg
 import pytest
+from threads import all_at_once
 
 from agentstate import ConflictError, NotFound, SessionStore
 from agentstate.sql import q_sessions as q
@@ -110,7 +111,6 @@ def test_appends_with_and_without_keys_and_metadata_changes_on_one_session_stay_
     the session."""
     sessions = SessionStore(pg_schema_url, lock_timeout="60s")
     sessions.create("s", metadata={"n": "0"})
-    errors: list[BaseException] = []
 
     def writer(w: int) -> None:
         store = SessionStore(pg_schema_url, lock_timeout="60s")
@@ -120,17 +120,10 @@ def test_appends_with_and_without_keys_and_metadata_changes_on_one_session_stay_
                 store.append("s", [U, U] if i % 3 == 0 else [U], idempotency_key=key)
                 if w == 0 and i % 4 == 0:
                     store.update_metadata("s", {"n": str(i), "w": str(w)})
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
         finally:
             store.close()
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
+    all_at_once(writer, 6)
     items = sessions.items("s")
     assert [i.seq for i in items] == list(range(1, 6 * 20 + 1))  # 5 of every 15 appends add two items
     info = sessions.get("s")

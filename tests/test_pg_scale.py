@@ -9,6 +9,7 @@ import time
 
 import psycopg
 import pytest
+from threads import all_at_once
 
 from agentstate import ConflictError, ResponseStore, SessionStore, StateLocked, StorageError
 from agentstate.sql import open_database
@@ -56,7 +57,6 @@ def test_writers_of_different_chains_never_wait(pg_schema_url):
 def test_concurrent_saves_to_many_chains_with_eviction_keep_every_chain_whole(pg_schema_url):
     """Savers of different chains run at once, eviction (max_responses) stays one decision per tenant:
     every surviving chain is whole and the cap holds."""
-    errors: list = []
 
     def saver(n: int) -> None:
         store = ResponseStore(pg_schema_url, max_responses=30, lock_timeout="60s")
@@ -67,17 +67,10 @@ def test_concurrent_saves_to_many_chains_with_eviction_keep_every_chain_whole(pg
                 for d in range(1, 3):
                     store.save({"id": f"{root}-{d}", "previous_response_id": f"{root}-{d - 1}" if d > 1 else root,
                                 "output": []})
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
         finally:
             store.close()
 
-    threads = [threading.Thread(target=saver, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
+    all_at_once(saver, 6)
     store = ResponseStore(pg_schema_url)
     page = store.list(limit=100, include_deleted=True)
     assert page.total <= 30 + 3  # the cap, plus what a save in flight may hold beyond it

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from pgserver import schema_sql as sql
 from pgserver import schema_url
+from threads import all_at_once
 
 from agentstate import ConflictError, ResponseStore, SessionStore, StateStore
 from agentstate.sql.pg import LOCK_STATE, split_url
@@ -154,22 +155,13 @@ def test_save_with_previous_after_a_concurrent_commit_whatever_the_default_isola
 
 def test_concurrent_appends_have_no_duplicate_keys_whatever_the_default_isolation(iso_url):
     SessionStore(iso_url).create("s")
-    errors: list = []
 
     def appender(n: int) -> None:
         store = SessionStore(iso_url, lock_timeout="60s")
-        try:
-            for i in range(8):
-                store.append("s", [{"role": "user", "content": f"{n}-{i}"}])
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+        for i in range(8):
+            store.append("s", [{"role": "user", "content": f"{n}-{i}"}])
 
-    threads = [threading.Thread(target=appender, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
+    all_at_once(appender, 8)
     items = SessionStore(iso_url).items("s")
     assert [i.seq for i in items] == list(range(1, 65))
     assert sorted(i.data["content"] for i in items) == sorted(f"{n}-{i}" for n in range(8) for i in range(8))
