@@ -49,10 +49,11 @@ NEXT_VERSION = Stmt(sqlite="""
 # (last seq, version from the sequence, updated_at, title if none) and records the key. The time is the
 # writer's (``now``, schema version 5: every path stamps with the client's clock), never before the
 # session's updated_at. The common case (no key, items to add, the session there without a time to live,
-# its expectations met) is one UPDATE ... RETURNING, then the items (version 6); from version 9 agentstate
-# sends that case as PG_APPEND_FAST instead, and calls this function only when that wrote nothing (or with
-# a key), so the function's own UPDATE then finds no row and it goes on to read the session. Run in its own
-# transaction (pg_batch.locked_call): one statement, in one round trip with the holder record.
+# its expectations met) is one UPDATE ... RETURNING, then the items (version 6). From version 9 agentstate
+# sends that case as PG_APPEND_FAST instead for a session it has found so before (SessionStore._pg_paths);
+# this function takes the rest: a key, a session the process has not seen yet, and whatever PG_APPEND_FAST
+# wrote nothing for. Run in its own transaction (pg_batch.locked_call): one statement, in one round trip
+# with the holder record.
 # Returns one row: (status, last seq before, version before, now, new version, key's first_seq, key's
 # item_ids); status is ok, missing (and create is false), replay (the key was seen), seq or version (the
 # expectation failed); the version before is NULL when ok (not read). Nothing is written unless it is ok.
