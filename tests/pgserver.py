@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 PG_USER = "agentstate-pg"
 
@@ -226,18 +227,60 @@ def schema_url(base_url: str, schema: str) -> str:
     return f"{base_url}{'&' if '?' in base_url else '?'}schema={schema}"
 
 
-def schema_sql(url: str, statement: str, params: tuple | dict = ()) -> list[tuple]:
-    """Run one statement in the PG schema an agentstate ``url`` names (autocommit, a connection of its
-    own): its rows, or [] for a statement that returns none."""
+def schema_conn(url: str) -> Any:
+    """A new autocommit psycopg connection whose search_path is the PG schema an agentstate ``url`` names."""
     import psycopg
 
     from agentstate.sql.pg import split_url
 
     conninfo, schema = split_url(url)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'SET search_path TO "{schema}"')
+    conn = psycopg.connect(conninfo, autocommit=True)
+    conn.execute(f'SET search_path TO "{schema}"')
+    return conn
+
+
+def schema_sql(url: str, statement: str, params: tuple | dict = ()) -> list[tuple]:
+    """Run one statement in the PG schema an agentstate ``url`` names (autocommit, a connection of its
+    own): its rows, or [] for a statement that returns none."""
+    with schema_conn(url) as conn:
         cur = conn.execute(statement, params)
         return cur.fetchall() if cur.description else []
+
+
+class RawHolder:
+    """Holds agentstate's ``purpose`` advisory lock on a plain connection (as a writer would), until
+    ``commit(statement, params)`` runs a statement in that transaction and commits it (``conn``: that
+    connection, for more statements before it)."""
+
+    def __init__(self, url: str, purpose: int | tuple[str, str, str]) -> None:
+        """``purpose``: a purpose lock (LOCK_STATE), or a resource lock (kind, tenant, name), e.g.
+        ("session", "default", "s") or ("response chain", "default", root id)."""
+        from agentstate.sql.pg import split_url
+        from agentstate.sql.pg_conn import lock_key
+        from agentstate.sql.pg_lock import resource_in
+
+        self.conninfo, schema = split_url(url)
+        self.conn = schema_conn(url)
+        self.conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        key = (lock_key(schema), purpose) if isinstance(purpose, int) else resource_in(schema, *purpose)[:2]
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
+
+    def wait_for_a_waiter(self, timeout: float = 10) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                n = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                if n.fetchone()[0]:
+                    return
+                time.sleep(0.02)
+        raise AssertionError("no writer waited for the lock")
+
+    def commit(self, statement: str, params: tuple = ()) -> None:
+        self.conn.execute(statement, params)
+        self.conn.execute("COMMIT")
+        self.conn.close()
 
 
 def schema_at_version(url: str, version: int) -> None:

@@ -19,14 +19,10 @@ def is_pg(target: Any) -> bool:
 
 def raw(target: str, sql: str, **params: Any) -> list[tuple]:
     if is_pg(target):
-        import psycopg
+        from pgserver import schema_conn
 
-        from agentstate.sql.pg import split_url
-
-        conninfo, schema = split_url(target)
         text = re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"%(\1)s", sql)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'SET search_path TO "{schema}"')
+        with schema_conn(target) as conn:
             cur = conn.execute(text, params or None)
             return cur.fetchall() if cur.description is not None else []
     import sqlite3

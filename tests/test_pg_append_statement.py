@@ -6,41 +6,24 @@ when it writes nothing, the function (q_sessions.PG_APPEND) decides, with the sa
 from __future__ import annotations
 
 import threading
-import time
 
-import psycopg
 import pytest
+from pgserver import RawHolder, schema_conn
+from pgserver import schema_sql as sql
 from threads import all_at_once
 
 from agentstate import ConflictError, NotFound, SessionStore
 from agentstate.sql import q_sessions as q
-from agentstate.sql.pg import pg_text, split_url
-from agentstate.sql.pg_batch import _PLACEHOLDER
+from agentstate.sql.pg import pg_text
+from agentstate.sql.pg_batch import _statement
 
 U = {"role": "user", "content": "hi"}
 
 
-def _conn(url: str) -> psycopg.Connection:
-    conninfo, schema = split_url(url)
-    conn = psycopg.connect(conninfo, autocommit=True)
-    conn.execute(f'SET search_path TO "{schema}"')
-    return conn
-
-
-def _wait_for_lock_wait(admin: psycopg.Connection, objid: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        (waiting,), = admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                                    "AND objid = %s", (objid,)).fetchall()
-        if waiting:
-            return
-        time.sleep(0.01)
-    raise AssertionError("the append never waited for the session's lock")
-
-
-def _stamps(conn: psycopg.Connection, sid: str) -> tuple[str, set[str]]:
-    (updated,), = conn.execute("SELECT updated_at FROM sessions WHERE id = %s", (sid,)).fetchall()
-    return updated, {r[0] for r in conn.execute("SELECT updated_at FROM session_tags WHERE session_id = %s", (sid,))}
+def _stamps(url: str, sid: str) -> tuple[str, set[str]]:
+    """(the session's updated_at, the set of its tags' updated_at)."""
+    (updated,), = sql(url, "SELECT updated_at FROM sessions WHERE id = %s", (sid,))
+    return updated, {r[0] for r in sql(url, "SELECT updated_at FROM session_tags WHERE session_id = %s", (sid,))}
 
 
 @pytest.mark.parametrize("stmt", [q.PG_APPEND_FAST, q.PG_APPEND_FAST_ONE])
@@ -50,12 +33,10 @@ def test_the_statement_takes_the_sessions_lock_before_it_reads_the_row(pg_schema
     SessionStore(pg_schema_url).append("s", [U])
     params = {"tenant": "default", "id": "s", "ids": ["i"], "datas": ["d"], "title": None, "now": "x",
               "expect_seq": None, "expect_version": None, "classid": 1, "objid": 2, "item_id": "i", "item_data": "d"}
-    with _conn(pg_schema_url) as conn:
+    _, text, names = _statement(pg_text(stmt))  # its text as prepared: $n parameters, in names' order
+    with schema_conn(pg_schema_url) as conn:
         conn.execute("SET plan_cache_mode = force_generic_plan")  # the plan a prepared statement settles on
-        names: list[str] = []
-        text = _PLACEHOLDER.sub(lambda m: f"${names.index(m[1]) + 1}" if m[1] in names
-                                else (names.append(m[1]) or f"${len(names)}"), pg_text(stmt))
-        conn.execute(f"PREPARE fast AS {text}")
+        conn.execute(f"PREPARE fast AS {text.decode()}")
         args = ", ".join("NULL" if params[n] is None else f"'{params[n]}'" if not isinstance(params[n], list)
                          else "'{" + ",".join(params[n]) + "}'" for n in names)
         plan = [r[0] for r in conn.execute(f"EXPLAIN (VERBOSE, COSTS OFF) EXECUTE fast({args})")]
@@ -72,7 +53,6 @@ def test_an_append_to_a_session_with_tags_stamps_the_tags_committed_while_it_wai
     meanwhile are invisible to it, and are stamped anyway (agentstate_touch_tags reads after the lock)."""
     sessions = SessionStore(pg_schema_url, lock_timeout="30s")
     sessions.create("s", metadata={"team": "a"})
-    lock = sessions.db.resource("session", "default", "s")
     done: list[object] = []
     ready, go = threading.Event(), threading.Event()
 
@@ -86,22 +66,19 @@ def test_an_append_to_a_session_with_tags_stamps_the_tags_committed_while_it_wai
     t = threading.Thread(target=appender)
     t.start()
     assert ready.wait(30)
-    with _conn(pg_schema_url) as holder, _conn(pg_schema_url) as admin:
-        holder.execute("BEGIN")
-        holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", (lock.classid, lock.objid))
-        go.set()
-        _wait_for_lock_wait(admin, lock.objid)  # the append has its snapshot and waits for the lock
-        # what update_metadata does under the lock: the session row, then its tags replaced
-        holder.execute("UPDATE sessions SET metadata = '{\"team\": \"b\", \"env\": \"x\"}', "
-                       "updated_at = '2026-01-01T00:00:00.000000Z' WHERE id = 's'")
-        holder.execute("DELETE FROM session_tags WHERE session_id = 's'")
-        for k, v in (("team", "b"), ("env", "x")):
-            holder.execute("INSERT INTO session_tags (tenant, session_id, key, value, updated_at) "
-                           "VALUES ('default', 's', %s, %s, '2026-01-01T00:00:00.000000Z')", (k, v))
-        holder.execute("COMMIT")
-        t.join(30)
-        assert [i.seq for i in done[0]] == [3]
-        updated, tags = _stamps(admin, "s")
+    holder = RawHolder(pg_schema_url, ("session", "default", "s"))
+    go.set()
+    holder.wait_for_a_waiter()  # the append has its snapshot and waits for the lock
+    # what update_metadata does under the lock: the session row, then its tags replaced
+    holder.conn.execute("UPDATE sessions SET metadata = '{\"team\": \"b\", \"env\": \"x\"}', "
+                        "updated_at = '2026-01-01T00:00:00.000000Z' WHERE id = 's'")
+    holder.conn.execute("DELETE FROM session_tags WHERE session_id = 's'")
+    holder.commit("INSERT INTO session_tags (tenant, session_id, key, value, updated_at) VALUES "
+                  "('default', 's', 'team', 'b', %s), ('default', 's', 'env', 'x', %s)",
+                  ("2026-01-01T00:00:00.000000Z",) * 2)
+    t.join(30)
+    assert [i.seq for i in done[0]] == [3]
+    updated, tags = _stamps(pg_schema_url, "s")
     assert tags == {updated} and updated == done[0][0].created_at
 
 
@@ -128,8 +105,7 @@ def test_appends_with_and_without_keys_and_metadata_changes_on_one_session_stay_
     assert [i.seq for i in items] == list(range(1, 6 * 20 + 1))  # 5 of every 15 appends add two items
     info = sessions.get("s")
     assert info.item_count == 120
-    with _conn(pg_schema_url) as conn:
-        updated, tags = _stamps(conn, "s")
+    updated, tags = _stamps(pg_schema_url, "s")
     assert updated == info.updated_at and tags == {updated}
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import calendar
 import time
 
-import psycopg
 import pytest
-from pgserver import schema_at_version
+from pgserver import schema_at_version, schema_conn
 from pgserver import schema_sql as sql
 
 from agentstate import SessionStore
@@ -78,9 +77,7 @@ def test_one_session_is_looked_up_by_its_primary_key_on_a_new_table(pg_schema_ur
     for query in ("SELECT * FROM sessions WHERE tenant = $1 AND id = $2",
                   "UPDATE sessions SET last_seq = last_seq + 1 WHERE tenant = $1 AND id = $2 AND expires_at IS NULL",
                   "SELECT 1 FROM ONLY sessions x WHERE tenant = $1 AND id = $2 FOR KEY SHARE OF x"):
-        conninfo, schema = split_url(pg_schema_url)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'SET search_path TO "{schema}"')
+        with schema_conn(pg_schema_url) as conn:
             conn.execute("SET plan_cache_mode = force_generic_plan")  # as a function's cached plan is
             conn.execute(f"PREPARE q(text, text) AS {query}")
             conn.execute("BEGIN")
@@ -100,9 +97,7 @@ def test_one_response_is_looked_up_by_its_unique_key_on_a_new_table(pg_schema_ur
             r.save({"id": f"r{i}", "previous_response_id": f"r{i - 1}", "output": []})
         assert [x["id"] for x in r.chain("r29")][:2] == ["r0", "r1"]
         assert [x["id"] for x in r.list(limit=3).items] == ["r29", "r28", "r27"]
-    conninfo, schema = split_url(pg_schema_url)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'SET search_path TO "{schema}"')
+    with schema_conn(pg_schema_url) as conn:
         conn.execute("SET plan_cache_mode = force_generic_plan")
         conn.execute("PREPARE q(text, text) AS SELECT root_id, depth, seq FROM responses WHERE tenant = $1 AND id = $2")
         plan = "\n".join(row[0] for row in conn.execute("EXPLAIN EXECUTE q('default', 'r3')").fetchall())

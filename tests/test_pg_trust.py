@@ -15,13 +15,13 @@ import uuid
 
 import psycopg
 import pytest
+from pgserver import RawHolder, schema_conn, schema_url
 from pgserver import schema_sql as sql
-from pgserver import schema_url
 from threads import all_at_once
 
 from agentstate import ConflictError, ResponseStore, SessionStore, StateStore
-from agentstate.sql.pg import LOCK_STATE, split_url
-from agentstate.sql.pg_conn import POOL_IDLE, lock_key
+from agentstate.sql.pg import LOCK_STATE
+from agentstate.sql.pg_conn import POOL_IDLE
 from agentstate.state import codec
 
 CLI = [sys.executable, "-m", "agentstate"]
@@ -51,39 +51,6 @@ def iso_url(request, pg_server) -> str:
     with psycopg.connect(base) as conn:  # the default is in effect for new sessions
         assert conn.execute("SHOW transaction_isolation").fetchone()[0] == request.param
     return schema_url(base, "iso")
-
-
-class RawHolder:
-    """Holds agentstate's ``purpose`` advisory lock on a plain connection (as a writer would), until
-    ``commit(statement, params)`` runs a statement in that transaction and commits it."""
-
-    def __init__(self, url: str, purpose: int | tuple[str, str, str]) -> None:
-        """``purpose``: a purpose lock (LOCK_STATE), or a resource lock (kind, tenant, name), e.g.
-        ("session", "default", "s") or ("response chain", "default", root id)."""
-        from agentstate.sql.pg_lock import resource_in
-
-        conninfo, schema = split_url(url)
-        self.conninfo = conninfo
-        self.conn = psycopg.connect(conninfo, autocommit=True)
-        self.conn.execute(f'SET search_path TO "{schema}"')
-        self.conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-        key = (lock_key(schema), purpose) if isinstance(purpose, int) else resource_in(schema, *purpose)[:2]
-        self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
-
-    def wait_for_a_waiter(self, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            while time.monotonic() < deadline:
-                n = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
-                if n.fetchone()[0]:
-                    return
-                time.sleep(0.02)
-        raise AssertionError("no writer waited for the lock")
-
-    def commit(self, statement: str, params: tuple = ()) -> None:
-        self.conn.execute(statement, params)
-        self.conn.execute("COMMIT")
-        self.conn.close()
 
 
 def in_thread(fn) -> tuple[threading.Thread, list]:
@@ -234,9 +201,7 @@ class TableLock:
     """Another client holding ACCESS EXCLUSIVE locks on ``tables`` in an open transaction."""
 
     def __init__(self, url: str, *tables: str) -> None:
-        conninfo, schema = split_url(url)
-        self.conn = psycopg.connect(conninfo, autocommit=True)
-        self.conn.execute(f'SET search_path TO "{schema}"')
+        self.conn = schema_conn(url)
         self.conn.execute("BEGIN")
         for t in tables:
             self.conn.execute(f"LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE")
